@@ -1,0 +1,149 @@
+//! Key derivation: one shared secret plus a scope gives every per-purpose key.
+
+use std::fmt;
+
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+
+/// PBKDF2 rounds for the master key (OWASP's current figure for PBKDF2-HMAC-SHA256).
+pub const PBKDF2_ROUNDS: u32 = 600_000;
+
+/// Prefix of the gossipsub topic; the version is part of the name so that an
+/// incompatible protocol change moves to a new topic instead of confusing old nodes.
+pub const TOPIC_PREFIX: &str = "ghmesh/1/";
+
+/// All key material of one mesh (secret + scope).
+///
+/// Cloning is cheap enough for tests that start many nodes: derivation is the slow
+/// part (hundreds of milliseconds), so derive once and clone.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MeshKeys {
+    fernet_key: [u8; 32],
+    topic: String,
+    rendezvous: [u8; 32],
+    key_id: [u8; 8],
+}
+
+impl MeshKeys {
+    /// Derives the mesh keys from a secret and a scope (`OWNER/NAME`, or empty for one
+    /// scope for the whole secret), with [`PBKDF2_ROUNDS`] rounds.
+    pub fn derive(secret: &[u8], scope: &str) -> Self {
+        let salt = format!("ghmesh/v1/{scope}");
+        let mut master = [0u8; 32];
+        pbkdf2::pbkdf2_hmac::<pbkdf2::sha2::Sha256>(
+            secret,
+            salt.as_bytes(),
+            PBKDF2_ROUNDS,
+            &mut master,
+        );
+        let keys = Self::from_master(&master);
+        master.fill(0);
+        keys
+    }
+
+    fn from_master(master: &[u8; 32]) -> Self {
+        let topic_key = subkey("topic", master);
+        let mut key_id = [0u8; 8];
+        key_id.copy_from_slice(&subkey("key-id", master)[..8]);
+        Self {
+            fernet_key: subkey("fernet", master),
+            topic: format!("{TOPIC_PREFIX}{}", hex::encode(topic_key)),
+            rendezvous: subkey("rendezvous", master),
+            key_id,
+        }
+    }
+
+    /// The gossipsub topic name, `ghmesh/1/<hex>`.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The Kademlia key that members provide and look up to find each other.
+    pub fn rendezvous_key(&self) -> &[u8; 32] {
+        &self.rendezvous
+    }
+
+    /// A public, non-secret identifier of the encryption key, sent in clear in front of
+    /// every token so that a receiver can tell "another mesh" from "tampered".
+    pub fn key_id(&self) -> &[u8; 8] {
+        &self.key_id
+    }
+
+    pub(crate) fn fernet(&self) -> fernet::Fernet {
+        let encoded = base64::engine::general_purpose::URL_SAFE.encode(self.fernet_key);
+        // A 32-byte key in URL-safe base64 is exactly what Fernet::new accepts.
+        fernet::Fernet::new(&encoded).expect("32-byte key is always a valid Fernet key")
+    }
+
+    /// Raw Fernet key bytes, exposed only for known-answer tests.
+    #[doc(hidden)]
+    pub fn fernet_key_for_tests(&self) -> &[u8; 32] {
+        &self.fernet_key
+    }
+}
+
+impl fmt::Debug for MeshKeys {
+    // Key material never reaches logs; the key id is public (it travels in clear).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MeshKeys")
+            .field("key_id", &hex::encode(self.key_id))
+            .field("material", &"<redacted>")
+            .finish()
+    }
+}
+
+/// SHA-256(label || 0x00 || master): one independent subkey per purpose.
+fn subkey(label: &str, master: &[u8; 32]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(label.as_bytes());
+    h.update([0u8]);
+    h.update(master);
+    h.finalize().into()
+}
+
+/// A short fingerprint of an upstream token. GitHub ETags are token-specific, so an
+/// entry remembers which token fingerprint got its ETag; 8 bytes of a hash of a
+/// high-entropy token reveal nothing useful about it.
+pub fn token_fingerprint(token: &str) -> [u8; 8] {
+    let mut h = Sha256::new();
+    h.update(b"ghmesh/token-fingerprint/v1\0");
+    h.update(token.as_bytes());
+    let digest = h.finalize();
+    let mut fp = [0u8; 8];
+    fp.copy_from_slice(&digest[..8]);
+    fp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_key_material() {
+        let k = MeshKeys::derive(b"s3cret-value", "acme/widgets");
+        let dbg = format!("{k:?}");
+        assert!(!dbg.contains(&hex::encode(k.fernet_key)));
+        assert!(!dbg.contains(&hex::encode(k.rendezvous)));
+        assert!(!dbg.contains(k.topic()));
+        assert!(!dbg.contains("s3cret"));
+        assert!(dbg.contains("redacted"));
+    }
+
+    #[test]
+    fn scope_and_secret_separate_meshes() {
+        let a = MeshKeys::derive(b"one", "o/r");
+        let b = MeshKeys::derive(b"one", "o/other");
+        let c = MeshKeys::derive(b"two", "o/r");
+        assert_ne!(a, b);
+        assert_ne!(a, c);
+        assert_ne!(a.topic(), b.topic());
+        assert_ne!(a.rendezvous_key(), c.rendezvous_key());
+        assert_eq!(a, MeshKeys::derive(b"one", "o/r"));
+    }
+
+    #[test]
+    fn token_fingerprint_is_stable_and_distinct() {
+        assert_eq!(token_fingerprint("ghp_a"), token_fingerprint("ghp_a"));
+        assert_ne!(token_fingerprint("ghp_a"), token_fingerprint("ghp_b"));
+    }
+}
