@@ -75,6 +75,17 @@ impl MeshKeys {
         fernet::Fernet::new(&encoded).expect("32-byte key is always a valid Fernet key")
     }
 
+    /// These keys with another mesh's topic and rendezvous key but not its encryption
+    /// key: what an outsider who learned a topic name can do. For hostile-peer tests.
+    #[doc(hidden)]
+    pub fn impersonating(&self, other: &MeshKeys) -> MeshKeys {
+        MeshKeys {
+            topic: other.topic.clone(),
+            rendezvous: other.rendezvous,
+            ..self.clone()
+        }
+    }
+
     /// Raw Fernet key bytes, exposed only for known-answer tests.
     #[doc(hidden)]
     pub fn fernet_key_for_tests(&self) -> &[u8; 32] {

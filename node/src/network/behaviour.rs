@@ -1,0 +1,153 @@
+//! The libp2p behaviour: gossipsub for announcements, Kademlia for rendezvous, mDNS on
+//! the LAN, identify (which feeds Kademlia addresses), request-response for lookups and
+//! body fetches, ping for liveness.
+
+use std::time::Duration;
+
+use ghmesh_protocol::wire::MAX_GOSSIP_MESSAGE;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{gossipsub, identify, identity, kad, mdns, ping, request_response, StreamProtocol};
+use sha2::{Digest, Sha256};
+
+use super::codec::{SealedCodec, RR_PROTOCOL};
+
+/// Private DHT: only ghmesh nodes speak it, so fleets never pollute the public IPFS DHT.
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/ghmesh/kad/1.0.0");
+/// Identify protocol version string.
+pub const IDENTIFY_PROTOCOL: &str = "/ghmesh/id/1.0.0";
+
+/// Tunables of the behaviour that tests and simulations shorten.
+#[derive(Debug, Clone)]
+pub struct BehaviourConfig {
+    /// Gossipsub heartbeat (mesh maintenance, gossip emission).
+    pub heartbeat: Duration,
+    /// mDNS on (wrapped in a `Toggle`).
+    pub mdns: bool,
+    /// How often mDNS queries the LAN.
+    pub mdns_query_interval: Duration,
+    /// Provider record TTL in the DHT (publication runs at a third of it).
+    pub provider_ttl: Duration,
+}
+
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub gossipsub: gossipsub::Behaviour,
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+    pub identify: identify::Behaviour,
+    pub rr: request_response::Behaviour<SealedCodec>,
+    pub ping: ping::Behaviour,
+}
+
+/// Gossipsub mesh sizes for fleets from two runners to a few hundred. `build()` no
+/// longer validates these (libp2p-notes pitfall 4), so [`check_mesh_params`] does.
+pub const MESH_N: usize = 6;
+/// Lower mesh bound.
+pub const MESH_N_LOW: usize = 4;
+/// Upper mesh bound.
+pub const MESH_N_HIGH: usize = 12;
+/// Outbound peers kept in the mesh.
+pub const MESH_OUTBOUND_MIN: usize = 2;
+
+/// The invariants gossipsub assumes but no longer checks.
+pub fn check_mesh_params(outbound_min: usize, low: usize, n: usize, high: usize) -> bool {
+    outbound_min <= low && low <= n && n <= high && 2 * outbound_min <= n
+}
+
+impl Behaviour {
+    pub fn new(key: &identity::Keypair, cfg: &BehaviourConfig) -> anyhow::Result<Self> {
+        let peer_id = key.public().to_peer_id();
+        anyhow::ensure!(
+            check_mesh_params(MESH_OUTBOUND_MIN, MESH_N_LOW, MESH_N, MESH_N_HIGH),
+            "gossipsub mesh parameters are inconsistent"
+        );
+        let gossip_cfg = gossipsub::ConfigBuilder::default()
+            .validation_mode(gossipsub::ValidationMode::Strict)
+            .validate_messages()
+            // Content-addressed ids: stable across builds, unlike DefaultHasher.
+            .message_id_fn(|m: &gossipsub::Message| {
+                gossipsub::MessageId::from(Sha256::digest(&m.data)[..20].to_vec())
+            })
+            .max_transmit_size(MAX_GOSSIP_MESSAGE + 4096)
+            .heartbeat_interval(cfg.heartbeat)
+            .heartbeat_initial_delay(Duration::from_millis(100))
+            .mesh_n(MESH_N)
+            .mesh_n_low(MESH_N_LOW)
+            .mesh_n_high(MESH_N_HIGH)
+            .mesh_outbound_min(MESH_OUTBOUND_MIN)
+            // Small fleets: publish straight to every subscribed peer for latency.
+            .flood_publish(true)
+            .build()
+            .map_err(|e| anyhow::anyhow!("gossipsub config: {e}"))?;
+        let gossipsub = gossipsub::Behaviour::new(
+            gossipsub::MessageAuthenticity::Signed(key.clone()),
+            gossip_cfg,
+        )
+        .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
+
+        let mut kad_cfg = kad::Config::new(KAD_PROTOCOL);
+        kad_cfg.set_query_timeout(Duration::from_secs(20));
+        kad_cfg.set_provider_record_ttl(Some(cfg.provider_ttl));
+        kad_cfg.set_provider_publication_interval(Some(cfg.provider_ttl / 3));
+        let mut kad =
+            kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_cfg);
+        // Runners of one fleet can reach each other; without an explicitly confirmed
+        // external address Kademlia would stay a client and store no provider records
+        // (libp2p-notes pitfall 10). See README "Discovery".
+        kad.set_mode(Some(kad::Mode::Server));
+
+        let mdns = if cfg.mdns {
+            let mdns_cfg = mdns::Config {
+                query_interval: cfg.mdns_query_interval,
+                ..Default::default()
+            };
+            match mdns::tokio::Behaviour::new(mdns_cfg, peer_id) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::warn!("mDNS unavailable, continuing without it: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+
+        let identify = identify::Behaviour::new(
+            identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
+                .with_agent_version(format!("ghmesh/{}", env!("CARGO_PKG_VERSION"))),
+        );
+        let rr = request_response::Behaviour::with_codec(
+            SealedCodec,
+            [(RR_PROTOCOL, request_response::ProtocolSupport::Full)],
+            request_response::Config::default()
+                .with_request_timeout(Duration::from_secs(20))
+                .with_max_concurrent_streams(256),
+        );
+        Ok(Self {
+            gossipsub,
+            kad,
+            mdns: Toggle::from(mdns),
+            identify,
+            rr,
+            ping: ping::Behaviour::default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mesh_parameters_are_consistent() {
+        assert!(check_mesh_params(
+            MESH_OUTBOUND_MIN,
+            MESH_N_LOW,
+            MESH_N,
+            MESH_N_HIGH
+        ));
+        assert!(!check_mesh_params(3, 4, 5, 12), "2*outbound_min > n");
+        assert!(!check_mesh_params(1, 6, 5, 12), "low > n");
+    }
+}

@@ -1,0 +1,255 @@
+//! The upstream: where a miss is finally answered. A trait, so that the mesh is
+//! testable without HTTP; [`github::GithubClient`] is the real one.
+
+pub mod github;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use ghmesh_protocol::{CanonicalRequest, EntryMeta};
+
+/// A boxed future, for the object-safe [`Upstream`] trait.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Validators for a conditional request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Conditional {
+    /// Sent as `If-None-Match`.
+    pub etag: Option<String>,
+    /// Sent as `If-Modified-Since`.
+    pub last_modified: Option<String>,
+}
+
+impl Conditional {
+    /// Validators for revalidating `meta` with the token whose fingerprint is `token_fp`.
+    /// GitHub ETags are per token: an ETag is only sent by the token that received it,
+    /// any other token falls back to `Last-Modified`.
+    pub fn for_entry(meta: &EntryMeta, token_fp: Option<[u8; 8]>) -> Self {
+        let same_token = meta.etag_token.as_ref().map(|t| t.as_slice())
+            == token_fp.as_ref().map(|t| t.as_slice());
+        Self {
+            etag: meta.etag.clone().filter(|_| same_token),
+            last_modified: meta.last_modified.clone(),
+        }
+    }
+
+    /// No validators at all.
+    pub fn is_empty(&self) -> bool {
+        self.etag.is_none() && self.last_modified.is_none()
+    }
+}
+
+/// An HTTP response from upstream, as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// Headers, lower-case names.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl UpstreamResponse {
+    /// A header value by lower-case name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A JSON error like GitHub's, for failures that never reached GitHub.
+    pub fn json_error(status: u16, message: &str) -> Self {
+        let body = serde_json::json!({ "message": message }).to_string();
+        Self {
+            status,
+            headers: vec![(
+                "content-type".into(),
+                "application/json; charset=utf-8".into(),
+            )],
+            body: Bytes::from(body),
+        }
+    }
+}
+
+/// Failures that produced no HTTP response.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// No answer within the request timeout.
+    #[error("upstream timed out")]
+    Timeout,
+    /// Connection refused, DNS failure, TLS failure…
+    #[error("upstream unreachable: {0}")]
+    Unreachable(String),
+    /// The response body exceeded the size limit.
+    #[error("upstream response too large")]
+    TooLarge,
+}
+
+/// What a response means for the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// 200: cache and share it.
+    Cacheable,
+    /// 304: the held copy is still good.
+    NotModified,
+    /// Rate limited (403/429 with rate-limit signals) or 5xx: serve stale if possible.
+    Failure,
+    /// Anything else (404, 401, 422, a 403 that is not a rate limit…): pass through,
+    /// never cache.
+    PassThrough,
+}
+
+/// Classifies an upstream response (pure: headers and status only).
+pub fn classify(status: u16, headers: &[(String, String)]) -> Verdict {
+    let header = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.as_str())
+    };
+    match status {
+        200 => Verdict::Cacheable,
+        304 => Verdict::NotModified,
+        429 => Verdict::Failure,
+        403 if header("x-ratelimit-remaining") == Some("0") || header("retry-after").is_some() => {
+            Verdict::Failure
+        }
+        500..=599 => Verdict::Failure,
+        _ => Verdict::PassThrough,
+    }
+}
+
+/// Last known rate-limit state of the upstream token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RateLimit {
+    /// `x-ratelimit-limit`.
+    pub limit: Option<u64>,
+    /// `x-ratelimit-remaining`.
+    pub remaining: Option<u64>,
+    /// `x-ratelimit-reset`, unix seconds.
+    pub reset: Option<u64>,
+}
+
+impl RateLimit {
+    /// Reads the `x-ratelimit-*` headers; `None` when the response had none.
+    pub fn from_headers(headers: &[(String, String)]) -> Option<Self> {
+        let num = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == n)
+                .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+        };
+        let rl = Self {
+            limit: num("x-ratelimit-limit"),
+            remaining: num("x-ratelimit-remaining"),
+            reset: num("x-ratelimit-reset"),
+        };
+        (rl != Self::default()).then_some(rl)
+    }
+}
+
+/// Where misses are answered.
+pub trait Upstream: Send + Sync + 'static {
+    /// A cacheable GET (conditional when `cond` has validators).
+    fn fetch<'a>(
+        &'a self,
+        req: &'a CanonicalRequest,
+        cond: Conditional,
+    ) -> BoxFuture<'a, Result<UpstreamResponse, UpstreamError>>;
+
+    /// Any other request, passed through untouched (non-GET, or a client's own token).
+    /// `headers` are the client's, minus hop-by-hop headers.
+    fn forward<'a>(
+        &'a self,
+        method: &'a str,
+        path_and_query: &'a str,
+        headers: Vec<(String, String)>,
+        body: Bytes,
+    ) -> BoxFuture<'a, Result<UpstreamResponse, UpstreamError>>;
+
+    /// Fingerprint of the token used for `fetch` (None: anonymous).
+    fn token_fingerprint(&self) -> Option<[u8; 8]>;
+
+    /// Last rate-limit state seen.
+    fn rate_limit(&self) -> RateLimit;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ghmesh_protocol::{token_fingerprint, Entry};
+
+    fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn classification() {
+        assert_eq!(classify(200, &[]), Verdict::Cacheable);
+        assert_eq!(classify(304, &[]), Verdict::NotModified);
+        assert_eq!(classify(404, &[]), Verdict::PassThrough);
+        assert_eq!(
+            classify(403, &[]),
+            Verdict::PassThrough,
+            "permission denied is not a rate limit"
+        );
+        assert_eq!(
+            classify(403, &h(&[("x-ratelimit-remaining", "0")])),
+            Verdict::Failure
+        );
+        assert_eq!(
+            classify(403, &h(&[("retry-after", "30")])),
+            Verdict::Failure
+        );
+        assert_eq!(classify(429, &[]), Verdict::Failure);
+        assert_eq!(classify(502, &[]), Verdict::Failure);
+    }
+
+    #[test]
+    fn etag_only_for_the_token_that_got_it() {
+        let e = Entry::new(
+            CanonicalRequest::get("/repos/o/r").unwrap(),
+            h(&[
+                ("etag", "\"e1\""),
+                ("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT"),
+            ]),
+            b"{}".to_vec(),
+            Some(token_fingerprint("ghp_a")),
+            0,
+            1,
+            "x".into(),
+        );
+        let same = Conditional::for_entry(&e.meta, Some(token_fingerprint("ghp_a")));
+        assert_eq!(same.etag.as_deref(), Some("\"e1\""));
+        let other = Conditional::for_entry(&e.meta, Some(token_fingerprint("ghp_b")));
+        assert_eq!(other.etag, None);
+        assert!(other.last_modified.is_some());
+        let anon = Conditional::for_entry(&e.meta, None);
+        assert_eq!(anon.etag, None);
+    }
+
+    #[test]
+    fn rate_limit_headers() {
+        let rl = RateLimit::from_headers(&h(&[
+            ("x-ratelimit-limit", "5000"),
+            ("x-ratelimit-remaining", "4999"),
+            ("x-ratelimit-reset", "1700000000"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            rl,
+            RateLimit {
+                limit: Some(5000),
+                remaining: Some(4999),
+                reset: Some(1_700_000_000)
+            }
+        );
+        assert_eq!(RateLimit::from_headers(&[]), None);
+    }
+}
