@@ -1,6 +1,8 @@
 //! ghmesh node: the libp2p mesh, the cache logic, the GitHub upstream client, the local
 //! HTTP API and the CLI.
 
+pub mod api;
+pub mod cli;
 pub mod config;
 pub mod network;
 pub mod node;

@@ -90,6 +90,9 @@ impl Behaviour {
         kad_cfg.set_query_timeout(Duration::from_secs(20));
         kad_cfg.set_provider_record_ttl(Some(cfg.provider_ttl));
         kad_cfg.set_provider_publication_interval(Some(cfg.provider_ttl / 3));
+        // The event loop bootstraps once it has a connection; kad's own timer would only
+        // warn "no known peers" on a node that starts alone.
+        kad_cfg.set_periodic_bootstrap_interval(None);
         let mut kad =
             kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_cfg);
         // Runners of one fleet can reach each other; without an explicitly confirmed

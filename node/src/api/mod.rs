@@ -1,0 +1,340 @@
+//! The local HTTP API (contract §4): a GitHub REST reverse proxy through the cache,
+//! plus `/_ghmesh/{health,stats,peers,metrics}`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use ghmesh_protocol::CanonicalRequest;
+use tokio::net::TcpListener;
+
+use crate::node::{Body as Answer, CacheStatus, GetError, Node, Served};
+
+/// Largest request body accepted (non-GET requests passed through).
+pub const MAX_REQUEST_BODY: usize = 10 * 1024 * 1024;
+/// Largest total size of request headers accepted.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// Response headers passed from upstream answers to the client.
+const PASS_HEADERS: &[&str] = &[
+    "content-type",
+    "etag",
+    "last-modified",
+    "link",
+    "x-github-media-type",
+    "x-github-request-id",
+    "retry-after",
+    "location",
+    "cache-control",
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+    "x-ratelimit-used",
+    "x-ratelimit-resource",
+];
+
+#[derive(Clone)]
+struct ApiState {
+    node: Node,
+    upstream_base: String,
+    local_addr: SocketAddr,
+}
+
+/// Serves the API on `listener` until `shutdown` completes; requests in flight finish.
+pub async fn serve(
+    node: Node,
+    listener: TcpListener,
+    upstream_base: String,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let local_addr = listener.local_addr()?;
+    let app = router(node, upstream_base, local_addr);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The API router (exposed for in-process use by the demo and simulations).
+pub fn router(node: Node, upstream_base: String, local_addr: SocketAddr) -> Router {
+    let state = ApiState {
+        node,
+        upstream_base: upstream_base.trim_end_matches('/').to_string(),
+        local_addr,
+    };
+    Router::new()
+        .route("/_ghmesh/health", get(|| async { "ok" }))
+        .route("/_ghmesh/stats", get(stats))
+        .route("/_ghmesh/peers", get(peers))
+        .route("/_ghmesh/metrics", get(metrics))
+        .fallback(proxy)
+        .with_state(state)
+}
+
+async fn stats(State(s): State<ApiState>) -> Response {
+    axum::Json(s.node.stats().await).into_response()
+}
+
+async fn peers(State(s): State<ApiState>) -> Response {
+    axum::Json(s.node.peers().await).into_response()
+}
+
+async fn metrics(State(s): State<ApiState>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.node.metrics_text(),
+    )
+        .into_response()
+}
+
+/// A JSON error in GitHub's shape.
+pub fn json_error(status: StatusCode, message: &str) -> Response {
+    let body = serde_json::json!({ "message": message }).to_string();
+    let mut resp = (status, body).into_response();
+    resp.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    resp
+}
+
+/// Does the client's `Authorization` differ from the token the node uses upstream?
+/// Then the request is the client's own business: pass it through, never share it.
+fn own_authorization(headers: &HeaderMap, upstream_token_fp: Option<[u8; 8]>) -> bool {
+    let Some(auth) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let token = auth
+        .strip_prefix("Bearer ")
+        .or_else(|| auth.strip_prefix("bearer "))
+        .or_else(|| auth.strip_prefix("token "))
+        .unwrap_or(auth)
+        .trim();
+    Some(ghmesh_protocol::token_fingerprint(token)) != upstream_token_fp
+}
+
+async fn proxy(State(s): State<ApiState>, req: Request) -> Response {
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return json_error(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request headers are too large",
+        );
+    }
+    let method = req.method().clone();
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let local_base = local_base(req.headers(), s.local_addr);
+    let head = method == Method::HEAD;
+    let cacheable = (method == Method::GET || head)
+        && !own_authorization(req.headers(), s.node.upstream().token_fingerprint());
+
+    let served = if cacheable {
+        // Body is not Sync: nothing borrowed from the request may live across an await.
+        let canonical = {
+            let header = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok());
+            CanonicalRequest::new("GET", &pq, header("accept"), header("x-github-api-version"))
+        };
+        match canonical {
+            Ok(c) => s.node.get(c).await,
+            Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("bad request: {e}")),
+        }
+    } else {
+        let headers: Vec<(String, String)> = req
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect();
+        let body = match axum::body::to_bytes(req.into_body(), MAX_REQUEST_BODY).await {
+            Ok(b) => b,
+            Err(_) => {
+                return json_error(StatusCode::PAYLOAD_TOO_LARGE, "request body is too large")
+            }
+        };
+        s.node.forward(method.as_str(), &pq, headers, body).await
+    };
+    match served {
+        Ok(served) => {
+            let parts = response_parts(&s.node, &served, &s.upstream_base, &local_base);
+            into_response(parts, head)
+        }
+        Err(GetError::Upstream(e)) => json_error(
+            StatusCode::BAD_GATEWAY,
+            &format!("GitHub is unreachable: {e}"),
+        ),
+        Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}
+
+fn local_base(headers: &HeaderMap, addr: SocketAddr) -> String {
+    let host = headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && h.len() < 256 && !h.contains(['/', ' ', '<', '>']))
+        .map(str::to_string)
+        .unwrap_or_else(|| addr.to_string());
+    format!("http://{host}")
+}
+
+/// A response as status, headers and body, independent of the HTTP library: the API
+/// and `ghmesh api` (working alone) render the same thing.
+#[derive(Debug, Clone)]
+pub struct ResponseParts {
+    /// HTTP status.
+    pub status: u16,
+    /// Headers in order, lower-case names.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Bytes,
+}
+
+/// Builds the client-facing response for a served request: GitHub's headers, current
+/// rate-limit headers, `x-ghmesh-cache`, and `Link` rewritten to `local_base`.
+pub fn response_parts(
+    node: &Node,
+    served: &Served,
+    upstream_base: &str,
+    local_base: &str,
+) -> ResponseParts {
+    let (status, src_headers, body) = match &served.body {
+        Answer::Entry(e) => (
+            e.meta.status,
+            e.meta.headers.clone(),
+            Bytes::from(e.body.to_vec()),
+        ),
+        Answer::Upstream(r) => (r.status, r.headers.clone(), r.body.clone()),
+    };
+    let mut headers: Vec<(String, String)> = src_headers
+        .into_iter()
+        .filter(|(k, _)| PASS_HEADERS.contains(&k.as_str()))
+        .filter(|(k, _)| !(matches!(served.body, Answer::Entry(_)) && k.starts_with("x-ratelimit")))
+        .map(|(k, v)| {
+            if k == "link" {
+                let v = rewrite_link(&v, upstream_base, local_base);
+                (k, v)
+            } else {
+                (k, v)
+            }
+        })
+        .collect();
+    if matches!(served.body, Answer::Entry(_)) {
+        let rl = node.upstream().rate_limit();
+        for (name, v) in [
+            ("x-ratelimit-limit", rl.limit),
+            ("x-ratelimit-remaining", rl.remaining),
+            ("x-ratelimit-reset", rl.reset),
+        ] {
+            if let Some(v) = v {
+                headers.push((name.to_string(), v.to_string()));
+            }
+        }
+    }
+    headers.push(("x-ghmesh-cache".into(), served.status.as_str().into()));
+    ResponseParts {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn into_response(parts: ResponseParts, head: bool) -> Response {
+    let status = StatusCode::from_u16(parts.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut resp = if head {
+        Response::new(Body::empty())
+    } else {
+        Response::new(Body::from(parts.body))
+    };
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    for (k, v) in parts.headers {
+        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
+            h.append(k, v);
+        }
+    }
+    resp
+}
+
+/// Points `Link` URLs at this API instead of GitHub, so that clients paginate through
+/// the cache.
+pub fn rewrite_link(link: &str, upstream_base: &str, local_base: &str) -> String {
+    if upstream_base.is_empty() {
+        return link.to_string();
+    }
+    link.replace(&format!("<{upstream_base}"), &format!("<{local_base}"))
+}
+
+/// Binds the API address; port 0 picks a free port.
+pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// How long shutdown waits for requests in flight.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+/// True for statuses that mean the request failed (exit code 1 in the CLI).
+pub fn is_failure(status: u16) -> bool {
+    status >= 400
+}
+
+/// For logs: the cache status header value.
+pub fn cache_header(status: CacheStatus) -> &'static str {
+    status.as_str()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_point_back_at_the_api() {
+        let link = r#"<https://api.github.com/repos/o/r/issues?page=2>; rel="next", <https://api.github.com/repos/o/r/issues?page=5>; rel="last""#;
+        let out = rewrite_link(link, "https://api.github.com", "http://127.0.0.1:7711");
+        assert_eq!(
+            out,
+            r#"<http://127.0.0.1:7711/repos/o/r/issues?page=2>; rel="next", <http://127.0.0.1:7711/repos/o/r/issues?page=5>; rel="last""#
+        );
+        assert_eq!(
+            rewrite_link(
+                "<https://elsewhere/x>; rel=\"next\"",
+                "https://api.github.com",
+                "http://l"
+            ),
+            "<https://elsewhere/x>; rel=\"next\""
+        );
+    }
+
+    #[test]
+    fn client_authorization_decides_bypass() {
+        let fp = Some(ghmesh_protocol::token_fingerprint("ghp_ours"));
+        let mut h = HeaderMap::new();
+        assert!(!own_authorization(&h, fp), "no header: use ours");
+        h.insert("authorization", HeaderValue::from_static("Bearer ghp_ours"));
+        assert!(!own_authorization(&h, fp), "same token: cacheable");
+        h.insert("authorization", HeaderValue::from_static("token ghp_ours"));
+        assert!(!own_authorization(&h, fp));
+        h.insert(
+            "authorization",
+            HeaderValue::from_static("Bearer ghp_theirs"),
+        );
+        assert!(own_authorization(&h, fp), "another token: bypass");
+        assert!(
+            own_authorization(&h, None),
+            "any token while we are anonymous: bypass"
+        );
+    }
+}

@@ -1,0 +1,614 @@
+//! Client commands: `ghmesh api` (through the node, or alone on the local store when
+//! no node answers), `stats`, `peers`, `id`, `monitor`.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ghmesh_protocol::CanonicalRequest;
+
+use super::jq::JqFilter;
+use super::settings::{self, EnvLookup};
+use super::{ApiArgs, CliError, IdArgs, StatsArgs};
+use crate::api::{response_parts, ResponseParts};
+use crate::upstream::github::{GithubClient, GithubConfig};
+use crate::{Node, NodeConfig};
+
+/// Most pages `--paginate` follows: a loop in `Link` headers must end.
+const MAX_PAGES: usize = 1000;
+
+fn http_client() -> Result<reqwest::Client, CliError> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| CliError::failed(format!("HTTP client: {e}")))
+}
+
+/// Where requests go: the running node's API, or a node of our own without P2P.
+enum Backend {
+    Http {
+        client: reqwest::Client,
+        base: String,
+    },
+    Alone {
+        node: Node,
+        upstream: String,
+    },
+}
+
+impl Backend {
+    async fn connect(env: EnvLookup<'_>) -> Result<Self, CliError> {
+        let api = settings::api_addr(None, env);
+        let base = format!("http://{api}");
+        let client = http_client()?;
+        let probe = client
+            .get(format!("{base}/_ghmesh/health"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
+        if matches!(&probe, Ok(r) if r.status().is_success()) {
+            return Ok(Self::Http { client, base });
+        }
+        // No node: work alone on the local store and upstream.
+        let upstream = settings::upstream_url(None, env)?;
+        let mut cfg = NodeConfig::new(settings::data_dir(None, env));
+        cfg.keys = None;
+        cfg.ttl = settings::ttl(None, env)?;
+        cfg.limits = settings::limits(None, None, env)?;
+        let github = GithubClient::new(GithubConfig {
+            base_url: upstream.clone(),
+            token: settings::upstream_token(env),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+        })
+        .map_err(|e| CliError::failed(e.to_string()))?;
+        let node = Node::start(cfg, Arc::new(github)).await.map_err(|e| {
+            CliError::usage(format!(
+                "no ghmesh node answers at {api}, and working alone failed: {e}"
+            ))
+        })?;
+        Ok(Self::Alone { node, upstream })
+    }
+
+    async fn request(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        headers: &[(String, String)],
+        body: Option<Bytes>,
+    ) -> Result<ResponseParts, CliError> {
+        match self {
+            Self::Http { client, base } => {
+                let m = reqwest::Method::from_bytes(method.as_bytes())
+                    .map_err(|_| CliError::usage(format!("bad method '{method}'")))?;
+                let mut rb = client.request(m, format!("{base}{path_and_query}"));
+                for (k, v) in headers {
+                    rb = rb.header(k, v);
+                }
+                if let Some(b) = body {
+                    rb = rb.body(b);
+                }
+                let resp = rb
+                    .send()
+                    .await
+                    .map_err(|e| CliError::failed(format!("request to the node failed: {e}")))?;
+                let status = resp.status().as_u16();
+                let headers = resp
+                    .headers()
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        Some((k.as_str().to_string(), v.to_str().ok()?.to_string()))
+                    })
+                    .collect();
+                let body = resp
+                    .bytes()
+                    .await
+                    .map_err(|e| CliError::failed(format!("reading the response: {e}")))?;
+                Ok(ResponseParts {
+                    status,
+                    headers,
+                    body,
+                })
+            }
+            Self::Alone { node, upstream } => {
+                let has_auth = headers
+                    .iter()
+                    .any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
+                let served = if method == "GET" && !has_auth {
+                    let h = |n: &str| {
+                        headers
+                            .iter()
+                            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                            .map(|(_, v)| v.as_str())
+                    };
+                    let req = CanonicalRequest::new(
+                        "GET",
+                        path_and_query,
+                        h("accept"),
+                        h("x-github-api-version"),
+                    )
+                    .map_err(|e| CliError::usage(format!("bad endpoint: {e}")))?;
+                    node.get(req).await
+                } else {
+                    node.forward(
+                        method,
+                        path_and_query,
+                        headers.to_vec(),
+                        body.unwrap_or_default(),
+                    )
+                    .await
+                };
+                let served = served.map_err(|e| CliError::failed(e.to_string()))?;
+                Ok(response_parts(node, &served, upstream, upstream))
+            }
+        }
+    }
+
+    async fn close(self) {
+        if let Self::Alone { node, .. } = self {
+            node.shutdown().await;
+        }
+    }
+}
+
+/// `gh api`-style endpoint: `repos/o/r` or `/repos/o/r` or a full URL; `{owner}` and
+/// `{repo}` are filled from the repository scope.
+pub fn normalize_endpoint(endpoint: &str, repo: Option<&str>) -> Result<String, CliError> {
+    let mut path = endpoint.trim().to_string();
+    if let Some(rest) = path
+        .strip_prefix("https://")
+        .or_else(|| path.strip_prefix("http://"))
+    {
+        path = rest
+            .find('/')
+            .map(|i| rest[i..].to_string())
+            .unwrap_or_else(|| "/".into());
+    }
+    if !path.starts_with('/') {
+        path.insert(0, '/');
+    }
+    if path.contains("{owner}") || path.contains("{repo}") {
+        let (owner, name) = repo.and_then(|r| r.split_once('/')).ok_or_else(|| {
+            CliError::usage(
+                "{owner}/{repo} needs GHMESH_REPO or GITHUB_REPOSITORY set to OWNER/NAME",
+            )
+        })?;
+        path = path.replace("{owner}", owner).replace("{repo}", name);
+    }
+    Ok(path)
+}
+
+/// A `-F` value: true/false/null/integers typed, `@file` read, else a string.
+fn typed_value(v: &str) -> Result<serde_json::Value, CliError> {
+    Ok(match v {
+        "true" => serde_json::Value::Bool(true),
+        "false" => serde_json::Value::Bool(false),
+        "null" => serde_json::Value::Null,
+        _ if v.starts_with('@') => {
+            let path = &v[1..];
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| CliError::usage(format!("cannot read field file {path}: {e}")))?;
+            serde_json::Value::String(text.trim_end_matches('\n').to_string())
+        }
+        _ => match v.parse::<i64>() {
+            Ok(n) => serde_json::Value::from(n),
+            Err(_) => serde_json::Value::String(v.to_string()),
+        },
+    })
+}
+
+/// Parsed `-f`/`-F` fields, in order.
+pub fn fields(
+    raw: &[String],
+    typed: &[String],
+) -> Result<Vec<(String, serde_json::Value)>, CliError> {
+    let split = |f: &String| {
+        f.split_once('=')
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .ok_or_else(|| CliError::usage(format!("bad field '{f}': expected key=value")))
+    };
+    let mut out = Vec::new();
+    for f in raw {
+        let (k, v) = split(f)?;
+        out.push((k, serde_json::Value::String(v)));
+    }
+    for f in typed {
+        let (k, v) = split(f)?;
+        out.push((k, typed_value(&v)?));
+    }
+    Ok(out)
+}
+
+fn with_query(path: &str, params: &[(String, serde_json::Value)]) -> String {
+    if params.is_empty() {
+        return path.to_string();
+    }
+    let q: Vec<String> = params
+        .iter()
+        .map(|(k, v)| {
+            let v = match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            format!(
+                "{}={}",
+                url::form_urlencoded::byte_serialize(k.as_bytes()).collect::<String>(),
+                url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()
+            )
+        })
+        .collect();
+    let sep = if path.contains('?') { '&' } else { '?' };
+    format!("{path}{sep}{}", q.join("&"))
+}
+
+/// The `rel="next"` URL of a `Link` header, as a path and query.
+pub fn next_link(link: &str) -> Option<String> {
+    link.split(',').find_map(|part| {
+        let (url, params) = part.split_once(';')?;
+        if !params.split(';').any(|p| p.trim() == "rel=\"next\"") {
+            return None;
+        }
+        let url = url.trim().strip_prefix('<')?.strip_suffix('>')?;
+        normalize_endpoint(url, None).ok()
+    })
+}
+
+fn reason(status: u16) -> &'static str {
+    reqwest::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("")
+}
+
+/// `ghmesh api`.
+pub async fn run(args: ApiArgs, env: EnvLookup<'_>) -> Result<(), CliError> {
+    let repo = settings::first_env(env, &["GHMESH_REPO", "GITHUB_REPOSITORY"]).map(|(_, v)| v);
+    let path = normalize_endpoint(&args.endpoint, repo.as_deref())?;
+    let params = fields(&args.raw_fields, &args.fields)?;
+    let method = args
+        .method
+        .clone()
+        .unwrap_or_else(|| {
+            if params.is_empty() {
+                "GET".into()
+            } else {
+                "POST".into()
+            }
+        })
+        .to_ascii_uppercase();
+    let mut headers = Vec::new();
+    for h in &args.headers {
+        let (k, v) = h
+            .split_once(':')
+            .ok_or_else(|| CliError::usage(format!("bad header '{h}': expected \"Key: Value\"")))?;
+        headers.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    let filter = args
+        .jq
+        .as_deref()
+        .map(JqFilter::compile)
+        .transpose()
+        .map_err(|e| CliError::usage(e.to_string()))?;
+    let (first, body) = if method == "GET" || method == "HEAD" {
+        (with_query(&path, &params), None)
+    } else {
+        let obj: serde_json::Map<String, serde_json::Value> = params.into_iter().collect();
+        let body =
+            (!obj.is_empty()).then(|| Bytes::from(serde_json::Value::Object(obj).to_string()));
+        if body.is_some() {
+            headers.push(("content-type".into(), "application/json".into()));
+        }
+        (path, body)
+    };
+
+    let backend = Backend::connect(env).await?;
+    let result = fetch_and_print(
+        &backend,
+        &method,
+        first,
+        &headers,
+        body,
+        &args,
+        filter.as_ref(),
+    )
+    .await;
+    backend.close().await;
+    result
+}
+
+async fn fetch_and_print(
+    backend: &Backend,
+    method: &str,
+    first: String,
+    headers: &[(String, String)],
+    body: Option<Bytes>,
+    args: &ApiArgs,
+    filter: Option<&JqFilter>,
+) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    let mut next = Some(first);
+    let mut merged: Option<Vec<serde_json::Value>> = None;
+    let mut pages = 0;
+    let mut failure = None;
+    while let Some(pq) = next.take() {
+        pages += 1;
+        let resp = backend.request(method, &pq, headers, body.clone()).await?;
+        if args.include {
+            let _ = writeln!(out, "HTTP/1.1 {} {}", resp.status, reason(resp.status));
+            for (k, v) in &resp.headers {
+                let _ = writeln!(out, "{k}: {v}");
+            }
+            let _ = writeln!(out);
+        }
+        if resp.status >= 400 {
+            let msg = serde_json::from_slice::<serde_json::Value>(&resp.body)
+                .ok()
+                .and_then(|v| {
+                    v.get("message")
+                        .and_then(|m| m.as_str())
+                        .map(str::to_string)
+                })
+                .unwrap_or_else(|| reason(resp.status).to_string());
+            let _ = out.write_all(&resp.body);
+            let _ = writeln!(out);
+            failure = Some(CliError::failed(format!("{msg} (HTTP {})", resp.status)));
+            break;
+        }
+        if let Some(f) = filter {
+            let value: serde_json::Value = serde_json::from_slice(&resp.body)
+                .map_err(|e| CliError::failed(format!("response is not JSON: {e}")))?;
+            let rendered = f
+                .render(&value)
+                .map_err(|e| CliError::failed(e.to_string()))?;
+            let _ = out.write_all(rendered.as_bytes());
+        } else if args.paginate {
+            match serde_json::from_slice::<serde_json::Value>(&resp.body) {
+                // Arrays of every page become one array, as gh does.
+                Ok(serde_json::Value::Array(items)) => {
+                    merged.get_or_insert_with(Vec::new).extend(items)
+                }
+                _ => {
+                    let _ = out.write_all(&resp.body);
+                    let _ = writeln!(out);
+                }
+            }
+        } else {
+            let _ = out.write_all(&resp.body);
+            if !resp.body.ends_with(b"\n") && !resp.body.is_empty() {
+                let _ = writeln!(out);
+            }
+        }
+        if args.paginate && pages < MAX_PAGES {
+            next = resp
+                .headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("link"))
+                .and_then(|(_, v)| next_link(v));
+        }
+    }
+    if let Some(items) = merged {
+        let text = serde_json::to_string(&serde_json::Value::Array(items)).unwrap_or_default();
+        let _ = writeln!(out, "{text}");
+    }
+    let _ = out.flush();
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+async fn get_json(path: &str, env: EnvLookup<'_>) -> Result<serde_json::Value, CliError> {
+    let api = settings::api_addr(None, env);
+    let resp = http_client()?
+        .get(format!("http://{api}{path}"))
+        .send()
+        .await
+        .map_err(|_| {
+            CliError::failed(format!(
+                "no ghmesh node answers at {api}; start one with `ghmesh node` or set GHMESH_API"
+            ))
+        })?;
+    resp.json()
+        .await
+        .map_err(|e| CliError::failed(format!("bad answer from the node at {api}: {e}")))
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// Human-readable stats.
+pub fn render_stats(v: &serde_json::Value) -> String {
+    let g = |k: &str| {
+        v.get(k)
+            .map(|x| x.to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    let rl = v.get("rate_limit").cloned().unwrap_or_default();
+    let rlg = |k: &str| {
+        rl.get(k)
+            .filter(|x| !x.is_null())
+            .map(|x| x.to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    let hit_rate = v.get("hit_rate").and_then(|h| h.as_f64()).unwrap_or(0.0);
+    format!(
+        "peer id          {}\n\
+         peers            {} connected, {} in mesh\n\
+         entries          {} ({} bytes)\n\
+         served           {} hit, {} peer, {} coalesced, {} revalidated, {} stale, {} miss, {} bypass\n\
+         upstream calls   {} ({} answered 304)\n\
+         api calls saved  {} (hit rate {:.1}%)\n\
+         rate limit       {} of {} left, resets at {}\n",
+        v.get("peer_id").and_then(|p| p.as_str()).unwrap_or("-"),
+        g("connected_peers"),
+        g("mesh_peers"),
+        g("entries"),
+        g("bytes"),
+        g("hits"),
+        g("peer_hits"),
+        g("coalesced"),
+        g("revalidated"),
+        g("stale_served"),
+        g("misses"),
+        g("bypass"),
+        g("upstream_calls"),
+        g("upstream_304"),
+        g("api_calls_saved"),
+        hit_rate * 100.0,
+        rlg("remaining"),
+        rlg("limit"),
+        rlg("reset"),
+    )
+}
+
+/// `ghmesh stats`.
+pub async fn stats(args: StatsArgs, env: EnvLookup<'_>) -> Result<(), CliError> {
+    let v = get_json("/_ghmesh/stats", env).await?;
+    if args.json {
+        print_json(&v);
+    } else {
+        print!("{}", render_stats(&v));
+    }
+    Ok(())
+}
+
+/// `ghmesh peers`.
+pub async fn peers(args: StatsArgs, env: EnvLookup<'_>) -> Result<(), CliError> {
+    let v = get_json("/_ghmesh/peers", env).await?;
+    if args.json {
+        print_json(&v);
+        return Ok(());
+    }
+    let peers = v.as_array().cloned().unwrap_or_default();
+    if peers.is_empty() {
+        println!("no peers connected");
+    }
+    for p in peers {
+        let id = p.get("peer_id").and_then(|x| x.as_str()).unwrap_or("-");
+        let mesh = if p.get("in_mesh").and_then(|x| x.as_bool()).unwrap_or(false) {
+            "mesh"
+        } else {
+            "-"
+        };
+        let addrs: Vec<String> = p
+            .get("addrs")
+            .and_then(|a| a.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        println!("{id}  {mesh:4}  {}", addrs.join(" "));
+    }
+    Ok(())
+}
+
+/// `ghmesh id`: from the running node, else from the identity in the data dir.
+pub async fn id(args: IdArgs, env: EnvLookup<'_>) -> Result<(), CliError> {
+    if args.data_dir.is_none() {
+        if let Ok(v) = get_json("/_ghmesh/stats", env).await {
+            println!(
+                "{}",
+                v.get("peer_id").and_then(|p| p.as_str()).unwrap_or("-")
+            );
+            for a in v
+                .get("listen")
+                .and_then(|l| l.as_array())
+                .cloned()
+                .unwrap_or_default()
+            {
+                if let Some(a) = a.as_str() {
+                    println!("{a}");
+                }
+            }
+            return Ok(());
+        }
+    }
+    let dir = settings::data_dir(args.data_dir.as_deref(), env);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| CliError::usage(format!("data dir {}: {e}", dir.display())))?;
+    let key = crate::node::load_or_create_identity(&dir.join("identity.key"))
+        .map_err(|e| CliError::usage(e.to_string()))?;
+    let peer = key.public().to_peer_id();
+    println!("{peer}");
+    for a in settings::listen(&[], env)? {
+        println!("{}", a.with(libp2p::multiaddr::Protocol::P2p(peer)));
+    }
+    eprintln!("(no node running: addresses are the configured listen addresses; 0.0.0.0 means every interface)");
+    Ok(())
+}
+
+/// `ghmesh monitor`.
+pub async fn monitor(interval: Duration, once: bool, env: EnvLookup<'_>) -> Result<(), CliError> {
+    let tty = std::io::stdout().is_terminal();
+    loop {
+        let v = get_json("/_ghmesh/stats", env).await?;
+        let text = render_stats(&v);
+        if tty && !once {
+            print!("\x1b[2J\x1b[H");
+        }
+        print!("{text}");
+        if once {
+            return Ok(());
+        }
+        println!(
+            "\n(refreshing every {:.1}s, Ctrl-C to quit)",
+            interval.as_secs_f64()
+        );
+        let _ = std::io::stdout().flush();
+        tokio::time::sleep(interval).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_like_gh() {
+        assert_eq!(normalize_endpoint("repos/o/r", None).unwrap(), "/repos/o/r");
+        assert_eq!(
+            normalize_endpoint("/repos/o/r", None).unwrap(),
+            "/repos/o/r"
+        );
+        assert_eq!(
+            normalize_endpoint("https://api.github.com/repos/o/r?x=1", None).unwrap(),
+            "/repos/o/r?x=1"
+        );
+        assert_eq!(
+            normalize_endpoint("repos/{owner}/{repo}/pulls", Some("a/b")).unwrap(),
+            "/repos/a/b/pulls"
+        );
+        assert_eq!(
+            normalize_endpoint("repos/{owner}/{repo}", None)
+                .unwrap_err()
+                .code,
+            2
+        );
+    }
+
+    #[test]
+    fn fields_and_queries() {
+        let f = fields(
+            &["state=open".into()],
+            &["per_page=5".into(), "draft=false".into()],
+        )
+        .unwrap();
+        assert_eq!(f[1].1, serde_json::json!(5));
+        assert_eq!(f[2].1, serde_json::json!(false));
+        assert_eq!(with_query("/a", &f), "/a?state=open&per_page=5&draft=false");
+        assert_eq!(with_query("/a?x=1", &f[..1]), "/a?x=1&state=open");
+        assert_eq!(fields(&["novalue".into()], &[]).unwrap_err().code, 2);
+    }
+
+    #[test]
+    fn next_links() {
+        let link = r#"<http://127.0.0.1:7711/repos/o/r/issues?page=1>; rel="prev", <http://127.0.0.1:7711/repos/o/r/issues?page=3>; rel="next", <http://127.0.0.1:7711/repos/o/r/issues?page=9>; rel="last""#;
+        assert_eq!(next_link(link).as_deref(), Some("/repos/o/r/issues?page=3"));
+        assert_eq!(next_link(r#"<http://x/a?page=1>; rel="prev""#), None);
+    }
+}

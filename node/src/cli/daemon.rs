@@ -1,0 +1,252 @@
+//! `ghmesh node`: resolve settings, start the node and the API, print the ready line,
+//! serve until SIGINT/SIGTERM, then finish requests in flight and flush the store.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ghmesh_protocol::MeshKeys;
+
+use super::settings::{self, EnvLookup};
+use super::{CliError, LogFormat, NodeArgs};
+use crate::node::NodeError;
+use crate::upstream::github::{GithubClient, GithubConfig};
+use crate::{api, Node, NodeConfig};
+
+/// Everything `ghmesh node` needs, resolved from flags and environment.
+#[derive(Debug)]
+pub struct DaemonSettings {
+    /// Node configuration (keys included when P2P is on).
+    pub node: NodeConfig,
+    /// API bind address.
+    pub api: String,
+    /// Upstream base URL.
+    pub upstream: String,
+    /// Where the secret came from, when there is one and P2P is on.
+    pub secret_source: Option<settings::SecretSource>,
+    /// The secret looks like a per-job Actions token.
+    pub job_token_secret: bool,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Upstream config (holds the token; its Debug redacts it).
+    pub github: GithubConfig,
+}
+
+/// The one line on stdout that says the node is ready (contract §3), fields in the
+/// contract's order.
+#[derive(serde::Serialize)]
+struct ReadyLine {
+    event: &'static str,
+    peer_id: String,
+    api: String,
+    listen: Vec<String>,
+}
+
+/// Resolves flags and environment (no I/O except reading `--secret-file`).
+pub fn resolve(args: &NodeArgs, env: EnvLookup<'_>) -> Result<DaemonSettings, CliError> {
+    let data_dir = settings::data_dir(args.data_dir.as_deref(), env);
+    let mut node = NodeConfig::new(data_dir);
+    node.listen = settings::listen(&args.listen, env)?;
+    node.bootstrap = settings::bootstrap(&args.bootstrap, env)?;
+    node.external = settings::external(&args.external_addr, env)?;
+    node.mdns = !(args.no_mdns || settings::env_flag_off(env, "GHMESH_MDNS"));
+    node.ttl = settings::ttl(args.ttl, env)?;
+    node.limits = settings::limits(args.max_entries, args.max_bytes, env)?;
+    let p2p = !(args.no_p2p || settings::env_flag_off(env, "CACHE_ENABLE_P2P"));
+    let scope = settings::scope(args.repo.as_deref(), env)?;
+    let secret = if p2p {
+        settings::mesh_secret(args.secret_file.as_deref(), env)?
+    } else {
+        None
+    };
+    let job_token_secret = secret
+        .as_ref()
+        .is_some_and(|(s, _)| settings::looks_like_job_token(s));
+    let secret_source = secret.as_ref().map(|(_, src)| src.clone());
+    node.keys = secret.map(|(s, _)| MeshKeys::derive(s.as_bytes(), &scope));
+    let upstream = settings::upstream_url(args.upstream.as_deref(), env)?;
+    let log_format = match args.log_format {
+        Some(f) => f,
+        None => match settings::first_env(env, &["GHMESH_LOG_FORMAT"]) {
+            Some((_, v)) if v.eq_ignore_ascii_case("json") => LogFormat::Json,
+            Some((_, v)) if v.eq_ignore_ascii_case("text") => LogFormat::Text,
+            Some((_, v)) => {
+                return Err(CliError::usage(format!(
+                    "bad GHMESH_LOG_FORMAT '{v}': use text or json"
+                )))
+            }
+            None => LogFormat::Text,
+        },
+    };
+    let github = GithubConfig {
+        base_url: upstream.clone(),
+        token: settings::upstream_token(env),
+        connect_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(15),
+    };
+    Ok(DaemonSettings {
+        api: settings::api_addr(args.api.as_deref(), env),
+        upstream,
+        secret_source,
+        job_token_secret,
+        log_format,
+        github,
+        node,
+    })
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,libp2p_mdns=warn,libp2p_gossipsub=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Exit code for a start-up failure: all of them are configuration problems the
+/// operator must fix (data dir in use or unwritable, bad listen address…).
+fn start_error(e: NodeError) -> CliError {
+    let hint = match &e {
+        NodeError::Network(_) => "; check --listen (is the port already in use?)",
+        _ => "",
+    };
+    CliError::usage(format!("{e}{hint}"))
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub async fn run(args: NodeArgs, env: EnvLookup<'_>) -> Result<(), CliError> {
+    let s = resolve(&args, env)?;
+    init_logging(s.log_format);
+    match (&s.node.keys, &s.secret_source) {
+        (Some(_), Some(src)) => tracing::info!("mesh enabled; secret from {src}"),
+        _ if args.no_p2p || settings::env_flag_off(env, "CACHE_ENABLE_P2P") => {
+            tracing::info!("P2P disabled: running local-only")
+        }
+        _ => tracing::warn!(
+            "no mesh secret (--secret-file, GHMESH_SECRET, CACHE_P2P_SHARED_SECRET, GH_TOKEN, GITHUB_TOKEN): running local-only, no P2P"
+        ),
+    }
+    if s.job_token_secret {
+        tracing::warn!(
+            "the mesh secret looks like a per-job Actions token (ghs_…): it changes every job, so runners of different jobs will not share; set GHMESH_SECRET to a stable fleet secret (see README)"
+        );
+    }
+    let github = GithubClient::new(s.github.clone())
+        .map_err(|e| CliError::usage(format!("upstream client: {e}")))?;
+    let node = Node::start(s.node.clone(), Arc::new(github))
+        .await
+        .map_err(start_error)?;
+    let listener = api::bind(&s.api).await.map_err(|e| {
+        CliError::usage(format!(
+            "cannot bind the API to {}: {e}; pick another --api address",
+            s.api
+        ))
+    })?;
+    let api_addr = listener
+        .local_addr()
+        .map_err(|e| CliError::usage(e.to_string()))?;
+    let ready = ReadyLine {
+        event: "ready",
+        peer_id: node.peer_id().to_string(),
+        api: api_addr.to_string(),
+        listen: node.listen_addrs().iter().map(|a| a.to_string()).collect(),
+    };
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", serde_json::to_string(&ready).unwrap_or_default());
+        let _ = out.flush();
+    }
+    tracing::info!(api = %api_addr, peer_id = %node.peer_id(), "ready");
+    let served = api::serve(
+        node.clone(),
+        listener,
+        s.upstream.clone(),
+        shutdown_signal(),
+    )
+    .await;
+    tracing::info!("shutting down: flushing the store");
+    node.shutdown().await;
+    served.map_err(|e| CliError::failed(format!("API server failed: {e}")))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn no_secret_means_local_only_and_p2p_off_ignores_the_secret() {
+        let s = resolve(&NodeArgs::default(), &env(&[("HOME", "/h")])).unwrap();
+        assert!(s.node.keys.is_none());
+        let args = NodeArgs {
+            no_p2p: true,
+            ..Default::default()
+        };
+        let s = resolve(&args, &env(&[("GHMESH_SECRET", "x")])).unwrap();
+        assert!(s.node.keys.is_none());
+        let s = resolve(
+            &NodeArgs::default(),
+            &env(&[("CACHE_ENABLE_P2P", "false"), ("GHMESH_SECRET", "x")]),
+        )
+        .unwrap();
+        assert!(s.node.keys.is_none());
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let s = resolve(
+            &NodeArgs::default(),
+            &env(&[
+                ("GHMESH_SECRET", "hunter2-fleet"),
+                ("GH_TOKEN", "ghp_tokenvalue"),
+            ]),
+        )
+        .unwrap();
+        let dbg = format!("{s:?}");
+        assert!(!dbg.contains("hunter2-fleet"));
+        assert!(!dbg.contains("ghp_tokenvalue"));
+        assert!(s.node.keys.is_some());
+        assert_eq!(s.github.token.as_deref(), Some("ghp_tokenvalue"));
+    }
+
+    #[test]
+    fn job_tokens_are_flagged_and_mdns_env_switch() {
+        let s = resolve(
+            &NodeArgs::default(),
+            &env(&[("GITHUB_TOKEN", "ghs_perjob"), ("GHMESH_MDNS", "false")]),
+        )
+        .unwrap();
+        assert!(s.job_token_secret);
+        assert!(!s.node.mdns);
+    }
+}

@@ -1,0 +1,236 @@
+//! The `ghmesh` command line (contract §1, §3, §5).
+
+pub mod api_cmd;
+pub mod daemon;
+pub mod jq;
+pub mod settings;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// A failure with its exit code: 1 the request failed, 2 usage or configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CliError {
+    /// Process exit code.
+    pub code: u8,
+    /// One line: what was wrong and what to do.
+    pub message: String,
+}
+
+impl CliError {
+    /// Usage or configuration error (exit 2).
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self {
+            code: 2,
+            message: message.into(),
+        }
+    }
+
+    /// The request failed (exit 1).
+    pub fn failed(message: impl Into<String>) -> Self {
+        Self {
+            code: 1,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ghmesh",
+    version,
+    about = "A shared GitHub API cache for CI fleets: a local proxy and a `gh api`-like CLI, \
+             backed by an embedded store and an encrypted peer-to-peer mesh."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon: local HTTP API, cache store, and the mesh.
+    Node(NodeArgs),
+    /// Make a GitHub API request through the local node (like `gh api`).
+    Api(ApiArgs),
+    /// Show the node's counters.
+    Stats(StatsArgs),
+    /// Show the node's peers.
+    Peers(StatsArgs),
+    /// Print this node's peer id and the addresses to give others as --bootstrap.
+    Id(IdArgs),
+    /// Watch the node's counters live.
+    Monitor(MonitorArgs),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags of `ghmesh node`. Each flag's environment variables are listed in its help;
+/// the first one set wins, and the flag wins over all of them.
+#[derive(Args, Debug, Default, Clone)]
+pub struct NodeArgs {
+    /// Directory of the cache store and the peer identity
+    /// [env: GHMESH_DATA_DIR, CACHE_DIR] [default: $XDG_CACHE_HOME/ghmesh or ~/.cache/ghmesh]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Multiaddr to listen on for peers, repeatable; port 0 picks a free port
+    /// [env: GHMESH_LISTEN (comma-separated), CACHE_LISTEN_PORT (TCP port)] [default: /ip4/0.0.0.0/tcp/9100]
+    #[arg(long, value_name = "MULTIADDR")]
+    pub listen: Vec<String>,
+    /// Address of the local HTTP API; port 0 picks a free port [env: GHMESH_API] [default: 127.0.0.1:7711]
+    #[arg(long, value_name = "ADDR")]
+    pub api: Option<String>,
+    /// Peer multiaddr to join through, repeatable
+    /// [env: GHMESH_BOOTSTRAP, CACHE_BOOTSTRAP_PEERS (comma-separated)]
+    #[arg(long, value_name = "MULTIADDR")]
+    pub bootstrap: Vec<String>,
+    /// Disable mDNS discovery on the LAN [env: GHMESH_MDNS=false]
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// Run local-only, without the mesh [env: CACHE_ENABLE_P2P=false]
+    #[arg(long)]
+    pub no_p2p: bool,
+    /// GitHub API base URL [env: GHMESH_UPSTREAM, GITHUB_API_URL] [default: https://api.github.com]
+    #[arg(long, value_name = "URL")]
+    pub upstream: Option<String>,
+    /// Freshness of every entry in seconds, instead of per-endpoint defaults
+    /// [env: GHMESH_TTL, CACHE_DEFAULT_TTL]
+    #[arg(long, value_name = "SECONDS")]
+    pub ttl: Option<u64>,
+    /// Most entries kept [env: GHMESH_MAX_ENTRIES, CACHE_MAX_SIZE] [default: 100000]
+    #[arg(long, value_name = "N")]
+    pub max_entries: Option<u64>,
+    /// Most bytes kept [env: GHMESH_MAX_BYTES] [default: 1073741824]
+    #[arg(long, value_name = "BYTES")]
+    pub max_bytes: Option<u64>,
+    /// File holding the mesh secret (else $GHMESH_SECRET, $CACHE_P2P_SHARED_SECRET,
+    /// $GH_TOKEN, $GITHUB_TOKEN; none means local-only)
+    #[arg(long, value_name = "PATH")]
+    pub secret_file: Option<PathBuf>,
+    /// Mesh scope: only nodes with the same secret and repository share
+    /// [env: GHMESH_REPO, GITHUB_REPOSITORY] [default: one scope for the whole secret]
+    #[arg(long, value_name = "OWNER/NAME")]
+    pub repo: Option<String>,
+    /// Extra address to advertise to peers (e.g. behind NAT), repeatable [env: GHMESH_EXTERNAL]
+    #[arg(long, value_name = "MULTIADDR")]
+    pub external_addr: Vec<String>,
+    /// Log format on stderr (filter with RUST_LOG) [env: GHMESH_LOG_FORMAT] [default: text]
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Flags of `ghmesh api`.
+#[derive(Args, Debug, Clone)]
+pub struct ApiArgs {
+    /// GitHub API path, e.g. repos/{owner}/{repo}/actions/runs ({owner} and {repo} come
+    /// from GHMESH_REPO or GITHUB_REPOSITORY). The node is found at GHMESH_API
+    /// (default 127.0.0.1:7711); with no node running, works alone on the local store.
+    pub endpoint: String,
+    /// HTTP method [default: GET, or POST when fields are given]
+    #[arg(short = 'X', long, value_name = "METHOD")]
+    pub method: Option<String>,
+    /// Request header "Key: Value", repeatable
+    #[arg(short = 'H', long = "header", value_name = "KEY:VALUE")]
+    pub headers: Vec<String>,
+    /// String parameter key=value, repeatable (query parameter on GET, JSON body otherwise)
+    #[arg(short = 'f', long = "raw-field", value_name = "KEY=VALUE")]
+    pub raw_fields: Vec<String>,
+    /// Typed parameter key=value: true, false, null and integers become JSON values;
+    /// @file reads a file; repeatable
+    #[arg(short = 'F', long = "field", value_name = "KEY=VALUE")]
+    pub fields: Vec<String>,
+    /// Filter the response with a jq expression (built in, no external jq)
+    #[arg(short = 'q', long, value_name = "EXPR")]
+    pub jq: Option<String>,
+    /// Fetch every page (following Link: rel="next"); JSON arrays are merged
+    #[arg(long)]
+    pub paginate: bool,
+    /// Print the HTTP status line and headers before the body
+    #[arg(short = 'i', long)]
+    pub include: bool,
+}
+
+/// Flags of `ghmesh stats` and `ghmesh peers`.
+#[derive(Args, Debug, Clone)]
+pub struct StatsArgs {
+    /// Print JSON as the API returns it
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Flags of `ghmesh id`.
+#[derive(Args, Debug, Clone)]
+pub struct IdArgs {
+    /// Data dir to read the identity from when no node answers
+    /// [env: GHMESH_DATA_DIR, CACHE_DIR]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Flags of `ghmesh monitor`.
+#[derive(Args, Debug, Clone)]
+pub struct MonitorArgs {
+    /// Seconds between refreshes
+    #[arg(long, default_value_t = 2.0, value_name = "S")]
+    pub interval: f64,
+    /// Print one snapshot and exit
+    #[arg(long)]
+    pub once: bool,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ghmesh: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let env = |name: &str| std::env::var(name).ok();
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Node(args) => daemon::run(args, &env).await,
+            Command::Api(args) => api_cmd::run(args, &env).await,
+            Command::Stats(args) => api_cmd::stats(args, &env).await,
+            Command::Peers(args) => api_cmd::peers(args, &env).await,
+            Command::Id(args) => api_cmd::id(args, &env).await,
+            Command::Monitor(args) => {
+                if !(args.interval.is_finite() && args.interval >= 0.1) {
+                    return Err(CliError::usage("--interval must be at least 0.1 seconds"));
+                }
+                api_cmd::monitor(Duration::from_secs_f64(args.interval), args.once, &env).await
+            }
+        }
+    });
+    // Background tasks (network, writer) must not keep the process alive.
+    rt.shutdown_timeout(Duration::from_secs(2));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ghmesh: {}", e.message);
+            ExitCode::from(e.code)
+        }
+    }
+}

@@ -1,0 +1,431 @@
+//! Turning flags and environment variables into settings (contract §2 and §3). Pure:
+//! the environment is passed in as a lookup function, so every rule is unit-tested.
+
+use std::path::{Path, PathBuf};
+
+use ghmesh_store::Limits;
+use libp2p::Multiaddr;
+
+use super::CliError;
+
+/// Looks up an environment variable.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// First variable of `names` that is set and not empty: (name, value).
+pub fn first_env(env: EnvLookup<'_>, names: &[&'static str]) -> Option<(&'static str, String)> {
+    names
+        .iter()
+        .find_map(|n| env(n).filter(|v| !v.trim().is_empty()).map(|v| (*n, v)))
+}
+
+/// A boolean variable: false for `false`, `0`, `no`, `off` (any case).
+pub fn env_flag_off(env: EnvLookup<'_>, name: &str) -> bool {
+    env(name).is_some_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "false" | "0" | "no" | "off"
+        )
+    })
+}
+
+/// Where the mesh secret came from (never the secret itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// `--secret-file`.
+    File(PathBuf),
+    /// An environment variable.
+    Env(&'static str),
+}
+
+impl std::fmt::Display for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(p) => write!(f, "--secret-file {}", p.display()),
+            Self::Env(n) => write!(f, "${n}"),
+        }
+    }
+}
+
+/// The mesh secret: `--secret-file`, `GHMESH_SECRET`, `CACHE_P2P_SHARED_SECRET`,
+/// `GH_TOKEN`, `GITHUB_TOKEN`; first found wins.
+pub fn mesh_secret(
+    secret_file: Option<&Path>,
+    env: EnvLookup<'_>,
+) -> Result<Option<(String, SecretSource)>, CliError> {
+    if let Some(path) = secret_file {
+        let raw = std::fs::read_to_string(path).map_err(|e| {
+            CliError::usage(format!(
+                "cannot read --secret-file {}: {e}; give a readable file holding the fleet secret",
+                path.display()
+            ))
+        })?;
+        let secret = raw.trim_end_matches(['\n', '\r']).to_string();
+        if secret.trim().is_empty() {
+            return Err(CliError::usage(format!(
+                "--secret-file {} is empty; put the fleet secret in it",
+                path.display()
+            )));
+        }
+        return Ok(Some((secret, SecretSource::File(path.to_path_buf()))));
+    }
+    Ok(first_env(
+        env,
+        &[
+            "GHMESH_SECRET",
+            "CACHE_P2P_SHARED_SECRET",
+            "GH_TOKEN",
+            "GITHUB_TOKEN",
+        ],
+    )
+    .map(|(name, v)| (v, SecretSource::Env(name))))
+}
+
+/// The upstream token: `GH_TOKEN`, `GITHUB_TOKEN`.
+pub fn upstream_token(env: EnvLookup<'_>) -> Option<String> {
+    first_env(env, &["GH_TOKEN", "GITHUB_TOKEN"]).map(|(_, v)| v.trim().to_string())
+}
+
+/// The mesh scope: `--repo`, `GHMESH_REPO`, `GITHUB_REPOSITORY`; empty means the whole
+/// secret is one scope.
+pub fn scope(repo: Option<&str>, env: EnvLookup<'_>) -> Result<String, CliError> {
+    let value = match repo {
+        Some(r) => r.to_string(),
+        None => first_env(env, &["GHMESH_REPO", "GITHUB_REPOSITORY"])
+            .map(|(_, v)| v)
+            .unwrap_or_default(),
+    };
+    let value = value.trim().to_string();
+    if !value.is_empty() {
+        let ok = value.split('/').count() == 2
+            && value.split('/').all(|p| {
+                !p.is_empty()
+                    && p.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            });
+        if !ok {
+            return Err(CliError::usage(format!(
+                "bad repository scope '{value}': expected OWNER/NAME"
+            )));
+        }
+    }
+    Ok(value)
+}
+
+/// A per-job Actions token changes every job: runners of different jobs would not share.
+pub fn looks_like_job_token(secret: &str) -> bool {
+    secret.starts_with("ghs_")
+}
+
+/// `$XDG_CACHE_HOME/ghmesh`, else `~/.cache/ghmesh`.
+pub fn default_data_dir(env: EnvLookup<'_>) -> PathBuf {
+    if let Some(x) = env("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("ghmesh");
+    }
+    let home = env("HOME")
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| ".".into());
+    PathBuf::from(home).join(".cache").join("ghmesh")
+}
+
+/// `--data-dir`, `GHMESH_DATA_DIR`, `CACHE_DIR`, else the default.
+pub fn data_dir(flag: Option<&Path>, env: EnvLookup<'_>) -> PathBuf {
+    match flag {
+        Some(p) => p.to_path_buf(),
+        None => first_env(env, &["GHMESH_DATA_DIR", "CACHE_DIR"])
+            .map(|(_, v)| PathBuf::from(v))
+            .unwrap_or_else(|| default_data_dir(env)),
+    }
+}
+
+/// `--upstream`, `GHMESH_UPSTREAM`, `GITHUB_API_URL`, else `https://api.github.com`.
+pub fn upstream_url(flag: Option<&str>, env: EnvLookup<'_>) -> Result<String, CliError> {
+    let (source, v) = match flag {
+        Some(v) => ("--upstream", v.to_string()),
+        None => first_env(env, &["GHMESH_UPSTREAM", "GITHUB_API_URL"])
+            .unwrap_or(("default", "https://api.github.com".into())),
+    };
+    let parsed = url::Url::parse(v.trim()).map_err(|e| {
+        CliError::usage(format!(
+            "bad upstream URL '{v}' ({source}): {e}; expected e.g. https://api.github.com"
+        ))
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(CliError::usage(format!(
+            "bad upstream URL '{v}' ({source}): use http or https"
+        )));
+    }
+    Ok(v.trim().trim_end_matches('/').to_string())
+}
+
+/// The local API address: `--api`, `GHMESH_API`, else `127.0.0.1:7711`.
+pub fn api_addr(flag: Option<&str>, env: EnvLookup<'_>) -> String {
+    flag.map(str::to_string)
+        .or_else(|| first_env(env, &["GHMESH_API"]).map(|(_, v)| v))
+        .unwrap_or_else(|| "127.0.0.1:7711".into())
+        .trim()
+        .to_string()
+}
+
+fn parse_addrs(values: &[String], what: &str) -> Result<Vec<Multiaddr>, CliError> {
+    values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            v.parse::<Multiaddr>().map_err(|e| {
+                CliError::usage(format!(
+                    "bad {what} address '{v}': {e}; expected a multiaddr like /ip4/10.0.0.5/tcp/9100/p2p/12D3Koo…"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Listen addresses: `--listen`…, `GHMESH_LISTEN`, `CACHE_LISTEN_PORT`, else
+/// `/ip4/0.0.0.0/tcp/9100`.
+pub fn listen(flags: &[String], env: EnvLookup<'_>) -> Result<Vec<Multiaddr>, CliError> {
+    if !flags.is_empty() {
+        return parse_addrs(flags, "--listen");
+    }
+    if let Some((_, v)) = first_env(env, &["GHMESH_LISTEN"]) {
+        return parse_addrs(&[v], "GHMESH_LISTEN");
+    }
+    if let Some((_, v)) = first_env(env, &["CACHE_LISTEN_PORT"]) {
+        let port: u16 = v.trim().parse().map_err(|_| {
+            CliError::usage(format!(
+                "bad CACHE_LISTEN_PORT '{v}': expected a TCP port number"
+            ))
+        })?;
+        return parse_addrs(&[format!("/ip4/0.0.0.0/tcp/{port}")], "CACHE_LISTEN_PORT");
+    }
+    parse_addrs(&["/ip4/0.0.0.0/tcp/9100".into()], "default")
+}
+
+/// Bootstrap addresses: `--bootstrap`…, `GHMESH_BOOTSTRAP`, `CACHE_BOOTSTRAP_PEERS`.
+pub fn bootstrap(flags: &[String], env: EnvLookup<'_>) -> Result<Vec<Multiaddr>, CliError> {
+    if !flags.is_empty() {
+        return parse_addrs(flags, "--bootstrap");
+    }
+    match first_env(env, &["GHMESH_BOOTSTRAP", "CACHE_BOOTSTRAP_PEERS"]) {
+        Some((name, v)) => parse_addrs(&[v], name),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// External addresses: `--external-addr`…, `GHMESH_EXTERNAL`.
+pub fn external(flags: &[String], env: EnvLookup<'_>) -> Result<Vec<Multiaddr>, CliError> {
+    if !flags.is_empty() {
+        return parse_addrs(flags, "--external-addr");
+    }
+    match first_env(env, &["GHMESH_EXTERNAL"]) {
+        Some((name, v)) => parse_addrs(&[v], name),
+        None => Ok(Vec::new()),
+    }
+}
+
+fn number<T: std::str::FromStr>(
+    flag: Option<T>,
+    env: EnvLookup<'_>,
+    names: &[&'static str],
+    what: &str,
+) -> Result<Option<T>, CliError> {
+    if flag.is_some() {
+        return Ok(flag);
+    }
+    match first_env(env, names) {
+        Some((name, v)) => v
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| CliError::usage(format!("bad {name} '{v}': expected {what}"))),
+        None => Ok(None),
+    }
+}
+
+/// `--ttl`, `GHMESH_TTL`, `CACHE_DEFAULT_TTL`.
+pub fn ttl(flag: Option<u64>, env: EnvLookup<'_>) -> Result<Option<u64>, CliError> {
+    let ttl = number(
+        flag,
+        env,
+        &["GHMESH_TTL", "CACHE_DEFAULT_TTL"],
+        "a number of seconds",
+    )?;
+    if ttl.is_some_and(|t| t > 86_400) {
+        return Err(CliError::usage("--ttl is at most 86400 seconds (one day)"));
+    }
+    Ok(ttl)
+}
+
+/// Store limits: `--max-entries` (`GHMESH_MAX_ENTRIES`, `CACHE_MAX_SIZE`) and
+/// `--max-bytes` (`GHMESH_MAX_BYTES`).
+pub fn limits(
+    max_entries: Option<u64>,
+    max_bytes: Option<u64>,
+    env: EnvLookup<'_>,
+) -> Result<Limits, CliError> {
+    let d = Limits::default();
+    let entries = number(
+        max_entries,
+        env,
+        &["GHMESH_MAX_ENTRIES", "CACHE_MAX_SIZE"],
+        "a number of entries",
+    )?
+    .unwrap_or(d.max_entries);
+    let bytes =
+        number(max_bytes, env, &["GHMESH_MAX_BYTES"], "a number of bytes")?.unwrap_or(d.max_bytes);
+    if entries == 0 || bytes < 1024 * 1024 {
+        return Err(CliError::usage(
+            "--max-entries must be at least 1 and --max-bytes at least 1048576",
+        ));
+    }
+    Ok(Limits {
+        max_entries: entries,
+        max_bytes: bytes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn secret_sources_in_order() {
+        let e = env(&[
+            ("GITHUB_TOKEN", "gt"),
+            ("GH_TOKEN", "gh"),
+            ("CACHE_P2P_SHARED_SECRET", "c"),
+        ]);
+        let (s, src) = mesh_secret(None, &e).unwrap().unwrap();
+        assert_eq!(
+            (s.as_str(), src),
+            ("c", SecretSource::Env("CACHE_P2P_SHARED_SECRET"))
+        );
+        let e = env(&[("GITHUB_TOKEN", "gt"), ("GH_TOKEN", "")]);
+        assert_eq!(
+            mesh_secret(None, &e).unwrap().unwrap().0,
+            "gt",
+            "empty values are skipped"
+        );
+        assert!(mesh_secret(None, &env(&[])).unwrap().is_none());
+
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("s");
+        std::fs::write(&f, "from-file\n").unwrap();
+        let e = env(&[("GHMESH_SECRET", "env")]);
+        assert_eq!(mesh_secret(Some(&f), &e).unwrap().unwrap().0, "from-file");
+        let missing = mesh_secret(Some(&dir.path().join("nope")), &e).unwrap_err();
+        assert_eq!(missing.code, 2);
+        assert!(!missing.message.contains("env"), "no secret in errors");
+        std::fs::write(&f, "\n").unwrap();
+        assert_eq!(mesh_secret(Some(&f), &e).unwrap_err().code, 2);
+    }
+
+    #[test]
+    fn token_and_scope() {
+        assert_eq!(
+            upstream_token(&env(&[("GITHUB_TOKEN", "b"), ("GH_TOKEN", "a")])).as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            scope(None, &env(&[("GITHUB_REPOSITORY", "o/r")])).unwrap(),
+            "o/r"
+        );
+        assert_eq!(
+            scope(Some("x/y"), &env(&[("GHMESH_REPO", "o/r")])).unwrap(),
+            "x/y"
+        );
+        assert_eq!(scope(None, &env(&[])).unwrap(), "");
+        assert_eq!(scope(Some("nope"), &env(&[])).unwrap_err().code, 2);
+        assert!(looks_like_job_token("ghs_abc"));
+        assert!(!looks_like_job_token("ghp_abc"));
+    }
+
+    #[test]
+    fn listen_and_bootstrap() {
+        let e = env(&[("CACHE_LISTEN_PORT", "9200")]);
+        assert_eq!(
+            listen(&[], &e).unwrap()[0].to_string(),
+            "/ip4/0.0.0.0/tcp/9200"
+        );
+        let e = env(&[
+            ("GHMESH_LISTEN", "/ip4/127.0.0.1/tcp/0,/ip4/127.0.0.2/tcp/0"),
+            ("CACHE_LISTEN_PORT", "1"),
+        ]);
+        assert_eq!(listen(&[], &e).unwrap().len(), 2);
+        assert_eq!(
+            listen(&[], &env(&[])).unwrap()[0].to_string(),
+            "/ip4/0.0.0.0/tcp/9100"
+        );
+        assert_eq!(listen(&["garbage".into()], &env(&[])).unwrap_err().code, 2);
+        assert_eq!(
+            listen(&[], &env(&[("CACHE_LISTEN_PORT", "x")]))
+                .unwrap_err()
+                .code,
+            2
+        );
+        let e = env(&[("CACHE_BOOTSTRAP_PEERS", "/ip4/10.0.0.1/tcp/9100")]);
+        assert_eq!(bootstrap(&[], &e).unwrap().len(), 1);
+        assert!(bootstrap(&[], &env(&[])).unwrap().is_empty());
+    }
+
+    #[test]
+    fn numbers_and_dirs() {
+        assert_eq!(
+            ttl(None, &env(&[("CACHE_DEFAULT_TTL", "30")])).unwrap(),
+            Some(30)
+        );
+        assert_eq!(
+            ttl(Some(5), &env(&[("GHMESH_TTL", "30")])).unwrap(),
+            Some(5)
+        );
+        assert_eq!(
+            ttl(None, &env(&[("GHMESH_TTL", "soon")])).unwrap_err().code,
+            2
+        );
+        let l = limits(None, None, &env(&[("CACHE_MAX_SIZE", "10")])).unwrap();
+        assert_eq!(l.max_entries, 10);
+        assert_eq!(l.max_bytes, 1 << 30);
+        assert_eq!(
+            data_dir(None, &env(&[("XDG_CACHE_HOME", "/x")])),
+            PathBuf::from("/x/ghmesh")
+        );
+        assert_eq!(
+            data_dir(None, &env(&[("HOME", "/h")])),
+            PathBuf::from("/h/.cache/ghmesh")
+        );
+        assert_eq!(
+            data_dir(None, &env(&[("CACHE_DIR", "/c"), ("HOME", "/h")])),
+            PathBuf::from("/c")
+        );
+        assert_eq!(
+            upstream_url(
+                None,
+                &env(&[("GITHUB_API_URL", "https://ghe.example/api/v3/")])
+            )
+            .unwrap(),
+            "https://ghe.example/api/v3"
+        );
+        assert_eq!(
+            upstream_url(Some("ftp://x"), &env(&[])).unwrap_err().code,
+            2
+        );
+        assert!(env_flag_off(
+            &env(&[("GHMESH_MDNS", "false")]),
+            "GHMESH_MDNS"
+        ));
+        assert!(!env_flag_off(
+            &env(&[("GHMESH_MDNS", "true")]),
+            "GHMESH_MDNS"
+        ));
+    }
+}
