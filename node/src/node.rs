@@ -560,7 +560,7 @@ impl Node {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match self.lookup(owner, req, key, true, left).await {
                 Some(LookupReply::Found(ann)) => {
-                    if let Some(e) = self.accept_found(ann, owner).await {
+                    if let Some(e) = self.accept_found(*ann, owner).await {
                         return Some(e);
                     }
                 }
@@ -594,7 +594,7 @@ impl Node {
         });
         for (peer, reply) in futures::future::join_all(asks).await {
             if let Some(LookupReply::Found(ann)) = reply {
-                if let Some(served) = self.accept_found(ann, peer).await {
+                if let Some(served) = self.accept_found(*ann, peer).await {
                     return Some(served);
                 }
             }
@@ -683,7 +683,7 @@ impl Node {
                 .await
             {
                 Some(LookupReply::Found(ann)) => {
-                    if let Some(mut s) = self.accept_found(ann, owner).await {
+                    if let Some(mut s) = self.accept_found(*ann, owner).await {
                         s.status = CacheStatus::Coalesced;
                         return Some(s);
                     }
@@ -1028,7 +1028,7 @@ impl Node {
                                 if b.len() >= MAX_BODYLESS {
                                     b.clear();
                                 }
-                                b.insert(key, (meta, from));
+                                b.insert(key, (*meta, from));
                             }
                         }
                     }
@@ -1090,10 +1090,10 @@ impl Node {
 
     fn answer_lookup(&self, l: Lookup) -> LookupReply {
         if let Some(e) = self.local(&l.key).filter(|e| e.meta.is_fresh(now_ms())) {
-            return LookupReply::Found(Announce {
+            return LookupReply::Found(Box::new(Announce {
                 meta: e.meta,
                 body: Some(e.body),
-            });
+            }));
         }
         if self.is_inflight(&l.key) {
             return LookupReply::Pending;

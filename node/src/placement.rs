@@ -19,7 +19,7 @@ pub fn ranked(key: &CacheKey, candidates: impl IntoIterator<Item = PeerId>) -> V
         .into_iter()
         .map(|p| (score(key, &p), p))
         .collect();
-    scored.sort_by(|a, b| b.0.cmp(&a.0));
+    scored.sort_by_key(|s| std::cmp::Reverse(s.0));
     scored.dedup_by(|a, b| a.1 == b.1);
     scored.into_iter().map(|(_, p)| p).collect()
 }

@@ -1,4 +1,5 @@
 //! Key derivation and seal/open costs. Run: `cargo bench -p ghmesh-protocol`.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ghmesh_protocol::*;
@@ -29,10 +30,10 @@ fn seal_open(c: &mut Criterion) {
             1_800_000_060_000,
             "peer".into(),
         );
-        let msg = Message::LookupReply(LookupReply::Found(Announce {
+        let msg = Message::LookupReply(LookupReply::Found(Box::new(Announce {
             meta: entry.meta.clone(),
             body: Some(entry.body.clone()),
-        }));
+        })));
         let sealed = seal(&keys, &msg, 1_800_000_000);
         g.throughput(Throughput::Bytes(size as u64));
         g.bench_with_input(BenchmarkId::new("seal", size), &msg, |b, m| {

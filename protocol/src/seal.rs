@@ -110,13 +110,13 @@ pub fn open(
     }
     let token = std::str::from_utf8(&data[HEADER_LEN..]).map_err(|_| OpenError::Garbage)?;
     // Padded URL-safe base64 always has a length that is a multiple of 4.
-    if token.len() % 4 != 0 {
+    if !token.len().is_multiple_of(4) {
         return Err(OpenError::Truncated);
     }
     let raw = base64::engine::general_purpose::URL_SAFE
         .decode(token)
         .map_err(|_| OpenError::Garbage)?;
-    if raw.len() < MIN_TOKEN_LEN || (raw.len() - MIN_TOKEN_LEN) % 16 != 0 {
+    if raw.len() < MIN_TOKEN_LEN || !(raw.len() - MIN_TOKEN_LEN).is_multiple_of(16) {
         return Err(OpenError::Truncated);
     }
     if raw[0] != 0x80 {

@@ -13,11 +13,12 @@ use crate::request::{CacheKey, CanonicalRequest};
 pub const MESSAGE_VERSION: u16 = 1;
 
 /// Bodies up to this size travel inline in a gossip announce; larger ones are
-/// announced without a body and fetched by CID. Sealing adds base64 (4/3) and a few
-/// hundred bytes, so this keeps announces under [`MAX_GOSSIP_MESSAGE`].
-pub const INLINE_BODY_LIMIT: usize = 48 * 1024;
+/// announced without a body and fetched by CID. A page of 100 GitHub list items is
+/// typically 100-300 KB, so most pages travel in one message. Sealing adds base64
+/// (4/3) and a few hundred bytes, so this keeps announces under [`MAX_GOSSIP_MESSAGE`].
+pub const INLINE_BODY_LIMIT: usize = 256 * 1024;
 /// Largest sealed gossip message a node publishes or accepts.
-pub const MAX_GOSSIP_MESSAGE: usize = 96 * 1024;
+pub const MAX_GOSSIP_MESSAGE: usize = 384 * 1024;
 /// Largest sealed request-response message (an 8 MiB body in base64 plus overhead).
 pub const MAX_RR_MESSAGE: usize = 12 * 1024 * 1024;
 
@@ -40,13 +41,13 @@ impl Announce {
     }
 
     /// The full entry, when the body travelled inline.
-    pub fn into_entry(self) -> Result<Entry, EntryMeta> {
+    pub fn into_entry(self) -> Result<Entry, Box<EntryMeta>> {
         match self.body {
             Some(body) => Ok(Entry {
                 meta: self.meta,
                 body,
             }),
-            None => Err(self.meta),
+            None => Err(Box::new(self.meta)),
         }
     }
 }
@@ -79,7 +80,7 @@ pub struct Lookup {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LookupReply {
     /// A fresh copy (body included when at most the inline limit; else fetch by CID).
-    Found(Announce),
+    Found(Box<Announce>),
     /// Nothing here.
     NotFound,
     /// The receiver is fetching it now: wait for the result instead of fetching too.

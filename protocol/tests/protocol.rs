@@ -1,4 +1,5 @@
 //! Known-answer vectors, property round trips and hostile input for the protocol.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use ghmesh_protocol::seal::seal_raw_for_tests;
 use ghmesh_protocol::wire::{MAX_GOSSIP_MESSAGE, MESSAGE_VERSION};
@@ -160,7 +161,7 @@ fn large_body_is_announced_without_it() {
     assert!(ann.body.is_none());
     let sealed = seal(keys(), &Message::Announce(ann.clone()), NOW);
     assert!(sealed.len() < MAX_GOSSIP_MESSAGE);
-    assert_eq!(ann.into_entry(), Err(big.meta.clone()));
+    assert_eq!(ann.into_entry(), Err(Box::new(big.meta.clone())));
 
     let small = sample_entry(vec![b'x'; wire::INLINE_BODY_LIMIT]);
     let sealed = seal(keys(), &Message::Announce(Announce::of(&small)), NOW);
@@ -223,7 +224,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
                     fetch: flag,
                 }),
                 3 => Message::LookupReply(if flag {
-                    LookupReply::Found(Announce::of(&e))
+                    LookupReply::Found(Box::new(Announce::of(&e)))
                 } else {
                     LookupReply::Pending
                 }),

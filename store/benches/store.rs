@@ -1,5 +1,6 @@
 //! Store costs. Run: `cargo bench -p ghmesh-store`.
 //! `put` and `put_many` include an fsync per transaction, so they measure the disk.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use ghmesh_protocol::{CanonicalRequest, Entry};

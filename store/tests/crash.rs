@@ -3,6 +3,7 @@
 //! acknowledged entry is there and the database opens.
 //!
 //! `harness = false`: the same binary is the parent and, re-executed, the child.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -32,7 +33,7 @@ fn child(path: &str) {
     let mut i = 0u64;
     loop {
         // Alternate single puts and small batches: both paths must be durable.
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             store.put(&entry(i), NOW).expect("put");
             writeln!(out, "{i}").expect("ack");
             i += 1;

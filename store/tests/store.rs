@@ -1,5 +1,6 @@
 //! Store behaviour: limits and eviction order, persistence, locking, corruption,
 //! permissions, and readers running during writes.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::{AtomicBool, Ordering};

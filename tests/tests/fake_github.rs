@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 use std::time::{Duration, Instant};
 
 use ghmesh_tests::fake_github::{FakeGithub, Fault};

@@ -1,6 +1,7 @@
 //! mDNS discovery on a real, non-loopback interface: two network namespaces joined by
 //! a veth pair, one node in each (each node runs on a thread that entered its
 //! namespace). Needs root and `ip`; skips with a message otherwise.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::process::Command;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use ghmesh_node::upstream::Upstream;
 use ghmesh_node::Node;
 use ghmesh_tests::fake_upstream::MemoryUpstream;
-use ghmesh_tests::harness::{test_config, test_keys, wait_until};
+use ghmesh_tests::harness::{init_tracing, test_config, test_keys, wait_until};
 
 struct Netns {
     names: Vec<String>,
@@ -83,6 +84,7 @@ fn node_in(
     tokio::sync::oneshot::Sender<()>,
     std::thread::JoinHandle<()>,
 ) {
+    init_tracing();
     let (node_tx, node_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let handle = std::thread::spawn(move || {

@@ -1,5 +1,6 @@
 //! Multi-node tests of the mesh: real nodes over TCP on 127.0.0.1 in one process.
 //! Each waits by polling with a timeout; none sleeps for a fixed time.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

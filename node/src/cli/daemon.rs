@@ -65,6 +65,10 @@ pub fn resolve(args: &NodeArgs, env: EnvLookup<'_>) -> Result<DaemonSettings, Cl
     let secret_source = secret.as_ref().map(|(_, src)| src.clone());
     node.keys = secret.map(|(s, _)| MeshKeys::derive(s.as_bytes(), &scope));
     let upstream = settings::upstream_url(args.upstream.as_deref(), env)?;
+    let upstream_timeout = settings::upstream_timeout(args.upstream_timeout, env)?;
+    // The node's own deadline sits just above the HTTP client's, so that the client's
+    // clearer timeout error is the one reported.
+    node.upstream_timeout = upstream_timeout + Duration::from_secs(1);
     let log_format = match args.log_format {
         Some(f) => f,
         None => match settings::first_env(env, &["GHMESH_LOG_FORMAT"]) {
@@ -81,8 +85,8 @@ pub fn resolve(args: &NodeArgs, env: EnvLookup<'_>) -> Result<DaemonSettings, Cl
     let github = GithubConfig {
         base_url: upstream.clone(),
         token: settings::upstream_token(env),
-        connect_timeout: Duration::from_secs(5),
-        request_timeout: Duration::from_secs(15),
+        connect_timeout: Duration::from_secs(5).min(upstream_timeout),
+        request_timeout: upstream_timeout,
     };
     Ok(DaemonSettings {
         api: settings::api_addr(args.api.as_deref(), env),
@@ -113,6 +117,7 @@ fn init_logging(format: LogFormat) {
 fn start_error(e: NodeError) -> CliError {
     let hint = match &e {
         NodeError::Network(_) => "; check --listen (is the port already in use?)",
+        NodeError::DataDir { .. } | NodeError::Identity { .. } => "; pick a writable --data-dir",
         _ => "",
     };
     CliError::usage(format!("{e}{hint}"))
@@ -122,20 +127,6 @@ fn start_error(e: NodeError) -> CliError {
 pub async fn run(args: NodeArgs, env: EnvLookup<'_>) -> Result<(), CliError> {
     let s = resolve(&args, env)?;
     init_logging(s.log_format);
-    match (&s.node.keys, &s.secret_source) {
-        (Some(_), Some(src)) => tracing::info!("mesh enabled; secret from {src}"),
-        _ if args.no_p2p || settings::env_flag_off(env, "CACHE_ENABLE_P2P") => {
-            tracing::info!("P2P disabled: running local-only")
-        }
-        _ => tracing::warn!(
-            "no mesh secret (--secret-file, GHMESH_SECRET, CACHE_P2P_SHARED_SECRET, GH_TOKEN, GITHUB_TOKEN): running local-only, no P2P"
-        ),
-    }
-    if s.job_token_secret {
-        tracing::warn!(
-            "the mesh secret looks like a per-job Actions token (ghs_…): it changes every job, so runners of different jobs will not share; set GHMESH_SECRET to a stable fleet secret (see README)"
-        );
-    }
     let github = GithubClient::new(s.github.clone())
         .map_err(|e| CliError::usage(format!("upstream client: {e}")))?;
     let node = Node::start(s.node.clone(), Arc::new(github))

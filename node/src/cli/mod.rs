@@ -124,6 +124,9 @@ pub struct NodeArgs {
     /// Extra address to advertise to peers (e.g. behind NAT), repeatable [env: GHMESH_EXTERNAL]
     #[arg(long, value_name = "MULTIADDR")]
     pub external_addr: Vec<String>,
+    /// Whole-request timeout for GitHub, in seconds [env: GHMESH_UPSTREAM_TIMEOUT] [default: 15]
+    #[arg(long, value_name = "SECONDS")]
+    pub upstream_timeout: Option<u64>,
     /// Log format on stderr (filter with RUST_LOG) [env: GHMESH_LOG_FORMAT] [default: text]
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,

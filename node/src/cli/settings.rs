@@ -257,6 +257,26 @@ pub fn ttl(flag: Option<u64>, env: EnvLookup<'_>) -> Result<Option<u64>, CliErro
     Ok(ttl)
 }
 
+/// `--upstream-timeout`, `GHMESH_UPSTREAM_TIMEOUT`, else 15 s.
+pub fn upstream_timeout(
+    flag: Option<u64>,
+    env: EnvLookup<'_>,
+) -> Result<std::time::Duration, CliError> {
+    let secs = number(
+        flag,
+        env,
+        &["GHMESH_UPSTREAM_TIMEOUT"],
+        "a number of seconds",
+    )?
+    .unwrap_or(15);
+    if secs == 0 || secs > 600 {
+        return Err(CliError::usage(
+            "--upstream-timeout must be between 1 and 600 seconds",
+        ));
+    }
+    Ok(std::time::Duration::from_secs(secs))
+}
+
 /// Store limits: `--max-entries` (`GHMESH_MAX_ENTRIES`, `CACHE_MAX_SIZE`) and
 /// `--max-bytes` (`GHMESH_MAX_BYTES`).
 pub fn limits(

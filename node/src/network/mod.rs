@@ -473,7 +473,7 @@ impl EventLoop {
             return;
         }
         let kad = &mut self.swarm.behaviour_mut().kad;
-        if !self.providing || ticks % 30 == 0 {
+        if !self.providing || ticks.is_multiple_of(30) {
             if let Err(e) = kad.start_providing(self.rendezvous.clone()) {
                 tracing::debug!("start_providing: {e}");
             }
@@ -577,7 +577,13 @@ impl EventLoop {
         {
             return;
         }
-        let opts = DialOpts::peer_id(peer).addresses(addrs).build();
+        // A fresh source port: two nodes that discover each other at the same moment
+        // would otherwise dial from their listening ports, turning the crossing dials
+        // into one TCP simultaneous open that both handshakes reject.
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .allocate_new_port()
+            .build();
         if let Err(e) = self.swarm.dial(opts) {
             tracing::trace!(%peer, "dial: {e}");
         }
@@ -768,7 +774,7 @@ mod tests {
         let lan: Multiaddr = "/ip4/10.1.2.3/tcp/1".parse().unwrap();
         let any: Multiaddr = "/ip4/0.0.0.0/tcp/0".parse().unwrap();
         let lo_req: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().unwrap();
-        assert!(advertise(&lan, &[any.clone()]));
+        assert!(advertise(&lan, std::slice::from_ref(&any)));
         assert!(!advertise(&lo, &[any]));
         assert!(advertise(&lo, &[lo_req]));
     }

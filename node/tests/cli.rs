@@ -1,0 +1,188 @@
+//! The binary's command-line contract: help, exit codes, one-line errors. (Also makes
+//! `cargo test --workspace` build `target/<profile>/ghmesh` for the end-to-end tests.)
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::process::{Command, Output};
+
+fn ghmesh(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ghmesh"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .expect("run ghmesh")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+#[test]
+fn help_names_every_flag_and_its_env_vars() {
+    let o = ghmesh(&["node", "--help"], &[]);
+    assert!(o.status.success());
+    let help = String::from_utf8_lossy(&o.stdout);
+    for needle in [
+        "--data-dir",
+        "GHMESH_DATA_DIR",
+        "CACHE_DIR",
+        "--listen",
+        "GHMESH_LISTEN",
+        "CACHE_LISTEN_PORT",
+        "--api",
+        "GHMESH_API",
+        "--bootstrap",
+        "GHMESH_BOOTSTRAP",
+        "CACHE_BOOTSTRAP_PEERS",
+        "--no-mdns",
+        "GHMESH_MDNS",
+        "--no-p2p",
+        "CACHE_ENABLE_P2P",
+        "--upstream",
+        "GHMESH_UPSTREAM",
+        "GITHUB_API_URL",
+        "--ttl",
+        "GHMESH_TTL",
+        "CACHE_DEFAULT_TTL",
+        "--max-entries",
+        "GHMESH_MAX_ENTRIES",
+        "CACHE_MAX_SIZE",
+        "--max-bytes",
+        "GHMESH_MAX_BYTES",
+        "--secret-file",
+        "GHMESH_SECRET",
+        "CACHE_P2P_SHARED_SECRET",
+        "--repo",
+        "GHMESH_REPO",
+        "GITHUB_REPOSITORY",
+        "--log-format",
+    ] {
+        assert!(help.contains(needle), "node --help lacks {needle}");
+    }
+    let o = ghmesh(&["api", "--help"], &[]);
+    let help = String::from_utf8_lossy(&o.stdout);
+    for needle in [
+        "--method",
+        "--header",
+        "--raw-field",
+        "--field",
+        "--jq",
+        "--paginate",
+        "--include",
+        "GHMESH_API",
+    ] {
+        assert!(help.contains(needle), "api --help lacks {needle}");
+    }
+    for cmd in ["stats", "peers", "id", "monitor"] {
+        assert!(
+            ghmesh(&[cmd, "--help"], &[]).status.success(),
+            "{cmd} --help"
+        );
+    }
+}
+
+#[test]
+fn usage_errors_exit_2_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case<'_>> = vec![
+        (vec!["node", "--bogus"], vec![], "--bogus"),
+        (
+            vec!["node", "--data-dir", d, "--listen", "not-a-multiaddr"],
+            vec![],
+            "multiaddr",
+        ),
+        (
+            vec!["node", "--data-dir", d, "--bootstrap", "/ip4/1.2.3.4/tcp/x"],
+            vec![],
+            "bootstrap",
+        ),
+        (
+            vec![
+                "node",
+                "--data-dir",
+                d,
+                "--secret-file",
+                "/nonexistent/secret",
+            ],
+            vec![],
+            "secret-file",
+        ),
+        (
+            vec!["node", "--data-dir", "/proc/ghmesh-cannot-write-here"],
+            vec![],
+            "data dir",
+        ),
+        (
+            vec!["node", "--data-dir", d],
+            vec![("GHMESH_TTL", "soon")],
+            "GHMESH_TTL",
+        ),
+        (
+            vec!["node", "--data-dir", d, "--upstream", "ftp://x"],
+            vec![],
+            "upstream",
+        ),
+    ];
+    for (args, env, needle) in cases {
+        let o = ghmesh(&args, &env);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains(needle), "{args:?}: {err}");
+        if !args.contains(&"--bogus") {
+            assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        }
+    }
+}
+
+#[test]
+fn secrets_never_appear_in_errors_or_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = ghmesh(
+        &[
+            "node",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            "bad",
+        ],
+        &[
+            ("GHMESH_SECRET", "s3cr3t-fleet-value"),
+            ("GH_TOKEN", "ghp_verysecrettoken"),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let all = format!("{}{}", stderr(&o), String::from_utf8_lossy(&o.stdout));
+    assert!(!all.contains("s3cr3t-fleet-value") && !all.contains("ghp_verysecrettoken"));
+}
+
+#[test]
+fn client_commands_without_a_node_exit_1() {
+    let o = ghmesh(&["stats"], &[("GHMESH_API", "127.0.0.1:1")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("no ghmesh node answers"),
+        "{}",
+        stderr(&o)
+    );
+    let o = ghmesh(&["monitor", "--once"], &[("GHMESH_API", "127.0.0.1:1")]);
+    assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn id_without_a_node_reads_a_stable_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let env = [("GHMESH_API", "127.0.0.1:1"), ("GHMESH_DATA_DIR", d)];
+    let a = ghmesh(&["id"], &env);
+    let b = ghmesh(&["id"], &env);
+    assert!(a.status.success(), "{}", stderr(&a));
+    let first = String::from_utf8_lossy(&a.stdout)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    assert!(first.starts_with("12D3Koo"), "{first}");
+    assert_eq!(a.stdout, b.stdout, "same identity twice");
+}

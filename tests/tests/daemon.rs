@@ -1,0 +1,415 @@
+//! End to end with the real `ghmesh` binary: three daemons on loopback (ports 0) and
+//! the fake GitHub in this process.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use ghmesh_protocol::CanonicalRequest;
+use ghmesh_tests::daemon::*;
+use ghmesh_tests::fake_github::{FakeGithub, Fault};
+
+const T: Duration = Duration::from_secs(30);
+
+fn env(secret: &str) -> HashMap<String, String> {
+    let mut e = HashMap::new();
+    e.insert("GHMESH_SECRET".to_string(), secret.to_string());
+    e.insert("GH_TOKEN".to_string(), "ghp_e2etoken".to_string());
+    e
+}
+
+async fn poll<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < T, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Starts `n` daemons; all but the first bootstrap to the first. Waits until every
+/// node has every other as a peer.
+async fn fleet(n: usize, gh: &FakeGithub, extra: &[&str], dir: &tempfile::TempDir) -> Vec<Daemon> {
+    let mut args: Vec<String> = vec!["--upstream".into(), gh.url()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let first = start_daemon(dir.path().join("n0"), &args, &env("e2e-fleet"))
+        .await
+        .unwrap();
+    let boot = first.ready.listen[0].clone();
+    let mut nodes = vec![first];
+    for i in 1..n {
+        let mut a = args.clone();
+        a.extend(["--bootstrap".to_string(), boot.clone()]);
+        nodes.push(
+            start_daemon(dir.path().join(format!("n{i}")), &a, &env("e2e-fleet"))
+                .await
+                .unwrap(),
+        );
+    }
+    for node in &nodes {
+        poll("full mesh membership", || async {
+            node.stats()
+                .await
+                .map(|s| s["members"].as_u64() == Some(n as u64 - 1))
+                .unwrap_or(false)
+        })
+        .await;
+    }
+    nodes
+}
+
+async fn get(node: &Daemon, path: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    http_get(&format!("{}{path}", node.base())).await.unwrap()
+}
+
+fn cache(h: &[(String, String)]) -> String {
+    header(h, "x-ghmesh-cache").unwrap_or("none").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_share_one_upstream_call() {
+    let gh = FakeGithub::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = fleet(3, &gh, &[], &dir).await;
+    let path = "/repos/acme/widgets";
+    let (s1, h1, b1) = get(&nodes[0], path).await;
+    assert_eq!(s1, 200);
+    assert!(
+        matches!(cache(&h1).as_str(), "miss" | "coalesced"),
+        "{}",
+        cache(&h1)
+    );
+    assert!(header(&h1, "etag").is_some());
+    for n in &nodes[1..] {
+        let (s, h, b) = get(n, path).await;
+        assert_eq!(s, 200);
+        assert!(
+            matches!(cache(&h).as_str(), "peer" | "hit"),
+            "{}",
+            cache(&h)
+        );
+        assert_eq!(b, b1, "identical body");
+    }
+    assert_eq!(gh.full_responses(), 1, "one upstream call for the fleet");
+    let saved: u64 = {
+        let mut s = 0;
+        for n in &nodes {
+            s += n.stats().await.unwrap()["api_calls_saved"]
+                .as_u64()
+                .unwrap();
+        }
+        s
+    };
+    assert!(saved >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_entries_revalidate_for_free_and_the_refresh_spreads() {
+    let gh = FakeGithub::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = fleet(3, &gh, &["--ttl", "2"], &dir).await;
+    let path = "/repos/acme/widgets/issues?state=open";
+    // Read on the key's owner so that its own expiry is revalidated by itself.
+    let ids: Vec<libp2p::PeerId> = nodes
+        .iter()
+        .map(|n| n.ready.peer_id.parse().unwrap())
+        .collect();
+    let owner =
+        ghmesh_node::placement::owner(&CanonicalRequest::get(path).unwrap().key(), ids.clone())
+            .unwrap();
+    let o = ids.iter().position(|p| *p == owner).unwrap();
+    let (_, h, body) = get(&nodes[o], path).await;
+    assert_eq!(cache(&h), "miss");
+    // Every node holds it (announce).
+    for n in &nodes {
+        poll("announce", || async {
+            n.stats().await.unwrap()["entries"].as_u64() == Some(1)
+        })
+        .await;
+    }
+    // Poll until the owner's copy expires and comes back revalidated.
+    let started = Instant::now();
+    loop {
+        let (_, h, b) = get(&nodes[o], path).await;
+        assert_eq!(b, body);
+        if cache(&h) == "revalidated" {
+            break;
+        }
+        assert!(
+            started.elapsed() < T,
+            "never revalidated (last: {})",
+            cache(&h)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(gh.full_responses(), 1, "no full call");
+    assert!(gh.not_modified() >= 1);
+    let calls = gh.total_requests();
+    for (i, n) in nodes.iter().enumerate().filter(|(i, _)| *i != o) {
+        let (_, h, b) = get(n, path).await;
+        assert!(
+            matches!(cache(&h).as_str(), "peer" | "hit"),
+            "node {i}: {}",
+            cache(&h)
+        );
+        assert_eq!(b, body);
+    }
+    assert_eq!(
+        gh.total_requests(),
+        calls,
+        "the refresh reached the others: no upstream request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_serve_stale_or_an_error_never_hang() {
+    let gh = FakeGithub::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let args: Vec<String> = [
+        "--upstream",
+        &gh.url(),
+        "--ttl",
+        "1",
+        "--upstream-timeout",
+        "2",
+        "--no-p2p",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let node = start_daemon(dir.path().join("n"), &args, &env("x"))
+        .await
+        .unwrap();
+    let (s, h, body) = get(&node, "/repos/acme/widgets/pulls").await;
+    assert_eq!((s, cache(&h).as_str()), (200, "miss"));
+
+    for fault in [
+        Fault::ServerError,
+        Fault::RateLimited,
+        Fault::TooManyRequests,
+        Fault::Hang,
+    ] {
+        gh.set_fault(fault);
+        poll("stale copy", || async {
+            let (s, h, b) = get(&node, "/repos/acme/widgets/pulls").await;
+            s == 200 && cache(&h) == "stale" && b == body
+        })
+        .await;
+        let started = Instant::now();
+        let (s, h, b) = get(&node, &format!("/repos/acme/widgets/unknown-{fault:?}")).await;
+        assert!(s >= 400, "{fault:?}: status {s}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{fault:?}: answered in {:?}",
+            started.elapsed()
+        );
+        let json: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert!(json["message"].is_string(), "{fault:?}: {json}");
+        assert_ne!(cache(&h), "stale");
+        gh.set_fault(Fault::None);
+    }
+    let stats = node.stats().await.unwrap();
+    assert!(stats["stale_served"].as_u64().unwrap() >= 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_then_restart_serves_from_disk_with_the_same_peer_id() {
+    let gh = FakeGithub::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let args: Vec<String> = vec!["--upstream".into(), gh.url()];
+    let mut node = start_daemon(dir.path().join("n"), &args, &env("k9"))
+        .await
+        .unwrap();
+    let paths: Vec<String> = (1..=5)
+        .map(|i| format!("/repos/acme/widgets/issues/{i}"))
+        .collect();
+    let mut bodies = Vec::new();
+    for p in &paths {
+        let (s, h, b) = get(&node, p).await;
+        assert_eq!((s, cache(&h).as_str()), (200, "miss"));
+        bodies.push(b);
+    }
+    let peer_id = node.ready.peer_id.clone();
+    node.kill9().await;
+    let node = start_daemon(dir.path().join("n"), &args, &env("k9"))
+        .await
+        .unwrap();
+    assert_eq!(node.ready.peer_id, peer_id, "same peer id after restart");
+    for (p, b) in paths.iter().zip(&bodies) {
+        let (s, h, body) = get(&node, p).await;
+        assert_eq!((s, cache(&h).as_str()), (200, "hit"), "{p}");
+        assert_eq!(&body, b);
+    }
+    assert_eq!(gh.full_responses(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_0_and_a_second_node_on_the_same_dir_is_refused() {
+    let gh = FakeGithub::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let args: Vec<String> = vec!["--upstream".into(), gh.url()];
+    let mut node = start_daemon(dir.path().join("n"), &args, &env("t"))
+        .await
+        .unwrap();
+    let second = start_daemon(dir.path().join("n"), &args, &env("t")).await;
+    let err = format!("{:#}", second.err().expect("second node refused"));
+    assert!(err.contains("in use by another process"), "{err}");
+    assert_eq!(node.terminate().await, Some(0));
+}
+
+fn api_cmd(args: &[&str], env: &[(&str, String)]) -> std::process::Output {
+    std::process::Command::new(ghmesh_bin())
+        .arg("api")
+        .args(args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ghmesh_api_like_gh() {
+    let gh = FakeGithub::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let args: Vec<String> = vec!["--upstream".into(), gh.url(), "--no-p2p".into()];
+    let node = start_daemon(dir.path().join("n"), &args, &env("a"))
+        .await
+        .unwrap();
+    let e = vec![("GHMESH_API", node.ready.api.clone())];
+
+    let o =
+        tokio::task::block_in_place(|| api_cmd(&["repos/acme/widgets", "--jq", ".full_name"], &e));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "acme/widgets\n");
+
+    let o =
+        tokio::task::block_in_place(|| api_cmd(&["repos/acme/widgets/issues", "--paginate"], &e));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let all: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one merged JSON array");
+    assert_eq!(all.as_array().unwrap().len(), 90, "3 pages of 30 merged");
+    let ids: std::collections::HashSet<String> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].to_string())
+        .collect();
+    assert_eq!(ids.len(), 90, "distinct items from every page");
+
+    let o = tokio::task::block_in_place(|| {
+        api_cmd(
+            &[
+                "repos/acme/widgets/issues",
+                "--paginate",
+                "--jq",
+                ".[].number",
+            ],
+            &e,
+        )
+    });
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 90);
+
+    let o = tokio::task::block_in_place(|| api_cmd(&["-i", "repos/acme/widgets"], &e));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.starts_with("HTTP/1.1 200 OK\n"), "{out}");
+    assert!(out.contains("x-ghmesh-cache: hit"), "{out}");
+    assert!(out.contains("etag: "), "{out}");
+
+    let o = tokio::task::block_in_place(|| api_cmd(&["repos/acme/missing"], &e));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("HTTP 404"));
+
+    // No node: works alone on the local store and upstream, and caches.
+    let alone = vec![
+        ("GHMESH_API", "127.0.0.1:1".to_string()),
+        (
+            "GHMESH_DATA_DIR",
+            dir.path().join("alone").display().to_string(),
+        ),
+        ("GHMESH_UPSTREAM", gh.url()),
+    ];
+    let before = gh.full_responses();
+    let o =
+        tokio::task::block_in_place(|| api_cmd(&["repos/acme/gadgets", "--jq", ".name"], &alone));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "gadgets\n");
+    let o = tokio::task::block_in_place(|| api_cmd(&["-i", "repos/acme/gadgets"], &alone));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("x-ghmesh-cache: hit"));
+    assert_eq!(gh.full_responses(), before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
+    let gh = FakeGithub::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let args: Vec<String> = vec!["--upstream".into(), gh.url(), "--no-p2p".into()];
+    let node = start_daemon(dir.path().join("n"), &args, &env("b"))
+        .await
+        .unwrap();
+    let base = node.base();
+
+    let (s, _, b) = http_get(&format!("{base}/repos/../etc/passwd"))
+        .await
+        .unwrap();
+    assert_eq!(s, 400, "{}", String::from_utf8_lossy(&b));
+    let huge = "x".repeat(40 * 1024);
+    let (s, _, _) = http_request(
+        "GET",
+        &format!("{base}/repos/acme/widgets"),
+        &[("x-junk", &huge)],
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 431);
+    let body = vec![b'a'; 11 * 1024 * 1024];
+    let (s, _, _) = http_request(
+        "POST",
+        &format!("{base}/repos/acme/widgets/issues"),
+        &[],
+        &body,
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 413);
+    let (s, h, b) = http_request(
+        "POST",
+        &format!("{base}/repos/acme/widgets/issues"),
+        &[("content-type", "application/json")],
+        b"{\"title\":\"t\"}",
+    )
+    .await
+    .unwrap();
+    assert_eq!((s, cache(&h).as_str()), (201, "bypass"));
+    assert!(String::from_utf8_lossy(&b).contains("POST"));
+    let (s, h, _) = http_request(
+        "GET",
+        &format!("{base}/repos/acme/widgets"),
+        &[("authorization", "Bearer ghp_someoneelse")],
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (s, cache(&h).as_str()),
+        (200, "bypass"),
+        "a client's own token is passed through"
+    );
+
+    let (s, _, b) = http_get(&format!("{base}/_ghmesh/health")).await.unwrap();
+    assert_eq!((s, b.as_slice()), (200, b"ok".as_slice()));
+    let (s, h, _) = get(&node, "/repos/acme/widgets").await;
+    assert_eq!((s, cache(&h).as_str()), (200, "miss"));
+    let (s, _, m) = http_get(&format!("{base}/_ghmesh/metrics")).await.unwrap();
+    let m = String::from_utf8_lossy(&m);
+    assert_eq!(s, 200);
+    assert!(m.contains("ghmesh_misses_total 1"), "{m}");
+    assert!(m.contains("libp2p") || !m.is_empty());
+    let (s, _, p) = http_get(&format!("{base}/_ghmesh/peers")).await.unwrap();
+    assert_eq!(s, 200);
+    assert!(serde_json::from_slice::<serde_json::Value>(&p)
+        .unwrap()
+        .is_array());
+}
