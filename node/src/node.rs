@@ -22,7 +22,7 @@ use libp2p::gossipsub::MessageAcceptance;
 use libp2p::{identity, PeerId};
 use prometheus_client::registry::Registry;
 use serde_bytes::ByteBuf;
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 
 use crate::config::{MeshMode, NodeConfig};
 use crate::network::{self, NetConfig, NetEvent, NetworkHandle, PeerInfo};
@@ -182,6 +182,8 @@ struct Inner {
     writer: mpsc::Sender<(WriteJob, Option<oneshot::Sender<()>>)>,
     counters: Counters,
     registry: Mutex<Registry>,
+    /// Keys whose entry was stored or refreshed, after the commit.
+    stored: broadcast::Sender<CacheKey>,
 }
 
 /// A running node. Cheap to clone.
@@ -305,6 +307,7 @@ impl Node {
                 writer: writer_tx,
                 counters,
                 registry: Mutex::new(registry),
+                stored: broadcast::channel(4096).0,
             }),
         };
         tokio::spawn(node.clone().run_writer(writer_rx));
@@ -345,6 +348,12 @@ impl Node {
     /// The upstream.
     pub fn upstream(&self) -> &Arc<dyn Upstream> {
         &self.inner.upstream
+    }
+
+    /// Keys as their entries are durably stored or refreshed (a bounded broadcast: a
+    /// slow receiver misses events rather than slowing the node).
+    pub fn subscribe_stored(&self) -> broadcast::Receiver<CacheKey> {
+        self.inner.stored.subscribe()
     }
 
     /// The counters.
@@ -933,6 +942,9 @@ impl Node {
                 for key in &changed {
                     bodyless.remove(key);
                 }
+            }
+            for key in &changed {
+                let _ = self.inner.stored.send(*key);
             }
             for ack in acks.into_iter().flatten() {
                 let _ = ack.send(());

@@ -1,1 +1,103 @@
-fn main() {}
+//! `ghmesh-sim`: see `ghmesh-sim --help` and contract §7.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use ghmesh_simulations::{plot::plot, run, Report, SimConfig, Strategy, Workload};
+
+/// Runs many real ghmesh nodes in one process against an in-process fake GitHub that
+/// counts calls, replays a workload, and reports what the fleet spent.
+#[derive(Parser, Debug)]
+#[command(name = "ghmesh-sim", version)]
+struct Args {
+    /// Nodes in the mesh [default: 20, or the workload's]
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// Distinct GitHub requests in the workload [default: 100, or the workload's]
+    #[arg(long)]
+    keys: Option<usize>,
+    /// How many times every node reads every key, in a shuffled order [default: 3, or the workload's]
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Nodes start reading spread over this window; 0 = all at once [default: 0, or the workload's]
+    #[arg(long)]
+    stagger_ms: Option<u64>,
+    /// Freshness of entries in seconds [default: 60, or the workload's]
+    #[arg(long)]
+    ttl: Option<u64>,
+    /// local: no P2P; broadcast: announce on fetch only (the push-only design); mesh: everything ghmesh does
+    #[arg(long, value_enum, default_value = "mesh")]
+    strategy: Strategy,
+    /// RNG seed; the same seed gives the same workload
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Named workload (burst, autoscaler, churn) or a TOML file
+    #[arg(long)]
+    workload: Option<String>,
+    /// Run every strategy for each of these node counts (e.g. 5,20,50) instead of one run
+    #[arg(long, value_delimiter = ',')]
+    sweep: Vec<usize>,
+    /// Write the report as JSON (an array with --sweep)
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write a chart (SVG)
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+fn config(args: &Args, workload: &Workload, nodes: Option<usize>, strategy: Strategy) -> SimConfig {
+    let mut cfg = SimConfig::from_workload(workload.clone());
+    if let Some(n) = nodes.or(args.nodes) {
+        cfg.nodes = n;
+    }
+    if let Some(k) = args.keys {
+        cfg.keys = k;
+    }
+    if let Some(r) = args.rounds {
+        cfg.rounds = r;
+    }
+    if let Some(s) = args.stagger_ms {
+        cfg.stagger_ms = s;
+    }
+    if let Some(t) = args.ttl {
+        cfg.ttl = t;
+    }
+    cfg.strategy = strategy;
+    cfg.seed = args.seed;
+    cfg
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let workload = match &args.workload {
+        Some(w) => Workload::load(w)?,
+        None => Workload::default(),
+    };
+    let mut reports: Vec<Report> = Vec::new();
+    if args.sweep.is_empty() {
+        let r = run(config(&args, &workload, None, args.strategy)).await?;
+        print!("{}", r.summary());
+        reports.push(r);
+    } else {
+        for &n in &args.sweep {
+            for strategy in [Strategy::Local, Strategy::Broadcast, Strategy::Mesh] {
+                let r = run(config(&args, &workload, Some(n), strategy)).await?;
+                print!("{}\n", r.summary());
+                reports.push(r);
+            }
+        }
+    }
+    if let Some(path) = &args.json {
+        let text = if reports.len() == 1 {
+            serde_json::to_string_pretty(&reports[0])?
+        } else {
+            serde_json::to_string_pretty(&reports)?
+        };
+        std::fs::write(path, text)?;
+    }
+    if let Some(path) = &args.plot {
+        plot(path, &reports)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! SVG chart: upstream calls per key against fleet size for each strategy, and the
+//! distribution of propagation latency.
+
+use plotters::prelude::*;
+
+use crate::report::Report;
+
+/// Writes the chart for `reports` (one or many runs) to `path` (`.svg`).
+pub fn plot(path: &std::path::Path, reports: &[Report]) -> anyhow::Result<()> {
+    // The distribution of the largest mesh run (else of any run that has samples).
+    let propagation_samples: &[f64] = reports
+        .iter()
+        .filter(|r| !r.propagation_samples.is_empty())
+        .max_by_key(|r| (r.strategy == "mesh", r.nodes))
+        .map(|r| r.propagation_samples.as_slice())
+        .unwrap_or(&[]);
+    anyhow::ensure!(
+        path.extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("svg")),
+        "--plot writes SVG: give a path ending in .svg"
+    );
+    let root = SVGBackend::new(path, (1100, 450)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (left, right) = root.split_horizontally(550);
+
+    let max_n = reports.iter().map(|r| r.nodes).max().unwrap_or(1) as f64;
+    let max_upk = reports
+        .iter()
+        .map(|r| r.upstream_per_key)
+        .fold(1.0, f64::max)
+        * 1.1;
+    let mut chart = ChartBuilder::on(&left)
+        .caption("upstream calls per key vs nodes", ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(35)
+        .y_label_area_size(45)
+        .build_cartesian_2d(0.0..max_n * 1.05, 0.0..max_upk)?;
+    chart
+        .configure_mesh()
+        .x_desc("nodes")
+        .y_desc("upstream calls / key")
+        .draw()?;
+    for (strategy, color) in [("local", RED), ("broadcast", BLUE), ("mesh", GREEN)] {
+        let mut pts: Vec<(f64, f64)> = reports
+            .iter()
+            .filter(|r| r.strategy == strategy)
+            .map(|r| (r.nodes as f64, r.upstream_per_key))
+            .collect();
+        if pts.is_empty() {
+            continue;
+        }
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+            .label(strategy)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 4, color.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE)
+        .draw()?;
+
+    let max_ms = propagation_samples.iter().copied().fold(1.0, f64::max);
+    let buckets = 20usize;
+    let width = max_ms / buckets as f64;
+    let mut counts = vec![0u32; buckets];
+    for s in propagation_samples {
+        let i = ((s / width) as usize).min(buckets - 1);
+        counts[i] += 1;
+    }
+    let max_count = counts.iter().copied().max().unwrap_or(1).max(1);
+    let mut hist = ChartBuilder::on(&right)
+        .caption(
+            "propagation latency (fetch -> every node)",
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(35)
+        .y_label_area_size(45)
+        .build_cartesian_2d(0.0..max_ms * 1.05, 0u32..max_count + 1)?;
+    hist.configure_mesh().x_desc("ms").y_desc("keys").draw()?;
+    hist.draw_series(counts.iter().enumerate().map(|(i, c)| {
+        let x0 = i as f64 * width;
+        Rectangle::new([(x0, 0), (x0 + width, *c)], GREEN.mix(0.6).filled())
+    }))?;
+    root.present()?;
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! The JSON report of a run (contract §7).
+
+use serde::Serialize;
+
+/// Percentiles of the time from an entry's upstream fetch to its presence everywhere.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Propagation {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+    /// Keys measured (fetched once and then present on every node).
+    pub samples: usize,
+}
+
+/// Percentiles of peer lookups on a local miss (requests answered by a peer).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Lookup {
+    pub p50: f64,
+    pub p99: f64,
+    pub samples: usize,
+}
+
+/// What happened to nodes that joined during the run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LateJoiners {
+    pub nodes: usize,
+    pub requests: u64,
+    /// Answered by peers (lookup, or entries that reached them by gossip).
+    pub served_by_peers: u64,
+    /// Fetched upstream with quota spent.
+    pub misses: u64,
+}
+
+/// A run's report.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub workload: String,
+    pub nodes: usize,
+    pub keys: usize,
+    pub rounds: usize,
+    pub strategy: String,
+    pub seed: u64,
+    pub stagger_ms: u64,
+    pub ttl: u64,
+    /// Requests made by all nodes.
+    pub requests: u64,
+    /// Quota-spending upstream requests (full 200 answers).
+    pub upstream_calls: u64,
+    /// Free revalidations (304).
+    pub upstream_304: u64,
+    /// upstream_calls / keys.
+    pub upstream_per_key: f64,
+    /// Answered from the node's own store (fresh hit, whoever fetched it).
+    pub served_local: u64,
+    /// Answered by a peer on a local miss.
+    pub served_peer: u64,
+    /// Joined an in-flight fetch (here or on the key's owner).
+    pub served_coalesced: u64,
+    /// Revalidated with a 304.
+    pub served_revalidated: u64,
+    /// Fetched upstream.
+    pub served_miss: u64,
+    /// Failed requests.
+    pub errors: u64,
+    pub propagation_ms: Propagation,
+    pub lookup_ms: Lookup,
+    /// Time for every node to see every other as a member before the workload.
+    pub mesh_formation_s: f64,
+    /// Workload time.
+    pub wall_s: f64,
+    /// Peak RSS of the whole process (all nodes and the fake GitHub).
+    pub peak_rss_mb: f64,
+    /// peak_rss_mb / nodes.
+    pub peak_rss_mb_per_node: f64,
+    pub late_joiners: Option<LateJoiners>,
+    /// Raw propagation samples (ms), for charts.
+    #[serde(skip)]
+    pub propagation_samples: Vec<f64>,
+}
+
+impl Report {
+    /// One-paragraph summary for the terminal.
+    pub fn summary(&self) -> String {
+        format!(
+            "{workload} / {strategy}: {nodes} nodes x {keys} keys x {rounds} rounds = {requests} requests\n\
+             upstream: {up} full calls ({upk:.2} per key), {nm} free 304s\n\
+             served: {local} local, {peer} peer, {co} coalesced, {rv} revalidated, {miss} miss, {err} errors\n\
+             propagation ms: p50 {pp50:.1} p95 {pp95:.1} p99 {pp99:.1} max {pmax:.1} ({ps} keys)\n\
+             lookup ms: p50 {lp50:.2} p99 {lp99:.2} ({ls} lookups)\n\
+             mesh formed in {mf:.2}s, workload {wall:.2}s, peak RSS {rss:.0} MB ({rssn:.1} MB/node)\n",
+            workload = self.workload,
+            strategy = self.strategy,
+            nodes = self.nodes,
+            keys = self.keys,
+            rounds = self.rounds,
+            requests = self.requests,
+            up = self.upstream_calls,
+            upk = self.upstream_per_key,
+            nm = self.upstream_304,
+            local = self.served_local,
+            peer = self.served_peer,
+            co = self.served_coalesced,
+            rv = self.served_revalidated,
+            miss = self.served_miss,
+            err = self.errors,
+            pp50 = self.propagation_ms.p50,
+            pp95 = self.propagation_ms.p95,
+            pp99 = self.propagation_ms.p99,
+            pmax = self.propagation_ms.max,
+            ps = self.propagation_ms.samples,
+            lp50 = self.lookup_ms.p50,
+            lp99 = self.lookup_ms.p99,
+            ls = self.lookup_ms.samples,
+            mf = self.mesh_formation_s,
+            wall = self.wall_s,
+            rss = self.peak_rss_mb,
+            rssn = self.peak_rss_mb_per_node,
+        ) + &self
+            .late_joiners
+            .as_ref()
+            .map(|l| {
+                format!(
+                    "late joiners: {} nodes, {} requests, {} served by peers, {} upstream misses\n",
+                    l.nodes, l.requests, l.served_by_peers, l.misses
+                )
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The q-quantile (0..=1) of sorted samples; 0 when empty.
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Peak resident set of this process, in MB (VmHWM).
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(quantile(&v, 0.5), 51.0);
+        assert_eq!(quantile(&v, 0.99), 99.0);
+        assert_eq!(quantile(&v, 1.0), 100.0);
+        assert_eq!(quantile(&[], 0.5), 0.0);
+    }
+}

@@ -1,0 +1,436 @@
+//! The simulation engine.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ghmesh_node::upstream::github::{GithubClient, GithubConfig};
+use ghmesh_node::{CacheStatus, MeshMode, Node, NodeConfig};
+use ghmesh_protocol::{CacheKey, CanonicalRequest, MeshKeys};
+use ghmesh_tests::fake_github::FakeGithub;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use crate::report::{peak_rss_mb, quantile, LateJoiners, Lookup, Propagation, Report};
+use crate::workload::{Churn, Workload};
+
+/// What the fleet does on a miss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Strategy {
+    /// No P2P: every node alone.
+    Local,
+    /// Announce on fetch; no lookups, no coalescing (the earlier push-only design).
+    Broadcast,
+    /// Everything ghmesh does.
+    Mesh,
+}
+
+impl Strategy {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Broadcast => "broadcast",
+            Self::Mesh => "mesh",
+        }
+    }
+}
+
+/// A run's parameters.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub workload: Workload,
+    pub nodes: usize,
+    pub keys: usize,
+    pub rounds: usize,
+    pub stagger_ms: u64,
+    pub ttl: u64,
+    pub strategy: Strategy,
+    pub seed: u64,
+}
+
+impl SimConfig {
+    /// Contract defaults (20 nodes, 100 keys, 3 rounds, TTL 60, mesh, seed 1), then the
+    /// workload's values.
+    pub fn from_workload(workload: Workload) -> Self {
+        Self {
+            nodes: workload.nodes.unwrap_or(20),
+            keys: workload.keys.unwrap_or(100),
+            rounds: workload.rounds.unwrap_or(3),
+            stagger_ms: workload.stagger_ms.unwrap_or(0),
+            ttl: workload.ttl.unwrap_or(60),
+            strategy: Strategy::Mesh,
+            seed: 1,
+            workload,
+        }
+    }
+}
+
+/// Per-key spread: when it was first stored anywhere, when last, on how many nodes.
+#[derive(Default)]
+struct Spread {
+    first: Option<Instant>,
+    last: Option<Instant>,
+    nodes: usize,
+}
+
+#[derive(Default)]
+struct Tally {
+    requests: AtomicU64,
+    local: AtomicU64,
+    peer: AtomicU64,
+    coalesced: AtomicU64,
+    revalidated: AtomicU64,
+    miss: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl Tally {
+    fn snapshot(&self) -> [u64; 7] {
+        [
+            &self.requests,
+            &self.local,
+            &self.peer,
+            &self.coalesced,
+            &self.revalidated,
+            &self.miss,
+            &self.errors,
+        ]
+        .map(|a| a.load(Ordering::Relaxed))
+    }
+}
+
+struct SimNode {
+    node: Node,
+    _dir: tempfile::TempDir,
+    stop: Arc<AtomicBool>,
+}
+
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+fn sim_keys() -> MeshKeys {
+    static K: std::sync::OnceLock<MeshKeys> = std::sync::OnceLock::new();
+    K.get_or_init(|| MeshKeys::derive(b"simulated fleet secret", "acme/fleet"))
+        .clone()
+}
+
+async fn start_node(
+    cfg: &SimConfig,
+    gh: &FakeGithub,
+    bootstrap: Vec<libp2p::Multiaddr>,
+) -> anyhow::Result<SimNode> {
+    let dir = tempfile::tempdir()?;
+    let mut nc = NodeConfig::new(dir.path()).fast();
+    nc.listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
+    nc.bootstrap = bootstrap;
+    nc.mdns = false;
+    nc.ttl = Some(cfg.ttl);
+    nc.keys = (cfg.strategy != Strategy::Local).then(sim_keys);
+    nc.mode = if cfg.strategy == Strategy::Broadcast {
+        MeshMode::Broadcast
+    } else {
+        MeshMode::Mesh
+    };
+    let upstream = GithubClient::new(GithubConfig {
+        base_url: gh.url(),
+        // One fleet token: its ETags are valid on every node.
+        token: Some("ghp_simulated_fleet_token".into()),
+        connect_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(20),
+    })?;
+    let node = Node::start(nc, Arc::new(upstream)).await?;
+    Ok(SimNode {
+        node,
+        _dir: dir,
+        stop: Arc::new(AtomicBool::new(false)),
+    })
+}
+
+fn track_spread(node: &Node, spread: Arc<Mutex<HashMap<CacheKey, Spread>>>) {
+    let mut rx = node.subscribe_stored();
+    tokio::spawn(async move {
+        let mut seen = HashSet::new();
+        loop {
+            match rx.recv().await {
+                Ok(key) => {
+                    if seen.insert(key) {
+                        let now = Instant::now();
+                        if let Ok(mut m) = spread.lock() {
+                            let s = m.entry(key).or_default();
+                            s.first = Some(s.first.map_or(now, |f| f.min(now)));
+                            s.last = Some(s.last.map_or(now, |l| l.max(now)));
+                            s.nodes += 1;
+                        }
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => break,
+            }
+        }
+    });
+}
+
+/// One node's reads: `rounds` passes over the keys, each in its own shuffled order.
+#[allow(clippy::too_many_arguments)]
+async fn read_all(
+    node: Node,
+    stop: Arc<AtomicBool>,
+    requests: Arc<Vec<CanonicalRequest>>,
+    rounds: usize,
+    interval: Duration,
+    start_delay: Duration,
+    seed: u64,
+    tally: Arc<Tally>,
+    lookups: Arc<Mutex<Vec<f64>>>,
+) {
+    tokio::time::sleep(start_delay).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut order: Vec<usize> = (0..requests.len()).collect();
+    for round in 0..rounds {
+        if round > 0 && !interval.is_zero() {
+            tokio::time::sleep(interval).await;
+        }
+        order.shuffle(&mut rng);
+        for &i in &order {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let req = &requests[i];
+            let had = node
+                .store()
+                .get_meta(&req.key())
+                .ok()
+                .flatten()
+                .is_some_and(|m| m.is_fresh(ghmesh_node::now_ms()));
+            let t = Instant::now();
+            let res = node.get(req.clone()).await;
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
+            tally.requests.fetch_add(1, Ordering::Relaxed);
+            let counter = match res.map(|s| (s.status, s.http_status())) {
+                Ok((_, code)) if code >= 400 => &tally.errors,
+                Ok((CacheStatus::Hit | CacheStatus::Peer, _)) if had => &tally.local,
+                Ok((CacheStatus::Peer, _)) => {
+                    if let Ok(mut l) = lookups.lock() {
+                        l.push(ms);
+                    }
+                    &tally.peer
+                }
+                Ok((CacheStatus::Hit, _)) => &tally.local,
+                Ok((CacheStatus::Coalesced, _)) => &tally.coalesced,
+                Ok((CacheStatus::Revalidated, _)) => &tally.revalidated,
+                Ok((CacheStatus::Miss, _)) => &tally.miss,
+                Ok(_) | Err(_) => &tally.errors,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Runs one simulation.
+pub async fn run(cfg: SimConfig) -> anyhow::Result<Report> {
+    anyhow::ensure!(
+        cfg.nodes >= 1 && cfg.keys >= 1 && cfg.rounds >= 1,
+        "nodes, keys and rounds must be at least 1"
+    );
+    raise_fd_limit();
+    let gh = FakeGithub::start().await?;
+    gh.set_rate_limit(u64::MAX / 4);
+    let requests: Arc<Vec<CanonicalRequest>> = Arc::new(
+        cfg.workload
+            .key_paths(cfg.keys)
+            .iter()
+            .map(|p| CanonicalRequest::get(p))
+            .collect::<Result<_, _>>()?,
+    );
+
+    let mut nodes: Vec<SimNode> = Vec::new();
+    let first = start_node(&cfg, &gh, vec![]).await?;
+    let boot: Vec<libp2p::Multiaddr> = first.node.listen_addrs().into_iter().take(1).collect();
+    nodes.push(first);
+    for _ in 1..cfg.nodes {
+        nodes.push(start_node(&cfg, &gh, boot.clone()).await?);
+    }
+    let formed = Instant::now();
+    if cfg.strategy != Strategy::Local {
+        let want = cfg.nodes - 1;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !nodes
+            .iter()
+            .all(|n| n.node.network().is_some_and(|h| h.members().len() >= want))
+        {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the mesh did not form within 120 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let mesh_formation_s = formed.elapsed().as_secs_f64();
+
+    let spread: Arc<Mutex<HashMap<CacheKey, Spread>>> = Arc::default();
+    for n in &nodes {
+        track_spread(&n.node, spread.clone());
+    }
+    let tally = Arc::new(Tally::default());
+    let lookups: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
+    let interval = Duration::from_millis(cfg.workload.interval_ms);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let delay = if cfg.stagger_ms == 0 {
+            0
+        } else {
+            rng.gen_range(0..=cfg.stagger_ms)
+        };
+        tasks.push(tokio::spawn(read_all(
+            n.node.clone(),
+            n.stop.clone(),
+            requests.clone(),
+            cfg.rounds,
+            interval,
+            Duration::from_millis(delay),
+            cfg.seed.wrapping_mul(1_000_003).wrapping_add(i as u64),
+            tally.clone(),
+            lookups.clone(),
+        )));
+    }
+
+    let mut late = None;
+    let mut retired = Vec::new();
+    if let Some(Churn { replace, every_ms }) = cfg.workload.churn.clone() {
+        let late_tally = Arc::new(Tally::default());
+        let mut joined = 0;
+        for r in 0..replace.min(cfg.nodes.saturating_sub(1)) {
+            tokio::time::sleep(Duration::from_millis(every_ms)).await;
+            // Leave: any node but the bootstrap one.
+            let victim = 1 + rng.gen_range(0..nodes.len() - 1);
+            let gone = nodes.remove(victim);
+            gone.stop.store(true, Ordering::Relaxed);
+            gone.node.shutdown().await;
+            retired.push(gone);
+            // Join: empty store, new identity; reads everything once it has a peer.
+            let fresh = start_node(&cfg, &gh, boot.clone()).await?;
+            if cfg.strategy != Strategy::Local {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while fresh.node.network().is_some_and(|h| h.members().is_empty())
+                    && Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            track_spread(&fresh.node, spread.clone());
+            tasks.push(tokio::spawn(read_all(
+                fresh.node.clone(),
+                fresh.stop.clone(),
+                requests.clone(),
+                cfg.rounds,
+                interval,
+                Duration::ZERO,
+                cfg.seed ^ (0xC0FFEE + r as u64),
+                late_tally.clone(),
+                lookups.clone(),
+            )));
+            nodes.push(fresh);
+            joined += 1;
+        }
+        late = Some((joined, late_tally));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let wall_s = started.elapsed().as_secs_f64();
+    // Let the last announces land before measuring spread.
+    let mut last_total = usize::MAX;
+    for _ in 0..50 {
+        let total: usize = spread
+            .lock()
+            .map(|m| m.values().map(|s| s.nodes).sum())
+            .unwrap_or(0);
+        if total == last_total {
+            break;
+        }
+        last_total = total;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let mut prop: Vec<f64> = spread
+        .lock()
+        .map(|m| {
+            m.values()
+                .filter(|s| s.nodes >= cfg.nodes)
+                .filter_map(|s| Some((s.last? - s.first?).as_secs_f64() * 1000.0))
+                .collect()
+        })
+        .unwrap_or_default();
+    prop.sort_by(f64::total_cmp);
+    let mut look = lookups.lock().map(|l| l.clone()).unwrap_or_default();
+    look.sort_by(f64::total_cmp);
+    let mut counts = tally.snapshot();
+    let late_joiners = late.map(|(n, t)| {
+        let s = t.snapshot();
+        for (c, v) in counts.iter_mut().zip(s) {
+            *c += v;
+        }
+        LateJoiners {
+            nodes: n,
+            requests: s[0],
+            served_by_peers: s[2] + s[3],
+            misses: s[5],
+        }
+    });
+    let [requests_n, local, peer, coalesced, revalidated, miss, errors] = counts;
+    let rss = peak_rss_mb();
+    let report = Report {
+        workload: cfg.workload.name.clone(),
+        nodes: cfg.nodes,
+        keys: cfg.keys,
+        rounds: cfg.rounds,
+        strategy: cfg.strategy.name().into(),
+        seed: cfg.seed,
+        stagger_ms: cfg.stagger_ms,
+        ttl: cfg.ttl,
+        requests: requests_n,
+        upstream_calls: gh.full_responses(),
+        upstream_304: gh.not_modified(),
+        upstream_per_key: gh.full_responses() as f64 / cfg.keys as f64,
+        served_local: local,
+        served_peer: peer,
+        served_coalesced: coalesced,
+        served_revalidated: revalidated,
+        served_miss: miss,
+        errors,
+        propagation_ms: if cfg.strategy == Strategy::Local || prop.is_empty() {
+            Propagation::default()
+        } else {
+            Propagation {
+                p50: quantile(&prop, 0.5),
+                p95: quantile(&prop, 0.95),
+                p99: quantile(&prop, 0.99),
+                max: prop.last().copied().unwrap_or(0.0),
+                samples: prop.len(),
+            }
+        },
+        lookup_ms: Lookup {
+            p50: quantile(&look, 0.5),
+            p99: quantile(&look, 0.99),
+            samples: look.len(),
+        },
+        mesh_formation_s,
+        wall_s,
+        peak_rss_mb: rss,
+        peak_rss_mb_per_node: rss / cfg.nodes as f64,
+        late_joiners,
+        propagation_samples: prop,
+    };
+    for n in nodes.iter().chain(retired.iter()) {
+        n.node.shutdown().await;
+    }
+    gh.shutdown().await;
+    Ok(report)
+}
