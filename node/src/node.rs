@@ -21,7 +21,6 @@ use ghmesh_store::{Store, StoreError};
 use libp2p::gossipsub::MessageAcceptance;
 use libp2p::{identity, PeerId};
 use prometheus_client::registry::Registry;
-use serde_bytes::ByteBuf;
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 
 use crate::config::{MeshMode, NodeConfig};
@@ -42,6 +41,13 @@ const MAX_BAD_PEERS: usize = 1024;
 const MAX_WRITE_BATCH: usize = 256;
 /// Members asked (besides the owner) on a miss.
 const EXTRA_ASKS: usize = 2;
+/// Bodies announced without data are pulled at once up to this size (larger ones when
+/// first read): one transfer per node, instead of gossip's push to every mesh peer.
+const PREFETCH_MAX_BODY: u64 = 512 * 1024;
+/// Announced bodies waiting to be pulled; beyond it they are fetched when read.
+const PREFETCH_QUEUE: usize = 1024;
+/// Body pulls in flight at once.
+const PREFETCH_CONCURRENCY: usize = 8;
 
 /// How a response was produced: the `x-ghmesh-cache` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -184,6 +190,8 @@ struct Inner {
     registry: Mutex<Registry>,
     /// Keys whose entry was stored or refreshed, after the commit.
     stored: broadcast::Sender<CacheKey>,
+    /// Announced bodies to pull from their announcer.
+    prefetch: mpsc::Sender<(EntryMeta, PeerId)>,
 }
 
 /// A running node. Cheap to clone.
@@ -292,6 +300,7 @@ impl Node {
         };
 
         let (writer_tx, writer_rx) = mpsc::channel(4096);
+        let (prefetch_tx, prefetch_rx) = mpsc::channel(PREFETCH_QUEUE);
         let node = Node {
             inner: Arc::new(Inner {
                 keys: cfg.keys.clone(),
@@ -308,11 +317,13 @@ impl Node {
                 counters,
                 registry: Mutex::new(registry),
                 stored: broadcast::channel(4096).0,
+                prefetch: prefetch_tx,
             }),
         };
         tokio::spawn(node.clone().run_writer(writer_rx));
         if let Some(events) = events {
             tokio::spawn(node.clone().run_events(events));
+            tokio::spawn(node.clone().run_prefetch(prefetch_rx));
         }
         let weak = Arc::downgrade(&node.inner);
         tokio::spawn(async move {
@@ -567,7 +578,15 @@ impl Node {
 
         if owner != me {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.lookup(owner, req, key, true, left).await {
+            let reply = self.lookup(owner, req, key, true, left).await;
+            let kind = match &reply {
+                Some(LookupReply::Found(_)) => "found",
+                Some(LookupReply::Pending) => "pending",
+                Some(LookupReply::NotFound) => "not found",
+                None => "no answer in time",
+            };
+            tracing::debug!(%key, %owner, kind, "owner lookup");
+            match reply {
                 Some(LookupReply::Found(ann)) => {
                     if let Some(e) = self.accept_found(*ann, owner).await {
                         return Some(e);
@@ -577,7 +596,7 @@ impl Node {
                     if let Some(e) = self.wait_for_owner(owner, req, key).await {
                         return Some(e);
                     }
-                    // The owner's fetch failed or took too long: fall through.
+                    tracing::debug!(%key, "owner's fetch failed or took too long");
                 }
                 _ => {}
             }
@@ -745,7 +764,7 @@ impl Node {
     }
 
     async fn store_from_peer(&self, entry: Entry) -> Option<Served> {
-        self.write(WriteJob::Merge(entry.clone()), true).await;
+        self.write(WriteJob::Merge(entry.clone())).await;
         Some(Served {
             body: Body::Entry(Arc::new(entry)),
             status: CacheStatus::Peer,
@@ -826,7 +845,7 @@ impl Node {
                     self.inner.peer_id.to_string(),
                 );
                 // Durable before the response that carried it is sent (contract §6).
-                self.write(WriteJob::Put(entry.clone()), true).await;
+                self.write(WriteJob::Put(entry.clone())).await;
                 self.announce(&entry);
                 Ok(Served {
                     body: Body::Entry(Arc::new(entry)),
@@ -855,7 +874,7 @@ impl Node {
                     fetched_at_ms: now,
                     fresh_until_ms: entry.meta.fresh_until_ms,
                 };
-                self.write(WriteJob::Refresh(refresh.clone()), true).await;
+                self.write(WriteJob::Refresh(refresh.clone())).await;
                 self.publish(Message::Refresh(refresh));
                 Ok(Served {
                     body: Body::Entry(Arc::new(entry)),
@@ -897,18 +916,46 @@ impl Node {
         });
     }
 
-    async fn write(&self, job: WriteJob, wait: bool) {
-        let (tx, rx) = if wait {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
-        if self.inner.writer.send((job, tx)).await.is_err() {
-            return;
+    /// Queues a write from gossip without waiting. When the writer is behind, the write
+    /// is dropped (and counted): peers' announces must not pile up in memory, and a
+    /// dropped entry is simply looked up again on its next miss.
+    fn write_behind(&self, job: WriteJob) {
+        if self.inner.writer.try_send((job, None)).is_err() {
+            self.inner.counters.dropped_writes.inc();
         }
-        if let Some(rx) = rx {
+    }
+
+    /// Queues a write and waits until it is durable.
+    async fn write(&self, job: WriteJob) {
+        let (tx, rx) = oneshot::channel();
+        if self.inner.writer.send((job, Some(tx))).await.is_ok() {
             let _ = rx.await;
+        }
+    }
+
+    /// Pulls announced bodies from their announcers, a few at a time.
+    async fn run_prefetch(self, mut rx: mpsc::Receiver<(EntryMeta, PeerId)>) {
+        let permits = Arc::new(tokio::sync::Semaphore::new(PREFETCH_CONCURRENCY));
+        while let Some((meta, from)) = rx.recv().await {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
+            let node = self.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let key = meta.key();
+                let still_needed = node
+                    .inner
+                    .bodyless
+                    .lock()
+                    .is_ok_and(|b| b.contains_key(&key));
+                if !still_needed || !meta.is_fresh(now_ms()) {
+                    return;
+                }
+                if let Some(entry) = node.fetch_body(from, &meta, Duration::from_secs(5)).await {
+                    node.write(WriteJob::Merge(entry)).await;
+                }
+            });
         }
     }
 
@@ -1026,16 +1073,17 @@ impl Node {
                             return MessageAcceptance::Reject;
                         }
                         self.inner.counters.announces_received.inc();
-                        let node = self.clone();
-                        tokio::spawn(
-                            async move { node.write(WriteJob::Merge(entry), false).await },
-                        );
+                        self.write_behind(WriteJob::Merge(entry));
                     }
                     Err(meta) => {
                         self.inner.counters.announces_received.inc();
                         let held = self.inner.store.get_meta(&key).ok().flatten();
                         if merge(held.as_ref(), &meta) == Merge::Store {
                             let from = meta.origin.parse().unwrap_or(sender);
+                            if meta.body_len <= PREFETCH_MAX_BODY {
+                                // Full queue: the body is fetched when first read.
+                                let _ = self.inner.prefetch.try_send(((*meta).clone(), from));
+                            }
                             if let Ok(mut b) = self.inner.bodyless.lock() {
                                 if b.len() >= MAX_BODYLESS {
                                     b.clear();
@@ -1055,8 +1103,7 @@ impl Node {
                     self.reject(sender);
                     return MessageAcceptance::Reject;
                 }
-                let node = self.clone();
-                tokio::spawn(async move { node.write(WriteJob::Refresh(r), false).await });
+                self.write_behind(WriteJob::Refresh(r));
                 MessageAcceptance::Accept
             }
             _ => {
@@ -1160,6 +1207,7 @@ impl Node {
             announces_sent: c.announces_sent.get(),
             announces_received: c.announces_received.get(),
             bodies_fetched: c.bodies_fetched.get(),
+            dropped_writes: c.dropped_writes.get(),
             dropped_events: net.dropped_events,
             rate_limit: self.inner.upstream.rate_limit(),
             listen: net.listen,
@@ -1185,7 +1233,7 @@ impl Node {
 
     /// Makes every queued write durable and records read recency.
     pub async fn flush(&self) {
-        self.write(WriteJob::Flush, true).await;
+        self.write(WriteJob::Flush).await;
     }
 
     /// Flushes the store and stops the network.
@@ -1227,84 +1275,92 @@ fn create_private_dir(dir: &Path) -> Result<(), NodeError> {
         })
 }
 
-/// Applies a batch in one transaction for the puts; returns the keys that changed.
+/// The entries a batch will put, by key: later jobs in the batch see earlier ones.
+#[derive(Default)]
+struct PendingPuts {
+    entries: Vec<Entry>,
+    index: HashMap<CacheKey, usize>,
+}
+
+impl PendingPuts {
+    fn upsert(&mut self, key: CacheKey, e: Entry) {
+        match self.index.get(&key) {
+            Some(&i) => self.entries[i] = e,
+            None => {
+                self.index.insert(key, self.entries.len());
+                self.entries.push(e);
+            }
+        }
+    }
+
+    /// What is held for `key`: this batch's pending entry, else the store's.
+    fn held(&self, store: &Store, key: &CacheKey) -> Option<EntryMeta> {
+        match self.index.get(key) {
+            Some(&i) => Some(self.entries[i].meta.clone()),
+            None => store.get_meta(key).ok().flatten(),
+        }
+    }
+
+    /// Moves freshness forward: in the pending entry, else in the store.
+    fn extend(&mut self, store: &Store, key: CacheKey, fetched_at_ms: u64, fresh_until_ms: u64) {
+        match self.index.get(&key) {
+            Some(&i) => {
+                let meta = &mut self.entries[i].meta;
+                meta.fresh_until_ms = fresh_until_ms;
+                meta.fetched_at_ms = meta.fetched_at_ms.max(fetched_at_ms);
+            }
+            None => {
+                if let Err(e) = store.set_freshness(&key, fetched_at_ms, fresh_until_ms) {
+                    tracing::error!("cache freshness update failed: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// Applies a batch, all its puts in one transaction; returns the keys that changed.
 fn apply_batch(store: &Store, jobs: Vec<WriteJob>) -> Vec<CacheKey> {
-    let now = now_ms();
-    let mut puts: Vec<Entry> = Vec::new();
-    let mut in_batch: HashMap<CacheKey, usize> = HashMap::new();
+    let mut puts = PendingPuts::default();
     let mut changed = Vec::new();
     let mut flush = false;
     for job in jobs {
         match job {
             WriteJob::Put(e) => {
                 let key = e.meta.key();
-                match in_batch.get(&key) {
-                    Some(&i) => puts[i] = e,
-                    None => {
-                        in_batch.insert(key, puts.len());
-                        puts.push(e);
-                    }
-                }
+                puts.upsert(key, e);
                 changed.push(key);
             }
             WriteJob::Merge(e) => {
                 let key = e.meta.key();
-                let held = match in_batch.get(&key) {
-                    Some(&i) => Some(puts[i].meta.clone()),
-                    None => store.get_meta(&key).ok().flatten(),
-                };
-                match merge(held.as_ref(), &e.meta) {
+                match merge(puts.held(store, &key).as_ref(), &e.meta) {
                     Merge::Store => {
-                        match in_batch.get(&key) {
-                            Some(&i) => puts[i] = e,
-                            None => {
-                                in_batch.insert(key, puts.len());
-                                puts.push(e);
-                            }
-                        }
+                        puts.upsert(key, e);
                         changed.push(key);
                     }
                     Merge::Extend {
                         fresh_until_ms,
                         fetched_at_ms,
                     } => {
-                        extend(
-                            store,
-                            &mut puts,
-                            &in_batch,
-                            key,
-                            fetched_at_ms,
-                            fresh_until_ms,
-                        );
+                        puts.extend(store, key, fetched_at_ms, fresh_until_ms);
                         changed.push(key);
                     }
                     Merge::Keep => {}
                 }
             }
             WriteJob::Refresh(r) => {
-                let held = match in_batch.get(&r.key) {
-                    Some(&i) => Some(puts[i].meta.clone()),
-                    None => store.get_meta(&r.key).ok().flatten(),
-                };
-                if let Some(held) = held {
-                    if held.cid == r.cid && r.fresh_until_ms > held.fresh_until_ms {
-                        extend(
-                            store,
-                            &mut puts,
-                            &in_batch,
-                            r.key,
-                            r.fetched_at_ms,
-                            r.fresh_until_ms,
-                        );
-                        changed.push(r.key);
-                    }
+                let newer = puts
+                    .held(store, &r.key)
+                    .is_some_and(|h| h.cid == r.cid && r.fresh_until_ms > h.fresh_until_ms);
+                if newer {
+                    puts.extend(store, r.key, r.fetched_at_ms, r.fresh_until_ms);
+                    changed.push(r.key);
                 }
             }
             WriteJob::Flush => flush = true,
         }
     }
-    if !puts.is_empty() {
-        if let Err(e) = store.put_many(&puts, now) {
+    if !puts.entries.is_empty() {
+        if let Err(e) = store.put_many(&puts.entries, now_ms()) {
             tracing::error!("cache write failed: {e}");
         }
     }
@@ -1314,30 +1370,4 @@ fn apply_batch(store: &Store, jobs: Vec<WriteJob>) -> Vec<CacheKey> {
         }
     }
     changed
-}
-
-fn extend(
-    store: &Store,
-    puts: &mut [Entry],
-    in_batch: &HashMap<CacheKey, usize>,
-    key: CacheKey,
-    fetched_at_ms: u64,
-    fresh_until_ms: u64,
-) {
-    match in_batch.get(&key) {
-        Some(&i) => {
-            puts[i].meta.fresh_until_ms = fresh_until_ms;
-            puts[i].meta.fetched_at_ms = puts[i].meta.fetched_at_ms.max(fetched_at_ms);
-        }
-        None => {
-            if let Err(e) = store.set_freshness(&key, fetched_at_ms, fresh_until_ms) {
-                tracing::error!("cache freshness update failed: {e}");
-            }
-        }
-    }
-}
-
-/// Bytes of a body as a `ByteBuf` (for callers building entries by hand).
-pub fn byte_buf(bytes: &[u8]) -> ByteBuf {
-    ByteBuf::from(bytes.to_vec())
 }

@@ -40,13 +40,15 @@ pub struct Counters {
     pub announces_received: Counter,
     /// Bodies fetched by CID after an announce without body.
     pub bodies_fetched: Counter,
+    /// Peer announces not stored because the writer was behind.
+    pub dropped_writes: Counter,
 }
 
 impl Counters {
     /// Registers every counter under `ghmesh_`.
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("ghmesh");
-        let all: [(&str, &str, &Counter); 15] = [
+        let all: [(&str, &str, &Counter); 16] = [
             (
                 "hits",
                 "Fresh local hits of entries this node fetched",
@@ -110,6 +112,11 @@ impl Counters {
                 "Bodies fetched by CID",
                 &self.bodies_fetched,
             ),
+            (
+                "dropped_writes",
+                "Peer announces dropped while the writer was behind",
+                &self.dropped_writes,
+            ),
         ];
         for (name, help, c) in all {
             r.register(name, help, c.clone());
@@ -153,6 +160,7 @@ pub struct Stats {
     pub announces_sent: u64,
     pub announces_received: u64,
     pub bodies_fetched: u64,
+    pub dropped_writes: u64,
     pub dropped_events: u64,
     pub rate_limit: RateLimit,
     pub listen: Vec<String>,

@@ -13,12 +13,13 @@ use crate::request::{CacheKey, CanonicalRequest};
 pub const MESSAGE_VERSION: u16 = 1;
 
 /// Bodies up to this size travel inline in a gossip announce; larger ones are
-/// announced without a body and fetched by CID. A page of 100 GitHub list items is
-/// typically 100-300 KB, so most pages travel in one message. Sealing adds base64
-/// (4/3) and a few hundred bytes, so this keeps announces under [`MAX_GOSSIP_MESSAGE`].
-pub const INLINE_BODY_LIMIT: usize = 256 * 1024;
-/// Largest sealed gossip message a node publishes or accepts.
-pub const MAX_GOSSIP_MESSAGE: usize = 384 * 1024;
+/// announced without a body and fetched by CID. Gossipsub pushes every message to each
+/// mesh peer (so each byte crosses the network about N x D times), while a fetch by CID
+/// moves a body once per node: single objects (a few KB) ride along, list pages do not.
+pub const INLINE_BODY_LIMIT: usize = 16 * 1024;
+/// Largest sealed gossip message a node publishes or accepts (an inline announce is at
+/// most 4/3 of [`INLINE_BODY_LIMIT`] plus its metadata).
+pub const MAX_GOSSIP_MESSAGE: usize = 64 * 1024;
 /// Largest sealed request-response message (an 8 MiB body in base64 plus overhead).
 pub const MAX_RR_MESSAGE: usize = 12 * 1024 * 1024;
 

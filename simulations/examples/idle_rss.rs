@@ -31,6 +31,7 @@ async fn main() {
     let mut env = HashMap::new();
     env.insert("GHMESH_SECRET".to_string(), "rss".to_string());
     env.insert("RUST_LOG".to_string(), "warn".to_string());
+    env.insert("GH_TOKEN".to_string(), "ghp_rss_measurement".to_string());
     let node = start_daemon(dir.path().join("n"), &["--upstream".into(), gh.url()], &env)
         .await
         .unwrap();
@@ -45,7 +46,7 @@ async fn main() {
             format!("/repos/acme/r{i}/issues/1")
         };
         let (s, _, _) = http_get(&format!("{base}{path}")).await.unwrap();
-        assert_eq!(s, 200);
+        assert_eq!(s, 200, "GET {path}");
     }
     let stats: serde_json::Value =
         serde_json::from_slice(&http_get(&format!("{base}/_ghmesh/stats")).await.unwrap().2)

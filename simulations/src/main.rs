@@ -31,6 +31,9 @@ struct Args {
     /// RNG seed; the same seed gives the same workload
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Peer-phase budget on a local miss before going upstream (the daemon's default)
+    #[arg(long, default_value_t = 250)]
+    lookup_timeout_ms: u64,
     /// Named workload (burst, autoscaler, churn) or a TOML file
     #[arg(long)]
     workload: Option<String>,
@@ -64,12 +67,19 @@ fn config(args: &Args, workload: &Workload, nodes: Option<usize>, strategy: Stra
     }
     cfg.strategy = strategy;
     cfg.seed = args.seed;
+    cfg.lookup_timeout = std::time::Duration::from_millis(args.lookup_timeout_ms);
     cfg
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let workload = match &args.workload {
         Some(w) => Workload::load(w)?,
         None => Workload::default(),
@@ -83,7 +93,7 @@ async fn main() -> anyhow::Result<()> {
         for &n in &args.sweep {
             for strategy in [Strategy::Local, Strategy::Broadcast, Strategy::Mesh] {
                 let r = run(config(&args, &workload, Some(n), strategy)).await?;
-                print!("{}\n", r.summary());
+                println!("{}", r.summary());
                 reports.push(r);
             }
         }

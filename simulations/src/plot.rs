@@ -1,12 +1,53 @@
-//! SVG chart: upstream calls per key against fleet size for each strategy, and the
-//! distribution of propagation latency.
+//! Chart of a run or a sweep: upstream calls per key against fleet size for each
+//! strategy, and the distribution of propagation latency. SVG, or PNG (needs a TTF
+//! font on the system for the labels).
 
+use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use crate::report::Report;
 
-/// Writes the chart for `reports` (one or many runs) to `path` (`.svg`).
+/// Fonts tried for PNG labels (SVG leaves fonts to the viewer).
+const FONT_FILES: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+];
+
+/// Writes the chart for `reports` to `path`: `.svg` or `.png`.
 pub fn plot(path: &std::path::Path, reports: &[Report]) -> anyhow::Result<()> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    let size = (1100, 450);
+    match ext.as_str() {
+        "svg" => draw(SVGBackend::new(path, size).into_drawing_area(), reports),
+        "png" => {
+            let font = FONT_FILES
+                .iter()
+                .find_map(|f| std::fs::read(f).ok())
+                .ok_or_else(|| anyhow::anyhow!("PNG labels need a TrueType font (e.g. Debian's fonts-dejavu-core); use a .svg path instead"))?;
+            // ab_glyph keeps the font for the life of the process.
+            let font: &'static [u8] = Box::leak(font.into_boxed_slice());
+            plotters::style::register_font("sans-serif", FontStyle::Normal, font)
+                .map_err(|_| anyhow::anyhow!("the font file could not be loaded"))?;
+            draw(BitMapBackend::new(path, size).into_drawing_area(), reports)
+        }
+        _ => anyhow::bail!("--plot writes .svg or .png; got '{}'", path.display()),
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("drawing the chart: {e}")
+}
+
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    reports: &[Report],
+) -> anyhow::Result<()> {
     // The distribution of the largest mesh run (else of any run that has samples).
     let propagation_samples: &[f64] = reports
         .iter()
@@ -14,13 +55,7 @@ pub fn plot(path: &std::path::Path, reports: &[Report]) -> anyhow::Result<()> {
         .max_by_key(|r| (r.strategy == "mesh", r.nodes))
         .map(|r| r.propagation_samples.as_slice())
         .unwrap_or(&[]);
-    anyhow::ensure!(
-        path.extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("svg")),
-        "--plot writes SVG: give a path ending in .svg"
-    );
-    let root = SVGBackend::new(path, (1100, 450)).into_drawing_area();
-    root.fill(&WHITE)?;
+    root.fill(&WHITE).map_err(err)?;
     let (left, right) = root.split_horizontally(550);
 
     let max_n = reports.iter().map(|r| r.nodes).max().unwrap_or(1) as f64;
@@ -34,12 +69,14 @@ pub fn plot(path: &std::path::Path, reports: &[Report]) -> anyhow::Result<()> {
         .margin(15)
         .x_label_area_size(35)
         .y_label_area_size(45)
-        .build_cartesian_2d(0.0..max_n * 1.05, 0.0..max_upk)?;
+        .build_cartesian_2d(0.0..max_n * 1.05, 0.0..max_upk)
+        .map_err(err)?;
     chart
         .configure_mesh()
         .x_desc("nodes")
         .y_desc("upstream calls / key")
-        .draw()?;
+        .draw()
+        .map_err(err)?;
     for (strategy, color) in [("local", RED), ("broadcast", BLUE), ("mesh", GREEN)] {
         let mut pts: Vec<(f64, f64)> = reports
             .iter()
@@ -51,16 +88,20 @@ pub fn plot(path: &std::path::Path, reports: &[Report]) -> anyhow::Result<()> {
         }
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
         chart
-            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .map_err(err)?
             .label(strategy)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 4, color.filled())))?;
+        chart
+            .draw_series(pts.into_iter().map(|p| Circle::new(p, 4, color.filled())))
+            .map_err(err)?;
     }
     chart
         .configure_series_labels()
         .border_style(BLACK)
         .background_style(WHITE)
-        .draw()?;
+        .draw()
+        .map_err(err)?;
 
     let max_ms = propagation_samples.iter().copied().fold(1.0, f64::max);
     let buckets = 20usize;
@@ -79,12 +120,18 @@ pub fn plot(path: &std::path::Path, reports: &[Report]) -> anyhow::Result<()> {
         .margin(15)
         .x_label_area_size(35)
         .y_label_area_size(45)
-        .build_cartesian_2d(0.0..max_ms * 1.05, 0u32..max_count + 1)?;
-    hist.configure_mesh().x_desc("ms").y_desc("keys").draw()?;
+        .build_cartesian_2d(0.0..max_ms * 1.05, 0u32..max_count + 1)
+        .map_err(err)?;
+    hist.configure_mesh()
+        .x_desc("ms")
+        .y_desc("keys")
+        .draw()
+        .map_err(err)?;
     hist.draw_series(counts.iter().enumerate().map(|(i, c)| {
         let x0 = i as f64 * width;
         Rectangle::new([(x0, 0), (x0 + width, *c)], GREEN.mix(0.6).filled())
-    }))?;
-    root.present()?;
+    }))
+    .map_err(err)?;
+    root.present().map_err(err)?;
     Ok(())
 }

@@ -43,6 +43,8 @@ pub struct Report {
     pub seed: u64,
     pub stagger_ms: u64,
     pub ttl: u64,
+    /// Peer-phase budget on a miss, ms.
+    pub lookup_timeout_ms: u64,
     /// Requests made by all nodes.
     pub requests: u64,
     /// Quota-spending upstream requests (full 200 answers).

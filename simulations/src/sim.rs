@@ -47,6 +47,8 @@ pub struct SimConfig {
     pub ttl: u64,
     pub strategy: Strategy,
     pub seed: u64,
+    /// Peer-phase budget on a miss (the daemon's default is 250 ms).
+    pub lookup_timeout: Duration,
 }
 
 impl SimConfig {
@@ -61,6 +63,7 @@ impl SimConfig {
             ttl: workload.ttl.unwrap_or(60),
             strategy: Strategy::Mesh,
             seed: 1,
+            lookup_timeout: Duration::from_millis(250),
             workload,
         }
     }
@@ -130,6 +133,10 @@ async fn start_node(
     nc.bootstrap = bootstrap;
     nc.mdns = false;
     nc.ttl = Some(cfg.ttl);
+    // Rendezvous lookups every 300 ms on every node (the test timers) cost more CPU than
+    // the workload once 20 nodes share two cores; 3 s still meshes in a few seconds.
+    nc.discovery_interval = Duration::from_secs(3);
+    nc.lookup_timeout = cfg.lookup_timeout;
     nc.keys = (cfg.strategy != Strategy::Local).then(sim_keys);
     nc.mode = if cfg.strategy == Strategy::Broadcast {
         MeshMode::Broadcast
@@ -395,6 +402,7 @@ pub async fn run(cfg: SimConfig) -> anyhow::Result<Report> {
         seed: cfg.seed,
         stagger_ms: cfg.stagger_ms,
         ttl: cfg.ttl,
+        lookup_timeout_ms: cfg.lookup_timeout.as_millis() as u64,
         requests: requests_n,
         upstream_calls: gh.full_responses(),
         upstream_304: gh.not_modified(),

@@ -25,7 +25,12 @@ fn entry(i: u64) -> Entry {
 
 fn store_bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path().join("bench.redb"), Limits::default()).unwrap();
+    // Limits above what the bench writes: evictions would remove the key that get_hit reads.
+    let limits = Limits {
+        max_entries: u64::MAX,
+        max_bytes: u64::MAX,
+    };
+    let store = Store::open(dir.path().join("bench.redb"), limits).unwrap();
     let mut g = c.benchmark_group("store");
     let mut i = 0u64;
     g.bench_function("put_4KiB", |b| {

@@ -47,6 +47,11 @@ const INFO_ENTRIES: &str = "entries";
 const INFO_BYTES: &str = "bytes";
 const INFO_SEQ: &str = "next_seq";
 
+/// redb's page cache. Its default grows towards 1 GiB with what was read and written,
+/// which a daemon next to a CI runner cannot spend; the OS page cache still holds the
+/// file, so a hit that misses this cache costs a syscall, not a disk read.
+const CACHE_BYTES: usize = 8 * 1024 * 1024;
+
 /// Most keys whose recency is remembered between writes; beyond it, older touches are
 /// dropped (recency is a hint for eviction, not data).
 const MAX_PENDING_TOUCHES: usize = 65_536;
@@ -224,6 +229,7 @@ impl Store {
         // Checking integrity on open reads the whole file once, but turns a damaged file
         // into a clear error instead of a panic deep inside a later read.
         let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
             .set_check_integrity_on_open(true)
             .create_with_backend(backend)
             .map_err(open_err)?;

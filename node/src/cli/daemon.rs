@@ -184,16 +184,8 @@ async fn shutdown_signal() {
 
 #[cfg(test)]
 mod tests {
+    use super::settings::test_env as env;
     use super::*;
-    use std::collections::HashMap;
-
-    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let m: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move |k| m.get(k).cloned()
-    }
 
     #[test]
     fn no_secret_means_local_only_and_p2p_off_ignores_the_secret() {
