@@ -43,9 +43,12 @@ struct Args {
     /// Write the report as JSON (an array with --sweep)
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Write a chart (SVG)
+    /// Write a chart (.svg or .png)
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Draw --plot from a JSON report written earlier (one report or an array) instead of running
+    #[arg(long, requires = "plot")]
+    replot: Option<PathBuf>,
 }
 
 fn config(args: &Args, workload: &Workload, nodes: Option<usize>, strategy: Strategy) -> SimConfig {
@@ -85,7 +88,13 @@ async fn main() -> anyhow::Result<()> {
         None => Workload::default(),
     };
     let mut reports: Vec<Report> = Vec::new();
-    if args.sweep.is_empty() {
+    if let Some(json) = &args.replot {
+        let text = std::fs::read_to_string(json)?;
+        reports = match serde_json::from_str::<Vec<Report>>(&text) {
+            Ok(many) => many,
+            Err(_) => vec![serde_json::from_str::<Report>(&text)?],
+        };
+    } else if args.sweep.is_empty() {
         let r = run(config(&args, &workload, None, args.strategy)).await?;
         print!("{}", r.summary());
         reports.push(r);

@@ -1,13 +1,13 @@
 //! Chart of a run or a sweep: upstream calls per key against fleet size for each
-//! strategy, and the distribution of propagation latency. SVG, or PNG (needs a TTF
-//! font on the system for the labels).
+//! strategy, and the distribution of propagation latency, as SVG or PNG (labels need a
+//! TrueType font on the system).
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use crate::report::Report;
 
-/// Fonts tried for PNG labels (SVG leaves fonts to the viewer).
+/// Fonts tried for the labels.
 const FONT_FILES: &[&str] = &[
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
     "/usr/share/fonts/dejavu/DejaVuSans.ttf",
@@ -23,21 +23,33 @@ pub fn plot(path: &std::path::Path, reports: &[Report]) -> anyhow::Result<()> {
         .map(str::to_ascii_lowercase)
         .unwrap_or_default();
     let size = (1100, 450);
-    match ext.as_str() {
-        "svg" => draw(SVGBackend::new(path, size).into_drawing_area(), reports),
-        "png" => {
-            let font = FONT_FILES
-                .iter()
-                .find_map(|f| std::fs::read(f).ok())
-                .ok_or_else(|| anyhow::anyhow!("PNG labels need a TrueType font (e.g. Debian's fonts-dejavu-core); use a .svg path instead"))?;
-            // ab_glyph keeps the font for the life of the process.
-            let font: &'static [u8] = Box::leak(font.into_boxed_slice());
-            plotters::style::register_font("sans-serif", FontStyle::Normal, font)
-                .map_err(|_| anyhow::anyhow!("the font file could not be loaded"))?;
-            draw(BitMapBackend::new(path, size).into_drawing_area(), reports)
-        }
-        _ => anyhow::bail!("--plot writes .svg or .png; got '{}'", path.display()),
+    if !matches!(ext.as_str(), "svg" | "png") {
+        anyhow::bail!("--plot writes .svg or .png; got '{}'", path.display());
     }
+    register_font()?;
+    if ext == "svg" {
+        draw(SVGBackend::new(path, size).into_drawing_area(), reports)
+    } else {
+        draw(BitMapBackend::new(path, size).into_drawing_area(), reports)
+    }
+}
+
+/// Chart text is laid out with ab_glyph (pure Rust), which needs a TrueType font.
+fn register_font() -> anyhow::Result<()> {
+    static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ok = *REGISTERED.get_or_init(|| {
+        let Some(font) = FONT_FILES.iter().find_map(|f| std::fs::read(f).ok()) else {
+            return false;
+        };
+        // ab_glyph keeps the font for the life of the process.
+        let font: &'static [u8] = Box::leak(font.into_boxed_slice());
+        plotters::style::register_font("sans-serif", FontStyle::Normal, font).is_ok()
+    });
+    anyhow::ensure!(
+        ok,
+        "charts need a TrueType font for their labels (e.g. Debian's fonts-dejavu-core); none was found in {FONT_FILES:?}"
+    );
+    Ok(())
 }
 
 fn err(e: impl std::fmt::Display) -> anyhow::Error {

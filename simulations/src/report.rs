@@ -1,9 +1,10 @@
 //! The JSON report of a run (contract §7).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Percentiles of the time from an entry's upstream fetch to its presence everywhere.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Propagation {
     pub p50: f64,
     pub p95: f64,
@@ -14,7 +15,8 @@ pub struct Propagation {
 }
 
 /// Percentiles of peer lookups on a local miss (requests answered by a peer).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Lookup {
     pub p50: f64,
     pub p99: f64,
@@ -22,7 +24,8 @@ pub struct Lookup {
 }
 
 /// What happened to nodes that joined during the run.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LateJoiners {
     pub nodes: usize,
     pub requests: u64,
@@ -33,7 +36,8 @@ pub struct LateJoiners {
 }
 
 /// A run's report.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Report {
     pub workload: String,
     pub nodes: usize,
@@ -76,8 +80,7 @@ pub struct Report {
     /// peak_rss_mb / nodes.
     pub peak_rss_mb_per_node: f64,
     pub late_joiners: Option<LateJoiners>,
-    /// Raw propagation samples (ms), for charts.
-    #[serde(skip)]
+    /// Raw propagation samples (ms), so charts can be redrawn from a report.
     pub propagation_samples: Vec<f64>,
 }
 

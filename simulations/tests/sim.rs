@@ -57,3 +57,40 @@ async fn late_joiners_are_served_by_peers() {
         late.misses
     );
 }
+
+#[test]
+fn charts_are_written_as_svg_and_png() {
+    use ghmesh_simulations::{plot::plot, Report};
+    let fonts = [
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+        "/usr/share/fonts/TTF/DejaVuSans.ttf",
+        "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    ];
+    if !fonts.iter().any(|f| std::path::Path::new(f).exists()) {
+        println!("skipping chart test: no TrueType font installed (e.g. fonts-dejavu-core)");
+        return;
+    }
+    let reports: Vec<Report> = [("local", 5, 5.0), ("mesh", 5, 1.0), ("mesh", 20, 1.02)]
+        .into_iter()
+        .map(|(s, n, upk)| Report {
+            strategy: s.into(),
+            nodes: n,
+            upstream_per_key: upk,
+            propagation_samples: vec![3.0, 5.0, 8.0],
+            ..Default::default()
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["c.svg", "c.png"] {
+        let path = dir.path().join(name);
+        plot(&path, &reports).unwrap();
+        assert!(
+            std::fs::metadata(&path).unwrap().len() > 2000,
+            "{name} has content"
+        );
+    }
+    let svg = std::fs::read_to_string(dir.path().join("c.svg")).unwrap();
+    assert!(svg.contains("upstream calls per key"));
+    assert!(plot(&dir.path().join("c.gif"), &reports).is_err());
+}
