@@ -186,3 +186,46 @@ fn id_without_a_node_reads_a_stable_identity() {
     assert!(first.starts_with("12D3Koo"), "{first}");
     assert_eq!(a.stdout, b.stdout, "same identity twice");
 }
+
+/// Runs `ghmesh node` until its ready line, then SIGTERM; returns stderr.
+fn node_log(env: &[(&str, &str)]) -> String {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ghmesh"))
+        .args(["node", "--data-dir", dir.path().to_str().unwrap()])
+        .args([
+            "--api",
+            "127.0.0.1:0",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--no-mdns",
+        ])
+        .env_clear()
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert!(ready.contains("\"event\":\"ready\""), "{ready}");
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+#[test]
+fn start_up_says_local_only_or_warns_about_job_tokens_once() {
+    let log = node_log(&[]);
+    assert_eq!(log.matches("running local-only").count(), 1, "{log}");
+    let log = node_log(&[("GITHUB_TOKEN", "ghs_perjobtoken")]);
+    assert_eq!(log.matches("per-job Actions token").count(), 1, "{log}");
+    assert!(
+        !log.contains("ghs_perjobtoken"),
+        "the secret is never logged"
+    );
+}

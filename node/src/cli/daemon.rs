@@ -132,6 +132,22 @@ pub async fn run(args: NodeArgs, env: EnvLookup<'_>) -> Result<(), CliError> {
     let node = Node::start(s.node.clone(), Arc::new(github))
         .await
         .map_err(start_error)?;
+    let shutdown = shutdown_signal()?;
+    // Said once the node is up, so that a start-up failure is the only line printed.
+    match (&s.node.keys, &s.secret_source) {
+        (Some(_), Some(src)) => tracing::info!("mesh enabled; secret from {src}"),
+        _ if args.no_p2p || settings::env_flag_off(env, "CACHE_ENABLE_P2P") => {
+            tracing::info!("P2P disabled: running local-only")
+        }
+        _ => tracing::warn!(
+            "no mesh secret (--secret-file, GHMESH_SECRET, CACHE_P2P_SHARED_SECRET, GH_TOKEN, GITHUB_TOKEN): running local-only, no P2P"
+        ),
+    }
+    if s.job_token_secret {
+        tracing::warn!(
+            "the mesh secret looks like a per-job Actions token (ghs_…): it changes every job, so runners of different jobs will not share; set GHMESH_SECRET to a stable fleet secret (see README)"
+        );
+    }
     let listener = api::bind(&s.api).await.map_err(|e| {
         CliError::usage(format!(
             "cannot bind the API to {}: {e}; pick another --api address",
@@ -153,33 +169,28 @@ pub async fn run(args: NodeArgs, env: EnvLookup<'_>) -> Result<(), CliError> {
         let _ = out.flush();
     }
     tracing::info!(api = %api_addr, peer_id = %node.peer_id(), "ready");
-    let served = api::serve(
-        node.clone(),
-        listener,
-        s.upstream.clone(),
-        shutdown_signal(),
-    )
-    .await;
+    let served = api::serve(node.clone(), listener, s.upstream.clone(), shutdown).await;
     tracing::info!("shutting down: flushing the store");
     node.shutdown().await;
     served.map_err(|e| CliError::failed(format!("API server failed: {e}")))
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM/SIGINT handlers now (before the ready line, so that a supervisor
+/// stopping the node right after it is ready gets a clean shutdown, not the default
+/// action) and returns the future that completes on the first signal.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, CliError> {
     use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = int.recv() => {},
-            }
+    let handler = |kind| {
+        signal(kind).map_err(|e| CliError::failed(format!("cannot install signal handlers: {e}")))
+    };
+    let mut term = handler(SignalKind::terminate())?;
+    let mut int = handler(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
         }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    })
 }
 
 #[cfg(test)]
