@@ -139,6 +139,22 @@ pub async fn wait_full_membership(
     .await
 }
 
+/// Waits for full membership and for every node to have a gossipsub mesh peer: gossip
+/// is only delivered once subscriptions are exchanged and the mesh is grafted.
+pub async fn wait_gossip_mesh(nodes: &[TestNode], timeout: Duration) -> anyhow::Result<Duration> {
+    let members = wait_full_membership(nodes, timeout).await?;
+    let mesh = wait_until(timeout, "every node in a gossip mesh", || async {
+        for n in nodes {
+            if n.node.stats().await.mesh_peers == 0 {
+                return false;
+            }
+        }
+        true
+    })
+    .await?;
+    Ok(members + mesh)
+}
+
 /// True when `node` holds a fresh entry for `key`.
 pub fn holds(node: &Node, key: &ghmesh_protocol::CacheKey) -> bool {
     node.store()

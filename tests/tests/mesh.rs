@@ -26,13 +26,7 @@ fn upstream() -> (Arc<MemoryUpstream>, Arc<dyn Upstream>) {
 async fn two_nodes_announce_reaches_the_other() {
     let (up, dynup) = upstream();
     let nodes = start_mesh(2, dynup).await.unwrap();
-    wait_full_membership(&nodes, T).await.unwrap();
-    // Gossip needs the subscription exchanged and a mesh: wait for the mesh too.
-    wait_until(T, "gossip mesh", || async {
-        nodes[0].node.stats().await.mesh_peers >= 1 && nodes[1].node.stats().await.mesh_peers >= 1
-    })
-    .await
-    .unwrap();
+    wait_gossip_mesh(&nodes, T).await.unwrap();
 
     let r = req("/repos/acme/widgets/issues?state=open");
     // Fetch on the key's owner, so that the other node learns it from the announce
@@ -187,17 +181,7 @@ async fn ten_nodes_through_one_bootstrap_mesh_and_hear_every_announce() {
     let (up, dynup) = upstream();
     let started = Instant::now();
     let nodes = start_mesh(10, dynup).await.unwrap();
-    wait_full_membership(&nodes, T).await.unwrap();
-    wait_until(T, "every node in a gossip mesh", || async {
-        for n in &nodes {
-            if n.node.stats().await.mesh_peers == 0 {
-                return false;
-            }
-        }
-        true
-    })
-    .await
-    .unwrap();
+    wait_gossip_mesh(&nodes, T).await.unwrap();
     println!("10 nodes meshed in {:?}", started.elapsed());
 
     let mut latencies = Vec::new();
@@ -299,12 +283,7 @@ async fn a_large_entry_travels_as_announce_then_fetch_by_cid() {
     let path = "/repos/acme/widgets/git/trees/main?recursive=1";
     up.set_size(path, 1024 * 1024);
     let nodes = start_mesh(2, dynup).await.unwrap();
-    wait_full_membership(&nodes, T).await.unwrap();
-    wait_until(T, "gossip mesh", || async {
-        nodes[0].node.stats().await.mesh_peers >= 1 && nodes[1].node.stats().await.mesh_peers >= 1
-    })
-    .await
-    .unwrap();
+    wait_gossip_mesh(&nodes, T).await.unwrap();
     let r = req(path);
     // Fetch on the key's owner: a miss elsewhere would make the owner fetch it (and
     // the owner would then be the announcer, not a receiver).

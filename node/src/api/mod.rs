@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -14,7 +13,7 @@ use axum::Router;
 use ghmesh_protocol::CanonicalRequest;
 use tokio::net::TcpListener;
 
-use crate::node::{Body as Answer, CacheStatus, GetError, Node, Served};
+use crate::node::{Body as Answer, GetError, Node, Served};
 
 /// Largest request body accepted (non-GET requests passed through).
 pub const MAX_REQUEST_BODY: usize = 10 * 1024 * 1024;
@@ -281,19 +280,6 @@ pub fn rewrite_link(link: &str, upstream_base: &str, local_base: &str) -> String
 /// Binds the API address; port 0 picks a free port.
 pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
-}
-
-/// How long shutdown waits for requests in flight.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
-
-/// True for statuses that mean the request failed (exit code 1 in the CLI).
-pub fn is_failure(status: u16) -> bool {
-    status >= 400
-}
-
-/// For logs: the cache status header value.
-pub fn cache_header(status: CacheStatus) -> &'static str {
-    status.as_str()
 }
 
 #[cfg(test)]
