@@ -20,6 +20,10 @@ async fn get(gh: &FakeGithub, path: &str, token: Option<&str>) -> Response {
     req.send().await.unwrap()
 }
 
+async fn get_json<T: serde::de::DeserializeOwned>(gh: &FakeGithub, path: &str) -> T {
+    get(gh, path, None).await.json().await.unwrap()
+}
+
 fn header(resp: &Response, name: &str) -> String {
     resp.headers()
         .get(name)
@@ -78,11 +82,7 @@ async fn bodies_are_deterministic_and_github_shaped() {
     assert_eq!(header(&c, "etag"), etag_a);
     assert_eq!(c.bytes().await.unwrap(), body_a);
 
-    let generic: Value = get(&gh, "/orgs/acme/teams?x=1", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let generic: Value = get_json(&gh, "/orgs/acme/teams?x=1").await;
     assert_eq!(generic["path"], "/orgs/acme/teams");
     assert_eq!(generic["query"], "x=1");
     assert_eq!(generic["version"], 0);
@@ -104,55 +104,27 @@ async fn list_sizes_and_wrappers() {
         let per_item = body.len() / items.len();
         assert!((900..3500).contains(&per_item), "{path}: {per_item} B/item");
     }
-    let five: Vec<Value> = get(&gh, "/repos/o/r/issues?per_page=5", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let five: Vec<Value> = get_json(&gh, "/repos/o/r/issues?per_page=5").await;
     assert_eq!(five.len(), 5);
-    let capped: Vec<Value> = get(&gh, "/repos/o/r/issues?per_page=500", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let capped: Vec<Value> = get_json(&gh, "/repos/o/r/issues?per_page=500").await;
     assert_eq!(capped.len(), 100);
     // The item at a position is the same entity whatever the page size.
     assert_eq!(five[0]["id"], capped[0]["id"]);
 
-    let runs: Value = get(&gh, "/repos/o/r/actions/runs?per_page=10", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let runs: Value = get_json(&gh, "/repos/o/r/actions/runs?per_page=10").await;
     assert_eq!(runs["workflow_runs"].as_array().unwrap().len(), 10);
     assert_eq!(runs["total_count"], 30);
-    let runners: Value = get(&gh, "/repos/o/r/actions/runners", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let runners: Value = get_json(&gh, "/repos/o/r/actions/runners").await;
     assert_eq!(runners["runners"].as_array().unwrap().len(), 30);
     assert_eq!(runners["total_count"], 90);
-    let jobs: Value = get(&gh, "/repos/o/r/actions/runs/42/jobs", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let jobs: Value = get_json(&gh, "/repos/o/r/actions/runs/42/jobs").await;
     assert_eq!(jobs["jobs"].as_array().unwrap().len(), 30);
     assert_eq!(jobs["jobs"][0]["run_id"], 42);
 
-    let page2: Vec<Value> = get(&gh, "/repos/o/r/issues?page=2", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let page2: Vec<Value> = get_json(&gh, "/repos/o/r/issues?page=2").await;
     assert_ne!(page2[0]["id"], capped[0]["id"]);
     assert_eq!(page2[0]["id"], capped[30]["id"]);
-    let beyond: Vec<Value> = get(&gh, "/repos/o/r/issues?page=4", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let beyond: Vec<Value> = get_json(&gh, "/repos/o/r/issues?page=4").await;
     assert!(beyond.is_empty());
     gh.shutdown().await;
 }
