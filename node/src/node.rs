@@ -1148,10 +1148,11 @@ impl Node {
     }
 
     fn answer_lookup(&self, l: Lookup) -> LookupReply {
-        if let Some(e) = self.local(&l.key).filter(|e| e.meta.is_fresh(now_ms())) {
+        let local = self.local(&l.key);
+        if let Some(e) = local.as_ref().filter(|e| e.meta.is_fresh(now_ms())) {
             return LookupReply::Found(Box::new(Announce {
-                meta: e.meta,
-                body: Some(e.body),
+                meta: e.meta.clone(),
+                body: Some(e.body.clone()),
             }));
         }
         if self.is_inflight(&l.key) {
@@ -1166,7 +1167,7 @@ impl Node {
         if l.fetch && self.inner.cfg.mode == MeshMode::Mesh && room {
             // We own this key: fetch it once for everyone (without asking peers, which
             // could bounce the request between nodes that disagree on the owner).
-            let local = self.local(&l.key);
+            // An expired copy, if any, makes the owner's fetch a free revalidation.
             let (flight, _) = self.join_or_start(l.request, l.key, local, false);
             drop(flight);
             return LookupReply::Pending;

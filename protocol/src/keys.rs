@@ -16,9 +16,11 @@ pub const TOPIC_PREFIX: &str = "ghmesh/1/";
 ///
 /// Cloning is cheap enough for tests that start many nodes: derivation is the slow
 /// part (hundreds of milliseconds), so derive once and clone.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct MeshKeys {
     fernet_key: [u8; 32],
+    /// Built once: every seal and open uses it.
+    fernet: fernet::Fernet,
     topic: String,
     rendezvous: [u8; 32],
     key_id: [u8; 8],
@@ -45,8 +47,14 @@ impl MeshKeys {
         let topic_key = subkey("topic", master);
         let mut key_id = [0u8; 8];
         key_id.copy_from_slice(&subkey("key-id", master)[..8]);
+        let fernet_key = subkey("fernet", master);
+        let encoded = base64::engine::general_purpose::URL_SAFE.encode(fernet_key);
+        // A 32-byte key in URL-safe base64 is exactly what Fernet::new accepts.
+        let fernet =
+            fernet::Fernet::new(&encoded).expect("32-byte key is always a valid Fernet key");
         Self {
-            fernet_key: subkey("fernet", master),
+            fernet_key,
+            fernet,
             topic: format!("{TOPIC_PREFIX}{}", hex::encode(topic_key)),
             rendezvous: subkey("rendezvous", master),
             key_id,
@@ -69,10 +77,8 @@ impl MeshKeys {
         &self.key_id
     }
 
-    pub(crate) fn fernet(&self) -> fernet::Fernet {
-        let encoded = base64::engine::general_purpose::URL_SAFE.encode(self.fernet_key);
-        // A 32-byte key in URL-safe base64 is exactly what Fernet::new accepts.
-        fernet::Fernet::new(&encoded).expect("32-byte key is always a valid Fernet key")
+    pub(crate) fn fernet(&self) -> &fernet::Fernet {
+        &self.fernet
     }
 
     /// These keys with another mesh's topic and rendezvous key but not its encryption
@@ -92,6 +98,18 @@ impl MeshKeys {
         &self.fernet_key
     }
 }
+
+impl PartialEq for MeshKeys {
+    // The Fernet value is derived from `fernet_key`; comparing the bytes suffices.
+    fn eq(&self, other: &Self) -> bool {
+        self.fernet_key == other.fernet_key
+            && self.topic == other.topic
+            && self.rendezvous == other.rendezvous
+            && self.key_id == other.key_id
+    }
+}
+
+impl Eq for MeshKeys {}
 
 impl fmt::Debug for MeshKeys {
     // Key material never reaches logs; the key id is public (it travels in clear).

@@ -183,19 +183,50 @@ fn track_spread(node: &Node, spread: Arc<Mutex<HashMap<CacheKey, Spread>>>) {
     });
 }
 
-/// One node's reads: `rounds` passes over the keys, each in its own shuffled order.
-#[allow(clippy::too_many_arguments)]
-async fn read_all(
-    node: Node,
-    stop: Arc<AtomicBool>,
+/// What every node of a run reads, and where the outcomes are recorded.
+#[derive(Clone)]
+struct Reads {
     requests: Arc<Vec<CanonicalRequest>>,
     rounds: usize,
     interval: Duration,
+    lookups: Arc<Mutex<Vec<f64>>>,
+}
+
+impl Reads {
+    /// Starts `n`'s reads after `start_delay`, counting outcomes in `tally`.
+    fn spawn(
+        &self,
+        n: &SimNode,
+        tally: Arc<Tally>,
+        start_delay: Duration,
+        seed: u64,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(read_all(
+            self.clone(),
+            n.node.clone(),
+            n.stop.clone(),
+            tally,
+            start_delay,
+            seed,
+        ))
+    }
+}
+
+/// One node's reads: `rounds` passes over the keys, each in its own shuffled order.
+async fn read_all(
+    reads: Reads,
+    node: Node,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
     start_delay: Duration,
     seed: u64,
-    tally: Arc<Tally>,
-    lookups: Arc<Mutex<Vec<f64>>>,
 ) {
+    let Reads {
+        requests,
+        rounds,
+        interval,
+        lookups,
+    } = reads;
     tokio::time::sleep(start_delay).await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut order: Vec<usize> = (0..requests.len()).collect();
@@ -287,7 +318,12 @@ pub async fn run(cfg: SimConfig) -> anyhow::Result<Report> {
     let tally = Arc::new(Tally::default());
     let lookups: Arc<Mutex<Vec<f64>>> = Arc::default();
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
-    let interval = Duration::from_millis(cfg.workload.interval_ms);
+    let reads = Reads {
+        requests: requests.clone(),
+        rounds: cfg.rounds,
+        interval: Duration::from_millis(cfg.workload.interval_ms),
+        lookups: lookups.clone(),
+    };
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
@@ -296,17 +332,12 @@ pub async fn run(cfg: SimConfig) -> anyhow::Result<Report> {
         } else {
             rng.gen_range(0..=cfg.stagger_ms)
         };
-        tasks.push(tokio::spawn(read_all(
-            n.node.clone(),
-            n.stop.clone(),
-            requests.clone(),
-            cfg.rounds,
-            interval,
+        tasks.push(reads.spawn(
+            n,
+            tally.clone(),
             Duration::from_millis(delay),
             cfg.seed.wrapping_mul(1_000_003).wrapping_add(i as u64),
-            tally.clone(),
-            lookups.clone(),
-        )));
+        ));
     }
 
     let mut late = None;
@@ -333,17 +364,12 @@ pub async fn run(cfg: SimConfig) -> anyhow::Result<Report> {
                 }
             }
             track_spread(&fresh.node, spread.clone());
-            tasks.push(tokio::spawn(read_all(
-                fresh.node.clone(),
-                fresh.stop.clone(),
-                requests.clone(),
-                cfg.rounds,
-                interval,
+            tasks.push(reads.spawn(
+                &fresh,
+                late_tally.clone(),
                 Duration::ZERO,
                 cfg.seed ^ (0xC0FFEE + r as u64),
-                late_tally.clone(),
-                lookups.clone(),
-            )));
+            ));
             nodes.push(fresh);
             joined += 1;
         }

@@ -470,26 +470,33 @@ fn float_to_json(f: f64) -> Value {
     Number::from_f64(f).map_or(Value::Null, Value::Number)
 }
 
+/// Writes `n` if it is an integer (both renderings print integers the same way).
+fn write_integer(out: &mut String, n: &Number) -> bool {
+    if let Some(i) = n.as_i64() {
+        let _ = write!(out, "{i}");
+    } else if let Some(u) = n.as_u64() {
+        let _ = write!(out, "{u}");
+    } else {
+        return false;
+    }
+    true
+}
+
 /// go-gh's `jsonScalarToString`, falling back to `json.Marshal`.
 fn render_top(out: &mut String, v: &Value) {
     match v {
         Value::String(s) => out.push_str(s),
         Value::Null => {}
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
-            (Some(i), _, _) => {
-                let _ = write!(out, "{i}");
-            }
-            (_, Some(u), _) => {
-                let _ = write!(out, "{u}");
-            }
-            (_, _, Some(f)) if f.fract() == 0.0 => {
+        Value::Number(n) if write_integer(out, n) => {}
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 => {
                 let _ = write!(out, "{f:.0}");
             }
-            (_, _, Some(f)) => {
+            Some(f) => {
                 let _ = write!(out, "{f:.2}");
             }
-            _ => render_json(out, v),
+            None => render_json(out, v),
         },
         Value::Array(_) | Value::Object(_) => render_json(out, v),
     }
@@ -501,15 +508,10 @@ fn render_json(out: &mut String, v: &Value) {
     match v {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
-            (Some(i), _, _) => {
-                let _ = write!(out, "{i}");
-            }
-            (_, Some(u), _) => {
-                let _ = write!(out, "{u}");
-            }
-            (_, _, Some(f)) => go_float(out, f),
-            _ => {
+        Value::Number(n) if write_integer(out, n) => {}
+        Value::Number(n) => match n.as_f64() {
+            Some(f) => go_float(out, f),
+            None => {
                 let _ = write!(out, "{n}");
             }
         },
