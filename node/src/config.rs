@@ -7,6 +7,8 @@ use ghmesh_protocol::MeshKeys;
 use ghmesh_store::Limits;
 use libp2p::Multiaddr;
 
+use crate::clock::{self, SharedClock};
+
 /// How much of the mesh a node uses. `Mesh` is ghmesh; `Broadcast` reproduces the
 /// push-only design of the earlier tool (announce on fetch, no lookups, no coalescing
 /// across nodes) so simulations can compare the two with the same code.
@@ -37,12 +39,8 @@ pub struct NodeConfig {
     pub ttl: Option<u64>,
     /// Store limits.
     pub limits: Limits,
-    /// Total budget for asking peers on a miss before going upstream.
-    pub lookup_timeout: Duration,
-    /// How long to wait for an owner that answered `Pending`.
-    pub pending_wait: Duration,
-    /// Whole upstream request timeout.
-    pub upstream_timeout: Duration,
+    /// Every timeout the node applies.
+    pub deadlines: Deadlines,
     /// Mesh or broadcast (simulations).
     pub mode: MeshMode,
     /// Gossipsub heartbeat.
@@ -51,6 +49,8 @@ pub struct NodeConfig {
     pub discovery_interval: Duration,
     /// mDNS query interval.
     pub mdns_query_interval: Duration,
+    /// Where the node reads wall-clock time (freshness, message age).
+    pub clock: SharedClock,
 }
 
 impl NodeConfig {
@@ -67,13 +67,12 @@ impl NodeConfig {
             mdns: true,
             ttl: None,
             limits: Limits::default(),
-            lookup_timeout: Duration::from_millis(250),
-            pending_wait: Duration::from_secs(15),
-            upstream_timeout: Duration::from_secs(20),
+            deadlines: Deadlines::default(),
             mode: MeshMode::Mesh,
             heartbeat: Duration::from_secs(1),
             discovery_interval: Duration::from_secs(10),
             mdns_query_interval: Duration::from_secs(2),
+            clock: clock::system(),
         }
     }
 
@@ -83,5 +82,59 @@ impl NodeConfig {
         self.discovery_interval = Duration::from_millis(300);
         self.mdns_query_interval = Duration::from_millis(500);
         self
+    }
+}
+
+/// Every wait of the node. Each has a bound, so that no peer, upstream or disk can
+/// hold a request (or shutdown) forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// The whole peer phase of a miss before falling back upstream.
+    pub lookup: Duration,
+    /// How long to wait for an owner that answered `Pending`.
+    pub pending_wait: Duration,
+    /// A whole upstream request.
+    pub upstream: Duration,
+    /// Added to the sum of the above for readers joining a flight: the leader's own
+    /// bounds end it first, this only guards against a lost wake-up.
+    pub flight_slack: Duration,
+    /// Fetching a body by CID: larger than a lookup (it may be megabytes), but bounded.
+    pub body_fetch: Duration,
+    /// First re-poll of an owner that said `Pending` and whose announce has not come.
+    pub repoll_first: Duration,
+    /// Re-polls back off up to this interval.
+    pub repoll_max: Duration,
+    /// Floor of a re-poll lookup's own timeout: the owner is busy fetching.
+    pub repoll_lookup_min: Duration,
+    /// Read recency is written with writes; an idle node writes it this often.
+    pub recency_flush: Duration,
+    /// How long `shutdown` lets background work finish before ending it.
+    pub shutdown: Duration,
+    /// Lifetime of our rendezvous provider record in the DHT.
+    pub provider_ttl: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Self {
+            lookup: Duration::from_millis(250),
+            pending_wait: Duration::from_secs(15),
+            upstream: Duration::from_secs(20),
+            flight_slack: Duration::from_secs(5),
+            body_fetch: Duration::from_secs(5),
+            repoll_first: Duration::from_millis(50),
+            repoll_max: Duration::from_secs(1),
+            repoll_lookup_min: Duration::from_millis(500),
+            recency_flush: Duration::from_secs(10),
+            shutdown: Duration::from_secs(5),
+            provider_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl Deadlines {
+    /// The longest a reader waits on a flight it joined.
+    pub fn flight(&self) -> Duration {
+        self.upstream + self.pending_wait + self.lookup + self.flight_slack
     }
 }

@@ -1,5 +1,9 @@
 //! Counters, kept as prometheus-client metrics so that `/_ghmesh/stats` and
 //! `/_ghmesh/metrics` read the same numbers.
+//!
+//! Adding a counter is one line in the `counters!` list below (name, help, doc) plus
+//! the line that increments it: the struct field, the metric registration and the
+//! stats field are all generated from that list.
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
@@ -7,122 +11,73 @@ use serde::Serialize;
 
 use crate::upstream::RateLimit;
 
-/// The node's counters.
-#[derive(Debug, Default, Clone)]
-pub struct Counters {
+macro_rules! counters {
+    ($( $(#[doc = $doc:literal])+ $name:ident: $help:literal, )+) => {
+        /// The node's counters.
+        #[derive(Debug, Default, Clone)]
+        pub struct Counters {
+            $( $(#[doc = $doc])+ pub $name: Counter, )+
+        }
+
+        /// The counters' values at one moment, as serialised into `/_ghmesh/stats`.
+        #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+        pub struct CounterSnapshot {
+            $( $(#[doc = $doc])+ pub $name: u64, )+
+        }
+
+        impl Counters {
+            /// Registers every counter under `ghmesh_`.
+            pub fn register(&self, registry: &mut Registry) {
+                let r = registry.sub_registry_with_prefix("ghmesh");
+                $( r.register(stringify!($name), $help, self.$name.clone()); )+
+            }
+
+            /// Reads every counter.
+            pub fn snapshot(&self) -> CounterSnapshot {
+                CounterSnapshot { $( $name: self.$name.get(), )+ }
+            }
+        }
+    };
+}
+
+counters! {
     /// Fresh, from the local store, fetched by this node.
-    pub hits: Counter,
+    hits: "Fresh local hits of entries this node fetched",
     /// Fresh, from the local store or a lookup, the entry came from a peer.
-    pub peer_hits: Counter,
+    peer_hits: "Fresh hits of entries that came from peers",
     /// Fetched upstream with quota spent.
-    pub misses: Counter,
+    misses: "Requests fetched upstream with quota spent",
     /// Upstream answered 304.
-    pub revalidated: Counter,
+    revalidated: "Expired entries revalidated by a 304",
     /// Joined another in-flight fetch (here or on a peer).
-    pub coalesced: Counter,
+    coalesced: "Requests that joined an in-flight fetch",
     /// Expired copy served because upstream failed.
-    pub stale_served: Counter,
+    stale_served: "Expired entries served because upstream failed",
     /// Passed through uncached.
-    pub bypass: Counter,
+    bypass: "Requests passed through uncached",
     /// Every request sent upstream.
-    pub upstream_calls: Counter,
+    upstream_calls: "Requests sent upstream",
     /// Upstream 304 answers.
-    pub upstream_304: Counter,
+    upstream_304: "Upstream 304 answers",
     /// Peer messages that failed to open or validate.
-    pub rejected_messages: Counter,
+    rejected_messages: "Peer messages rejected",
     /// Lookups sent to peers.
-    pub lookups_sent: Counter,
+    lookups_sent: "Lookups sent to peers",
     /// Lookups answered with an entry.
-    pub lookups_found: Counter,
+    lookups_found: "Lookups answered with an entry",
     /// Announces published.
-    pub announces_sent: Counter,
+    announces_sent: "Announces published",
     /// Valid announces received.
-    pub announces_received: Counter,
+    announces_received: "Valid announces received",
     /// Bodies fetched by CID after an announce without body.
-    pub bodies_fetched: Counter,
+    bodies_fetched: "Bodies fetched by CID",
     /// Peer announces not stored because the writer was behind.
-    pub dropped_writes: Counter,
+    dropped_writes: "Peer announces dropped while the writer was behind",
+    /// Store writes that failed (the entries they carried were not acknowledged).
+    store_errors: "Store writes that failed",
 }
 
 impl Counters {
-    /// Registers every counter under `ghmesh_`.
-    pub fn register(&self, registry: &mut Registry) {
-        let r = registry.sub_registry_with_prefix("ghmesh");
-        let all: [(&str, &str, &Counter); 16] = [
-            (
-                "hits",
-                "Fresh local hits of entries this node fetched",
-                &self.hits,
-            ),
-            (
-                "peer_hits",
-                "Fresh hits of entries that came from peers",
-                &self.peer_hits,
-            ),
-            (
-                "misses",
-                "Requests fetched upstream with quota spent",
-                &self.misses,
-            ),
-            (
-                "revalidated",
-                "Expired entries revalidated by a 304",
-                &self.revalidated,
-            ),
-            (
-                "coalesced",
-                "Requests that joined an in-flight fetch",
-                &self.coalesced,
-            ),
-            (
-                "stale_served",
-                "Expired entries served because upstream failed",
-                &self.stale_served,
-            ),
-            ("bypass", "Requests passed through uncached", &self.bypass),
-            (
-                "upstream_calls",
-                "Requests sent upstream",
-                &self.upstream_calls,
-            ),
-            ("upstream_304", "Upstream 304 answers", &self.upstream_304),
-            (
-                "rejected_messages",
-                "Peer messages rejected",
-                &self.rejected_messages,
-            ),
-            ("lookups_sent", "Lookups sent to peers", &self.lookups_sent),
-            (
-                "lookups_found",
-                "Lookups answered with an entry",
-                &self.lookups_found,
-            ),
-            (
-                "announces_sent",
-                "Announces published",
-                &self.announces_sent,
-            ),
-            (
-                "announces_received",
-                "Valid announces received",
-                &self.announces_received,
-            ),
-            (
-                "bodies_fetched",
-                "Bodies fetched by CID",
-                &self.bodies_fetched,
-            ),
-            (
-                "dropped_writes",
-                "Peer announces dropped while the writer was behind",
-                &self.dropped_writes,
-            ),
-        ];
-        for (name, help, c) in all {
-            r.register(name, help, c.clone());
-        }
-    }
-
     /// Requests answered without spending quota.
     pub fn saved(&self) -> u64 {
         self.hits.get()
@@ -133,36 +88,35 @@ impl Counters {
     }
 }
 
-/// `/_ghmesh/stats` (contract §4), plus a few extra fields.
+/// `/_ghmesh/stats` (contract §4): the counters plus the node's and network's state.
 #[derive(Debug, Clone, Serialize)]
 pub struct Stats {
+    /// This node's peer id.
     pub peer_id: String,
+    /// P2P is on.
     pub p2p: bool,
+    /// Peers with an open connection.
     pub connected_peers: usize,
+    /// Peers in our gossipsub mesh.
     pub mesh_peers: usize,
+    /// Peers admitted to the mesh.
     pub members: usize,
+    /// Entries in the store.
     pub entries: u64,
+    /// Bytes in the store.
     pub bytes: u64,
-    pub hits: u64,
-    pub peer_hits: u64,
-    pub misses: u64,
-    pub revalidated: u64,
-    pub coalesced: u64,
-    pub stale_served: u64,
-    pub bypass: u64,
-    pub upstream_calls: u64,
-    pub upstream_304: u64,
+    /// Every counter, flattened into this object.
+    #[serde(flatten)]
+    pub counters: CounterSnapshot,
+    /// Requests answered without spending quota.
     pub api_calls_saved: u64,
+    /// Share of answered requests that spent no quota, in 0..1.
     pub hit_rate: f64,
-    pub rejected_messages: u64,
-    pub lookups_sent: u64,
-    pub lookups_found: u64,
-    pub announces_sent: u64,
-    pub announces_received: u64,
-    pub bodies_fetched: u64,
-    pub dropped_writes: u64,
+    /// Gossip or requests dropped because the node was not keeping up.
     pub dropped_events: u64,
+    /// Last rate-limit state seen upstream.
     pub rate_limit: RateLimit,
+    /// Our listen addresses with `/p2p/<id>`.
     pub listen: Vec<String>,
 }
 
@@ -173,5 +127,34 @@ pub fn hit_rate(saved: u64, misses: u64) -> f64 {
         0.0
     } else {
         saved as f64 / total as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn every_counter_is_registered_and_serialised() {
+        let c = Counters::default();
+        c.hits.inc();
+        c.store_errors.inc();
+        let mut reg = Registry::default();
+        c.register(&mut reg);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+        assert!(text.contains("ghmesh_hits_total 1"), "{text}");
+        assert!(text.contains("ghmesh_store_errors_total 1"), "{text}");
+        let json = serde_json::to_value(c.snapshot()).unwrap();
+        assert_eq!(json["hits"], 1);
+        assert_eq!(json["store_errors"], 1);
+        assert_eq!(json.as_object().unwrap().len(), 17);
+    }
+
+    #[test]
+    fn hit_rate_is_a_share() {
+        assert_eq!(hit_rate(0, 0), 0.0);
+        assert_eq!(hit_rate(3, 1), 0.75);
     }
 }

@@ -137,7 +137,7 @@ async fn start_node(
     nc.ttl = Some(cfg.ttl);
     // Rendezvous every 3 s instead of 10 s, so that a fleet meshes within seconds.
     nc.discovery_interval = Duration::from_secs(3);
-    nc.lookup_timeout = cfg.lookup_timeout;
+    nc.deadlines.lookup = cfg.lookup_timeout;
     nc.keys = (cfg.strategy != Strategy::Local).then(sim_keys);
     nc.mode = if cfg.strategy == Strategy::Broadcast {
         MeshMode::Broadcast
@@ -245,7 +245,7 @@ async fn read_all(
                 .get_meta(&req.key())
                 .ok()
                 .flatten()
-                .is_some_and(|m| m.is_fresh(ghmesh_node::now_ms()));
+                .is_some_and(|m| m.is_fresh(node.clock().now_ms()));
             let t = Instant::now();
             let res = node.get(req.clone()).await;
             let ms = t.elapsed().as_secs_f64() * 1000.0;

@@ -30,6 +30,10 @@ use redb::{
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
+mod faults;
+#[cfg(feature = "fault-injection")]
+pub use faults::DiskFaults;
+
 /// Schema of the tables below; a file with another version is refused, not rewritten.
 pub const SCHEMA_VERSION: u64 = 1;
 /// Version of the CBOR value in the `meta` table.
@@ -155,6 +159,19 @@ pub struct WriteStats {
     pub written: usize,
     /// Entries evicted to stay within the limits.
     pub evicted: usize,
+    /// Freshness updates applied (keys held).
+    pub refreshed: usize,
+}
+
+/// A freshness update for a held entry (after a 304 here or on a peer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Freshness {
+    /// The entry.
+    pub key: CacheKey,
+    /// When upstream last confirmed it, unix ms (only ever moves forward).
+    pub fetched_at_ms: u64,
+    /// The new end of freshness, unix ms.
+    pub fresh_until_ms: u64,
 }
 
 /// The cache store. Share it behind an `Arc`: reads run concurrently with a writer.
@@ -183,7 +200,29 @@ impl Store {
     /// created here). Fails with [`StoreError::Locked`] when another process holds it
     /// and [`StoreError::Corrupt`] when it is not a sound database; never wipes data.
     pub fn open(path: impl AsRef<Path>, limits: Limits) -> Result<Self, StoreError> {
-        let path = path.as_ref().to_path_buf();
+        Self::open_inner(path.as_ref(), limits, None)
+    }
+
+    /// [`Store::open`], with a switch that makes every later disk write fail, for tests
+    /// of what the node does when its disk fails.
+    #[cfg(feature = "fault-injection")]
+    pub fn open_with_faults(
+        path: impl AsRef<Path>,
+        limits: Limits,
+    ) -> Result<(Self, std::sync::Arc<faults::DiskFaults>), StoreError> {
+        let switch = std::sync::Arc::new(faults::DiskFaults::default());
+        let store = Self::open_inner(path.as_ref(), limits, Some(switch.clone()))?;
+        Ok((store, switch))
+    }
+
+    fn open_inner(
+        path: &Path,
+        limits: Limits,
+        #[cfg_attr(not(feature = "fault-injection"), allow(unused_variables))] faults: Option<
+            std::sync::Arc<faults::DiskFaults>,
+        >,
+    ) -> Result<Self, StoreError> {
+        let path = path.to_path_buf();
         let io = |source| StoreError::Io {
             path: path.clone(),
             source,
@@ -225,7 +264,10 @@ impl Store {
                 detail: other.to_string(),
             },
         };
-        let backend = redb::backends::FileBackend::new(file).map_err(open_err)?;
+        let backend = faults::Backend::new(
+            redb::backends::FileBackend::new(file).map_err(open_err)?,
+            faults,
+        );
         // Checking integrity on open reads the whole file once, but turns a damaged file
         // into a clear error instead of a panic deep inside a later read.
         let db = Database::builder()
@@ -354,6 +396,35 @@ impl Store {
     /// Stores a batch durably in one transaction and one fsync, replacing entries with
     /// the same key, then evicts down to the limits.
     pub fn put_many(&self, entries: &[Entry], now_ms: u64) -> Result<WriteStats, StoreError> {
+        self.write_batch(entries, &[], now_ms)
+    }
+
+    /// Moves an entry's freshness forward without rewriting its body (after a 304).
+    /// Returns false when the key is not held.
+    pub fn set_freshness(
+        &self,
+        key: &CacheKey,
+        fetched_at_ms: u64,
+        fresh_until_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let update = Freshness {
+            key: *key,
+            fetched_at_ms,
+            fresh_until_ms,
+        };
+        Ok(self.write_batch(&[], &[update], 0)?.refreshed == 1)
+    }
+
+    /// One transaction, one fsync: stores `entries` (replacing entries with the same
+    /// key), then moves freshness forward for `freshness` (held keys only, bodies not
+    /// rewritten), then evicts down to the limits. The node's group commit sends every
+    /// write of a batch through here, so a burst of 304s costs one fsync, not one each.
+    pub fn write_batch(
+        &self,
+        entries: &[Entry],
+        freshness: &[Freshness],
+        now_ms: u64,
+    ) -> Result<WriteStats, StoreError> {
         let txn = self.db.begin_write()?;
         let mut stats = WriteStats::default();
         {
@@ -375,48 +446,18 @@ impl Store {
                 w.bytes += size;
                 stats.written += 1;
             }
-            stats.evicted = w.evict(self.limits, now_ms)?;
-            w.save(&self.entries, &self.bytes)?;
-        }
-        txn.commit()?;
-        Ok(stats)
-    }
-
-    /// Moves an entry's freshness forward without rewriting its body (after a 304).
-    /// Returns false when the key is not held.
-    pub fn set_freshness(
-        &self,
-        key: &CacheKey,
-        fetched_at_ms: u64,
-        fresh_until_ms: u64,
-    ) -> Result<bool, StoreError> {
-        let txn = self.db.begin_write()?;
-        let found;
-        {
-            let mut w = Writer::open(&txn)?;
-            self.apply_touches(&mut w)?;
-            let k = key.as_bytes().as_slice();
-            let old = w.meta.get(k)?.map(|v| v.value().to_vec());
-            found = old.is_some();
-            if let Some(old) = old {
-                let mut meta = decode_meta(key, &old)?;
-                meta.fetched_at_ms = meta.fetched_at_ms.max(fetched_at_ms);
-                meta.fresh_until_ms = fresh_until_ms;
-                let encoded = encode_meta(&meta);
-                w.meta.insert(k, encoded.as_slice())?;
-                let indexed = w.index.get(k)?.map(|v| v.value());
-                if let Some((seq, old_size, old_fresh)) = indexed {
-                    let size = (old_size + encoded.len() as u64).saturating_sub(old.len() as u64);
-                    w.bytes = (w.bytes + size).saturating_sub(old_size);
-                    w.expiry.remove((old_fresh, k))?;
-                    w.expiry.insert((fresh_until_ms, k), ())?;
-                    w.index.insert(k, (seq, size, fresh_until_ms))?;
+            for update in freshness {
+                if w.set_freshness(update)? {
+                    stats.refreshed += 1;
                 }
+            }
+            if !entries.is_empty() {
+                stats.evicted = w.evict(self.limits, now_ms)?;
             }
             w.save(&self.entries, &self.bytes)?;
         }
         txn.commit()?;
-        Ok(found)
+        Ok(stats)
     }
 
     /// Removes one entry; returns whether it was there.
@@ -546,6 +587,29 @@ impl<'txn> Writer<'txn> {
         self.expiry.remove((fresh, k))?;
         self.entries = self.entries.saturating_sub(1);
         self.bytes = self.bytes.saturating_sub(size);
+        Ok(true)
+    }
+
+    /// Moves one held entry's freshness; false when the key is not held.
+    fn set_freshness(&mut self, update: &Freshness) -> Result<bool, StoreError> {
+        let key = &update.key;
+        let k = key.as_bytes().as_slice();
+        let Some(old) = self.meta.get(k)?.map(|v| v.value().to_vec()) else {
+            return Ok(false);
+        };
+        let mut meta = decode_meta(key, &old)?;
+        meta.fetched_at_ms = meta.fetched_at_ms.max(update.fetched_at_ms);
+        meta.fresh_until_ms = update.fresh_until_ms;
+        let encoded = encode_meta(&meta);
+        self.meta.insert(k, encoded.as_slice())?;
+        let indexed = self.index.get(k)?.map(|v| v.value());
+        if let Some((seq, old_size, old_fresh)) = indexed {
+            let size = (old_size + encoded.len() as u64).saturating_sub(old.len() as u64);
+            self.bytes = (self.bytes + size).saturating_sub(old_size);
+            self.expiry.remove((old_fresh, k))?;
+            self.expiry.insert((update.fresh_until_ms, k), ())?;
+            self.index.insert(k, (seq, size, update.fresh_until_ms))?;
+        }
         Ok(true)
     }
 

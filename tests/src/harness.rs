@@ -82,9 +82,21 @@ pub async fn start_node(
     bootstrap: Vec<Multiaddr>,
     upstream: Arc<dyn Upstream>,
 ) -> anyhow::Result<TestNode> {
+    start_node_with(keys, bootstrap, upstream, |_| {}).await
+}
+
+/// Starts a node with a fresh temp dir, after `adjust` has changed its config (a
+/// shared manual clock, a TTL, shorter deadlines…).
+pub async fn start_node_with(
+    keys: Option<MeshKeys>,
+    bootstrap: Vec<Multiaddr>,
+    upstream: Arc<dyn Upstream>,
+    adjust: impl FnOnce(&mut NodeConfig),
+) -> anyhow::Result<TestNode> {
     init_tracing();
     let dir = tempfile::tempdir()?;
-    let cfg = test_config(dir.path(), keys, bootstrap);
+    let mut cfg = test_config(dir.path(), keys, bootstrap);
+    adjust(&mut cfg);
     let node = Node::start(cfg, upstream).await?;
     Ok(TestNode { node, dir })
 }
@@ -161,5 +173,5 @@ pub fn holds(node: &Node, key: &ghmesh_protocol::CacheKey) -> bool {
         .get_meta(key)
         .ok()
         .flatten()
-        .is_some_and(|m| m.is_fresh(ghmesh_node::now_ms()))
+        .is_some_and(|m| m.is_fresh(node.clock().now_ms()))
 }

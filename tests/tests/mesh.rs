@@ -43,9 +43,9 @@ async fn two_nodes_announce_reaches_the_other() {
     assert_eq!(b.status, CacheStatus::Peer);
     assert_eq!(b.bytes(), a.bytes());
     assert_eq!(up.full(), 1);
-    assert!(dst.node.stats().await.announces_received >= 1);
+    assert!(dst.node.stats().await.counters.announces_received >= 1);
     assert_eq!(
-        dst.node.stats().await.lookups_sent,
+        dst.node.stats().await.counters.lookups_sent,
         0,
         "served from the announce, no lookup"
     );
@@ -90,7 +90,7 @@ async fn a_late_joiner_finds_earlier_entries_by_lookup() {
         println!("lookup on a miss: {:?}", started.elapsed());
     }
     assert_eq!(up.full(), 5, "no upstream call for the late joiner");
-    assert_eq!(pair[1].node.stats().await.peer_hits, 5);
+    assert_eq!(pair[1].node.stats().await.counters.peer_hits, 5);
 }
 
 /// An outsider that learned the topic name but not the key: it hears everything and
@@ -125,7 +125,7 @@ async fn outsider_learns_nothing(outsider_keys: ghmesh_protocol::MeshKeys) {
         members[i % 2].node.get(r).await.unwrap();
     }
     wait_until(T, "outsider rejected member messages", || async {
-        outsider.node.stats().await.rejected_messages >= 1
+        outsider.node.stats().await.counters.rejected_messages >= 1
     })
     .await
     .unwrap();
@@ -143,8 +143,8 @@ async fn outsider_learns_nothing(outsider_keys: ghmesh_protocol::MeshKeys) {
         );
     }
     wait_until(T, "members rejected outsider messages", || async {
-        members[0].node.stats().await.rejected_messages
-            + members[1].node.stats().await.rejected_messages
+        members[0].node.stats().await.counters.rejected_messages
+            + members[1].node.stats().await.counters.rejected_messages
             >= 1
     })
     .await
@@ -162,7 +162,7 @@ async fn outsider_learns_nothing(outsider_keys: ghmesh_protocol::MeshKeys) {
                 &req(&format!("/repos/acme/widgets/releases/{i}")).key()
             ));
         }
-        assert_eq!(m.node.stats().await.lookups_found, 0);
+        assert_eq!(m.node.stats().await.counters.lookups_found, 0);
     }
 }
 
@@ -267,7 +267,7 @@ async fn concurrent_misses_across_five_nodes_cost_one_upstream_call() {
     let coalesced: u64 = {
         let mut c = 0;
         for n in &nodes {
-            c += n.node.stats().await.coalesced;
+            c += n.node.stats().await.counters.coalesced;
         }
         c
     };
@@ -292,7 +292,7 @@ async fn a_large_entry_travels_as_announce_then_fetch_by_cid() {
     assert_eq!(a.status, CacheStatus::Miss);
     assert_eq!(a.bytes().len(), 1024 * 1024);
     wait_until(T, "announce without body received", || async {
-        dst.node.stats().await.announces_received >= 1
+        dst.node.stats().await.counters.announces_received >= 1
     })
     .await
     .unwrap();
@@ -300,7 +300,11 @@ async fn a_large_entry_travels_as_announce_then_fetch_by_cid() {
     let b = dst.node.get(r.clone()).await.unwrap();
     assert_eq!(b.status, CacheStatus::Peer);
     assert_eq!(b.bytes(), a.bytes());
-    assert_eq!(dst.node.stats().await.bodies_fetched, 1, "fetched by CID");
+    assert_eq!(
+        dst.node.stats().await.counters.bodies_fetched,
+        1,
+        "fetched by CID"
+    );
     assert_eq!(up.full(), 1);
     assert!(holds(&dst.node, &r.key()));
 }

@@ -1,7 +1,7 @@
 //! Client commands: `ghmesh api` (through the node, or alone on the local store when
 //! no node answers), `stats`, `peers`, `id`, `monitor`.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use ghmesh_protocol::CanonicalRequest;
 
 use super::jq::JqFilter;
 use super::settings::{self, EnvLookup};
-use super::{ApiArgs, CliError, IdArgs, StatsArgs};
+use super::{ApiArgs, CliError};
 use crate::api::{response_parts, ResponseParts};
 use crate::upstream::github::{GithubClient, GithubConfig};
 use crate::{Node, NodeConfig};
@@ -18,7 +18,7 @@ use crate::{Node, NodeConfig};
 /// Most pages `--paginate` follows: a loop in `Link` headers must end.
 const MAX_PAGES: usize = 1000;
 
-fn http_client() -> Result<reqwest::Client, CliError> {
+pub(super) fn http_client() -> Result<reqwest::Client, CliError> {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(60))
@@ -396,171 +396,6 @@ async fn fetch_and_print(
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
-    }
-}
-
-async fn get_json(path: &str, env: EnvLookup<'_>) -> Result<serde_json::Value, CliError> {
-    let api = settings::api_addr(None, env);
-    let resp = http_client()?
-        .get(format!("http://{api}{path}"))
-        .send()
-        .await
-        .map_err(|_| {
-            CliError::failed(format!(
-                "no ghmesh node answers at {api}; start one with `ghmesh node` or set GHMESH_API"
-            ))
-        })?;
-    resp.json()
-        .await
-        .map_err(|e| CliError::failed(format!("bad answer from the node at {api}: {e}")))
-}
-
-fn print_json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
-}
-
-/// Human-readable stats.
-pub fn render_stats(v: &serde_json::Value) -> String {
-    let g = |k: &str| {
-        v.get(k)
-            .map(|x| x.to_string())
-            .unwrap_or_else(|| "-".into())
-    };
-    let rl = v.get("rate_limit").cloned().unwrap_or_default();
-    let rlg = |k: &str| {
-        rl.get(k)
-            .filter(|x| !x.is_null())
-            .map(|x| x.to_string())
-            .unwrap_or_else(|| "-".into())
-    };
-    let hit_rate = v.get("hit_rate").and_then(|h| h.as_f64()).unwrap_or(0.0);
-    format!(
-        "peer id          {}\n\
-         peers            {} connected, {} in mesh\n\
-         entries          {} ({} bytes)\n\
-         served           {} hit, {} peer, {} coalesced, {} revalidated, {} stale, {} miss, {} bypass\n\
-         upstream calls   {} ({} answered 304)\n\
-         api calls saved  {} (hit rate {:.1}%)\n\
-         rate limit       {} of {} left, resets at {}\n",
-        v.get("peer_id").and_then(|p| p.as_str()).unwrap_or("-"),
-        g("connected_peers"),
-        g("mesh_peers"),
-        g("entries"),
-        g("bytes"),
-        g("hits"),
-        g("peer_hits"),
-        g("coalesced"),
-        g("revalidated"),
-        g("stale_served"),
-        g("misses"),
-        g("bypass"),
-        g("upstream_calls"),
-        g("upstream_304"),
-        g("api_calls_saved"),
-        hit_rate * 100.0,
-        rlg("remaining"),
-        rlg("limit"),
-        rlg("reset"),
-    )
-}
-
-/// `ghmesh stats`.
-pub async fn stats(args: StatsArgs, env: EnvLookup<'_>) -> Result<(), CliError> {
-    let v = get_json("/_ghmesh/stats", env).await?;
-    if args.json {
-        print_json(&v);
-    } else {
-        print!("{}", render_stats(&v));
-    }
-    Ok(())
-}
-
-/// `ghmesh peers`.
-pub async fn peers(args: StatsArgs, env: EnvLookup<'_>) -> Result<(), CliError> {
-    let v = get_json("/_ghmesh/peers", env).await?;
-    if args.json {
-        print_json(&v);
-        return Ok(());
-    }
-    let peers = v.as_array().cloned().unwrap_or_default();
-    if peers.is_empty() {
-        println!("no peers connected");
-    }
-    for p in peers {
-        let id = p.get("peer_id").and_then(|x| x.as_str()).unwrap_or("-");
-        let mesh = if p.get("in_mesh").and_then(|x| x.as_bool()).unwrap_or(false) {
-            "mesh"
-        } else {
-            "-"
-        };
-        let addrs: Vec<String> = p
-            .get("addrs")
-            .and_then(|a| a.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        println!("{id}  {mesh:4}  {}", addrs.join(" "));
-    }
-    Ok(())
-}
-
-/// `ghmesh id`: from the running node, else from the identity in the data dir.
-pub async fn id(args: IdArgs, env: EnvLookup<'_>) -> Result<(), CliError> {
-    if args.data_dir.is_none() {
-        if let Ok(v) = get_json("/_ghmesh/stats", env).await {
-            println!(
-                "{}",
-                v.get("peer_id").and_then(|p| p.as_str()).unwrap_or("-")
-            );
-            for a in v
-                .get("listen")
-                .and_then(|l| l.as_array())
-                .cloned()
-                .unwrap_or_default()
-            {
-                if let Some(a) = a.as_str() {
-                    println!("{a}");
-                }
-            }
-            return Ok(());
-        }
-    }
-    let dir = settings::data_dir(args.data_dir.as_deref(), env);
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| CliError::usage(format!("data dir {}: {e}", dir.display())))?;
-    let key = crate::node::load_or_create_identity(&dir.join("identity.key"))
-        .map_err(|e| CliError::usage(e.to_string()))?;
-    let peer = key.public().to_peer_id();
-    println!("{peer}");
-    for a in settings::listen(&[], env)? {
-        println!("{}", a.with(libp2p::multiaddr::Protocol::P2p(peer)));
-    }
-    eprintln!("(no node running: addresses are the configured listen addresses; 0.0.0.0 means every interface)");
-    Ok(())
-}
-
-/// `ghmesh monitor`.
-pub async fn monitor(interval: Duration, once: bool, env: EnvLookup<'_>) -> Result<(), CliError> {
-    let tty = std::io::stdout().is_terminal();
-    loop {
-        let v = get_json("/_ghmesh/stats", env).await?;
-        let text = render_stats(&v);
-        if tty && !once {
-            print!("\x1b[2J\x1b[H");
-        }
-        print!("{text}");
-        if once {
-            return Ok(());
-        }
-        println!(
-            "\n(refreshing every {:.1}s, Ctrl-C to quit)",
-            interval.as_secs_f64()
-        );
-        let _ = std::io::stdout().flush();
-        tokio::time::sleep(interval).await;
     }
 }
 

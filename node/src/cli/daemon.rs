@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use ghmesh_protocol::MeshKeys;
 
+use super::notify;
 use super::settings::{self, EnvLookup};
 use super::{CliError, LogFormat, NodeArgs};
 use crate::node::NodeError;
@@ -68,7 +69,7 @@ pub fn resolve(args: &NodeArgs, env: EnvLookup<'_>) -> Result<DaemonSettings, Cl
     let upstream_timeout = settings::upstream_timeout(args.upstream_timeout, env)?;
     // The node's own deadline sits just above the HTTP client's, so that the client's
     // clearer timeout error is the one reported.
-    node.upstream_timeout = upstream_timeout + Duration::from_secs(1);
+    node.deadlines.upstream = upstream_timeout + Duration::from_secs(1);
     let log_format = match args.log_format {
         Some(f) => f,
         None => match settings::first_env(env, &["GHMESH_LOG_FORMAT"]) {
@@ -169,10 +170,24 @@ pub async fn run(args: NodeArgs, env: EnvLookup<'_>) -> Result<(), CliError> {
         let _ = out.flush();
     }
     tracing::info!(api = %api_addr, peer_id = %node.peer_id(), "ready");
+    // Under systemd (Type=notify) the unit is "started" only now; elsewhere a no-op.
+    sd_notify(notify::READY);
+    let shutdown = async move {
+        shutdown.await;
+        sd_notify(notify::STOPPING);
+    };
     let served = api::serve(node.clone(), listener, s.upstream.clone(), shutdown).await;
     tracing::info!("shutting down: flushing the store");
     node.shutdown().await;
     served.map_err(|e| CliError::failed(format!("API server failed: {e}")))
+}
+
+/// Tells systemd about our state when it supervises us; a failure is logged, never
+/// fatal (the node works the same without a supervisor).
+fn sd_notify(state: &str) {
+    if let Err(e) = notify::notify(state) {
+        tracing::warn!("cannot notify systemd ({state}): {e}");
+    }
 }
 
 /// Installs the SIGTERM/SIGINT handlers now (before the ready line, so that a supervisor

@@ -2,7 +2,10 @@
 
 pub mod api_cmd;
 pub mod daemon;
+mod info;
 pub mod jq;
+mod jq_render;
+mod notify;
 pub mod settings;
 
 use std::path::PathBuf;
@@ -38,14 +41,22 @@ impl CliError {
     }
 }
 
+/// `ghmesh --version`: the crate version and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("GHMESH_COMMIT"),
+    ")"
+);
+
 #[derive(Parser, Debug)]
 #[command(
     name = "ghmesh",
-    version,
+    version = VERSION,
     about = "A shared GitHub API cache for CI fleets: a local proxy and a `gh api`-like CLI, \
              backed by an embedded store and an encrypted peer-to-peer mesh."
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -216,14 +227,14 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Node(args) => daemon::run(args, &env).await,
             Command::Api(args) => api_cmd::run(args, &env).await,
-            Command::Stats(args) => api_cmd::stats(args, &env).await,
-            Command::Peers(args) => api_cmd::peers(args, &env).await,
-            Command::Id(args) => api_cmd::id(args, &env).await,
+            Command::Stats(args) => info::stats(args, &env).await,
+            Command::Peers(args) => info::peers(args, &env).await,
+            Command::Id(args) => info::id(args, &env).await,
             Command::Monitor(args) => {
                 if !(args.interval.is_finite() && args.interval >= 0.1) {
                     return Err(CliError::usage("--interval must be at least 0.1 seconds"));
                 }
-                api_cmd::monitor(Duration::from_secs_f64(args.interval), args.once, &env).await
+                info::monitor(Duration::from_secs_f64(args.interval), args.once, &env).await
             }
         }
     });

@@ -30,13 +30,20 @@ pub struct BehaviourConfig {
     pub provider_ttl: Duration,
 }
 
+/// Every protocol a node speaks, driven by the one event loop.
 #[derive(NetworkBehaviour)]
-pub struct Behaviour {
+pub(crate) struct Behaviour {
+    /// Announcements and refreshes on the fleet's topic.
     pub gossipsub: gossipsub::Behaviour,
+    /// The private DHT: rendezvous providers across networks.
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    /// LAN discovery, off with `--no-mdns`.
     pub mdns: Toggle<mdns::tokio::Behaviour>,
+    /// Listen addresses and protocols of peers, fed to Kademlia.
     pub identify: identify::Behaviour,
+    /// Sealed lookups and body fetches.
     pub rr: request_response::Behaviour<SealedCodec>,
+    /// Liveness of connections.
     pub ping: ping::Behaviour,
 }
 
@@ -56,7 +63,7 @@ pub fn check_mesh_params(outbound_min: usize, low: usize, n: usize, high: usize)
 }
 
 impl Behaviour {
-    pub fn new(key: &identity::Keypair, cfg: &BehaviourConfig) -> anyhow::Result<Self> {
+    pub(crate) fn new(key: &identity::Keypair, cfg: &BehaviourConfig) -> anyhow::Result<Self> {
         let peer_id = key.public().to_peer_id();
         anyhow::ensure!(
             check_mesh_params(MESH_OUTBOUND_MIN, MESH_N_LOW, MESH_N, MESH_N_HIGH),

@@ -142,7 +142,7 @@ async fn main() -> anyhow::Result<()> {
     let mut answered = 0;
     for n in &nodes {
         let s = n.node.stats().await;
-        answered += s.api_calls_saved + s.misses;
+        answered += s.api_calls_saved + s.counters.misses;
     }
     println!(
         "\nIn all: the nodes answered {answered} requests; GitHub gave {} full answers (quota) and {} free 304s.",

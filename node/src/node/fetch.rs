@@ -1,0 +1,123 @@
+//! The upstream phase: one request to GitHub (conditional when a copy is held), and
+//! what its answer means for the cache (decided by [`policy::after_upstream`]).
+
+use ghmesh_protocol::Refresh;
+use ghmesh_protocol::{freshness_ttl_secs, Announce, CacheKey, CanonicalRequest, Entry, Message};
+
+use super::served::CacheStatus;
+use super::writer::WriteJob;
+use super::{GetError, Node, Served};
+use crate::policy::{self, UpstreamAction};
+use crate::upstream::{Conditional, UpstreamError};
+
+impl Node {
+    pub(super) async fn fetch_upstream(
+        &self,
+        req: CanonicalRequest,
+        key: CacheKey,
+        local: Option<Entry>,
+    ) -> Result<Served, GetError> {
+        let upstream = &self.inner.upstream;
+        let token = upstream.token_fingerprint();
+        let cond = local
+            .as_ref()
+            .map(|e| Conditional::for_entry(&e.meta, token))
+            .unwrap_or_default();
+        self.inner.counters.upstream_calls.inc();
+        let outcome =
+            tokio::time::timeout(self.inner.deadlines.upstream, upstream.fetch(&req, cond))
+                .await
+                .unwrap_or(Err(UpstreamError::Timeout));
+        let action = policy::after_upstream(outcome.as_ref(), local.is_some());
+        let now = self.now_ms();
+        match (action, outcome, local) {
+            (UpstreamAction::Store, Ok(resp), _) => {
+                let ttl = freshness_ttl_secs(&req, &resp.headers, self.inner.cfg.ttl);
+                let entry = Entry::new(
+                    req,
+                    policy::kept_headers(&resp.headers),
+                    resp.body.to_vec(),
+                    token,
+                    now,
+                    now + ttl * 1000,
+                    self.inner.me.clone(),
+                );
+                // Durable before the response that carried it is sent (contract §6). A
+                // failed write is served to this client but neither acknowledged as
+                // stored nor announced: peers would ask us for what we do not hold.
+                let stored = self.write(WriteJob::Put(entry.clone())).await.is_ok();
+                if stored {
+                    self.publish(Message::Announce(Announce::of(&entry)));
+                }
+                let mut served = Served::entry(entry, CacheStatus::Miss);
+                served.stored = stored;
+                Ok(served)
+            }
+            (UpstreamAction::Refresh, Ok(resp), Some(mut entry)) => {
+                self.inner.counters.upstream_304.inc();
+                let headers = policy::merge_304_headers(&entry.meta.headers, &resp.headers);
+                let ttl = freshness_ttl_secs(&entry.meta.request, &headers, self.inner.cfg.ttl);
+                entry.meta.headers = headers;
+                entry.meta.fetched_at_ms = now;
+                entry.meta.fresh_until_ms = now + ttl * 1000;
+                let refresh = Refresh {
+                    key,
+                    cid: entry.meta.cid.clone(),
+                    fetched_at_ms: now,
+                    fresh_until_ms: entry.meta.fresh_until_ms,
+                };
+                let stored = self.write(WriteJob::Refresh(refresh.clone())).await.is_ok();
+                if stored {
+                    self.publish(Message::Refresh(refresh));
+                }
+                let mut served = Served::entry(entry, CacheStatus::Revalidated);
+                served.stored = stored;
+                Ok(served)
+            }
+            (UpstreamAction::ServeStale, _, Some(entry)) => {
+                Ok(Served::entry(entry, CacheStatus::Stale))
+            }
+            (UpstreamAction::Fail, Err(e), _) => {
+                tracing::debug!(path = %req.path, "upstream failed: {e}");
+                Err(e.into())
+            }
+            (_, Ok(resp), _) => Ok(Served::upstream(resp, CacheStatus::Miss)),
+            (_, Err(e), _) => Err(e.into()),
+        }
+    }
+
+    /// Seals and publishes a message in an owned task (sealing is off the reader's
+    /// path); without a mesh, nothing.
+    pub(super) fn publish(&self, msg: Message) {
+        if self.inner.mesh.is_none() {
+            return;
+        }
+        let node = self.clone();
+        self.spawn(async move {
+            let (Some(net), Some(data)) = (node.network(), node.seal(&msg)) else {
+                return;
+            };
+            match net.publish(data).await {
+                Ok(true) => {
+                    node.inner.counters.announces_sent.inc();
+                }
+                Ok(false) => tracing::trace!("no subscribed peers yet; peers will look it up"),
+                Err(e) => tracing::debug!("publish failed: {e}"),
+            }
+        });
+    }
+
+    /// Queues a write and waits until it is durable; a failure is the caller's error.
+    pub(super) async fn write(&self, job: WriteJob) -> Result<(), GetError> {
+        self.inner.writer.write(job).await
+    }
+
+    /// Queues a write from gossip without waiting. When the writer is behind, the write
+    /// is dropped (and counted): peers' announces must not pile up in memory, and a
+    /// dropped entry is simply looked up again on its next miss.
+    pub(super) fn write_behind(&self, job: WriteJob) {
+        if !self.inner.writer.write_behind(job) {
+            self.inner.counters.dropped_writes.inc();
+        }
+    }
+}

@@ -1,0 +1,464 @@
+//! The node: a store, an upstream, and (with a secret) the mesh.
+//!
+//! A read enters at [`Node::get`] and goes through these rooms, in order:
+//!
+//! 1. [`read`]: the local store; on a miss or an expired copy, single flight (one
+//!    resolution per key on this node, every other reader joins it).
+//! 2. [`peers`]: the peer phase. Ask the key's owner to fetch for everyone, wait for
+//!    it when it says `Pending`, ask a couple of other members; bounded by
+//!    [`Deadlines::lookup`](crate::config::Deadlines).
+//! 3. [`fetch`]: the upstream phase: a conditional request when a copy is held; the
+//!    verdict decides between store, refresh, stale and pass-through.
+//! 4. [`writer`]: group commit. An entry is durable before the response that carried
+//!    it is sent; a failed write is an error, never an acknowledgement.
+//! 5. Announce (gossip) so every member holds it before it is asked for.
+//!
+//! Peers talk to us in [`inbound`] (gossip and requests, lookups answered) and
+//! [`prefetch`] (bodies announced without data, pulled in the background). Every
+//! decision those rooms take is a plain function in [`crate::policy`].
+//!
+//! Where to add things: an endpoint rule goes in `api/` (what is cacheable) or
+//! `protocol::freshness` (how long); a wire message in `protocol::wire`, then its
+//! handling in [`inbound`] and its decision in `policy`; a discovery method in
+//! `network/`; a counter is one line in `stats.rs` plus the line that increments it.
+
+mod fetch;
+mod identity;
+mod inbound;
+mod peers;
+mod prefetch;
+mod read;
+mod served;
+mod writer;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use ghmesh_protocol::{open, seal, CacheKey, EntryMeta, MeshKeys, Message, SealLimits};
+use ghmesh_store::{Store, StoreError};
+use libp2p::PeerId;
+use prometheus_client::registry::Registry;
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::SharedClock;
+use crate::config::{Deadlines, NodeConfig};
+use crate::network::{self, NetConfig, NetworkHandle, PeerInfo};
+use crate::stats::{hit_rate, Counters, Stats};
+use crate::upstream::Upstream;
+
+pub use identity::load_or_create_identity;
+pub use served::{Body, CacheStatus, GetError, Served};
+
+use read::Flights;
+use writer::{WriteJob, Writer};
+
+/// Oldest sealed message accepted: replaying captured traffic later is refused.
+const MAX_MESSAGE_AGE_SECS: u64 = 300;
+/// Most keys being resolved at once; beyond it peers' fetch requests get `NotFound`.
+const MAX_INFLIGHT: usize = 4096;
+/// Most announced-without-body entries remembered.
+const MAX_BODYLESS: usize = 8192;
+/// Most peers remembered as having sent something that failed to open.
+const MAX_BAD_PEERS: usize = 1024;
+/// Writes waiting for the group commit.
+const WRITE_QUEUE: usize = 4096;
+/// Announced bodies waiting to be pulled; beyond it they are fetched when read.
+const PREFETCH_QUEUE: usize = 1024;
+/// Store notifications buffered for slow subscribers (they miss events, never block).
+const STORED_EVENTS: usize = 4096;
+
+/// Errors starting a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The store could not be opened (in use, corrupt, not writable).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The identity file could not be read or written.
+    #[error("peer identity {path}: {detail}")]
+    Identity {
+        /// Path of the identity file.
+        path: String,
+        /// What failed.
+        detail: String,
+    },
+    /// The data dir could not be created.
+    #[error("data dir {path} is not usable: {source}")]
+    DataDir {
+        /// Data dir.
+        path: String,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// Networking could not start.
+    #[error(transparent)]
+    Network(#[from] network::NetError),
+}
+
+/// Everything that exists only with a secret: the network, the keys that seal what
+/// crosses it, and what we think of each peer.
+struct Mesh {
+    net: NetworkHandle,
+    keys: MeshKeys,
+    /// Peers that sent something that failed to open or validate: never chosen as
+    /// owners or asked again.
+    distrusted: Mutex<HashSet<PeerId>>,
+}
+
+/// State the writer shares with readers: who waits for which key, what was announced
+/// without a body, and the stored-keys broadcast.
+struct Signals {
+    /// Readers waiting for a key's entry to arrive (from gossip or the writer).
+    arrivals: Mutex<HashMap<CacheKey, Arc<tokio::sync::Notify>>>,
+    /// Entries announced without body: who has them.
+    bodyless: Mutex<HashMap<CacheKey, (EntryMeta, PeerId)>>,
+    /// Keys whose entry was stored or refreshed, after the commit.
+    stored: broadcast::Sender<CacheKey>,
+}
+
+struct Inner {
+    cfg: NodeConfig,
+    deadlines: Deadlines,
+    clock: SharedClock,
+    peer_id: PeerId,
+    /// `peer_id` as text, as entries record their origin.
+    me: String,
+    store: Arc<Store>,
+    upstream: Arc<dyn Upstream>,
+    mesh: Option<Mesh>,
+    flights: Flights,
+    signals: Arc<Signals>,
+    writer: Writer,
+    counters: Counters,
+    registry: Mutex<Registry>,
+    prefetch: mpsc::Sender<(EntryMeta, PeerId)>,
+    /// Every task the node spawns; `shutdown` waits for them.
+    tasks: TaskTracker,
+    /// Cancelled when shutdown starts: loops stop taking new work.
+    stopping: CancellationToken,
+    /// Cancelled when shutdown's grace period ends: tasks still running are dropped.
+    abort: CancellationToken,
+}
+
+/// A running node. Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("peer_id", &self.inner.peer_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Opens the store (failing fast if another node holds it), loads the identity,
+    /// starts the mesh when keys are configured, and spawns the background tasks.
+    pub async fn start(cfg: NodeConfig, upstream: Arc<dyn Upstream>) -> Result<Node, NodeError> {
+        identity::create_private_dir(&cfg.data_dir)?;
+        let store = Arc::new(Store::open(cfg.data_dir.join("cache.redb"), cfg.limits)?);
+        Self::start_with_store(cfg, store, upstream).await
+    }
+
+    /// [`Node::start`] on a store the caller opened (tests that inject disk faults).
+    pub async fn start_with_store(
+        cfg: NodeConfig,
+        store: Arc<Store>,
+        upstream: Arc<dyn Upstream>,
+    ) -> Result<Node, NodeError> {
+        identity::create_private_dir(&cfg.data_dir)?;
+        let keypair = load_or_create_identity(&cfg.data_dir.join("identity.key"))?;
+        let peer_id = keypair.public().to_peer_id();
+        let deadlines = cfg.deadlines;
+        let mut registry = Registry::default();
+        let counters = Counters::default();
+        counters.register(&mut registry);
+
+        let (mesh, events) = match &cfg.keys {
+            Some(keys) => {
+                let net_cfg = NetConfig {
+                    listen: cfg.listen.clone(),
+                    bootstrap: cfg.bootstrap.clone(),
+                    external: cfg.external.clone(),
+                    topic: keys.topic().to_string(),
+                    rendezvous: keys.rendezvous_key().to_vec(),
+                    discovery_interval: cfg.discovery_interval,
+                    behaviour: network::behaviour::BehaviourConfig {
+                        heartbeat: cfg.heartbeat,
+                        mdns: cfg.mdns,
+                        mdns_query_interval: cfg.mdns_query_interval,
+                        provider_ttl: deadlines.provider_ttl,
+                    },
+                };
+                let (net, events) = network::start(keypair, net_cfg, &mut registry).await?;
+                let mesh = Mesh {
+                    net,
+                    keys: keys.clone(),
+                    distrusted: Mutex::new(HashSet::new()),
+                };
+                (Some(mesh), Some(events))
+            }
+            None => (None, None),
+        };
+
+        let signals = Arc::new(Signals {
+            arrivals: Mutex::new(HashMap::new()),
+            bodyless: Mutex::new(HashMap::new()),
+            stored: broadcast::channel(STORED_EVENTS).0,
+        });
+        let tasks = TaskTracker::new();
+        let (writer, writer_rx) = Writer::channel(WRITE_QUEUE);
+        let (prefetch_tx, prefetch_rx) = mpsc::channel(PREFETCH_QUEUE);
+        let node = Node {
+            inner: Arc::new(Inner {
+                clock: cfg.clock.clone(),
+                me: peer_id.to_string(),
+                cfg,
+                deadlines,
+                peer_id,
+                store: store.clone(),
+                upstream,
+                mesh,
+                flights: Flights::default(),
+                signals: signals.clone(),
+                writer,
+                counters: counters.clone(),
+                registry: Mutex::new(registry),
+                prefetch: prefetch_tx,
+                tasks: tasks.clone(),
+                stopping: CancellationToken::new(),
+                abort: CancellationToken::new(),
+            }),
+        };
+        // The writer owns only what it writes to and signals: it ends when the last
+        // node handle is gone (its queue closes) or when shutdown asks it to stop.
+        let writer_task = writer::run(
+            store,
+            signals,
+            counters,
+            node.inner.clock.clone(),
+            writer_rx,
+        );
+        node.inner.writer.set_task(tokio::spawn(writer_task));
+        // The loops below hold only a weak reference, so that dropping every handle
+        // ends them too; `shutdown` ends them at once.
+        let weak = Arc::downgrade(&node.inner);
+        if let Some(events) = events {
+            tasks.spawn(inbound::run(weak.clone(), events));
+            tasks.spawn(prefetch::run(weak.clone(), prefetch_rx));
+        }
+        tasks.spawn(recency_flusher(weak));
+        Ok(node)
+    }
+
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.inner.peer_id
+    }
+
+    /// The network handle, when P2P is on.
+    pub fn network(&self) -> Option<&NetworkHandle> {
+        self.inner.mesh.as_ref().map(|m| &m.net)
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.inner.store
+    }
+
+    /// The upstream.
+    pub fn upstream(&self) -> &Arc<dyn Upstream> {
+        &self.inner.upstream
+    }
+
+    /// The clock this node reads the time from.
+    pub fn clock(&self) -> &SharedClock {
+        &self.inner.clock
+    }
+
+    /// Keys as their entries are durably stored or refreshed (a bounded broadcast: a
+    /// slow receiver misses events rather than slowing the node).
+    pub fn subscribe_stored(&self) -> broadcast::Receiver<CacheKey> {
+        self.inner.signals.stored.subscribe()
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    /// Listen addresses with `/p2p/<id>` (empty without P2P).
+    pub fn listen_addrs(&self) -> Vec<libp2p::Multiaddr> {
+        self.network().map(|n| n.listen_addrs()).unwrap_or_default()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.inner.clock.now_ms()
+    }
+
+    /// Spawns owned work: `shutdown` waits for it, then drops it after the grace
+    /// period.
+    fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
+        let abort = self.inner.abort.clone();
+        self.inner.tasks.spawn(async move {
+            tokio::select! {
+                _ = abort.cancelled() => {}
+                _ = work => {}
+            }
+        });
+    }
+
+    /// Seals a message for the mesh (`None` without one).
+    fn seal(&self, msg: &Message) -> Option<Vec<u8>> {
+        let mesh = self.inner.mesh.as_ref()?;
+        Some(seal(&mesh.keys, msg, self.inner.clock.now_secs()))
+    }
+
+    /// Opens a sealed message; anything that fails is counted and its sender
+    /// distrusted.
+    fn open_from(&self, peer: PeerId, data: &[u8], max_len: usize) -> Option<Message> {
+        let mesh = self.inner.mesh.as_ref()?;
+        let limits = SealLimits {
+            max_len,
+            max_age_secs: MAX_MESSAGE_AGE_SECS,
+        };
+        match open(&mesh.keys, data, limits, self.inner.clock.now_secs()) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::debug!(%peer, "rejected peer message: {e}");
+                self.distrust(peer);
+                None
+            }
+        }
+    }
+
+    /// Counts a rejected message and stops choosing its sender.
+    fn distrust(&self, peer: PeerId) {
+        self.inner.counters.rejected_messages.inc();
+        if let Some(mesh) = &self.inner.mesh {
+            if let Ok(mut bad) = mesh.distrusted.lock() {
+                if bad.len() < MAX_BAD_PEERS {
+                    bad.insert(peer);
+                }
+            }
+        }
+    }
+
+    /// Members we would ask: subscribed to our topic, not distrusted.
+    fn candidates(&self) -> Vec<PeerId> {
+        let Some(mesh) = &self.inner.mesh else {
+            return Vec::new();
+        };
+        let bad = mesh
+            .distrusted
+            .lock()
+            .map(|b| b.clone())
+            .unwrap_or_default();
+        mesh.net
+            .members()
+            .into_iter()
+            .filter(|p| !bad.contains(p))
+            .collect()
+    }
+
+    /// Stats snapshot.
+    pub async fn stats(&self) -> Stats {
+        let c = &self.inner.counters;
+        let net = match self.network() {
+            Some(n) => n.stats().await.unwrap_or_default(),
+            None => Default::default(),
+        };
+        let saved = c.saved();
+        Stats {
+            peer_id: self.inner.me.clone(),
+            p2p: self.inner.mesh.is_some(),
+            connected_peers: net.connected_peers,
+            mesh_peers: net.mesh_peers,
+            members: net.members,
+            entries: self.inner.store.len(),
+            bytes: self.inner.store.bytes(),
+            counters: c.snapshot(),
+            api_calls_saved: saved,
+            hit_rate: hit_rate(saved, c.misses.get()),
+            dropped_events: net.dropped_events,
+            rate_limit: self.inner.upstream.rate_limit(),
+            listen: net.listen,
+        }
+    }
+
+    /// Connected peers.
+    pub async fn peers(&self) -> Vec<PeerInfo> {
+        match self.network() {
+            Some(n) => n.peers().await.unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Prometheus text exposition of our counters and libp2p's metrics.
+    pub fn metrics_text(&self) -> String {
+        let mut out = String::new();
+        if let Ok(reg) = self.inner.registry.lock() {
+            let _ = prometheus_client::encoding::text::encode(&mut out, &reg);
+        }
+        out
+    }
+
+    /// Makes every queued write durable and records read recency.
+    pub async fn flush(&self) -> Result<(), GetError> {
+        self.write(WriteJob::Flush).await
+    }
+
+    /// Stops the node, returning within three times
+    /// [`Deadlines::shutdown`](crate::config::Deadlines):
+    /// loops stop taking work; owned tasks (resolutions, peer requests, publishes,
+    /// body pulls) get one grace period to finish and are then dropped; the writer
+    /// commits everything queued before it was told to stop (a second period); the
+    /// network closes every connection (a third). Reads after this fail with
+    /// [`GetError::Closed`].
+    pub async fn shutdown(&self) {
+        let grace = self.inner.deadlines.shutdown;
+        self.inner.stopping.cancel();
+        self.inner.tasks.close();
+        if tokio::time::timeout(grace, self.inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::debug!("shutdown: dropping tasks still running after the grace period");
+            self.inner.abort.cancel();
+            let _ = tokio::time::timeout(grace, self.inner.tasks.wait()).await;
+        }
+        if !self.inner.writer.stop(grace).await {
+            tracing::warn!("shutdown: the store writer did not finish in time");
+        }
+        if let Some(net) = self.network() {
+            let _ = tokio::time::timeout(grace, net.shutdown()).await;
+        }
+    }
+}
+
+/// Recency of reads is applied with writes; an idle node still records it now and
+/// then.
+async fn recency_flusher(node: std::sync::Weak<Inner>) {
+    let (every, stopping) = match node.upgrade() {
+        Some(inner) => (inner.deadlines.recency_flush, inner.stopping.clone()),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stopping.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let Some(inner) = node.upgrade() else { break };
+        let node = Node { inner };
+        if let Err(e) = node.flush().await {
+            tracing::debug!("recency flush: {e}");
+        }
+    }
+}

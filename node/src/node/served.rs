@@ -1,0 +1,113 @@
+//! What a read produces: the answer, how it was produced, or why there is none.
+
+use std::sync::Arc;
+
+use ghmesh_protocol::Entry;
+
+use crate::upstream::{UpstreamError, UpstreamResponse};
+
+/// How a response was produced: the `x-ghmesh-cache` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheStatus {
+    /// Fresh, local, fetched by this node.
+    Hit,
+    /// Fresh, the entry came from a peer.
+    Peer,
+    /// Fetched upstream, quota spent.
+    Miss,
+    /// Expired, upstream answered 304.
+    Revalidated,
+    /// Joined an in-flight fetch here or on a peer.
+    Coalesced,
+    /// Expired, upstream failed, old copy served.
+    Stale,
+    /// Not cacheable, passed through.
+    Bypass,
+}
+
+impl CacheStatus {
+    /// Header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Peer => "peer",
+            Self::Miss => "miss",
+            Self::Revalidated => "revalidated",
+            Self::Coalesced => "coalesced",
+            Self::Stale => "stale",
+            Self::Bypass => "bypass",
+        }
+    }
+}
+
+/// What answers a request.
+#[derive(Debug, Clone)]
+pub enum Body {
+    /// A cached entry.
+    Entry(Arc<Entry>),
+    /// An upstream response passed through (errors, uncacheable).
+    Upstream(Arc<UpstreamResponse>),
+}
+
+/// A served request.
+#[derive(Debug, Clone)]
+pub struct Served {
+    /// The answer.
+    pub body: Body,
+    /// How it was produced.
+    pub status: CacheStatus,
+    /// The answer is durably in the store (false for pass-through answers, and for a
+    /// fetched entry whose store write failed: it is served, but not acknowledged).
+    pub stored: bool,
+}
+
+impl Served {
+    /// An entry from the store.
+    pub(crate) fn entry(entry: Entry, status: CacheStatus) -> Self {
+        Self {
+            body: Body::Entry(Arc::new(entry)),
+            status,
+            stored: true,
+        }
+    }
+
+    /// An upstream answer passed through.
+    pub(crate) fn upstream(resp: UpstreamResponse, status: CacheStatus) -> Self {
+        Self {
+            body: Body::Upstream(Arc::new(resp)),
+            status,
+            stored: false,
+        }
+    }
+
+    /// HTTP status of the answer.
+    pub fn http_status(&self) -> u16 {
+        match &self.body {
+            Body::Entry(e) => e.meta.status,
+            Body::Upstream(r) => r.status,
+        }
+    }
+
+    /// Response body bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match &self.body {
+            Body::Entry(e) => &e.body,
+            Body::Upstream(r) => &r.body,
+        }
+    }
+}
+
+/// Failures of a read that produced no response at all.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GetError {
+    /// Upstream unreachable or timed out and nothing cached.
+    #[error("{0}")]
+    Upstream(#[from] UpstreamError),
+    /// The store failed.
+    #[error("cache store: {0}")]
+    Store(String),
+    /// The node is shutting down.
+    #[error("node is shutting down")]
+    Closed,
+}

@@ -1,0 +1,348 @@
+//! Group commit: every write queued while a transaction runs goes into the next one,
+//! puts and freshness extensions alike, so a burst costs one fsync, not one per entry.
+//!
+//! A caller that waits on a write learns whether it is durable: a failed transaction
+//! answers every write in it with an error (and counts `store_errors`), so nothing is
+//! acknowledged that is not on disk.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ghmesh_protocol::{merge, CacheKey, Entry, EntryMeta, Merge, Refresh};
+use ghmesh_store::{Freshness, Store};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::{GetError, Signals};
+use crate::clock::SharedClock;
+use crate::policy;
+use crate::stats::Counters;
+
+/// Group commit: most writes per transaction.
+const MAX_WRITE_BATCH: usize = 256;
+
+/// One write.
+#[derive(Debug)]
+pub(crate) enum WriteJob {
+    /// Our own upstream fetch: always the newest.
+    Put(Entry),
+    /// From a peer: apply the newer-wins rule.
+    Merge(Entry),
+    /// After a 304 here or on a peer.
+    Refresh(Refresh),
+    /// Make everything queued so far durable, then answer.
+    Flush,
+}
+
+type Ack = oneshot::Sender<Result<(), GetError>>;
+
+pub(crate) enum WriterMsg {
+    /// Boxed: entries are large, and the queue holds thousands of messages.
+    Job(Box<WriteJob>, Option<Ack>),
+    /// Commit what was queued before this, then end.
+    Stop,
+}
+
+/// The handle readers write through.
+pub(crate) struct Writer {
+    tx: mpsc::Sender<WriterMsg>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Writer {
+    /// A handle and the queue [`run`] consumes.
+    pub(crate) fn channel(capacity: usize) -> (Self, mpsc::Receiver<WriterMsg>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let writer = Self {
+            tx,
+            task: Mutex::new(None),
+        };
+        (writer, rx)
+    }
+
+    pub(crate) fn set_task(&self, task: JoinHandle<()>) {
+        if let Ok(mut t) = self.task.lock() {
+            *t = Some(task);
+        }
+    }
+
+    /// Queues a write and waits until it is durable (or failed).
+    pub(crate) async fn write(&self, job: WriteJob) -> Result<(), GetError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(WriterMsg::Job(Box::new(job), Some(tx)))
+            .await
+            .map_err(|_| GetError::Closed)?;
+        rx.await.unwrap_or(Err(GetError::Closed))
+    }
+
+    /// Queues a write without waiting; false when the queue is full or closed.
+    pub(crate) fn write_behind(&self, job: WriteJob) -> bool {
+        self.tx
+            .try_send(WriterMsg::Job(Box::new(job), None))
+            .is_ok()
+    }
+
+    /// Tells the writer to commit what is queued and end; waits at most `bound`.
+    /// True when it ended in time.
+    pub(crate) async fn stop(&self, bound: Duration) -> bool {
+        let task = self.task.lock().ok().and_then(|mut t| t.take());
+        let Some(task) = task else {
+            return true;
+        };
+        let stopped = async {
+            let _ = self.tx.send(WriterMsg::Stop).await;
+            let _ = task.await;
+        };
+        tokio::time::timeout(bound, stopped).await.is_ok()
+    }
+}
+
+/// The writer loop: ends on `Stop` or when every handle is gone.
+pub(crate) async fn run(
+    store: Arc<Store>,
+    signals: Arc<Signals>,
+    counters: Counters,
+    clock: SharedClock,
+    mut rx: mpsc::Receiver<WriterMsg>,
+) {
+    let mut stop = false;
+    while !stop {
+        let Some(first) = rx.recv().await else { break };
+        let mut jobs = Vec::new();
+        let mut acks = Vec::new();
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                WriterMsg::Job(job, ack) => {
+                    jobs.push(*job);
+                    acks.push(ack);
+                }
+                WriterMsg::Stop => stop = true,
+            }
+            if !stop && acks.len() < MAX_WRITE_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if jobs.is_empty() {
+            continue;
+        }
+        let batch_store = store.clone();
+        let now = clock.now_ms();
+        let result = tokio::task::spawn_blocking(move || apply_batch(&batch_store, jobs, now))
+            .await
+            .unwrap_or_else(|e| Err(format!("store writer panicked: {e}")));
+        let answer = match result {
+            Ok(changed) => {
+                signals.changed(&changed);
+                Ok(())
+            }
+            Err(e) => {
+                counters.store_errors.inc();
+                tracing::error!("cache write failed: {e}");
+                Err(GetError::Store(e))
+            }
+        };
+        for ack in acks.into_iter().flatten() {
+            let _ = ack.send(answer.clone());
+        }
+    }
+    tracing::debug!("store writer stopped");
+}
+
+impl Signals {
+    /// After a commit: wake readers waiting for these keys, forget their body-less
+    /// announces, tell subscribers.
+    fn changed(&self, keys: &[CacheKey]) {
+        if let Ok(arrivals) = self.arrivals.lock() {
+            for key in keys {
+                if let Some(n) = arrivals.get(key) {
+                    n.notify_waiters();
+                }
+            }
+        }
+        if let Ok(mut bodyless) = self.bodyless.lock() {
+            for key in keys {
+                bodyless.remove(key);
+            }
+        }
+        for key in keys {
+            let _ = self.stored.send(*key);
+        }
+    }
+}
+
+/// What one transaction will write. Later jobs of a batch see earlier ones.
+struct Batch<'s> {
+    store: &'s Store,
+    puts: Vec<Entry>,
+    index: HashMap<CacheKey, usize>,
+    fresh: HashMap<CacheKey, Freshness>,
+}
+
+impl<'s> Batch<'s> {
+    fn new(store: &'s Store) -> Self {
+        Self {
+            store,
+            puts: Vec::new(),
+            index: HashMap::new(),
+            fresh: HashMap::new(),
+        }
+    }
+
+    fn upsert(&mut self, key: CacheKey, e: Entry) {
+        self.fresh.remove(&key);
+        match self.index.get(&key) {
+            Some(&i) => self.puts[i] = e,
+            None => {
+                self.index.insert(key, self.puts.len());
+                self.puts.push(e);
+            }
+        }
+    }
+
+    /// What is held for `key` once this batch is applied so far.
+    fn held(&self, key: &CacheKey) -> Option<EntryMeta> {
+        if let Some(&i) = self.index.get(key) {
+            return Some(self.puts[i].meta.clone());
+        }
+        let mut meta = self.store.get_meta(key).ok().flatten()?;
+        if let Some(f) = self.fresh.get(key) {
+            meta.fetched_at_ms = meta.fetched_at_ms.max(f.fetched_at_ms);
+            meta.fresh_until_ms = f.fresh_until_ms;
+        }
+        Some(meta)
+    }
+
+    /// Moves freshness forward: in the pending entry, else as a freshness update.
+    fn extend(&mut self, key: CacheKey, fetched_at_ms: u64, fresh_until_ms: u64) {
+        if let Some(&i) = self.index.get(&key) {
+            let meta = &mut self.puts[i].meta;
+            meta.fresh_until_ms = fresh_until_ms;
+            meta.fetched_at_ms = meta.fetched_at_ms.max(fetched_at_ms);
+            return;
+        }
+        let f = self.fresh.entry(key).or_insert(Freshness {
+            key,
+            fetched_at_ms,
+            fresh_until_ms,
+        });
+        f.fetched_at_ms = f.fetched_at_ms.max(fetched_at_ms);
+        f.fresh_until_ms = fresh_until_ms;
+    }
+}
+
+/// Applies a batch in one transaction; returns the keys that changed.
+fn apply_batch(store: &Store, jobs: Vec<WriteJob>, now_ms: u64) -> Result<Vec<CacheKey>, String> {
+    let mut batch = Batch::new(store);
+    let mut changed = Vec::new();
+    for job in jobs {
+        match job {
+            WriteJob::Put(e) => {
+                let key = e.meta.key();
+                batch.upsert(key, e);
+                changed.push(key);
+            }
+            WriteJob::Merge(e) => {
+                let key = e.meta.key();
+                match merge(batch.held(&key).as_ref(), &e.meta) {
+                    Merge::Store => {
+                        batch.upsert(key, e);
+                        changed.push(key);
+                    }
+                    Merge::Extend {
+                        fresh_until_ms,
+                        fetched_at_ms,
+                    } => {
+                        batch.extend(key, fetched_at_ms, fresh_until_ms);
+                        changed.push(key);
+                    }
+                    Merge::Keep => {}
+                }
+            }
+            WriteJob::Refresh(r) => {
+                if policy::refresh_applies(batch.held(&r.key).as_ref(), &r) {
+                    batch.extend(r.key, r.fetched_at_ms, r.fresh_until_ms);
+                    changed.push(r.key);
+                }
+            }
+            // Every batch commits, which applies pending recency too.
+            WriteJob::Flush => {}
+        }
+    }
+    let fresh: Vec<Freshness> = batch.fresh.into_values().collect();
+    store
+        .write_batch(&batch.puts, &fresh, now_ms)
+        .map_err(|e| e.to_string())?;
+    Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use ghmesh_protocol::CanonicalRequest;
+    use ghmesh_store::Limits;
+
+    fn entry(path: &str, body: &[u8], fetched: u64, fresh: u64) -> Entry {
+        Entry::new(
+            CanonicalRequest::get(path).unwrap(),
+            vec![],
+            body.to_vec(),
+            None,
+            fetched,
+            fresh,
+            "me".into(),
+        )
+    }
+
+    fn refresh(e: &Entry, fetched: u64, fresh: u64) -> Refresh {
+        Refresh {
+            key: e.meta.key(),
+            cid: e.meta.cid.clone(),
+            fetched_at_ms: fetched,
+            fresh_until_ms: fresh,
+        }
+    }
+
+    #[test]
+    fn a_batch_sees_its_own_earlier_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("c.redb"), Limits::default()).unwrap();
+        let a = entry("/a", b"1", 1_000, 2_000);
+        let b_old = entry("/b", b"1", 1_000, 2_000);
+        store.put(&b_old, 0).unwrap();
+        let b_new = entry("/b", b"2", 1_500, 2_500);
+        let jobs = vec![
+            WriteJob::Put(a.clone()),
+            // Refresh of a pending put: applied to the pending entry.
+            WriteJob::Refresh(refresh(&a, 1_100, 3_000)),
+            // Refresh of a held entry twice: the second sees the first.
+            WriteJob::Refresh(refresh(&b_old, 1_100, 4_000)),
+            WriteJob::Refresh(refresh(&b_old, 1_200, 3_500)),
+            // An older version from a peer loses.
+            WriteJob::Merge(entry("/a", b"0", 500, 9_000)),
+            WriteJob::Flush,
+        ];
+        let changed = apply_batch(&store, jobs, 0).unwrap();
+        assert_eq!(changed, vec![a.meta.key(), a.meta.key(), b_old.meta.key()]);
+        let got_a = store.get_meta(&a.meta.key()).unwrap().unwrap();
+        assert_eq!((got_a.fetched_at_ms, got_a.fresh_until_ms), (1_100, 3_000));
+        assert_eq!(got_a.cid, a.meta.cid);
+        let got_b = store.get_meta(&b_old.meta.key()).unwrap().unwrap();
+        assert_eq!(got_b.fresh_until_ms, 4_000, "the shorter refresh lost");
+        // A newer version from a peer replaces, and a refresh for the old one is ignored.
+        let jobs = vec![
+            WriteJob::Merge(b_new.clone()),
+            WriteJob::Refresh(refresh(&b_old, 1_600, 9_000)),
+        ];
+        assert_eq!(
+            apply_batch(&store, jobs, 0).unwrap(),
+            vec![b_new.meta.key()]
+        );
+        let got_b = store.get(&b_new.meta.key()).unwrap().unwrap();
+        assert_eq!(got_b.body.as_ref(), b"2");
+        assert_eq!(got_b.meta.fresh_until_ms, 2_500);
+    }
+}

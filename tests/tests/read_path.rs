@@ -1,0 +1,177 @@
+//! The read path in one process on a manual clock: expiry, 304 revalidation, the
+//! refresh reaching a peer, stale serving, and shutdown. Entries expire because the
+//! test advances the clock, never because it sleeps.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ghmesh_node::clock::ManualClock;
+use ghmesh_node::upstream::Upstream;
+use ghmesh_node::{CacheStatus, GetError};
+use ghmesh_protocol::CanonicalRequest;
+use ghmesh_tests::fake_upstream::MemoryUpstream;
+use ghmesh_tests::harness::*;
+
+const T: Duration = Duration::from_secs(20);
+const TTL: Duration = Duration::from_secs(60);
+
+fn req(path: &str) -> CanonicalRequest {
+    CanonicalRequest::get(path).unwrap()
+}
+
+fn upstream() -> (Arc<MemoryUpstream>, Arc<dyn Upstream>) {
+    let up = Arc::new(MemoryUpstream::new());
+    (up.clone(), up)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_revalidates_for_free_and_the_refresh_reaches_the_peer() {
+    let clock = ManualClock::starting_now();
+    let (up, dynup) = upstream();
+    let with_clock = |c: &mut ghmesh_node::NodeConfig| {
+        c.clock = clock.clone();
+        c.ttl = Some(TTL.as_secs());
+    };
+    let a = start_node_with(Some(test_keys()), vec![], dynup.clone(), with_clock)
+        .await
+        .unwrap();
+    let b = start_node_with(Some(test_keys()), vec![a.addr()], dynup, with_clock)
+        .await
+        .unwrap();
+    let nodes = [a, b];
+    wait_gossip_mesh(&nodes, T).await.unwrap();
+
+    // Fetch on the key's owner, so that the other node learns it from the announce.
+    let r = req("/repos/acme/widgets/issues/7");
+    let ids = [nodes[0].node.peer_id(), nodes[1].node.peer_id()];
+    let owner_id = ghmesh_node::placement::owner(&r.key(), ids).unwrap();
+    let (owner, other) = if owner_id == ids[0] {
+        (&nodes[0], &nodes[1])
+    } else {
+        (&nodes[1], &nodes[0])
+    };
+    assert_eq!(
+        owner.node.get(r.clone()).await.unwrap().status,
+        CacheStatus::Miss
+    );
+    wait_until(T, "announce to reach the other node", || async {
+        holds(&other.node, &r.key())
+    })
+    .await
+    .unwrap();
+
+    clock.advance(TTL + Duration::from_secs(1));
+    assert!(!holds(&owner.node, &r.key()), "expired on the owner");
+    assert!(!holds(&other.node, &r.key()), "expired on the other node");
+
+    let again = owner.node.get(r.clone()).await.unwrap();
+    assert_eq!(again.status, CacheStatus::Revalidated);
+    assert_eq!(
+        (up.full(), up.not_modified()),
+        (1, 1),
+        "one full answer, one free 304"
+    );
+
+    // The refresh extends the other node's copy: it serves it with no request at all.
+    wait_until(T, "the refresh to reach the other node", || async {
+        holds(&other.node, &r.key())
+    })
+    .await
+    .unwrap();
+    let calls = up.calls();
+    let served = other.node.get(r.clone()).await.unwrap();
+    assert_eq!(served.status, CacheStatus::Peer);
+    assert_eq!(up.calls(), calls);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_copy_is_served_stale_while_upstream_fails_then_revalidated() {
+    let clock = ManualClock::starting_now();
+    let (up, dynup) = upstream();
+    let n = start_node_with(None, vec![], dynup, |c| {
+        c.clock = clock.clone();
+        c.ttl = Some(TTL.as_secs());
+    })
+    .await
+    .unwrap();
+    let r = req("/repos/acme/widgets");
+    let first = n.node.get(r.clone()).await.unwrap();
+    assert_eq!(first.status, CacheStatus::Miss);
+    assert_eq!(
+        n.node.get(r.clone()).await.unwrap().status,
+        CacheStatus::Hit
+    );
+
+    clock.advance(TTL);
+    up.set_failing(true);
+    let stale = n.node.get(r.clone()).await.unwrap();
+    assert_eq!(stale.status, CacheStatus::Stale);
+    assert_eq!(stale.bytes(), first.bytes());
+    assert_eq!(n.node.stats().await.counters.stale_served, 1);
+
+    up.set_failing(false);
+    let back = n.node.get(r.clone()).await.unwrap();
+    assert_eq!(back.status, CacheStatus::Revalidated);
+    assert_eq!(n.node.get(r).await.unwrap().status, CacheStatus::Hit);
+    assert_eq!((up.full(), up.not_modified()), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_hung_work_within_its_bound_and_refuses_later_reads() {
+    let (up, dynup) = upstream();
+    let grace = Duration::from_millis(300);
+    let n = start_node_with(Some(test_keys()), vec![], dynup, |c| {
+        c.deadlines.upstream = Duration::from_secs(60);
+        c.deadlines.shutdown = grace;
+    })
+    .await
+    .unwrap();
+    up.set_latency(Duration::from_secs(60));
+    let reader = {
+        let node = n.node.clone();
+        tokio::spawn(async move { node.get(req("/repos/acme/hung")).await })
+    };
+    wait_until(T, "the upstream call to start", || async {
+        up.calls() == 1
+    })
+    .await
+    .unwrap();
+
+    let bound = grace * 3;
+    tokio::time::timeout(bound, n.node.shutdown())
+        .await
+        .expect("shutdown returns within three grace periods");
+
+    let hung = tokio::time::timeout(T, reader).await.unwrap().unwrap();
+    assert!(matches!(hung, Err(GetError::Closed)), "{hung:?}");
+    let later = n.node.get(req("/repos/acme/other")).await;
+    assert!(matches!(later, Err(GetError::Closed)), "{later:?}");
+    assert_eq!(up.calls(), 1, "nothing is fetched after shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_store_write_is_served_but_never_acknowledged_as_stored() {
+    let (up, dynup) = upstream();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = test_config(dir.path(), None, vec![]);
+    let (store, disk) =
+        ghmesh_store::Store::open_with_faults(dir.path().join("cache.redb"), cfg.limits).unwrap();
+    let node = ghmesh_node::Node::start_with_store(cfg, Arc::new(store), dynup)
+        .await
+        .unwrap();
+    disk.set_failing(true);
+    let r = req("/repos/acme/disk");
+    let served = node.get(r.clone()).await.unwrap();
+    assert_eq!(
+        served.status,
+        CacheStatus::Miss,
+        "the client still gets its answer"
+    );
+    assert!(!served.stored, "but it is not labelled stored");
+    assert_eq!(node.stats().await.counters.store_errors, 1);
+    assert!(node.store().get_meta(&r.key()).unwrap().is_none());
+    // Nothing claims to hold it: the next read goes upstream again.
+    assert_eq!(node.get(r).await.unwrap().status, CacheStatus::Miss);
+    assert_eq!(up.full(), 2);
+}
