@@ -94,6 +94,19 @@ pub struct CanonicalRequest {
     pub api_version: Option<String>,
 }
 
+/// A path that means the same to every HTTP library between here and GitHub: no
+/// backslash, no percent-encoded `.`, `/` or `\` (which a URL parser may decode into a
+/// dot segment or a separator, e.g. `/repos/%2e%2e/user` becoming `/user`, or escaping
+/// an upstream base such as `/api/v3`), and no `.` or `..` segment.
+pub fn is_safe_path(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    !(path.contains('\\')
+        || lower.contains("%2e")
+        || lower.contains("%2f")
+        || lower.contains("%5c")
+        || path.split('/').any(|seg| seg == ".." || seg == "."))
+}
+
 impl CanonicalRequest {
     /// Canonicalises `path_and_query` (e.g. `/repos/o/r/issues?state=open&page=2`).
     pub fn new(
@@ -124,7 +137,7 @@ impl CanonicalRequest {
             Some((p, q)) => (p, q),
             None => (path_and_query, ""),
         };
-        if path.starts_with("//") || path.split('/').any(|seg| seg == ".." || seg == ".") {
+        if path.starts_with("//") || !is_safe_path(path) {
             return Err(RequestError::BadPath);
         }
         let mut params: Vec<(String, String)> = query
@@ -227,6 +240,36 @@ fn clean_header(value: Option<&str>, lowercase: bool) -> Result<Option<String>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encoded_dots_slashes_and_backslashes_are_refused() {
+        for bad in [
+            "/repos/%2e%2e/user",
+            "/repos/%2E%2E/user",
+            "/repos/o/%2e/r",
+            "/repos/o%2fr",
+            "/repos/o%2Fr",
+            "/repos/o%5cr",
+            "/repos/o\\r",
+            "/repos/../user",
+            "/repos/./o",
+        ] {
+            assert!(!is_safe_path(bad), "{bad}");
+            assert_eq!(
+                CanonicalRequest::get(bad).map(|_| ()),
+                Err(RequestError::BadPath),
+                "{bad}"
+            );
+        }
+        for good in [
+            "/repos/o/r",
+            "/repos/o/r.js/issues",
+            "/search/issues",
+            "/repos/o/r%20x",
+        ] {
+            assert!(is_safe_path(good), "{good}");
+        }
+    }
 
     #[test]
     fn query_order_does_not_matter() {

@@ -31,6 +31,7 @@ async fn api_node() -> (ghmesh_tests::harness::TestNode, String) {
         n.node.clone(),
         listener,
         "https://api.github.com".into(),
+        Vec::new(),
         std::future::pending(),
     ));
     (n, format!("http://{addr}"))

@@ -101,9 +101,13 @@ pub async fn http_request(
     let path = if path.is_empty() { "/" } else { path };
     let mut stream = tokio::net::TcpStream::connect(host).await?;
     let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
+    // A `Host` given by the caller replaces the default one.
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str(&format!("Host: {host}\r\n"));
+    }
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -175,10 +179,28 @@ pub async fn start_daemon(
     args: &[String],
     env: &HashMap<String, String>,
 ) -> anyhow::Result<Daemon> {
+    start_daemon_wrapped(&[], data_dir, args, env).await
+}
+
+/// [`start_daemon`] run through `wrapper` (a command that ends by running its
+/// arguments, e.g. `unshare --mount … sh -c '…; exec "$@"'`).
+pub async fn start_daemon_wrapped(
+    wrapper: &[String],
+    data_dir: PathBuf,
+    args: &[String],
+    env: &HashMap<String, String>,
+) -> anyhow::Result<Daemon> {
     std::fs::create_dir_all(&data_dir)?;
     let log = data_dir.with_extension("log");
     let log_file = std::fs::File::create(&log)?;
-    let mut cmd = Command::new(ghmesh_bin());
+    let mut cmd = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(ghmesh_bin());
+            c
+        }
+        None => Command::new(ghmesh_bin()),
+    };
     cmd.arg("node")
         .arg("--data-dir")
         .arg(&data_dir)

@@ -127,6 +127,11 @@ impl FakeGithub {
         })
     }
 
+    /// The requests received so far (the last [`MAX_LOGGED`]), oldest first.
+    pub fn requests(&self) -> Vec<Logged> {
+        lock(&self.shared.log).iter().cloned().collect()
+    }
+
     /// Base URL, `http://127.0.0.1:PORT`, without a trailing slash.
     pub fn url(&self) -> String {
         self.shared.base_url.clone()
@@ -238,6 +243,22 @@ struct Shared {
     not_modified: AtomicU64,
     total: AtomicU64,
     per_path: Mutex<HashMap<String, u64>>,
+    /// The last requests received, oldest first (bounded by [`MAX_LOGGED`]).
+    log: Mutex<std::collections::VecDeque<Logged>>,
+}
+
+/// Requests kept in the log.
+const MAX_LOGGED: usize = 1024;
+
+/// One request as the fake received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logged {
+    /// HTTP method.
+    pub method: String,
+    /// Path and query as received.
+    pub path_and_query: String,
+    /// The `Authorization` header, if any.
+    pub authorization: Option<String>,
 }
 
 impl Shared {
@@ -255,6 +276,7 @@ impl Shared {
             not_modified: AtomicU64::new(0),
             total: AtomicU64::new(0),
             per_path: Mutex::new(HashMap::new()),
+            log: Mutex::new(std::collections::VecDeque::new()),
         }
     }
 
@@ -477,6 +499,25 @@ fn unavailable() -> Response {
 
 async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     shared.total.fetch_add(1, Ordering::SeqCst);
+    {
+        let mut log = lock(&shared.log);
+        if log.len() == MAX_LOGGED {
+            log.pop_front();
+        }
+        log.push_back(Logged {
+            method: req.method().to_string(),
+            path_and_query: req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_default(),
+            authorization: req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        });
+    }
 
     let latency = Duration::from_nanos(shared.latency_nanos.load(Ordering::SeqCst));
     if !latency.is_zero() {

@@ -1,5 +1,13 @@
 //! The local HTTP API (contract §4): a GitHub REST reverse proxy through the cache,
 //! plus `/_ghmesh/{health,stats,peers,metrics}`.
+//!
+//! Every request first passes [`guard`]: a `Host` we do not answer to gets `421`, a
+//! foreign `Origin` gets `403`. Writes are the client's own business: without its own
+//! `Authorization` a non-GET request gets `401` and nothing goes upstream; with one, it
+//! is forwarded with exactly that header (the node's token is lent only to cacheable
+//! reads).
+
+pub mod guard;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -7,10 +15,11 @@ use std::net::SocketAddr;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use ghmesh_protocol::CanonicalRequest;
+use ghmesh_protocol::{is_safe_path, CanonicalRequest};
 use tokio::net::TcpListener;
 
 use crate::node::{Body as Answer, GetError, Node, Served};
@@ -43,28 +52,38 @@ struct ApiState {
     node: Node,
     upstream_base: String,
     local_addr: SocketAddr,
+    hosts: guard::AllowedHosts,
 }
 
 /// Serves the API on `listener` until `shutdown` completes; requests in flight finish.
+/// `api_hosts` are names (from `--api-host`) the API answers to besides loopback
+/// names and its bound address.
 pub async fn serve(
     node: Node,
     listener: TcpListener,
     upstream_base: String,
+    api_hosts: Vec<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let local_addr = listener.local_addr()?;
-    let app = router(node, upstream_base, local_addr);
+    let app = router(node, upstream_base, local_addr, &api_hosts);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }
 
-/// The API router (exposed for in-process use by the demo and simulations).
-pub fn router(node: Node, upstream_base: String, local_addr: SocketAddr) -> Router {
+/// The API router.
+pub fn router(
+    node: Node,
+    upstream_base: String,
+    local_addr: SocketAddr,
+    api_hosts: &[String],
+) -> Router {
     let state = ApiState {
         node,
         upstream_base: upstream_base.trim_end_matches('/').to_string(),
         local_addr,
+        hosts: guard::AllowedHosts::new(local_addr, api_hosts),
     };
     Router::new()
         .route("/_ghmesh/health", get(|| async { "ok" }))
@@ -72,7 +91,34 @@ pub fn router(node: Node, upstream_base: String, local_addr: SocketAddr) -> Rout
         .route("/_ghmesh/peers", get(peers))
         .route("/_ghmesh/metrics", get(metrics))
         .fallback(proxy)
+        .layer(middleware::from_fn_with_state(state.clone(), admit))
         .with_state(state)
+}
+
+/// The `Host` and `Origin` checks, for every route.
+async fn admit(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+    if let Some(refusal) = refuse(&s.hosts, req.headers()) {
+        return refusal;
+    }
+    next.run(req).await
+}
+
+/// `Some(answer)` when the request's `Host` or `Origin` is not ours.
+fn refuse(hosts: &guard::AllowedHosts, headers: &HeaderMap) -> Option<Response> {
+    let header = |name| headers.get(name).map(|v| v.to_str().unwrap_or(""));
+    if header(axum::http::header::HOST).is_some_and(|h| !hosts.admits_host(h)) {
+        return Some(json_error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this API does not answer to that Host; use 127.0.0.1, localhost, or a name given with --api-host",
+        ));
+    }
+    if header(axum::http::header::ORIGIN).is_some_and(|o| !hosts.admits_origin(o)) {
+        return Some(json_error(
+            StatusCode::FORBIDDEN,
+            "cross-origin requests to this API are refused",
+        ));
+    }
+    None
 }
 
 async fn stats(State(s): State<ApiState>) -> Response {
@@ -138,8 +184,22 @@ async fn proxy(State(s): State<ApiState>, req: Request) -> Response {
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
+    let path = pq.split('?').next().unwrap_or("");
+    if !is_safe_path(path) {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "bad request: the path has an encoded '.', '/' or '\\', a backslash, or a dot segment",
+        );
+    }
     let local_base = local_base(req.headers(), s.local_addr);
     let head = method == Method::HEAD;
+    if !(method == Method::GET || head || req.headers().contains_key("authorization")) {
+        // The node's token is lent only for cacheable reads (contract §2).
+        return json_error(
+            StatusCode::UNAUTHORIZED,
+            "ghmesh forwards writes only with your own token: send Authorization: Bearer <token>",
+        );
+    }
     let cacheable = (method == Method::GET || head)
         && !own_authorization(req.headers(), s.node.upstream().token_fingerprint());
 

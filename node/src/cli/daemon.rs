@@ -21,6 +21,8 @@ pub struct DaemonSettings {
     pub node: NodeConfig,
     /// API bind address.
     pub api: String,
+    /// Host names the API answers to besides loopback and its bound address.
+    pub api_hosts: Vec<String>,
     /// Upstream base URL.
     pub upstream: String,
     /// Where the secret came from, when there is one and P2P is on.
@@ -91,6 +93,7 @@ pub fn resolve(args: &NodeArgs, env: EnvLookup<'_>) -> Result<DaemonSettings, Cl
     };
     Ok(DaemonSettings {
         api: settings::api_addr(args.api.as_deref(), env),
+        api_hosts: settings::api_hosts(&args.api_host, env)?,
         upstream,
         secret_source,
         job_token_secret,
@@ -176,7 +179,14 @@ pub async fn run(args: NodeArgs, env: EnvLookup<'_>) -> Result<(), CliError> {
         shutdown.await;
         sd_notify(notify::STOPPING);
     };
-    let served = api::serve(node.clone(), listener, s.upstream.clone(), shutdown).await;
+    let served = api::serve(
+        node.clone(),
+        listener,
+        s.upstream.clone(),
+        s.api_hosts.clone(),
+        shutdown,
+    )
+    .await;
     tracing::info!("shutting down: flushing the store");
     node.shutdown().await;
     served.map_err(|e| CliError::failed(format!("API server failed: {e}")))

@@ -101,6 +101,11 @@ pub struct NodeArgs {
     /// Address of the local HTTP API; port 0 picks a free port [env: GHMESH_API] [default: 127.0.0.1:7711]
     #[arg(long, value_name = "ADDR")]
     pub api: Option<String>,
+    /// Host name the API answers to besides loopback names and its bound address
+    /// (requests naming any other Host get 421, other Origins 403), repeatable
+    /// [env: GHMESH_API_HOST (comma-separated)]
+    #[arg(long, value_name = "NAME")]
+    pub api_host: Vec<String>,
     /// Peer multiaddr to join through, repeatable
     /// [env: GHMESH_BOOTSTRAP, CACHE_BOOTSTRAP_PEERS (comma-separated)]
     #[arg(long, value_name = "MULTIADDR")]

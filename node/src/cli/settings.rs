@@ -166,6 +166,37 @@ pub fn api_addr(flag: Option<&str>, env: EnvLookup<'_>) -> String {
         .to_string()
 }
 
+/// Extra API host names: `--api-host`…, `GHMESH_API_HOST` (comma-separated).
+pub fn api_hosts(flags: &[String], env: EnvLookup<'_>) -> Result<Vec<String>, CliError> {
+    let (values, what) = if !flags.is_empty() {
+        (flags.to_vec(), "--api-host")
+    } else {
+        match first_env(env, &["GHMESH_API_HOST"]) {
+            Some((name, v)) => (vec![v], name),
+            None => return Ok(Vec::new()),
+        }
+    };
+    values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            let ok = v.len() <= 253
+                && v
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+            if ok {
+                Ok(v.to_ascii_lowercase())
+            } else {
+                Err(CliError::usage(format!(
+                    "bad {what} '{v}': give a host name without scheme or port, e.g. ghmesh-api.ci.svc"
+                )))
+            }
+        })
+        .collect()
+}
+
 fn parse_addrs(values: &[String], what: &str) -> Result<Vec<Multiaddr>, CliError> {
     values
         .iter()

@@ -267,18 +267,12 @@ impl Upstream for GithubClient {
         Box::pin(async move {
             let method = reqwest::Method::from_bytes(method.as_bytes())
                 .map_err(|_| UpstreamError::Unreachable("bad method".into()))?;
-            let has_auth = headers
-                .iter()
-                .any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
-            let mut headers: Vec<(String, String)> = headers
+            // Exactly the client's headers: the node's token is lent only to cacheable
+            // reads (`fetch`), never added here.
+            let headers: Vec<(String, String)> = headers
                 .into_iter()
                 .filter(|(k, _)| !DROP_REQUEST_HEADERS.contains(&k.to_ascii_lowercase().as_str()))
                 .collect();
-            if !has_auth {
-                if let Some(t) = &self.token {
-                    headers.push(("authorization".into(), format!("Bearer {t}")));
-                }
-            }
             let body = (!body.is_empty()).then_some(body);
             self.send(method, path_and_query, headers, body).await
         })

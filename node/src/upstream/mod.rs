@@ -160,8 +160,8 @@ pub trait Upstream: Send + Sync + 'static {
         cond: Conditional,
     ) -> BoxFuture<'a, Result<UpstreamResponse, UpstreamError>>;
 
-    /// Any other request, passed through untouched (non-GET, or a client's own token).
-    /// `headers` are the client's, minus hop-by-hop headers.
+    /// Any other request, passed through untouched (non-GET, or a client's own token)
+    /// with the client's headers minus hop-by-hop ones: never with the node's token.
     fn forward<'a>(
         &'a self,
         method: &'a str,

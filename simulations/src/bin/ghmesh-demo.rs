@@ -53,6 +53,7 @@ async fn start(
         node.clone(),
         listener,
         gh.url(),
+        Vec::new(),
         std::future::pending(),
     ));
     println!("  node {i}: API http://{addr}  peer {}", node.peer_id());
