@@ -51,6 +51,9 @@ pub struct NodeConfig {
     pub mdns_query_interval: Duration,
     /// Where the node reads wall-clock time (freshness, message age).
     pub clock: SharedClock,
+    /// Most requests in flight to GitHub at once (GitHub allows 100 across REST and
+    /// GraphQL per user, and asks for serial requests).
+    pub upstream_concurrency: usize,
 }
 
 impl NodeConfig {
@@ -73,6 +76,7 @@ impl NodeConfig {
             discovery_interval: Duration::from_secs(10),
             mdns_query_interval: Duration::from_secs(2),
             clock: clock::system(),
+            upstream_concurrency: 8,
         }
     }
 

@@ -55,8 +55,12 @@ counters! {
     stale_served: "Expired entries served because upstream failed",
     /// Passed through uncached.
     bypass: "Requests passed through uncached",
-    /// Every request sent upstream.
+    /// Every request actually sent upstream.
     upstream_calls: "Requests sent upstream",
+    /// Requests not sent because their token was held after a rate-limit answer.
+    upstream_held: "Requests refused locally by a rate-limit hold",
+    /// Requests refused because the upstream queue was full.
+    upstream_busy: "Requests refused because the upstream queue was full",
     /// Upstream 304 answers.
     upstream_304: "Upstream 304 answers",
     /// Peer messages that failed to open or validate.
@@ -149,7 +153,7 @@ mod tests {
         let json = serde_json::to_value(c.snapshot()).unwrap();
         assert_eq!(json["hits"], 1);
         assert_eq!(json["store_errors"], 1);
-        assert_eq!(json.as_object().unwrap().len(), 17);
+        assert_eq!(json.as_object().unwrap().len(), 19);
     }
 
     #[test]

@@ -56,6 +56,13 @@ fn help_names_every_flag_and_its_env_vars() {
         "GHMESH_REPO",
         "GITHUB_REPOSITORY",
         "--log-format",
+        "--api-host",
+        "GHMESH_API_HOST",
+        "--client-tokens",
+        "GHMESH_CLIENT_TOKENS",
+        "--upstream-concurrency",
+        "GHMESH_UPSTREAM_CONCURRENCY",
+        "Trust model",
     ] {
         assert!(help.contains(needle), "node --help lacks {needle}");
     }
@@ -189,10 +196,15 @@ fn id_without_a_node_reads_a_stable_identity() {
 
 /// Runs `ghmesh node` until its ready line, then SIGTERM; returns stderr.
 fn node_log(env: &[(&str, &str)]) -> String {
-    use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
+    node_log_in(dir.path(), env)
+}
+
+/// [`node_log`] with the data dir `dir`.
+fn node_log_in(dir: &std::path::Path, env: &[(&str, &str)]) -> String {
+    use std::io::{BufRead, BufReader};
     let mut child = Command::new(env!("CARGO_BIN_EXE_ghmesh"))
-        .args(["node", "--data-dir", dir.path().to_str().unwrap()])
+        .args(["node", "--data-dir", dir.to_str().unwrap()])
         .args([
             "--api",
             "127.0.0.1:0",
@@ -228,4 +240,53 @@ fn start_up_says_local_only_or_warns_about_job_tokens_once() {
         !log.contains("ghs_perjobtoken"),
         "the secret is never logged"
     );
+}
+
+#[test]
+fn short_secrets_are_warned_about_and_loose_data_dirs_are_made_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let log = node_log(&[("GHMESH_SECRET", "short")]);
+    assert_eq!(log.matches("shorter than 16 bytes").count(), 1, "{log}");
+    let log = node_log(&[("GHMESH_SECRET", "a-long-enough-fleet-secret")]);
+    assert!(!log.contains("shorter than"), "{log}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let log = node_log_in(&data, &[]);
+    assert_eq!(log.matches("set it to 0700").count(), 1, "{log}");
+    let mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    let log = node_log_in(&data, &[]);
+    assert!(
+        !log.contains("set it to 0700"),
+        "warned once, not every start"
+    );
+}
+
+#[test]
+fn a_data_dir_owned_by_someone_else_is_refused_with_exit_2() {
+    if !nix::unistd::Uid::effective().is_root() {
+        println!("skipping: needs root to give a directory to another user");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("theirs");
+    std::fs::create_dir(&data).unwrap();
+    std::os::unix::fs::chown(&data, Some(65534), Some(65534)).unwrap();
+    let o = ghmesh(
+        &[
+            "node",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--api",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(err.contains("belongs to another user"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }

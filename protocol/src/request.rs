@@ -107,6 +107,27 @@ pub fn is_safe_path(path: &str) -> bool {
         || path.split('/').any(|seg| seg == ".." || seg == "."))
 }
 
+/// Paths whose answer depends on who asks (the token's identity, installation, app,
+/// notifications, rate limit), not only on what the token may read. Such answers are
+/// never shared across the mesh or served to another token.
+pub fn varies_by_identity(path: &str) -> bool {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    matches!(
+        segs.as_slice(),
+        ["user", ..]
+            | ["notifications", ..]
+            | ["rate_limit"]
+            | ["installation", ..]
+            | ["app", ..]
+            | ["authorizations", ..]
+            | ["issues"]
+            | ["gists"]
+            | ["gists", "starred"]
+            | ["feeds"]
+            | ["repos", _, _, "notifications"]
+    )
+}
+
 impl CanonicalRequest {
     /// Canonicalises `path_and_query` (e.g. `/repos/o/r/issues?state=open&page=2`).
     pub fn new(
@@ -240,6 +261,39 @@ fn clean_header(value: Option<&str>, lowercase: bool) -> Result<Option<String>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identity_dependent_paths() {
+        for p in [
+            "/user",
+            "/user/repos",
+            "/user/installations",
+            "/notifications",
+            "/notifications/threads/1",
+            "/rate_limit",
+            "/installation/repositories",
+            "/app",
+            "/app/installations",
+            "/authorizations",
+            "/issues",
+            "/gists",
+            "/gists/starred",
+            "/feeds",
+            "/repos/o/r/notifications",
+        ] {
+            assert!(varies_by_identity(p), "{p}");
+        }
+        for p in [
+            "/users/octocat",
+            "/repos/o/r",
+            "/repos/o/r/issues",
+            "/gists/abc123",
+            "/orgs/o/installation",
+            "/meta",
+        ] {
+            assert!(!varies_by_identity(p), "{p}");
+        }
+    }
 
     #[test]
     fn encoded_dots_slashes_and_backslashes_are_refused() {

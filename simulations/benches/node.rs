@@ -30,8 +30,10 @@ async fn api_node() -> (ghmesh_tests::harness::TestNode, String) {
     tokio::spawn(api::serve(
         n.node.clone(),
         listener,
-        "https://api.github.com".into(),
-        Vec::new(),
+        api::ApiConfig {
+            upstream_base: "https://api.github.com".into(),
+            ..Default::default()
+        },
         std::future::pending(),
     ));
     (n, format!("http://{addr}"))

@@ -87,6 +87,8 @@ pub enum Fault {
     TooManyRequests,
     /// Never answers; the request is released only by `shutdown`.
     Hang,
+    /// 403 with quota left and GitHub's secondary rate-limit message, no `retry-after`.
+    SecondaryLimit,
 }
 
 /// A fake GitHub REST API listening on `127.0.0.1` with an ephemeral port.
@@ -125,6 +127,24 @@ impl FakeGithub {
             addr,
             server: Some(server),
         })
+    }
+
+    /// Only `token` may read `path`; every other caller gets 404.
+    pub fn set_private(&self, path: &str, token: &str) {
+        lock(&self.shared.private).insert(path.to_string(), Identity::of_token(token));
+    }
+
+    /// The most requests this fake was answering at once.
+    pub fn max_in_flight(&self) -> u64 {
+        self.shared.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The login `/user` answers for `token` (None: anonymous).
+    pub fn login_of(token: Option<&str>) -> String {
+        match token {
+            Some(t) => format!("user-{}", Identity::of_token(t).fingerprint()),
+            None => "anonymous".into(),
+        }
     }
 
     /// The requests received so far (the last [`MAX_LOGGED`]), oldest first.
@@ -245,6 +265,10 @@ struct Shared {
     per_path: Mutex<HashMap<String, u64>>,
     /// The last requests received, oldest first (bounded by [`MAX_LOGGED`]).
     log: Mutex<std::collections::VecDeque<Logged>>,
+    /// Paths only one token may read (others get 404), by the token's identity.
+    private: Mutex<HashMap<String, Identity>>,
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
 }
 
 /// Requests kept in the log.
@@ -277,6 +301,9 @@ impl Shared {
             total: AtomicU64::new(0),
             per_path: Mutex::new(HashMap::new()),
             log: Mutex::new(std::collections::VecDeque::new()),
+            private: Mutex::new(HashMap::new()),
+            in_flight: AtomicU64::new(0),
+            max_in_flight: AtomicU64::new(0),
         }
     }
 
@@ -376,11 +403,15 @@ impl Identity {
                     || scheme.eq_ignore_ascii_case("token"))
                     && !token.trim().is_empty() =>
             {
-                let digest = sha256_hex(&["token", token.trim()]);
-                Identity::Token(digest[..16].to_string())
+                Identity::of_token(token)
             }
             _ => Identity::Anonymous,
         }
+    }
+
+    fn of_token(token: &str) -> Identity {
+        let digest = sha256_hex(&["token", token.trim()]);
+        Identity::Token(digest[..16].to_string())
     }
 
     fn fingerprint(&self) -> &str {
@@ -497,8 +528,26 @@ fn unavailable() -> Response {
     )
 }
 
+/// Counts a request in flight for as long as it lives.
+struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn enter(shared: &'a Shared) -> Self {
+        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(shared)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     shared.total.fetch_add(1, Ordering::SeqCst);
+    let _in_flight = InFlight::enter(&shared);
     {
         let mut log = lock(&shared.log);
         if log.len() == MAX_LOGGED {
@@ -559,6 +608,17 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             shared.until_shutdown().await;
             return unavailable();
         }
+        Fault::SecondaryLimit => {
+            return json_response(
+                StatusCode::FORBIDDEN,
+                vec![("x-ratelimit-remaining", "4000".to_string())],
+                &message(
+                    "You have exceeded a secondary rate limit. Please wait a few minutes \
+                     before you try again.",
+                    SECONDARY_DOCS_URL,
+                ),
+            )
+        }
     }
 
     if parts.method == Method::GET || parts.method == Method::HEAD {
@@ -608,6 +668,24 @@ fn serve_get(shared: &Shared, parts: &Parts) -> Response {
     let route = Route::parse(path);
     if let Route::RateLimit = route {
         return rate_limit_status(&shared.peek(&who));
+    }
+    let owner = lock(&shared.private).get(path).cloned();
+    if owner.is_some_and(|o| o != who) {
+        return match shared.consume(&who) {
+            Ok(rate) => not_found(&rate),
+            Err(rate) => rate_limited(&who, &rate),
+        };
+    }
+    if path == "/user" {
+        // Who the token is: the answer that differs per token.
+        let login = match &who {
+            Identity::Anonymous => return not_found(&shared.peek(&who)),
+            Identity::Token(fp) => format!("user-{fp}"),
+        };
+        return match shared.consume(&who) {
+            Ok(rate) => json_response(StatusCode::OK, rate.headers(), &json!({ "login": login })),
+            Err(rate) => rate_limited(&who, &rate),
+        };
     }
 
     let pv = lock(&shared.versions).get(path).copied().unwrap_or(0);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ghmesh_node::upstream::{
-    BoxFuture, Conditional, RateLimit, Upstream, UpstreamError, UpstreamResponse,
+    BoxFuture, Conditional, Credential, RateLimit, Upstream, UpstreamError, UpstreamResponse,
 };
 use ghmesh_protocol::CanonicalRequest;
 use sha2::{Digest, Sha256};
@@ -108,6 +108,7 @@ impl Upstream for MemoryUpstream {
         &'a self,
         req: &'a CanonicalRequest,
         cond: Conditional,
+        _cred: &'a Credential,
     ) -> BoxFuture<'a, Result<UpstreamResponse, UpstreamError>> {
         Box::pin(async move {
             self.calls.fetch_add(1, Ordering::SeqCst);

@@ -368,7 +368,7 @@ async fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
     let (s, _, _) = http_request(
         "POST",
         &format!("{base}/repos/acme/widgets/issues"),
-        &[],
+        &[("authorization", "Bearer ghp_writer")],
         &body,
     )
     .await
@@ -377,7 +377,10 @@ async fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
     let (s, h, b) = http_request(
         "POST",
         &format!("{base}/repos/acme/widgets/issues"),
-        &[("content-type", "application/json")],
+        &[
+            ("content-type", "application/json"),
+            ("authorization", "Bearer ghp_writer"),
+        ],
         b"{\"title\":\"t\"}",
     )
     .await
@@ -394,14 +397,18 @@ async fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
     .unwrap();
     assert_eq!(
         (s, cache(&h).as_str()),
-        (200, "bypass"),
-        "a client's own token is passed through"
+        (200, "miss"),
+        "a client's own token fetches the miss (--client-tokens share)"
     );
 
     let (s, _, b) = http_get(&format!("{base}/_ghmesh/health")).await.unwrap();
     assert_eq!((s, b.as_slice()), (200, b"ok".as_slice()));
     let (s, h, _) = get(&node, "/repos/acme/widgets").await;
-    assert_eq!((s, cache(&h).as_str()), (200, "miss"));
+    assert_eq!(
+        (s, cache(&h).as_str()),
+        (200, "hit"),
+        "and the 200 is shared"
+    );
     let (s, _, m) = http_get(&format!("{base}/_ghmesh/metrics")).await.unwrap();
     let m = String::from_utf8_lossy(&m);
     assert_eq!(s, 200);

@@ -149,3 +149,227 @@ async fn encoded_dot_segments_are_refused_before_anything_goes_upstream() {
         "exactly the canonical path under the upstream base"
     );
 }
+
+/// Requests the fake received for `path`, whatever it answered.
+fn sent_for(gh: &FakeGithub, path: &str) -> usize {
+    gh.requests()
+        .iter()
+        .filter(|r| r.path_and_query == path)
+        .count()
+}
+
+fn auth(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+async fn get_with(
+    node: &Daemon,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let value = token.map(auth);
+    let headers: Vec<(&str, &str)> = value
+        .as_deref()
+        .map(|v| vec![("Authorization", v)])
+        .unwrap_or_default();
+    http_request("GET", &format!("{}{path}", node.base()), &headers, b"")
+        .await
+        .unwrap()
+}
+
+async fn wait_members(nodes: &[&Daemon], want: u64) {
+    let start = std::time::Instant::now();
+    for n in nodes {
+        while n.stats().await.unwrap()["members"].as_u64() != Some(want) {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(30),
+                "membership"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_answers_stay_with_their_token() {
+    let gh = FakeGithub::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let start = |name: &str, token: &str, boot: Option<String>| {
+        let mut args = vec!["--upstream".to_string(), gh.url()];
+        if let Some(b) = boot {
+            args.extend(["--bootstrap".to_string(), b]);
+        }
+        let env = HashMap::from([
+            ("GHMESH_SECRET".to_string(), "identity-fleet".to_string()),
+            ("GH_TOKEN".to_string(), token.to_string()),
+        ]);
+        let data = dir.path().join(name);
+        async move { start_daemon(data, &args, &env).await.unwrap() }
+    };
+    let a = start("a", "ghp_token_a", None).await;
+    let b = start("b", "ghp_token_b", Some(a.ready.listen[0].clone())).await;
+    wait_members(&[&a, &b], 1).await;
+
+    for (node, token) in [
+        (&a, "ghp_token_a"),
+        (&b, "ghp_token_b"),
+        (&a, "ghp_token_a"),
+    ] {
+        let (status, headers, body) = get_with(node, "/user", None).await;
+        assert_eq!(status, 200);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["login"], FakeGithub::login_of(Some(token)));
+        assert_eq!(header(&headers, "x-ghmesh-cache"), Some("bypass"));
+    }
+    // A client's own token gets its own identity, not the node's.
+    let (_, _, body) = get_with(&a, "/user", Some("ghp_token_b")).await;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["login"], FakeGithub::login_of(Some("ghp_token_b")));
+    assert_eq!(sent_for(&gh, "/user"), 4, "every /user read went upstream");
+    for n in [&a, &b] {
+        let s = n.stats().await.unwrap();
+        assert_eq!(s["entries"], 0, "never stored");
+        assert_eq!(s["lookups_sent"], 0, "never asked of a peer");
+        assert_eq!(s["announces_received"], 0, "never announced");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_own_token_fetches_misses_and_shares_only_successes() {
+    let gh = FakeGithub::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let n = node(&gh, &dir, &[]).await;
+    let path = "/repos/acme/widgets/pulls";
+    let (status, headers, first) = get_with(&n, path, Some("ghp_client_c")).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "x-ghmesh-cache"), Some("miss"));
+    let sent = gh.requests();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        sent[0].authorization.as_deref(),
+        Some("Bearer ghp_client_c")
+    );
+
+    let (status, headers, again) = get_with(&n, path, Some("ghp_client_d")).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "x-ghmesh-cache"), Some("hit"));
+    assert_eq!(again, first);
+    let (_, headers, _) = get_with(&n, path, None).await;
+    assert_eq!(header(&headers, "x-ghmesh-cache"), Some("hit"));
+    assert_eq!(gh.total_requests(), 1, "shared: one upstream call");
+
+    // Errors go back to that client only.
+    let missing = "/notfound/secret";
+    assert_eq!(get_with(&n, missing, Some("ghp_client_c")).await.0, 404);
+    assert_eq!(get_with(&n, missing, Some("ghp_client_d")).await.0, 404);
+    assert_eq!(
+        sent_for(&gh, missing),
+        2,
+        "a 404 is never served from cache"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_tokens_bypass_keeps_them_out_of_the_cache() {
+    let gh = FakeGithub::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let n = node(&gh, &dir, &["--client-tokens", "bypass"]).await;
+    let path = "/repos/acme/widgets/pulls";
+    for _ in 0..2 {
+        let (status, headers, _) = get_with(&n, path, Some("ghp_client_c")).await;
+        assert_eq!(status, 200);
+        assert_eq!(header(&headers, "x-ghmesh-cache"), Some("bypass"));
+    }
+    assert_eq!(gh.requests_for(path), 2);
+    assert_eq!(n.stats().await.unwrap()["entries"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_client_token_never_holds_the_node_token() {
+    let gh = FakeGithub::start().await.unwrap();
+    gh.set_rate_limit(2);
+    let dir = tempfile::tempdir().unwrap();
+    let n = node(&gh, &dir, &[]).await;
+    let c = Some("ghp_client_c");
+    assert_eq!(get_with(&n, "/repos/acme/r1", c).await.0, 200);
+    assert_eq!(get_with(&n, "/repos/acme/r2", c).await.0, 200);
+    let (status, _, _) = get_with(&n, "/repos/acme/r3", c).await;
+    assert_eq!(status, 403, "GitHub's refusal, to that client");
+    // The client's token is held now: its next miss uses the node's token instead.
+    let (status, _, _) = get_with(&n, "/repos/acme/r4", c).await;
+    assert_eq!(status, 200);
+    let last = gh.requests().pop().unwrap();
+    assert_eq!(last.path_and_query, "/repos/acme/r4");
+    assert_eq!(
+        last.authorization.as_deref(),
+        Some(format!("Bearer {NODE_TOKEN}").as_str())
+    );
+    // And the node's token was never held by the client's exhaustion.
+    assert_eq!(get_with(&n, "/repos/acme/r5", None).await.0, 200);
+    let s = n.stats().await.unwrap();
+    assert_eq!(s["upstream_held"], 1, "r4 was not sent with the held token");
+    assert_eq!(
+        s["upstream_calls"].as_u64(),
+        Some(gh.total_requests()),
+        "upstream_calls counts only requests sent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secondary_limit_holds_the_token() {
+    let gh = FakeGithub::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let n = node(&gh, &dir, &[]).await;
+    gh.set_fault(ghmesh_tests::fake_github::Fault::SecondaryLimit);
+    let (status, _, body) = get_with(&n, "/repos/acme/a", None).await;
+    assert_eq!(status, 403);
+    assert!(String::from_utf8_lossy(&body).contains("secondary rate limit"));
+    gh.set_fault(ghmesh_tests::fake_github::Fault::None);
+    let (status, _, body) = get_with(&n, "/repos/acme/b", None).await;
+    assert_eq!(status, 403, "held: GitHub's refusal repeated, not a retry");
+    assert!(String::from_utf8_lossy(&body).contains("secondary rate limit"));
+    assert_eq!(gh.total_requests(), 1);
+    assert_eq!(n.stats().await.unwrap()["upstream_held"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_misses_never_exceed_the_upstream_concurrency() {
+    let gh = FakeGithub::start().await.unwrap();
+    gh.set_latency(std::time::Duration::from_millis(30));
+    let dir = tempfile::tempdir().unwrap();
+    let n = node(&gh, &dir, &["--upstream-concurrency", "4"]).await;
+    let reads = (0..120).map(|i| {
+        let url = format!("{}/repos/acme/p{i}", n.base());
+        async move { http_get(&url).await.unwrap().0 }
+    });
+    let statuses = futures::future::join_all(reads).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(gh.max_in_flight() <= 4, "{} at once", gh.max_in_flight());
+    assert_eq!(gh.total_requests(), 120);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_upstream_queue_answers_503_with_retry_after() {
+    let gh = FakeGithub::start().await.unwrap();
+    gh.set_latency(std::time::Duration::from_millis(300));
+    let dir = tempfile::tempdir().unwrap();
+    let n = node(&gh, &dir, &["--upstream-concurrency", "1"]).await;
+    // One in flight, 32 waiting: the rest of 60 at once are refused at once.
+    let reads = (0..60).map(|i| {
+        let url = format!("{}/repos/acme/q{i}", n.base());
+        async move { http_get(&url).await.unwrap() }
+    });
+    let answers = futures::future::join_all(reads).await;
+    let busy: Vec<_> = answers.iter().filter(|(s, _, _)| *s == 503).collect();
+    assert!(!busy.is_empty());
+    for (_, headers, body) in &busy {
+        assert_eq!(header(headers, "retry-after"), Some("1"));
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert!(v["message"].is_string());
+    }
+    assert!(gh.max_in_flight() <= 1);
+    assert_eq!(
+        n.stats().await.unwrap()["upstream_busy"].as_u64(),
+        Some(busy.len() as u64)
+    );
+}

@@ -11,6 +11,7 @@ pub mod guard;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -23,6 +24,7 @@ use ghmesh_protocol::{is_safe_path, CanonicalRequest};
 use tokio::net::TcpListener;
 
 use crate::node::{Body as Answer, GetError, Node, Served};
+use crate::upstream::{ClientToken, Credential};
 
 /// Largest request body accepted (non-GET requests passed through).
 pub const MAX_REQUEST_BODY: usize = 10 * 1024 * 1024;
@@ -53,37 +55,110 @@ struct ApiState {
     upstream_base: String,
     local_addr: SocketAddr,
     hosts: guard::AllowedHosts,
+    client_tokens: ClientTokens,
 }
 
 /// Serves the API on `listener` until `shutdown` completes; requests in flight finish.
-/// `api_hosts` are names (from `--api-host`) the API answers to besides loopback
-/// names and its bound address.
+/// How the API is served.
+#[derive(Debug, Clone, Default)]
+pub struct ApiConfig {
+    /// GitHub's base URL, as `--upstream` (for rewriting `Link` URLs).
+    pub upstream_base: String,
+    /// Names (from `--api-host`) the API answers to besides loopback names and its
+    /// bound address.
+    pub hosts: Vec<String>,
+    /// Timeouts of the HTTP server.
+    pub limits: ServerLimits,
+    /// What a read with the client's own token does.
+    pub client_tokens: ClientTokens,
+}
+
+/// Bounds of the HTTP server: a client can hold a connection only so long without
+/// sending a request, and shutdown waits only so long for requests in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// The whole request head must arrive within this; it also closes keep-alive
+    /// connections idle for that long (the timer runs while a head is awaited).
+    pub header_read: Duration,
+    /// Requests in flight at shutdown get this long to finish.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            header_read: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` completes; requests in flight then
+/// get [`ServerLimits::shutdown_grace`] to finish.
 pub async fn serve(
     node: Node,
     listener: TcpListener,
-    upstream_base: String,
-    api_hosts: Vec<String>,
+    cfg: ApiConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
     let local_addr = listener.local_addr()?;
-    let app = router(node, upstream_base, local_addr, &api_hosts);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+    let app = router(node, &cfg, local_addr);
+    let connections = GracefulShutdown::new();
+    // Owned connection tasks: reaped as they end, aborted if shutdown's grace runs out.
+    let mut tasks = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!("API accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(cfg.limits.header_read)
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let conn = connections.watch(conn);
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::trace!("API connection: {e}");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(cfg.limits.shutdown_grace, connections.shutdown())
         .await
+        .is_err()
+    {
+        tracing::warn!(
+            "requests still in flight after {:?}; stopping anyway",
+            cfg.limits.shutdown_grace
+        );
+    }
+    tasks.abort_all();
+    Ok(())
 }
 
 /// The API router.
-pub fn router(
-    node: Node,
-    upstream_base: String,
-    local_addr: SocketAddr,
-    api_hosts: &[String],
-) -> Router {
+fn router(node: Node, cfg: &ApiConfig, local_addr: SocketAddr) -> Router {
     let state = ApiState {
         node,
-        upstream_base: upstream_base.trim_end_matches('/').to_string(),
+        upstream_base: cfg.upstream_base.trim_end_matches('/').to_string(),
         local_addr,
-        hosts: guard::AllowedHosts::new(local_addr, api_hosts),
+        hosts: guard::AllowedHosts::new(local_addr, &cfg.hosts),
+        client_tokens: cfg.client_tokens,
     };
     Router::new()
         .route("/_ghmesh/health", get(|| async { "ok" }))
@@ -151,19 +226,25 @@ pub fn json_error(status: StatusCode, message: &str) -> Response {
     resp
 }
 
-/// Does the client's `Authorization` differ from the token the node uses upstream?
-/// Then the request is the client's own business: pass it through, never share it.
-fn own_authorization(headers: &HeaderMap, upstream_token_fp: Option<[u8; 8]>) -> bool {
-    let Some(auth) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    let token = auth
-        .strip_prefix("Bearer ")
-        .or_else(|| auth.strip_prefix("bearer "))
-        .or_else(|| auth.strip_prefix("token "))
-        .unwrap_or(auth)
-        .trim();
-    Some(ghmesh_protocol::token_fingerprint(token)) != upstream_token_fp
+/// The client's own token: an `Authorization` that is not the node's own token.
+fn own_authorization(
+    headers: &HeaderMap,
+    upstream_token_fp: Option<[u8; 8]>,
+) -> Option<ClientToken> {
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok())?;
+    let token = ClientToken::from_header(auth);
+    (Some(token.fingerprint()) != upstream_token_fp).then_some(token)
+}
+
+/// What a cacheable read with the client's own token does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ClientTokens {
+    /// Served from the fleet cache; a miss is fetched with the client's token and a
+    /// 200 is shared; errors go back to that client only.
+    #[default]
+    Share,
+    /// Passed through untouched, never cached (`x-ghmesh-cache: bypass`).
+    Bypass,
 }
 
 async fn proxy(State(s): State<ApiState>, req: Request) -> Response {
@@ -200,17 +281,22 @@ async fn proxy(State(s): State<ApiState>, req: Request) -> Response {
             "ghmesh forwards writes only with your own token: send Authorization: Bearer <token>",
         );
     }
-    let cacheable = (method == Method::GET || head)
-        && !own_authorization(req.headers(), s.node.upstream().token_fingerprint());
+    let own = own_authorization(req.headers(), s.node.upstream().token_fingerprint());
+    let cred = match own {
+        None => Some(Credential::Node),
+        Some(token) if s.client_tokens == ClientTokens::Share => Some(Credential::Client(token)),
+        Some(_) => None,
+    };
+    let cacheable = (method == Method::GET || head) && cred.is_some();
 
-    let served = if cacheable {
+    let served = if let (true, Some(cred)) = (cacheable, cred) {
         // Body is not Sync: nothing borrowed from the request may live across an await.
         let canonical = {
             let header = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok());
             CanonicalRequest::new("GET", &pq, header("accept"), header("x-github-api-version"))
         };
         match canonical {
-            Ok(c) => s.node.get(c).await,
+            Ok(c) => s.node.get_as(c, cred).await,
             Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("bad request: {e}")),
         }
     } else {
@@ -236,6 +322,12 @@ async fn proxy(State(s): State<ApiState>, req: Request) -> Response {
             StatusCode::BAD_GATEWAY,
             &format!("GitHub is unreachable: {e}"),
         ),
+        Err(GetError::Busy) => {
+            let mut resp = json_error(StatusCode::SERVICE_UNAVAILABLE, &GetError::Busy.to_string());
+            resp.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+            resp
+        }
         Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
 }
@@ -365,22 +457,38 @@ mod tests {
     }
 
     #[test]
-    fn client_authorization_decides_bypass() {
+    fn the_clients_own_token_is_told_apart_from_the_nodes() {
         let fp = Some(ghmesh_protocol::token_fingerprint("ghp_ours"));
         let mut h = HeaderMap::new();
-        assert!(!own_authorization(&h, fp), "no header: use ours");
+        assert!(own_authorization(&h, fp).is_none(), "no header: use ours");
         h.insert("authorization", HeaderValue::from_static("Bearer ghp_ours"));
-        assert!(!own_authorization(&h, fp), "same token: cacheable");
+        assert!(
+            own_authorization(&h, fp).is_none(),
+            "same token: the node's"
+        );
         h.insert("authorization", HeaderValue::from_static("token ghp_ours"));
-        assert!(!own_authorization(&h, fp));
+        assert!(own_authorization(&h, fp).is_none());
         h.insert(
             "authorization",
             HeaderValue::from_static("Bearer ghp_theirs"),
         );
-        assert!(own_authorization(&h, fp), "another token: bypass");
+        let theirs = own_authorization(&h, fp).unwrap();
+        assert_eq!(
+            theirs.header(),
+            "Bearer ghp_theirs",
+            "sent exactly as given"
+        );
+        assert_eq!(
+            theirs.fingerprint(),
+            ghmesh_protocol::token_fingerprint("ghp_theirs")
+        );
         assert!(
-            own_authorization(&h, None),
-            "any token while we are anonymous: bypass"
+            !format!("{theirs:?}").contains("ghp_theirs"),
+            "never logged"
+        );
+        assert!(
+            own_authorization(&h, None).is_some(),
+            "any token while we are anonymous is the client's"
         );
     }
 }

@@ -14,6 +14,11 @@ use crate::node::NodeError;
 use crate::upstream::github::{GithubClient, GithubConfig};
 use crate::{api, Node, NodeConfig};
 
+/// Shorter secrets get a warning: the topic derived from the secret is visible to any
+/// peer that connects, so a short one can be guessed offline (one PBKDF2 run, ~70 ms,
+/// per guess).
+pub const MIN_SECRET_LEN: usize = 16;
+
 /// Everything `ghmesh node` needs, resolved from flags and environment.
 #[derive(Debug)]
 pub struct DaemonSettings {
@@ -23,12 +28,16 @@ pub struct DaemonSettings {
     pub api: String,
     /// Host names the API answers to besides loopback and its bound address.
     pub api_hosts: Vec<String>,
+    /// What reads with a client's own token do.
+    pub client_tokens: api::ClientTokens,
     /// Upstream base URL.
     pub upstream: String,
     /// Where the secret came from, when there is one and P2P is on.
     pub secret_source: Option<settings::SecretSource>,
     /// The secret looks like a per-job Actions token.
     pub job_token_secret: bool,
+    /// The secret is shorter than [`MIN_SECRET_LEN`].
+    pub weak_secret: bool,
     /// Log format.
     pub log_format: LogFormat,
     /// Upstream config (holds the token; its Debug redacts it).
@@ -55,6 +64,7 @@ pub fn resolve(args: &NodeArgs, env: EnvLookup<'_>) -> Result<DaemonSettings, Cl
     node.mdns = !(args.no_mdns || settings::env_flag_off(env, "GHMESH_MDNS"));
     node.ttl = settings::ttl(args.ttl, env)?;
     node.limits = settings::limits(args.max_entries, args.max_bytes, env)?;
+    node.upstream_concurrency = settings::upstream_concurrency(args.upstream_concurrency, env)?;
     let p2p = !(args.no_p2p || settings::env_flag_off(env, "CACHE_ENABLE_P2P"));
     let scope = settings::scope(args.repo.as_deref(), env)?;
     let secret = if p2p {
@@ -65,6 +75,9 @@ pub fn resolve(args: &NodeArgs, env: EnvLookup<'_>) -> Result<DaemonSettings, Cl
     let job_token_secret = secret
         .as_ref()
         .is_some_and(|(s, _)| settings::looks_like_job_token(s));
+    let weak_secret = secret
+        .as_ref()
+        .is_some_and(|(s, _)| s.len() < MIN_SECRET_LEN);
     let secret_source = secret.as_ref().map(|(_, src)| src.clone());
     node.keys = secret.map(|(s, _)| MeshKeys::derive(s.as_bytes(), &scope));
     let upstream = settings::upstream_url(args.upstream.as_deref(), env)?;
@@ -94,9 +107,11 @@ pub fn resolve(args: &NodeArgs, env: EnvLookup<'_>) -> Result<DaemonSettings, Cl
     Ok(DaemonSettings {
         api: settings::api_addr(args.api.as_deref(), env),
         api_hosts: settings::api_hosts(&args.api_host, env)?,
+        client_tokens: settings::client_tokens(args.client_tokens, env)?,
         upstream,
         secret_source,
         job_token_secret,
+        weak_secret,
         log_format,
         github,
         node,
@@ -122,6 +137,7 @@ fn start_error(e: NodeError) -> CliError {
     let hint = match &e {
         NodeError::Network(_) => "; check --listen (is the port already in use?)",
         NodeError::DataDir { .. } | NodeError::Identity { .. } => "; pick a writable --data-dir",
+        NodeError::DataDirOwner { .. } => "; use a --data-dir of your own",
         _ => "",
     };
     CliError::usage(format!("{e}{hint}"))
@@ -146,6 +162,11 @@ pub async fn run(args: NodeArgs, env: EnvLookup<'_>) -> Result<(), CliError> {
         _ => tracing::warn!(
             "no mesh secret (--secret-file, GHMESH_SECRET, CACHE_P2P_SHARED_SECRET, GH_TOKEN, GITHUB_TOKEN): running local-only, no P2P"
         ),
+    }
+    if s.weak_secret {
+        tracing::warn!(
+            "the mesh secret is shorter than {MIN_SECRET_LEN} bytes: any peer that connects sees the topic derived from it and can guess the secret offline; use a long random one (e.g. openssl rand -hex 32)"
+        );
     }
     if s.job_token_secret {
         tracing::warn!(
@@ -182,8 +203,12 @@ pub async fn run(args: NodeArgs, env: EnvLookup<'_>) -> Result<(), CliError> {
     let served = api::serve(
         node.clone(),
         listener,
-        s.upstream.clone(),
-        s.api_hosts.clone(),
+        api::ApiConfig {
+            upstream_base: s.upstream.clone(),
+            hosts: s.api_hosts.clone(),
+            limits: api::ServerLimits::default(),
+            client_tokens: s.client_tokens,
+        },
         shutdown,
     )
     .await;

@@ -41,6 +41,15 @@ impl CliError {
     }
 }
 
+/// The trust model, in `ghmesh node --help` (README: "Trust model").
+const TRUST_MODEL: &str =
+    "Trust model: holding the fleet secret (and scope) means being allowed to read \
+what any fleet token can read: an answer fetched with one member's or one local client's token is \
+served to every member and every local client, so every upstream token of one fleet must have the \
+same read access (give fleets with different access different secrets or scopes). Answers that \
+differ per token (/user, /notifications, /rate_limit, /installation, /app, ...) and errors are \
+never shared. The node's token is used only for cacheable reads.";
+
 /// `ghmesh --version`: the crate version and the commit it was built from.
 const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
@@ -64,6 +73,7 @@ pub(crate) struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the daemon: local HTTP API, cache store, and the mesh.
+    #[command(after_help = TRUST_MODEL)]
     Node(NodeArgs),
     /// Make a GitHub API request through the local node (like `gh api`).
     Api(ApiArgs),
@@ -106,6 +116,15 @@ pub struct NodeArgs {
     /// [env: GHMESH_API_HOST (comma-separated)]
     #[arg(long, value_name = "NAME")]
     pub api_host: Vec<String>,
+    /// What a cacheable GET carrying the client's own token does: share (served from
+    /// the fleet cache; a miss is fetched with the client's token and a 200 is shared)
+    /// or bypass (passed through, never cached) [env: GHMESH_CLIENT_TOKENS] [default: share]
+    #[arg(long, value_name = "MODE")]
+    pub client_tokens: Option<crate::api::ClientTokens>,
+    /// Most requests in flight to GitHub at once; beyond 32 per slot waiting, requests
+    /// get 503 and retry-after [env: GHMESH_UPSTREAM_CONCURRENCY] [default: 8]
+    #[arg(long, value_name = "N")]
+    pub upstream_concurrency: Option<usize>,
     /// Peer multiaddr to join through, repeatable
     /// [env: GHMESH_BOOTSTRAP, CACHE_BOOTSTRAP_PEERS (comma-separated)]
     #[arg(long, value_name = "MULTIADDR")]

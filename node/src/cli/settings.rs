@@ -308,6 +308,43 @@ pub fn upstream_timeout(
     Ok(std::time::Duration::from_secs(secs))
 }
 
+/// `--upstream-concurrency` (`GHMESH_UPSTREAM_CONCURRENCY`): 1 to 100 (GitHub's own
+/// cap on concurrent requests per user).
+pub fn upstream_concurrency(flag: Option<usize>, env: EnvLookup<'_>) -> Result<usize, CliError> {
+    let n = number(
+        flag,
+        env,
+        &["GHMESH_UPSTREAM_CONCURRENCY"],
+        "a whole number",
+    )?
+    .unwrap_or(8);
+    if n == 0 || n > 100 {
+        return Err(CliError::usage(
+            "--upstream-concurrency must be between 1 and 100",
+        ));
+    }
+    Ok(n)
+}
+
+/// `--client-tokens` (`GHMESH_CLIENT_TOKENS`): share (default) or bypass.
+pub fn client_tokens(
+    flag: Option<crate::api::ClientTokens>,
+    env: EnvLookup<'_>,
+) -> Result<crate::api::ClientTokens, CliError> {
+    use crate::api::ClientTokens;
+    if let Some(mode) = flag {
+        return Ok(mode);
+    }
+    match first_env(env, &["GHMESH_CLIENT_TOKENS"]) {
+        None => Ok(ClientTokens::Share),
+        Some((_, v)) if v.eq_ignore_ascii_case("share") => Ok(ClientTokens::Share),
+        Some((_, v)) if v.eq_ignore_ascii_case("bypass") => Ok(ClientTokens::Bypass),
+        Some((name, v)) => Err(CliError::usage(format!(
+            "bad {name} '{v}': use share or bypass"
+        ))),
+    }
+}
+
 /// Store limits: `--max-entries` (`GHMESH_MAX_ENTRIES`, `CACHE_MAX_SIZE`) and
 /// `--max-bytes` (`GHMESH_MAX_BYTES`).
 pub fn limits(

@@ -8,7 +8,7 @@ use super::served::CacheStatus;
 use super::writer::WriteJob;
 use super::{GetError, Node, Served};
 use crate::policy::{self, UpstreamAction};
-use crate::upstream::{Conditional, UpstreamError};
+use crate::upstream::{Conditional, Credential, UpstreamError, UpstreamResponse};
 
 impl Node {
     pub(super) async fn fetch_upstream(
@@ -16,18 +16,16 @@ impl Node {
         req: CanonicalRequest,
         key: CacheKey,
         local: Option<Entry>,
+        cred: Credential,
     ) -> Result<Served, GetError> {
-        let upstream = &self.inner.upstream;
-        let token = upstream.token_fingerprint();
-        let cond = local
-            .as_ref()
-            .map(|e| Conditional::for_entry(&e.meta, token))
-            .unwrap_or_default();
-        self.inner.counters.upstream_calls.inc();
-        let outcome =
-            tokio::time::timeout(self.inner.deadlines.upstream, upstream.fetch(&req, cond))
-                .await
-                .unwrap_or(Err(UpstreamError::Timeout));
+        let _slot = self.upstream_slot().await?;
+        let (mut outcome, mut token) = self.fetch_with(&req, local.as_ref(), &cred).await;
+        if matches!(outcome, Err(UpstreamError::Held(_))) && cred != Credential::Node {
+            // A client's held token: reads may use the node's token instead.
+            (outcome, token) = self
+                .fetch_with(&req, local.as_ref(), &Credential::Node)
+                .await;
+        }
         let action = policy::after_upstream(outcome.as_ref(), local.is_some());
         let now = self.now_ms();
         match (action, outcome, local) {
@@ -82,8 +80,28 @@ impl Node {
                 Err(e.into())
             }
             (_, Ok(resp), _) => Ok(Served::upstream(resp, CacheStatus::Miss)),
+            (_, Err(UpstreamError::Held(refusal)), _) => {
+                Ok(Served::upstream(*refusal, CacheStatus::Miss))
+            }
             (_, Err(e), _) => Err(e.into()),
         }
+    }
+
+    /// One upstream request with `cred` (conditional when a copy is held), counted;
+    /// returns the outcome and the fingerprint of the token used.
+    async fn fetch_with(
+        &self,
+        req: &CanonicalRequest,
+        local: Option<&Entry>,
+        cred: &Credential,
+    ) -> (Result<UpstreamResponse, UpstreamError>, Option<[u8; 8]>) {
+        let upstream = &self.inner.upstream;
+        let token = upstream.fingerprint_of(cred);
+        let cond = local
+            .map(|e| Conditional::for_entry(&e.meta, token))
+            .unwrap_or_default();
+        let outcome = self.call_upstream(upstream.fetch(req, cond, cred)).await;
+        (outcome, token)
     }
 
     /// Seals and publishes a message in an owned task (sealing is off the reader's

@@ -45,10 +45,35 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Creates the data dir (0700) when it does not exist yet.
+/// Makes the data dir private: created 0700 when missing; an existing one of ours is
+/// set to 0700 (with one warning) when others could read it; one owned by someone else
+/// is refused, since its owner could read or replace our identity and cache.
 pub(crate) fn create_private_dir(dir: &Path) -> Result<(), NodeError> {
-    use std::os::unix::fs::DirBuilderExt;
-    if dir.is_dir() {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let data_dir_err = |source| NodeError::DataDir {
+        path: dir.display().to_string(),
+        source,
+    };
+    if let Ok(meta) = std::fs::metadata(dir) {
+        if !meta.is_dir() {
+            return Err(data_dir_err(std::io::Error::other("it is not a directory")));
+        }
+        let me = nix::unistd::geteuid().as_raw();
+        if meta.uid() != me {
+            return Err(NodeError::DataDirOwner {
+                path: dir.display().to_string(),
+                owner: meta.uid(),
+            });
+        }
+        let mode = meta.mode() & 0o777;
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(data_dir_err)?;
+            tracing::warn!(
+                path = %dir.display(),
+                "the data dir was open to other users (mode {mode:o}); set it to 0700"
+            );
+        }
         return Ok(());
     }
     std::fs::DirBuilder::new()

@@ -5,7 +5,7 @@
 use std::sync::Weak;
 
 use ghmesh_protocol::wire::{MAX_GOSSIP_MESSAGE, MAX_RR_MESSAGE};
-use ghmesh_protocol::{Announce, BodyReply, Lookup, LookupReply, Message};
+use ghmesh_protocol::{varies_by_identity, Announce, BodyReply, Lookup, LookupReply, Message};
 use libp2p::gossipsub::MessageAcceptance;
 use libp2p::PeerId;
 use tokio::sync::mpsc;
@@ -14,6 +14,7 @@ use super::writer::WriteJob;
 use super::{Inner, Node, MAX_BODYLESS};
 use crate::network::NetEvent;
 use crate::policy::{self, BodylessAction, LookupAnswer, LookupView};
+use crate::upstream::Credential;
 
 /// Handles network events until shutdown, or until the node or the network is gone.
 pub(super) async fn run(node: Weak<Inner>, mut events: mpsc::Receiver<NetEvent>) {
@@ -90,6 +91,10 @@ impl Node {
     fn on_announce(&self, sender: PeerId, ann: Announce) -> bool {
         let now = self.now_ms();
         let key = ann.meta.key();
+        if varies_by_identity(&ann.meta.request.path) {
+            tracing::debug!(%sender, "announce of an identity-dependent answer");
+            return false;
+        }
         if let Err(e) = ann.meta.validate(&key, now) {
             tracing::debug!(%sender, "invalid announce: {e}");
             return false;
@@ -157,6 +162,7 @@ impl Node {
     fn answer_lookup(&self, l: Lookup) -> LookupReply {
         let local = self.local(&l.key);
         let view = LookupView {
+            shareable: !varies_by_identity(&l.request.path),
             fresh_local: local
                 .as_ref()
                 .is_some_and(|e| e.meta.is_fresh(self.now_ms())),
@@ -173,7 +179,8 @@ impl Node {
             (LookupAnswer::Pending, _) => LookupReply::Pending,
             (LookupAnswer::StartFetch, local) => {
                 // An expired copy, if any, makes the owner's fetch a free revalidation.
-                let _ = self.join_or_start(l.request, l.key, local, false);
+                // With our own token: an asker's token never leaves its node.
+                let _ = self.join_or_start(l.request, l.key, local, false, Credential::Node);
                 LookupReply::Pending
             }
             _ => LookupReply::NotFound,

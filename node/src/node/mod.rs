@@ -23,6 +23,7 @@
 //! `network/`; a counter is one line in `stats.rs` plus the line that increments it.
 
 mod fetch;
+mod gate;
 mod identity;
 mod inbound;
 mod peers;
@@ -92,6 +93,14 @@ pub enum NodeError {
         /// OS error.
         source: std::io::Error,
     },
+    /// The data dir belongs to another user.
+    #[error("data dir {path} belongs to another user (uid {owner}), who could read or replace the cache and the peer identity")]
+    DataDirOwner {
+        /// Data dir.
+        path: String,
+        /// Its owner's uid.
+        owner: u32,
+    },
     /// Networking could not start.
     #[error(transparent)]
     Network(#[from] network::NetError),
@@ -129,6 +138,8 @@ struct Inner {
     upstream: Arc<dyn Upstream>,
     mesh: Option<Mesh>,
     flights: Flights,
+    /// The cap on requests in flight to GitHub.
+    gate: gate::Gate,
     signals: Arc<Signals>,
     writer: Writer,
     counters: Counters,
@@ -175,6 +186,7 @@ impl Node {
         let keypair = load_or_create_identity(&cfg.data_dir.join("identity.key"))?;
         let peer_id = keypair.public().to_peer_id();
         let deadlines = cfg.deadlines;
+        let upstream_concurrency = cfg.upstream_concurrency;
         let mut registry = Registry::default();
         let counters = Counters::default();
         counters.register(&mut registry);
@@ -225,6 +237,7 @@ impl Node {
                 upstream,
                 mesh,
                 flights: Flights::default(),
+                gate: gate::Gate::new(upstream_concurrency),
                 signals: signals.clone(),
                 writer,
                 counters: counters.clone(),

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use ghmesh_protocol::wire::MAX_RR_MESSAGE;
 use ghmesh_protocol::{
-    Announce, BodyReply, CacheKey, CanonicalRequest, Entry, EntryMeta, FetchBody, Lookup,
-    LookupReply, Message,
+    varies_by_identity, Announce, BodyReply, CacheKey, CanonicalRequest, Entry, EntryMeta,
+    FetchBody, Lookup, LookupReply, Message,
 };
 use libp2p::PeerId;
 use tokio::sync::Notify;
@@ -186,6 +186,10 @@ impl Node {
     /// Checks a `Found` reply, fetches its body when it came without, stores it.
     async fn accept_found(&self, ann: Announce, from: PeerId) -> Option<Served> {
         let key = ann.meta.key();
+        if varies_by_identity(&ann.meta.request.path) {
+            self.distrust(from);
+            return None;
+        }
         if let Err(e) = ann.meta.validate(&key, self.now_ms()) {
             tracing::debug!(%from, "invalid lookup reply: {e}");
             self.distrust(from);

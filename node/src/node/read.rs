@@ -7,26 +7,35 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use ghmesh_protocol::{CacheKey, CanonicalRequest, Entry};
+use ghmesh_protocol::{varies_by_identity, CacheKey, CanonicalRequest, Entry};
 use tokio::sync::watch;
 
 use super::{GetError, Node, Served, MAX_INFLIGHT};
 use crate::config::MeshMode;
 use crate::policy;
-use crate::upstream::UpstreamError;
+use crate::upstream::{Conditional, Credential, UpstreamError, UpstreamResponse};
 
 use super::served::CacheStatus;
 
 type Outcome = Option<Result<Served, GetError>>;
 type Flight = watch::Receiver<Outcome>;
 
+/// A resolution: the key, and whose token fetches it (None: the node's). Readers
+/// with different tokens never join each other's flight: an error one token gets is
+/// never served to another.
+type FlightKey = (CacheKey, Option<[u8; 8]>);
+
 /// Keys being resolved on this node, each with the channel its result arrives on.
 #[derive(Default)]
-pub(super) struct Flights(Mutex<HashMap<CacheKey, Flight>>);
+pub(super) struct Flights(Mutex<HashMap<FlightKey, Flight>>);
 
 impl Flights {
+    /// Some resolution of `key` is in progress, whoever's token it uses.
     pub(super) fn contains(&self, key: &CacheKey) -> bool {
-        self.0.lock().map(|m| m.contains_key(key)).unwrap_or(false)
+        self.0
+            .lock()
+            .map(|m| m.keys().any(|(k, _)| k == key))
+            .unwrap_or(false)
     }
 
     /// Room for one more resolution.
@@ -37,7 +46,7 @@ impl Flights {
             .unwrap_or(false)
     }
 
-    fn remove(&self, key: &CacheKey) {
+    fn remove(&self, key: &FlightKey) {
         if let Ok(mut m) = self.0.lock() {
             m.remove(key);
         }
@@ -48,7 +57,7 @@ impl Flights {
 /// task is dropped at shutdown), so a later read never joins a flight that is gone.
 struct Landing<'a> {
     flights: &'a Flights,
-    key: CacheKey,
+    key: FlightKey,
 }
 
 impl Drop for Landing<'_> {
@@ -58,10 +67,24 @@ impl Drop for Landing<'_> {
 }
 
 impl Node {
-    /// Reads `req` through the cache.
+    /// Reads `req` through the cache with the node's own token.
     pub async fn get(&self, req: CanonicalRequest) -> Result<Served, GetError> {
+        self.get_as(req, Credential::Node).await
+    }
+
+    /// Reads `req` through the cache; on a miss upstream is asked with `cred`'s token.
+    /// Answers that vary by identity are never cached or shared: they go upstream
+    /// with `cred` each time.
+    pub async fn get_as(
+        &self,
+        req: CanonicalRequest,
+        cred: Credential,
+    ) -> Result<Served, GetError> {
         if self.inner.stopping.is_cancelled() {
             return Err(GetError::Closed);
+        }
+        if varies_by_identity(&req.path) {
+            return self.read_per_identity(req, cred).await;
         }
         let key = req.key();
         let local = self.local(&key);
@@ -72,7 +95,7 @@ impl Node {
                 return Ok(Served::entry(e.clone(), status));
             }
         }
-        let (flight, leader) = self.join_or_start(req, key, local, true);
+        let (flight, leader) = self.join_or_start(req, key, local, true, cred);
         let mut served = self.await_flight(flight).await?;
         if !leader {
             served.status = policy::joined_status(served.status);
@@ -89,17 +112,55 @@ impl Node {
         headers: Vec<(String, String)>,
         body: bytes::Bytes,
     ) -> Result<Served, GetError> {
-        self.inner.counters.upstream_calls.inc();
+        let _slot = self.upstream_slot().await?;
+        let upstream = &self.inner.upstream;
+        let sent = self
+            .call_upstream(upstream.forward(method, path_and_query, headers, body))
+            .await;
+        let resp = sent.or_else(held_refusal)?;
         self.inner.counters.bypass.inc();
-        let resp = tokio::time::timeout(
-            self.inner.deadlines.upstream,
-            self.inner
-                .upstream
-                .forward(method, path_and_query, headers, body),
-        )
-        .await
-        .map_err(|_| UpstreamError::Timeout)??;
         Ok(Served::upstream(resp, CacheStatus::Bypass))
+    }
+
+    /// A read whose answer varies by identity: straight upstream with `cred`, never
+    /// stored, announced or asked of peers.
+    async fn read_per_identity(
+        &self,
+        req: CanonicalRequest,
+        cred: Credential,
+    ) -> Result<Served, GetError> {
+        let _slot = self.upstream_slot().await?;
+        let upstream = &self.inner.upstream;
+        let sent = self
+            .call_upstream(upstream.fetch(&req, Conditional::default(), &cred))
+            .await;
+        let resp = sent.or_else(held_refusal)?;
+        self.inner.counters.bypass.inc();
+        Ok(Served::upstream(resp, CacheStatus::Bypass))
+    }
+
+    /// A place among the requests in flight to GitHub; `Busy` (counted) when the queue
+    /// is full. Held for the whole call.
+    pub(super) async fn upstream_slot(&self) -> Result<super::gate::Slot, GetError> {
+        self.inner.gate.enter().await.inspect_err(|_| {
+            self.inner.counters.upstream_busy.inc();
+        })
+    }
+
+    /// One upstream call within the upstream deadline, counted as sent or as refused
+    /// locally by a hold.
+    pub(super) async fn call_upstream(
+        &self,
+        call: impl std::future::Future<Output = Result<UpstreamResponse, UpstreamError>>,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let outcome = tokio::time::timeout(self.inner.deadlines.upstream, call)
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout));
+        match &outcome {
+            Err(UpstreamError::Held(_)) => self.inner.counters.upstream_held.inc(),
+            _ => self.inner.counters.upstream_calls.inc(),
+        };
+        outcome
     }
 
     /// The stored entry for `key`, fresh or not. A failed read is a miss: the read
@@ -141,24 +202,30 @@ impl Node {
         key: CacheKey,
         local: Option<Entry>,
         ask_peers: bool,
+        cred: Credential,
     ) -> (Flight, bool) {
+        let who = match &cred {
+            Credential::Node => None,
+            Credential::Client(t) => Some(t.fingerprint()),
+        };
+        let key_of_flight = (key, who);
         let Ok(mut map) = self.inner.flights.0.lock() else {
             let (_tx, rx) = watch::channel(Some(Err(GetError::Closed)));
             return (rx, true);
         };
-        if let Some(rx) = map.get(&key) {
+        if let Some(rx) = map.get(&key_of_flight) {
             return (rx.clone(), false);
         }
         let (tx, rx) = watch::channel(None);
-        map.insert(key, rx.clone());
+        map.insert(key_of_flight, rx.clone());
         drop(map);
         let node = self.clone();
         self.spawn(async move {
             let landing = Landing {
                 flights: &node.inner.flights,
-                key,
+                key: key_of_flight,
             };
-            let res = node.resolve(req, key, local, ask_peers).await;
+            let res = node.resolve(req, key, local, ask_peers, cred).await;
             // Remove first: a reader arriving after this sees the stored entry.
             drop(landing);
             let _ = tx.send(Some(res));
@@ -182,12 +249,21 @@ impl Node {
         key: CacheKey,
         local: Option<Entry>,
         ask_peers: bool,
+        cred: Credential,
     ) -> Result<Served, GetError> {
         if ask_peers && self.inner.cfg.mode == MeshMode::Mesh && self.inner.mesh.is_some() {
             if let Some(served) = self.ask_peers(&req, key).await {
                 return Ok(served);
             }
         }
-        self.fetch_upstream(req, key, local).await
+        self.fetch_upstream(req, key, local, cred).await
+    }
+}
+
+/// A held token's repeated refusal is GitHub's own answer, passed to this client.
+fn held_refusal(e: UpstreamError) -> Result<UpstreamResponse, GetError> {
+    match e {
+        UpstreamError::Held(resp) => Ok(*resp),
+        other => Err(other.into()),
     }
 }

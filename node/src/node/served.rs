@@ -110,4 +110,7 @@ pub enum GetError {
     /// The node is shutting down.
     #[error("node is shutting down")]
     Closed,
+    /// Too many requests are waiting for GitHub already; try again shortly.
+    #[error("too many requests are waiting for GitHub; retry shortly")]
+    Busy,
 }

@@ -1,20 +1,24 @@
 //! The real upstream: GitHub's REST API over reqwest (rustls).
 //!
-//! - Sends the token as `Authorization: Bearer …` and a User-Agent.
-//! - Tracks `x-ratelimit-*`. After a rate-limit answer (403/429 with
-//!   `x-ratelimit-remaining: 0` or `Retry-After`), it sends nothing upstream until the
-//!   reset time and answers with the same refusal at once: many runners retrying a
-//!   limited token would only extend the ban (no retry storm).
+//! - Cacheable reads go with the node's token (`Authorization: Bearer …`) or a local
+//!   client's own header ([`Credential`]); forwarded requests with exactly the client's
+//!   headers. A User-Agent on every request.
+//! - Tracks `x-ratelimit-*`, and holds a token after a rate-limit answer (primary or
+//!   secondary) per token and resource: see [`super::holds`].
 //! - Connect and whole-request timeouts; bodies over the size limit are refused.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use ghmesh_protocol::{entry::MAX_BODY_LEN, token_fingerprint, CanonicalRequest};
 
-use super::{BoxFuture, Conditional, RateLimit, Upstream, UpstreamError, UpstreamResponse};
+use super::holds::{resource_of_path, HoldKey, Holds};
+use super::{
+    BoxFuture, Conditional, Credential, RateLimit, Upstream, UpstreamError, UpstreamResponse,
+};
+use crate::clock::system_now_ms;
 
 /// Headers a client may not pass through (hop-by-hop, or ours to set).
 const DROP_REQUEST_HEADERS: &[&str] = &[
@@ -63,10 +67,9 @@ pub struct GithubClient {
 
 #[derive(Default)]
 struct LimitState {
+    /// The node token's last rate-limit headers (what stats report).
     last: RateLimit,
-    /// While set and in the future, answer `refusal` without calling GitHub.
-    blocked_until: Option<Instant>,
-    refusal: Option<UpstreamResponse>,
+    holds: Holds,
 }
 
 impl GithubClient {
@@ -88,34 +91,43 @@ impl GithubClient {
         })
     }
 
-    fn blocked(&self) -> Option<UpstreamResponse> {
+    /// GitHub's refusal to repeat while `token` is held for `resource`.
+    fn held(&self, token: Option<[u8; 8]>, resource: &str) -> Option<UpstreamResponse> {
+        let key = HoldKey {
+            token,
+            resource: resource.to_string(),
+        };
         let state = self.state.lock().ok()?;
-        match (state.blocked_until, &state.refusal) {
-            (Some(until), Some(resp)) if Instant::now() < until => Some(resp.clone()),
-            _ => None,
-        }
+        state.holds.held(&key, system_now_ms())
     }
 
-    fn observe(&self, resp: &UpstreamResponse) {
+    /// Records a response received with `token`: its rate-limit headers (the node's
+    /// own only) and its holds.
+    fn observe(&self, token: Option<[u8; 8]>, resource: &str, resp: &UpstreamResponse) {
         let Ok(mut state) = self.state.lock() else {
             return;
         };
-        if let Some(rl) = RateLimit::from_headers(&resp.headers) {
-            state.last = rl;
+        if token == self.token_fp {
+            if let Some(rl) = RateLimit::from_headers(&resp.headers) {
+                state.last = rl;
+            }
         }
-        if let Some(wait) = backoff(resp, unix_now()) {
-            // Bounded: a bogus header must not silence upstream for days.
-            let wait = wait.min(Duration::from_secs(3600));
+        if let Some(started) = state.holds.observe(token, resource, resp, system_now_ms()) {
+            let whose = if token == self.token_fp {
+                "the node's token"
+            } else {
+                "a client's token"
+            };
+            let kind = if started.secondary {
+                "secondary rate limit"
+            } else {
+                "rate limit"
+            };
             tracing::warn!(
                 status = resp.status,
-                wait_s = wait.as_secs(),
-                "GitHub rate limit reached; holding requests until reset"
+                wait_s = started.wait.as_secs(),
+                "GitHub {kind} for {whose}; holding its requests until then"
             );
-            state.blocked_until = Some(Instant::now() + wait);
-            state.refusal = Some(resp.clone());
-        } else if resp.status < 400 {
-            state.blocked_until = None;
-            state.refusal = None;
         }
     }
 
@@ -156,13 +168,11 @@ impl GithubClient {
             }
             body.extend_from_slice(&chunk);
         }
-        let resp = UpstreamResponse {
+        Ok(UpstreamResponse {
             status,
             headers,
             body: Bytes::from(body),
-        };
-        self.observe(&resp);
-        Ok(resp)
+        })
     }
 }
 
@@ -189,47 +199,18 @@ fn without_url(e: &reqwest::Error) -> String {
     msg
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// How long to hold requests after this response, if it is a rate-limit refusal:
-/// `Retry-After` seconds, else until `x-ratelimit-reset`, else a minute.
-pub fn backoff(resp: &UpstreamResponse, now_secs: u64) -> Option<Duration> {
-    let limited = resp.status == 429
-        || (resp.status == 403
-            && (resp.header("x-ratelimit-remaining") == Some("0")
-                || resp.header("retry-after").is_some()));
-    if !limited {
-        return None;
-    }
-    if let Some(secs) = resp
-        .header("retry-after")
-        .and_then(|v| v.trim().parse::<u64>().ok())
-    {
-        return Some(Duration::from_secs(secs));
-    }
-    if let Some(reset) = resp
-        .header("x-ratelimit-reset")
-        .and_then(|v| v.trim().parse::<u64>().ok())
-    {
-        return Some(Duration::from_secs(reset.saturating_sub(now_secs).max(1)));
-    }
-    Some(Duration::from_secs(60))
-}
-
 impl Upstream for GithubClient {
     fn fetch<'a>(
         &'a self,
         req: &'a CanonicalRequest,
         cond: Conditional,
+        cred: &'a Credential,
     ) -> BoxFuture<'a, Result<UpstreamResponse, UpstreamError>> {
         Box::pin(async move {
-            if let Some(refusal) = self.blocked() {
-                return Ok(refusal);
+            let token = self.fingerprint_of(cred);
+            let resource = resource_of_path(&req.path);
+            if let Some(refusal) = self.held(token, resource) {
+                return Err(UpstreamError::Held(Box::new(refusal)));
             }
             let mut headers = Vec::new();
             headers.push((
@@ -241,8 +222,13 @@ impl Upstream for GithubClient {
             if let Some(v) = &req.api_version {
                 headers.push(("x-github-api-version".into(), v.clone()));
             }
-            if let Some(t) = &self.token {
-                headers.push(("authorization".into(), format!("Bearer {t}")));
+            match cred {
+                Credential::Node => {
+                    if let Some(t) = &self.token {
+                        headers.push(("authorization".into(), format!("Bearer {t}")));
+                    }
+                }
+                Credential::Client(t) => headers.push(("authorization".into(), t.header().into())),
             }
             if let Some(etag) = cond.etag {
                 headers.push(("if-none-match".into(), etag));
@@ -252,8 +238,11 @@ impl Upstream for GithubClient {
             }
             let method = reqwest::Method::from_bytes(req.method.as_bytes())
                 .map_err(|_| UpstreamError::Unreachable("bad method".into()))?;
-            self.send(method, &req.path_and_query(), headers, None)
-                .await
+            let resp = self
+                .send(method, &req.path_and_query(), headers, None)
+                .await?;
+            self.observe(token, resource, &resp);
+            Ok(resp)
         })
     }
 
@@ -273,8 +262,18 @@ impl Upstream for GithubClient {
                 .into_iter()
                 .filter(|(k, _)| !DROP_REQUEST_HEADERS.contains(&k.to_ascii_lowercase().as_str()))
                 .collect();
+            let token = headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+                .map(|(_, v)| token_fingerprint(super::bare_token(v)));
+            let resource = resource_of_path(path_and_query.split('?').next().unwrap_or(""));
+            if let Some(refusal) = self.held(token, resource) {
+                return Err(UpstreamError::Held(Box::new(refusal)));
+            }
             let body = (!body.is_empty()).then_some(body);
-            self.send(method, path_and_query, headers, body).await
+            let resp = self.send(method, path_and_query, headers, body).await?;
+            self.observe(token, resource, &resp);
+            Ok(resp)
         })
     }
 
@@ -290,41 +289,6 @@ impl Upstream for GithubClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn resp(status: u16, h: &[(&str, &str)]) -> UpstreamResponse {
-        UpstreamResponse {
-            status,
-            headers: h
-                .iter()
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .collect(),
-            body: Bytes::new(),
-        }
-    }
-
-    #[test]
-    fn backoff_rules() {
-        assert_eq!(backoff(&resp(200, &[]), 0), None);
-        assert_eq!(backoff(&resp(403, &[]), 0), None);
-        assert_eq!(
-            backoff(&resp(429, &[("retry-after", "7")]), 0),
-            Some(Duration::from_secs(7))
-        );
-        assert_eq!(
-            backoff(
-                &resp(
-                    403,
-                    &[
-                        ("x-ratelimit-remaining", "0"),
-                        ("x-ratelimit-reset", "1100")
-                    ]
-                ),
-                1000
-            ),
-            Some(Duration::from_secs(100))
-        );
-        assert_eq!(backoff(&resp(429, &[]), 0), Some(Duration::from_secs(60)));
-    }
 
     #[test]
     fn debug_hides_token() {

@@ -2,6 +2,7 @@
 //! testable without HTTP; [`github::GithubClient`] is the real one.
 
 pub mod github;
+pub mod holds;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -74,6 +75,74 @@ impl UpstreamResponse {
     }
 }
 
+/// Whose token a read is sent with.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// The node's own token (or anonymous when it has none): lent to cacheable reads.
+    Node,
+    /// A local client's own `Authorization`, sent exactly as the client sent it.
+    Client(ClientToken),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Node => f.write_str("Node"),
+            Self::Client(t) => write!(f, "Client({})", hex_fp(&t.fingerprint)),
+        }
+    }
+}
+
+fn hex_fp(fp: &[u8; 8]) -> String {
+    fp.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A client's `Authorization` header: the value to send, and the fingerprint that
+/// keys its ETags and rate-limit holds. Never logged (its `Debug` shows only the
+/// fingerprint).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientToken {
+    header: String,
+    fingerprint: [u8; 8],
+}
+
+impl ClientToken {
+    /// From an `Authorization` value (`Bearer …`, `token …`, or a bare token).
+    pub fn from_header(value: &str) -> Self {
+        Self {
+            header: value.to_string(),
+            fingerprint: ghmesh_protocol::token_fingerprint(bare_token(value)),
+        }
+    }
+
+    /// The header value, exactly as the client sent it.
+    pub fn header(&self) -> &str {
+        &self.header
+    }
+
+    /// Fingerprint of the token.
+    pub fn fingerprint(&self) -> [u8; 8] {
+        self.fingerprint
+    }
+}
+
+impl std::fmt::Debug for ClientToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClientToken({})", hex_fp(&self.fingerprint))
+    }
+}
+
+/// The token in an `Authorization` value, without its scheme.
+pub fn bare_token(value: &str) -> &str {
+    let v = value.trim();
+    for scheme in ["Bearer ", "bearer ", "token ", "Token "] {
+        if let Some(t) = v.strip_prefix(scheme) {
+            return t.trim();
+        }
+    }
+    v
+}
+
 /// Failures that produced no HTTP response.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum UpstreamError {
@@ -86,6 +155,10 @@ pub enum UpstreamError {
     /// The response body exceeded the size limit.
     #[error("upstream response too large")]
     TooLarge,
+    /// Not sent: this token is held after a rate-limit answer; GitHub's refusal is
+    /// repeated instead.
+    #[error("upstream rate limit: held until it resets")]
+    Held(Box<UpstreamResponse>),
 }
 
 /// What a response means for the cache.
@@ -122,6 +195,24 @@ pub fn classify(status: u16, headers: &[(String, String)]) -> Verdict {
     }
 }
 
+/// A GitHub secondary rate limit: a 403 or 429 whose message says so (GitHub sends it
+/// with quota left, with or without `retry-after`).
+pub fn is_secondary_limit(resp: &UpstreamResponse) -> bool {
+    matches!(resp.status, 403 | 429)
+        && String::from_utf8_lossy(&resp.body[..resp.body.len().min(4096)])
+            .to_ascii_lowercase()
+            .contains("secondary rate limit")
+}
+
+/// [`classify`], also reading the body for GitHub's secondary rate limit.
+pub fn classify_response(resp: &UpstreamResponse) -> Verdict {
+    if is_secondary_limit(resp) {
+        Verdict::Failure
+    } else {
+        classify(resp.status, &resp.headers)
+    }
+}
+
 /// Last known rate-limit state of the upstream token.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RateLimit {
@@ -153,11 +244,13 @@ impl RateLimit {
 
 /// Where misses are answered.
 pub trait Upstream: Send + Sync + 'static {
-    /// A cacheable GET (conditional when `cond` has validators).
+    /// A cacheable GET (conditional when `cond` has validators), with `cred`'s token.
+    /// A token held after a rate-limit answer is not sent: [`UpstreamError::Held`].
     fn fetch<'a>(
         &'a self,
         req: &'a CanonicalRequest,
         cond: Conditional,
+        cred: &'a Credential,
     ) -> BoxFuture<'a, Result<UpstreamResponse, UpstreamError>>;
 
     /// Any other request, passed through untouched (non-GET, or a client's own token)
@@ -170,8 +263,16 @@ pub trait Upstream: Send + Sync + 'static {
         body: Bytes,
     ) -> BoxFuture<'a, Result<UpstreamResponse, UpstreamError>>;
 
-    /// Fingerprint of the token used for `fetch` (None: anonymous).
+    /// Fingerprint of the node's own token (None: anonymous).
     fn token_fingerprint(&self) -> Option<[u8; 8]>;
+
+    /// Fingerprint of the token `cred` sends (None: anonymous).
+    fn fingerprint_of(&self, cred: &Credential) -> Option<[u8; 8]> {
+        match cred {
+            Credential::Node => self.token_fingerprint(),
+            Credential::Client(t) => Some(t.fingerprint()),
+        }
+    }
 
     /// Last rate-limit state seen.
     fn rate_limit(&self) -> RateLimit;

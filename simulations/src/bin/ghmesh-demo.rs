@@ -52,8 +52,10 @@ async fn start(
     tokio::spawn(api::serve(
         node.clone(),
         listener,
-        gh.url(),
-        Vec::new(),
+        api::ApiConfig {
+            upstream_base: gh.url(),
+            ..Default::default()
+        },
         std::future::pending(),
     ));
     println!("  node {i}: API http://{addr}  peer {}", node.peer_id());

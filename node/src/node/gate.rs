@@ -1,0 +1,81 @@
+//! The cap on requests in flight to GitHub, with a bounded first-come-first-served
+//! queue: beyond it a request is refused at once (the client gets `503` and
+//! `retry-after`), never left hanging.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::GetError;
+
+/// Requests that may wait, per request allowed in flight.
+const QUEUE_PER_SLOT: usize = 32;
+
+/// The upstream gate.
+pub(crate) struct Gate {
+    slots: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    max_waiting: usize,
+}
+
+/// A place in flight; released on drop.
+pub(crate) struct Slot {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Gate {
+    /// At most `concurrency` in flight (at least one), `32 × concurrency` waiting.
+    pub(crate) fn new(concurrency: usize) -> Self {
+        let concurrency = concurrency.max(1);
+        Self {
+            slots: Arc::new(Semaphore::new(concurrency)),
+            waiting: AtomicUsize::new(0),
+            max_waiting: concurrency * QUEUE_PER_SLOT,
+        }
+    }
+
+    /// Waits for a slot (tokio's semaphore serves waiters in order); `Busy` when the
+    /// queue is full.
+    pub(crate) async fn enter(&self) -> Result<Slot, GetError> {
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return Ok(Slot { _permit: permit });
+        }
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.max_waiting {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(GetError::Busy);
+        }
+        let permit = self.slots.clone().acquire_owned().await;
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        permit
+            .map(|p| Slot { _permit: p })
+            .map_err(|_| GetError::Closed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn at_most_n_in_flight_and_a_bounded_queue() {
+        let gate = Arc::new(Gate::new(1));
+        let first = gate.enter().await.unwrap();
+        let mut waiters = Vec::new();
+        for _ in 0..QUEUE_PER_SLOT {
+            let g = gate.clone();
+            waiters.push(tokio::spawn(async move { g.enter().await.map(|_| ()) }));
+        }
+        // Let every waiter queue up.
+        while gate.waiting.load(Ordering::SeqCst) < QUEUE_PER_SLOT {
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(gate.enter().await, Err(GetError::Busy)));
+        drop(first);
+        for w in waiters {
+            w.await.unwrap().unwrap();
+        }
+        assert!(gate.enter().await.is_ok(), "room again");
+    }
+}

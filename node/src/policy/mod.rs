@@ -1,0 +1,273 @@
+//! The read path's decisions, as plain functions of their inputs and `now`.
+//!
+//! Async code in [`crate::node`] gathers the inputs (store, member view, in-flight
+//! table, a peer's reply, upstream's answer), calls one of these, and carries out what
+//! it returns. Nothing here locks, sleeps, seals or counts, so every branch has a unit
+//! test below, and a simulator can drive the same rules with simulated time.
+
+use std::time::Duration;
+
+use ghmesh_protocol::entry::{MAX_BODY_LEN, MAX_CLOCK_SKEW_MS, MAX_TTL_MS};
+use ghmesh_protocol::{merge, Announce, CacheKey, EntryMeta, LookupReply, Merge, Refresh};
+use libp2p::PeerId;
+
+use crate::config::MeshMode;
+use crate::node::CacheStatus;
+use crate::placement;
+use crate::upstream::{classify_response, UpstreamError, UpstreamResponse, Verdict};
+
+/// Members asked (besides the owner) on a miss, without asking them to fetch.
+pub const EXTRA_ASKS: usize = 2;
+/// Bodies announced without data are pulled at once up to this size (larger ones when
+/// first read): one transfer per node, instead of gossip's push to every mesh peer.
+pub const PREFETCH_MAX_BODY: u64 = 512 * 1024;
+
+/// How a fresh local entry is reported: `hit` when this node fetched it, else `peer`.
+pub fn local_status(meta: &EntryMeta, me: &str) -> CacheStatus {
+    if meta.origin == me {
+        CacheStatus::Hit
+    } else {
+        CacheStatus::Peer
+    }
+}
+
+/// What a reader that joined another reader's flight reports: it spent nothing, so
+/// `coalesced`, unless the answer was an old copy (`stale` stays `stale`).
+pub fn joined_status(leader: CacheStatus) -> CacheStatus {
+    match leader {
+        CacheStatus::Stale => CacheStatus::Stale,
+        _ => CacheStatus::Coalesced,
+    }
+}
+
+/// Whom to ask on a miss.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerPlan {
+    /// The key's owner, asked to fetch for everyone; `None` when we own it ourselves.
+    pub owner: Option<PeerId>,
+    /// Next-ranked members, asked only whether they hold the entry (a late joiner's
+    /// owner may not, but every member that heard the announce does).
+    pub others: Vec<PeerId>,
+}
+
+/// Ranks `members` and `me` by rendezvous hashing on `key`. `None`: nobody to ask.
+pub fn plan_peer_phase(key: &CacheKey, me: PeerId, members: &[PeerId]) -> Option<PeerPlan> {
+    let ranked = placement::ranked(key, members.iter().copied().chain([me]));
+    let first = *ranked.first()?;
+    let owner = (first != me).then_some(first);
+    let others: Vec<PeerId> = ranked
+        .into_iter()
+        .filter(|p| *p != me && Some(*p) != owner)
+        .take(EXTRA_ASKS)
+        .collect();
+    if owner.is_none() && others.is_empty() {
+        return None;
+    }
+    Some(PeerPlan { owner, others })
+}
+
+/// The next step after the owner's answer to a lookup with `fetch: true`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OwnerStep {
+    /// It had the entry: check and store it.
+    Accept(Box<Announce>),
+    /// It is fetching (or was asked to): wait for its announce.
+    Wait,
+    /// It has nothing, or did not answer in time: ask the others.
+    AskOthers,
+}
+
+/// Decides what follows the owner's reply (`None`: no answer within the budget).
+pub fn after_owner_reply(reply: Option<LookupReply>) -> OwnerStep {
+    match reply {
+        Some(LookupReply::Found(ann)) => OwnerStep::Accept(ann),
+        Some(LookupReply::Pending) => OwnerStep::Wait,
+        Some(LookupReply::NotFound) | None => OwnerStep::AskOthers,
+    }
+}
+
+/// The next step while waiting for an owner that said `Pending`, after re-polling it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RepollStep {
+    /// It has the entry now.
+    Accept(Box<Announce>),
+    /// Still fetching, or the re-poll got no answer: keep waiting until the deadline.
+    KeepWaiting,
+    /// It finished without a cacheable answer (an error, a failure): stop waiting.
+    GiveUp,
+}
+
+/// Decides what follows a re-poll of a `Pending` owner.
+pub fn after_repoll(reply: Option<LookupReply>) -> RepollStep {
+    match reply {
+        Some(LookupReply::Found(ann)) => RepollStep::Accept(ann),
+        Some(LookupReply::Pending) | None => RepollStep::KeepWaiting,
+        Some(LookupReply::NotFound) => RepollStep::GiveUp,
+    }
+}
+
+/// The interval before the next re-poll: doubling, up to `max`.
+pub fn next_repoll(current: Duration, max: Duration) -> Duration {
+    (current * 2).min(max)
+}
+
+/// How this node answers a peer's lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupAnswer {
+    /// Send the fresh entry we hold.
+    Found,
+    /// We are resolving the key already; the asker waits for our announce.
+    Pending,
+    /// Start resolving it for everyone (we own it), then answer `Pending`.
+    StartFetch,
+    /// Nothing to offer.
+    NotFound,
+}
+
+/// What this node knows about a looked-up key when it answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LookupView {
+    /// The answer may be shared at all (it does not vary by identity).
+    pub shareable: bool,
+    /// We hold a fresh entry.
+    pub fresh_local: bool,
+    /// We are resolving the key right now.
+    pub in_flight: bool,
+    /// The asker wants us to fetch on a miss (we are its owner).
+    pub fetch_asked: bool,
+    /// Mesh or broadcast (broadcast never fetches for others).
+    pub mode: MeshMode,
+    /// Room for one more resolution in the in-flight table.
+    pub room: bool,
+}
+
+/// Decides the answer to a lookup.
+pub fn answer_lookup(v: LookupView) -> LookupAnswer {
+    if !v.shareable {
+        LookupAnswer::NotFound
+    } else if v.fresh_local {
+        LookupAnswer::Found
+    } else if v.in_flight {
+        LookupAnswer::Pending
+    } else if v.fetch_asked && v.mode == MeshMode::Mesh && v.room {
+        LookupAnswer::StartFetch
+    } else {
+        LookupAnswer::NotFound
+    }
+}
+
+/// What to do with upstream's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamAction {
+    /// A 200 within size: store it durably, announce it, serve it as `miss`.
+    Store,
+    /// A 304 for our copy: extend its freshness here and on every peer.
+    Refresh,
+    /// Upstream failed (5xx, rate limit, timeout, unreachable) and we hold a copy.
+    ServeStale,
+    /// Any other answer: pass it to this client only, never cache or share it.
+    PassThrough,
+    /// No answer at all and no copy: the read fails.
+    Fail,
+}
+
+/// Decides what upstream's outcome means, given whether an old copy is held.
+pub fn after_upstream(
+    outcome: Result<&UpstreamResponse, &UpstreamError>,
+    have_copy: bool,
+) -> UpstreamAction {
+    let resp = match outcome {
+        Ok(r) => r,
+        Err(_) if have_copy => return UpstreamAction::ServeStale,
+        // Held: GitHub's own refusal, repeated, goes to this client.
+        Err(UpstreamError::Held(_)) => return UpstreamAction::PassThrough,
+        Err(_) => return UpstreamAction::Fail,
+    };
+    match classify_response(resp) {
+        Verdict::Cacheable if resp.body.len() <= MAX_BODY_LEN => UpstreamAction::Store,
+        Verdict::NotModified if have_copy => UpstreamAction::Refresh,
+        Verdict::Failure if have_copy => UpstreamAction::ServeStale,
+        _ => UpstreamAction::PassThrough,
+    }
+}
+
+/// The headers of a copy revalidated by a 304: the held ones, each replaced by the
+/// 304's value when it sent one (RFC 9111 §4.3.4), new kept headers added.
+pub fn merge_304_headers(
+    held: &[(String, String)],
+    not_modified: &[(String, String)],
+) -> Vec<(String, String)> {
+    let mut merged = held.to_vec();
+    for (k, v) in kept_headers(not_modified) {
+        match merged.iter_mut().find(|(mk, _)| *mk == k) {
+            Some(slot) => slot.1 = v,
+            None => merged.push((k, v)),
+        }
+    }
+    merged
+}
+
+/// The response headers an entry keeps.
+pub fn kept_headers(headers: &[(String, String)]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(k, _)| ghmesh_protocol::entry::KEPT_HEADERS.contains(&k.as_str()))
+        .cloned()
+        .collect()
+}
+
+/// Why a peer's `Refresh` is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RefreshError {
+    /// Fresh until before it was fetched.
+    #[error("fresh before fetched")]
+    Inverted,
+    /// Longer than any entry may be fresh.
+    #[error("freshness too long")]
+    TooLong,
+    /// Fetched further in the future than clock skew explains.
+    #[error("fetched in the future")]
+    FromFuture,
+}
+
+/// Checks a peer's `Refresh` on its own, at `now_ms`.
+pub fn check_refresh(r: &Refresh, now_ms: u64) -> Result<(), RefreshError> {
+    if r.fresh_until_ms < r.fetched_at_ms {
+        Err(RefreshError::Inverted)
+    } else if r.fresh_until_ms - r.fetched_at_ms > MAX_TTL_MS {
+        Err(RefreshError::TooLong)
+    } else if r.fetched_at_ms > now_ms.saturating_add(MAX_CLOCK_SKEW_MS) {
+        Err(RefreshError::FromFuture)
+    } else {
+        Ok(())
+    }
+}
+
+/// Does a (checked) `Refresh` change what we hold? Only for the same body, and only
+/// forward: a refresh never shortens freshness or applies to another version.
+pub fn refresh_applies(held: Option<&EntryMeta>, r: &Refresh) -> bool {
+    held.is_some_and(|h| h.cid == r.cid && r.fresh_until_ms > h.fresh_until_ms)
+}
+
+/// What to do with an announce that came without its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodylessAction {
+    /// We hold the same or a newer version.
+    Ignore,
+    /// Remember who has it; pull the body when it is first read.
+    Remember,
+    /// Remember it and pull the body now (small enough).
+    Prefetch,
+}
+
+/// Decides about an announce without body, given what we hold for its key.
+pub fn on_bodyless(held: Option<&EntryMeta>, incoming: &EntryMeta) -> BodylessAction {
+    match merge(held, incoming) {
+        Merge::Store if incoming.body_len <= PREFETCH_MAX_BODY => BodylessAction::Prefetch,
+        Merge::Store => BodylessAction::Remember,
+        Merge::Extend { .. } | Merge::Keep => BodylessAction::Ignore,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,311 @@
+//! Every branch of every decision in the policy module.
+#![allow(clippy::unwrap_used)]
+use super::*;
+use bytes::Bytes;
+use ghmesh_protocol::{CanonicalRequest, Entry};
+
+fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+fn entry(body: &[u8], fetched: u64, fresh: u64) -> Entry {
+    Entry::new(
+        CanonicalRequest::get("/repos/o/r").unwrap(),
+        h(&[("etag", "\"a\"")]),
+        body.to_vec(),
+        None,
+        fetched,
+        fresh,
+        "me".into(),
+    )
+}
+
+fn resp(status: u16, headers: &[(&str, &str)], body_len: usize) -> UpstreamResponse {
+    UpstreamResponse {
+        status,
+        headers: h(headers),
+        body: Bytes::from(vec![b'x'; body_len]),
+    }
+}
+
+fn found() -> LookupReply {
+    LookupReply::Found(Box::new(Announce::of(&entry(b"{}", 1, 2))))
+}
+
+#[test]
+fn local_and_joined_status() {
+    let e = entry(b"{}", 1, 2);
+    assert_eq!(local_status(&e.meta, "me"), CacheStatus::Hit);
+    assert_eq!(local_status(&e.meta, "someone else"), CacheStatus::Peer);
+    assert_eq!(joined_status(CacheStatus::Miss), CacheStatus::Coalesced);
+    assert_eq!(joined_status(CacheStatus::Peer), CacheStatus::Coalesced);
+    assert_eq!(
+        joined_status(CacheStatus::Revalidated),
+        CacheStatus::Coalesced
+    );
+    assert_eq!(joined_status(CacheStatus::Stale), CacheStatus::Stale);
+}
+
+#[test]
+fn peer_plan() {
+    let key = CanonicalRequest::get("/x").unwrap().key();
+    let me = PeerId::random();
+    assert_eq!(plan_peer_phase(&key, me, &[]), None, "alone: nobody to ask");
+    let members: Vec<PeerId> = (0..5).map(|_| PeerId::random()).collect();
+    let plan = plan_peer_phase(&key, me, &members).unwrap();
+    let ranked = placement::ranked(&key, members.iter().copied().chain([me]));
+    let expected_owner = (ranked[0] != me).then_some(ranked[0]);
+    assert_eq!(plan.owner, expected_owner);
+    assert_eq!(plan.others.len(), EXTRA_ASKS);
+    assert!(!plan.others.contains(&me));
+    assert!(plan.owner.is_none_or(|o| !plan.others.contains(&o)));
+    // We own some key among many: then only others are asked.
+    let owned = (0..200)
+        .map(|i| CanonicalRequest::get(&format!("/k/{i}")).unwrap().key())
+        .find(|k| placement::owner(k, members.iter().copied().chain([me])) == Some(me))
+        .unwrap();
+    let plan = plan_peer_phase(&owned, me, &members).unwrap();
+    assert_eq!(plan.owner, None);
+    assert_eq!(plan.others.len(), EXTRA_ASKS);
+    // One other member that is not the owner of a key we own: asked without fetch.
+    let one = [members[0]];
+    let k = (0..200)
+        .map(|i| CanonicalRequest::get(&format!("/j/{i}")).unwrap().key())
+        .find(|k| placement::owner(k, [me, members[0]]) == Some(me))
+        .unwrap();
+    let plan = plan_peer_phase(&k, me, &one).unwrap();
+    assert_eq!(plan.owner, None);
+    assert_eq!(plan.others, vec![members[0]]);
+}
+
+#[test]
+fn owner_reply_steps() {
+    assert!(matches!(
+        after_owner_reply(Some(found())),
+        OwnerStep::Accept(_)
+    ));
+    assert_eq!(
+        after_owner_reply(Some(LookupReply::Pending)),
+        OwnerStep::Wait
+    );
+    assert_eq!(
+        after_owner_reply(Some(LookupReply::NotFound)),
+        OwnerStep::AskOthers
+    );
+    assert_eq!(after_owner_reply(None), OwnerStep::AskOthers);
+}
+
+#[test]
+fn repoll_steps_and_backoff() {
+    assert!(matches!(after_repoll(Some(found())), RepollStep::Accept(_)));
+    assert_eq!(
+        after_repoll(Some(LookupReply::Pending)),
+        RepollStep::KeepWaiting
+    );
+    assert_eq!(after_repoll(None), RepollStep::KeepWaiting);
+    assert_eq!(
+        after_repoll(Some(LookupReply::NotFound)),
+        RepollStep::GiveUp
+    );
+    let max = Duration::from_secs(1);
+    assert_eq!(
+        next_repoll(Duration::from_millis(50), max),
+        Duration::from_millis(100)
+    );
+    assert_eq!(next_repoll(Duration::from_millis(800), max), max);
+}
+
+#[test]
+fn lookup_answers() {
+    let base = LookupView {
+        shareable: true,
+        fresh_local: false,
+        in_flight: false,
+        fetch_asked: true,
+        mode: MeshMode::Mesh,
+        room: true,
+    };
+    assert_eq!(answer_lookup(base), LookupAnswer::StartFetch);
+    let fresh = LookupView {
+        fresh_local: true,
+        in_flight: true,
+        ..base
+    };
+    assert_eq!(answer_lookup(fresh), LookupAnswer::Found);
+    let busy = LookupView {
+        in_flight: true,
+        ..base
+    };
+    assert_eq!(answer_lookup(busy), LookupAnswer::Pending);
+    let not_asked = LookupView {
+        fetch_asked: false,
+        ..base
+    };
+    assert_eq!(answer_lookup(not_asked), LookupAnswer::NotFound);
+    let broadcast = LookupView {
+        mode: MeshMode::Broadcast,
+        ..base
+    };
+    assert_eq!(answer_lookup(broadcast), LookupAnswer::NotFound);
+    let full = LookupView {
+        room: false,
+        ..base
+    };
+    assert_eq!(answer_lookup(full), LookupAnswer::NotFound);
+    let per_identity = LookupView {
+        shareable: false,
+        fresh_local: true,
+        in_flight: true,
+        ..base
+    };
+    assert_eq!(
+        answer_lookup(per_identity),
+        LookupAnswer::NotFound,
+        "never answered, never fetched for another node"
+    );
+}
+
+#[test]
+fn upstream_actions() {
+    let ok = resp(200, &[], 10);
+    assert_eq!(after_upstream(Ok(&ok), false), UpstreamAction::Store);
+    assert_eq!(after_upstream(Ok(&ok), true), UpstreamAction::Store);
+    let huge = resp(200, &[], MAX_BODY_LEN + 1);
+    assert_eq!(
+        after_upstream(Ok(&huge), false),
+        UpstreamAction::PassThrough
+    );
+    let nm = resp(304, &[], 0);
+    assert_eq!(after_upstream(Ok(&nm), true), UpstreamAction::Refresh);
+    assert_eq!(after_upstream(Ok(&nm), false), UpstreamAction::PassThrough);
+    let down = resp(502, &[], 0);
+    assert_eq!(after_upstream(Ok(&down), true), UpstreamAction::ServeStale);
+    assert_eq!(
+        after_upstream(Ok(&down), false),
+        UpstreamAction::PassThrough
+    );
+    let limited = resp(403, &[("x-ratelimit-remaining", "0")], 0);
+    assert_eq!(
+        after_upstream(Ok(&limited), true),
+        UpstreamAction::ServeStale
+    );
+    let missing = resp(404, &[], 0);
+    assert_eq!(
+        after_upstream(Ok(&missing), true),
+        UpstreamAction::PassThrough
+    );
+    let err = UpstreamError::Timeout;
+    assert_eq!(after_upstream(Err(&err), true), UpstreamAction::ServeStale);
+    assert_eq!(after_upstream(Err(&err), false), UpstreamAction::Fail);
+    let held = UpstreamError::Held(Box::new(limited.clone()));
+    assert_eq!(after_upstream(Err(&held), true), UpstreamAction::ServeStale);
+    assert_eq!(
+        after_upstream(Err(&held), false),
+        UpstreamAction::PassThrough
+    );
+    let mut secondary = resp(403, &[("x-ratelimit-remaining", "4000")], 0);
+    secondary.body = Bytes::from_static(
+        b"{\"message\":\"You have exceeded a secondary rate limit. Please wait.\"}",
+    );
+    assert_eq!(
+        after_upstream(Ok(&secondary), true),
+        UpstreamAction::ServeStale
+    );
+    assert_eq!(
+        after_upstream(Ok(&secondary), false),
+        UpstreamAction::PassThrough
+    );
+}
+
+#[test]
+fn not_modified_header_merge() {
+    let held = h(&[
+        ("content-type", "application/json"),
+        ("etag", "\"old\""),
+        ("cache-control", "max-age=60"),
+    ]);
+    let nm = h(&[
+        ("etag", "\"new\""),
+        ("cache-control", "max-age=120"),
+        ("x-github-media-type", "github.v3"),
+        ("x-ratelimit-remaining", "10"),
+    ]);
+    assert_eq!(
+        merge_304_headers(&held, &nm),
+        h(&[
+            ("content-type", "application/json"),
+            ("etag", "\"new\""),
+            ("cache-control", "max-age=120"),
+            ("x-github-media-type", "github.v3"),
+        ]),
+        "replaced in place, new kept headers added, others dropped"
+    );
+    assert_eq!(merge_304_headers(&held, &[]), held);
+}
+
+#[test]
+fn refresh_checks_and_application() {
+    let e = entry(b"{}", 1_000, 2_000);
+    let r = |fetched, fresh| Refresh {
+        key: e.meta.key(),
+        cid: e.meta.cid.clone(),
+        fetched_at_ms: fetched,
+        fresh_until_ms: fresh,
+    };
+    let now = 10_000_000;
+    assert_eq!(check_refresh(&r(now, now + 60_000), now), Ok(()));
+    assert_eq!(
+        check_refresh(&r(now, now - 1), now),
+        Err(RefreshError::Inverted)
+    );
+    assert_eq!(
+        check_refresh(&r(now, now + MAX_TTL_MS + 1), now),
+        Err(RefreshError::TooLong)
+    );
+    let future = now + MAX_CLOCK_SKEW_MS + 1;
+    assert_eq!(
+        check_refresh(&r(future, future + 1), now),
+        Err(RefreshError::FromFuture)
+    );
+    assert!(refresh_applies(Some(&e.meta), &r(1_500, 3_000)));
+    assert!(
+        !refresh_applies(Some(&e.meta), &r(1_500, 2_000)),
+        "not forward"
+    );
+    assert!(!refresh_applies(None, &r(1_500, 3_000)), "not held");
+    let other = entry(b"[]", 1_000, 2_000);
+    let mut wrong = r(1_500, 3_000);
+    wrong.cid = other.meta.cid.clone();
+    assert!(!refresh_applies(Some(&e.meta), &wrong), "other version");
+}
+
+#[test]
+fn bodyless_announces() {
+    let held = entry(b"{}", 1_000, 2_000);
+    let newer_small = entry(b"[1]", 1_500, 3_000);
+    assert_eq!(
+        on_bodyless(Some(&held.meta), &newer_small.meta),
+        BodylessAction::Prefetch
+    );
+    assert_eq!(
+        on_bodyless(None, &newer_small.meta),
+        BodylessAction::Prefetch
+    );
+    let mut newer_big = newer_small.meta.clone();
+    newer_big.body_len = PREFETCH_MAX_BODY + 1;
+    assert_eq!(on_bodyless(None, &newer_big), BodylessAction::Remember);
+    let older = entry(b"[1]", 500, 3_000);
+    assert_eq!(
+        on_bodyless(Some(&held.meta), &older.meta),
+        BodylessAction::Ignore
+    );
+    let same = entry(b"{}", 1_200, 4_000);
+    assert_eq!(
+        on_bodyless(Some(&held.meta), &same.meta),
+        BodylessAction::Ignore,
+        "same body: a freshness extension, nothing to pull"
+    );
+}
