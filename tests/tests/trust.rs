@@ -373,3 +373,25 @@ async fn a_full_upstream_queue_answers_503_with_retry_after() {
         Some(busy.len() as u64)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_hung_request_exits_0_within_the_bound() {
+    let gh = FakeGithub::start().await.unwrap();
+    gh.set_fault(ghmesh_tests::fake_github::Fault::Hang);
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = node(&gh, &dir, &[]).await;
+    let url = format!("{}/repos/acme/hung", n.base());
+    let hung = tokio::spawn(async move { http_get(&url).await });
+    let start = std::time::Instant::now();
+    while gh.total_requests() == 0 {
+        assert!(start.elapsed() < std::time::Duration::from_secs(10));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // 5 s for requests in flight, then the node's own shutdown (5 s for its tasks).
+    let bound = std::time::Duration::from_secs(20);
+    let code = tokio::time::timeout(bound, n.terminate())
+        .await
+        .expect("exits within the bound");
+    assert_eq!(code, Some(0));
+    hung.abort();
+}

@@ -1,12 +1,12 @@
 //! The `ghmesh` command line (contract §1, §3, §5).
 
-pub mod api_cmd;
-pub mod daemon;
+pub(crate) mod api_cmd;
+pub(crate) mod daemon;
 mod info;
 pub mod jq;
 mod jq_render;
 mod notify;
-pub mod settings;
+pub(crate) mod settings;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
