@@ -34,6 +34,11 @@ pub const KEPT_HEADERS: &[&str] = &[
     "link",
     "x-github-media-type",
     "cache-control",
+    "vary",
+    "x-github-api-version-selected",
+    // Which limit the endpoint counts against: a property of the endpoint, not of the
+    // moment, unlike the other x-ratelimit-* headers.
+    "x-ratelimit-resource",
 ];
 
 /// The CIDv1 (raw codec, sha2-256) of a body.

@@ -24,6 +24,9 @@ pub mod wire;
 pub use entry::{body_cid, cid_string, merge, Entry, EntryMeta, Merge, ValidationError};
 pub use freshness::{freshness_ttl_secs, EndpointClass};
 pub use keys::{token_fingerprint, MeshKeys, PBKDF2_ROUNDS};
-pub use request::{is_safe_path, varies_by_identity, CacheKey, CanonicalRequest, RequestError};
+pub use request::{
+    is_default_json_accept, is_safe_path, varies_by_identity, CacheKey, CanonicalRequest,
+    RequestError,
+};
 pub use seal::{open, seal, OpenError, SealLimits};
 pub use wire::{Announce, BodyReply, FetchBody, Lookup, LookupReply, Message, Refresh};

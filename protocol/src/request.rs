@@ -88,7 +88,8 @@ pub struct CanonicalRequest {
     pub path: String,
     /// Query parameters as sent (not percent-decoded), sorted by name then value.
     pub query: Vec<(String, String)>,
-    /// Lower-cased `Accept` header, when the client sent one.
+    /// Lower-cased `Accept` header, when the client asked for something other than
+    /// GitHub's default JSON representation (see [`is_default_json_accept`]).
     pub accept: Option<String>,
     /// `X-GitHub-Api-Version`, when the client sent one.
     pub api_version: Option<String>,
@@ -177,7 +178,7 @@ impl CanonicalRequest {
             method: method.to_ascii_uppercase(),
             path: path.to_string(),
             query: params,
-            accept: clean_header(accept, true)?,
+            accept: clean_header(accept, true)?.filter(|a| !is_default_json_accept(a)),
             api_version: clean_header(api_version, false)?,
         })
     }
@@ -191,7 +192,8 @@ impl CanonicalRequest {
     /// requests can produce the same byte string.
     pub fn key(&self) -> CacheKey {
         let mut h = Sha256::new();
-        h.update(b"ghmesh/request/v1\0");
+        // v2: the default JSON media type in all its spellings is one key (no Accept).
+        h.update(b"ghmesh/request/v2\0");
         let mut field = |bytes: &[u8]| {
             h.update((bytes.len() as u64).to_be_bytes());
             h.update(bytes);
@@ -244,6 +246,26 @@ impl CanonicalRequest {
     }
 }
 
+/// Does this `Accept` select GitHub's default JSON representation? Absent, empty,
+/// `*/*`, `application/json`, `application/vnd.github+json` and
+/// `application/vnd.github.v3+json` all do, with any parameters or q-values: GitHub
+/// answers them with the same body, so they share one cache entry. Other media types
+/// (`.raw`, `.html`, `.text`, `.full`, `.diff`, `.patch`, `.sha`, previews…) are distinct.
+pub fn is_default_json_accept(value: &str) -> bool {
+    value.split(',').all(|range| {
+        let media = range.split(';').next().unwrap_or("").trim();
+        [
+            "",
+            "*/*",
+            "application/json",
+            "application/vnd.github+json",
+            "application/vnd.github.v3+json",
+        ]
+        .iter()
+        .any(|d| media.eq_ignore_ascii_case(d))
+    })
+}
+
 fn clean_header(value: Option<&str>, lowercase: bool) -> Result<Option<String>, RequestError> {
     let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else {
         return Ok(None);
@@ -261,6 +283,47 @@ fn clean_header(value: Option<&str>, lowercase: bool) -> Result<Option<String>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_json_accepts_share_one_key_and_other_media_types_do_not() {
+        let key = |accept: Option<&str>| {
+            CanonicalRequest::new("GET", "/users/hubot", accept, None)
+                .unwrap()
+                .key()
+        };
+        let default = key(None);
+        for same in [
+            "",
+            "*/*",
+            "application/json",
+            "Application/JSON",
+            "application/vnd.github+json",
+            "application/vnd.github.v3+json",
+            "application/vnd.github.v3+json; charset=utf-8",
+            "application/json;q=0.9, */*;q=0.1",
+        ] {
+            assert_eq!(key(Some(same)), default, "{same}");
+        }
+        for other in [
+            "application/vnd.github.raw",
+            "application/vnd.github.v3.raw",
+            "application/vnd.github.html+json",
+            "application/vnd.github.diff",
+            "application/vnd.github.sha",
+            "application/vnd.github.v3.raw, application/json",
+            "text/plain",
+        ] {
+            assert_ne!(key(Some(other)), default, "{other}");
+        }
+        assert_ne!(
+            key(Some("application/vnd.github.diff")),
+            key(Some("application/vnd.github.patch"))
+        );
+        let versioned = CanonicalRequest::new("GET", "/users/hubot", None, Some("2022-11-28"))
+            .unwrap()
+            .key();
+        assert_ne!(versioned, default, "the API version stays in the key");
+    }
 
     #[test]
     fn identity_dependent_paths() {

@@ -7,6 +7,7 @@
 //! is forwarded with exactly that header (the node's token is lent only to cacheable
 //! reads).
 
+pub mod fidelity;
 pub mod guard;
 
 use std::future::Future;
@@ -23,7 +24,7 @@ use axum::Router;
 use ghmesh_protocol::{is_safe_path, CanonicalRequest};
 use tokio::net::TcpListener;
 
-use crate::node::{Body as Answer, GetError, Node, Served};
+use crate::node::{Body as Answer, CacheStatus, GetError, Node, Served};
 use crate::upstream::{ClientToken, Credential};
 
 /// Largest request body accepted (non-GET requests passed through).
@@ -47,6 +48,8 @@ const PASS_HEADERS: &[&str] = &[
     "x-ratelimit-reset",
     "x-ratelimit-used",
     "x-ratelimit-resource",
+    "vary",
+    "x-github-api-version-selected",
 ];
 
 #[derive(Clone)]
@@ -56,6 +59,7 @@ struct ApiState {
     local_addr: SocketAddr,
     hosts: guard::AllowedHosts,
     client_tokens: ClientTokens,
+    rewrite_bodies: bool,
 }
 
 /// Serves the API on `listener` until `shutdown` completes; requests in flight finish.
@@ -71,6 +75,8 @@ pub struct ApiConfig {
     pub limits: ServerLimits,
     /// What a read with the client's own token does.
     pub client_tokens: ClientTokens,
+    /// Leave URLs in JSON bodies as GitHub sent them (`--no-rewrite-bodies`).
+    pub no_rewrite_bodies: bool,
 }
 
 /// Bounds of the HTTP server: a client can hold a connection only so long without
@@ -159,6 +165,7 @@ fn router(node: Node, cfg: &ApiConfig, local_addr: SocketAddr) -> Router {
         local_addr,
         hosts: guard::AllowedHosts::new(local_addr, &cfg.hosts),
         client_tokens: cfg.client_tokens,
+        rewrite_bodies: !cfg.no_rewrite_bodies,
     };
     Router::new()
         .route("/_ghmesh/health", get(|| async { "ok" }))
@@ -260,11 +267,13 @@ async fn proxy(State(s): State<ApiState>, req: Request) -> Response {
         );
     }
     let method = req.method().clone();
-    let pq = req
+    let sent = req
         .uri()
         .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    // `/api/v3/...` (GHES-style base URLs) is served as `...`; URLs handed back keep it.
+    let (prefix, pq) = fidelity::split_prefix(sent);
     let path = pq.split('?').next().unwrap_or("");
     if !is_safe_path(path) {
         return json_error(
@@ -272,7 +281,11 @@ async fn proxy(State(s): State<ApiState>, req: Request) -> Response {
             "bad request: the path has an encoded '.', '/' or '\\', a backslash, or a dot segment",
         );
     }
-    let local_base = local_base(req.headers(), s.local_addr);
+    let local_base = format!("{}{prefix}", local_base(req.headers(), s.local_addr));
+    let client_validators = (
+        header_string(req.headers(), "if-none-match"),
+        header_string(req.headers(), "if-modified-since"),
+    );
     let head = method == Method::HEAD;
     if !(method == Method::GET || head || req.headers().contains_key("authorization")) {
         // The node's token is lent only for cacheable reads (contract §2).
@@ -315,7 +328,16 @@ async fn proxy(State(s): State<ApiState>, req: Request) -> Response {
     };
     match served {
         Ok(served) => {
-            let parts = response_parts(&s.node, &served, &s.upstream_base, &local_base);
+            if let Some(not_modified) = answer_conditional(&served, &client_validators) {
+                return not_modified;
+            }
+            let parts = response_parts(
+                &s.node,
+                &served,
+                &s.upstream_base,
+                &local_base,
+                s.rewrite_bodies,
+            );
             into_response(parts, head)
         }
         Err(GetError::Upstream(e)) => json_error(
@@ -330,6 +352,56 @@ async fn proxy(State(s): State<ApiState>, req: Request) -> Response {
         }
         Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
+}
+
+fn header_string(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// A `304` when the client already holds the fresh entry it asked for (its own
+/// `If-None-Match` / `If-Modified-Since`), with the validators and our cache headers.
+fn answer_conditional(
+    served: &Served,
+    (if_none_match, if_modified_since): &(Option<String>, Option<String>),
+) -> Option<Response> {
+    let Answer::Entry(e) = &served.body else {
+        return None;
+    };
+    if served.status == CacheStatus::Stale
+        || (if_none_match.is_none() && if_modified_since.is_none())
+    {
+        return None;
+    }
+    let (etag, last_modified) = (e.meta.header("etag"), e.meta.header("last-modified"));
+    if !fidelity::client_has_it(
+        if_none_match.as_deref(),
+        if_modified_since.as_deref(),
+        etag,
+        last_modified,
+    ) {
+        return None;
+    }
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::NOT_MODIFIED;
+    let h = resp.headers_mut();
+    for name in ["etag", "last-modified", "cache-control", "vary"] {
+        if let Some(v) = e
+            .meta
+            .header(name)
+            .and_then(|v| HeaderValue::from_str(v).ok())
+        {
+            h.insert(HeaderName::from_static(name), v);
+        }
+    }
+    let status = served.status;
+    h.insert("x-ghmesh-cache", HeaderValue::from_static(status.as_str()));
+    if let Ok(v) = HeaderValue::from_str(&fidelity::cache_status(status, 200, served.stored)) {
+        h.insert("cache-status", v);
+    }
+    Some(resp)
 }
 
 fn local_base(headers: &HeaderMap, addr: SocketAddr) -> String {
@@ -361,8 +433,9 @@ pub fn response_parts(
     served: &Served,
     upstream_base: &str,
     local_base: &str,
+    rewrite_bodies: bool,
 ) -> ResponseParts {
-    let (status, src_headers, body) = match &served.body {
+    let (status, src_headers, mut body) = match &served.body {
         Answer::Entry(e) => (
             e.meta.status,
             e.meta.headers.clone(),
@@ -370,10 +443,24 @@ pub fn response_parts(
         ),
         Answer::Upstream(r) => (r.status, r.headers.clone(), r.body.clone()),
     };
+    let content_type = src_headers
+        .iter()
+        .find(|(k, _)| k == "content-type")
+        .map(|(_, v)| v.as_str());
+    if rewrite_bodies && !upstream_base.is_empty() && fidelity::is_json(content_type) {
+        if let Some(rewritten) = fidelity::rewrite_json_urls(&body, upstream_base, local_base) {
+            body = Bytes::from(rewritten);
+        }
+    }
+    let from_entry = matches!(served.body, Answer::Entry(_));
+    // An entry's quota headers describe the moment it was fetched: current ones are
+    // added below (its x-ratelimit-resource, a property of the endpoint, stays).
+    let stale_quota =
+        |k: &str| from_entry && k.starts_with("x-ratelimit") && k != "x-ratelimit-resource";
     let mut headers: Vec<(String, String)> = src_headers
         .into_iter()
         .filter(|(k, _)| PASS_HEADERS.contains(&k.as_str()))
-        .filter(|(k, _)| !(matches!(served.body, Answer::Entry(_)) && k.starts_with("x-ratelimit")))
+        .filter(|(k, _)| !stale_quota(k))
         .map(|(k, v)| {
             if k == "link" {
                 let v = rewrite_link(&v, upstream_base, local_base);
@@ -389,6 +476,7 @@ pub fn response_parts(
             ("x-ratelimit-limit", rl.limit),
             ("x-ratelimit-remaining", rl.remaining),
             ("x-ratelimit-reset", rl.reset),
+            ("x-ratelimit-used", rl.used),
         ] {
             if let Some(v) = v {
                 headers.push((name.to_string(), v.to_string()));
@@ -396,6 +484,10 @@ pub fn response_parts(
         }
     }
     headers.push(("x-ghmesh-cache".into(), served.status.as_str().into()));
+    headers.push((
+        "cache-status".into(),
+        fidelity::cache_status(served.status, status, served.stored),
+    ));
     ResponseParts {
         status,
         headers,
@@ -405,6 +497,7 @@ pub fn response_parts(
 
 fn into_response(parts: ResponseParts, head: bool) -> Response {
     let status = StatusCode::from_u16(parts.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let length = parts.body.len();
     let mut resp = if head {
         Response::new(Body::empty())
     } else {
@@ -412,6 +505,13 @@ fn into_response(parts: ResponseParts, head: bool) -> Response {
     };
     *resp.status_mut() = status;
     let h = resp.headers_mut();
+    if head {
+        // The GET's length, as RFC 9110 §9.3.2 allows and clients expect.
+        h.insert(
+            axum::http::header::CONTENT_LENGTH,
+            HeaderValue::from(length),
+        );
+    }
     for (k, v) in parts.headers {
         if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
             h.append(k, v);

@@ -141,7 +141,7 @@ impl Backend {
                     .await
                 };
                 let served = served.map_err(|e| CliError::failed(e.to_string()))?;
-                Ok(response_parts(node, &served, upstream, upstream))
+                Ok(response_parts(node, &served, upstream, upstream, false))
             }
         }
     }

@@ -208,6 +208,8 @@ pub async fn run(args: NodeArgs, env: EnvLookup<'_>) -> Result<(), CliError> {
             hosts: s.api_hosts.clone(),
             limits: api::ServerLimits::default(),
             client_tokens: s.client_tokens,
+            no_rewrite_bodies: args.no_rewrite_bodies
+                || settings::env_flag_off(env, "GHMESH_REWRITE_BODIES"),
         },
         shutdown,
     )

@@ -125,6 +125,10 @@ pub struct NodeArgs {
     /// get 503 and retry-after [env: GHMESH_UPSTREAM_CONCURRENCY] [default: 8]
     #[arg(long, value_name = "N")]
     pub upstream_concurrency: Option<usize>,
+    /// Leave URLs in JSON bodies as GitHub sent them instead of pointing them back at
+    /// this API [env: GHMESH_REWRITE_BODIES=false]
+    #[arg(long)]
+    pub no_rewrite_bodies: bool,
     /// Peer multiaddr to join through, repeatable
     /// [env: GHMESH_BOOTSTRAP, CACHE_BOOTSTRAP_PEERS (comma-separated)]
     #[arg(long, value_name = "MULTIADDR")]

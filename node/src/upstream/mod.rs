@@ -222,6 +222,8 @@ pub struct RateLimit {
     pub remaining: Option<u64>,
     /// `x-ratelimit-reset`, unix seconds.
     pub reset: Option<u64>,
+    /// `x-ratelimit-used`.
+    pub used: Option<u64>,
 }
 
 impl RateLimit {
@@ -237,6 +239,7 @@ impl RateLimit {
             limit: num("x-ratelimit-limit"),
             remaining: num("x-ratelimit-remaining"),
             reset: num("x-ratelimit-reset"),
+            used: num("x-ratelimit-used"),
         };
         (rl != Self::default()).then_some(rl)
     }
@@ -348,7 +351,8 @@ mod tests {
             RateLimit {
                 limit: Some(5000),
                 remaining: Some(4999),
-                reset: Some(1_700_000_000)
+                reset: Some(1_700_000_000),
+                used: None,
             }
         );
         assert_eq!(RateLimit::from_headers(&[]), None);
