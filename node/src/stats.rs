@@ -77,6 +77,8 @@ counters! {
     bodies_fetched: "Bodies fetched by CID",
     /// Peer announces not stored because the writer was behind.
     dropped_writes: "Peer announces dropped while the writer was behind",
+    /// Cached reads made stale by a write (here or on a peer).
+    invalidated: "Cached reads made stale by writes",
     /// Store writes that failed (the entries they carried were not acknowledged).
     store_errors: "Store writes that failed",
 }
@@ -153,7 +155,7 @@ mod tests {
         let json = serde_json::to_value(c.snapshot()).unwrap();
         assert_eq!(json["hits"], 1);
         assert_eq!(json["store_errors"], 1);
-        assert_eq!(json.as_object().unwrap().len(), 19);
+        assert_eq!(json.as_object().unwrap().len(), 20);
     }
 
     #[test]

@@ -29,4 +29,4 @@ pub use request::{
     RequestError,
 };
 pub use seal::{open, seal, OpenError, SealLimits};
-pub use wire::{Announce, BodyReply, FetchBody, Lookup, LookupReply, Message, Refresh};
+pub use wire::{Announce, BodyReply, FetchBody, Invalidate, Lookup, LookupReply, Message, Refresh};

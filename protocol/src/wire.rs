@@ -66,6 +66,20 @@ pub struct Refresh {
     pub fresh_until_ms: u64,
 }
 
+/// Most paths one [`Invalidate`] names.
+pub const MAX_INVALIDATED_PATHS: usize = 8;
+
+/// Gossip after a successful write through a node's API (RFC 9111 §4.4): cached reads
+/// of these paths (any query, any representation) are stale from `at_ms` on. Nodes
+/// before this message existed cannot decode it and reject it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invalidate {
+    /// Absolute request paths, without query.
+    pub paths: Vec<String>,
+    /// When the write succeeded, unix ms: entries fetched after it are not touched.
+    pub at_ms: u64,
+}
+
 /// "Do you have this key?" sent on a local miss.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lookup {
@@ -121,6 +135,8 @@ pub enum Message {
     FetchBody(FetchBody),
     /// Response to [`Message::FetchBody`].
     BodyReply(BodyReply),
+    /// Gossip: reads of these paths changed upstream.
+    Invalidate(Invalidate),
 }
 
 /// The versioned wrapper that is CBOR-encoded and sealed.

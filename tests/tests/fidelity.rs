@@ -159,3 +159,69 @@ async fn ghes_paths_double_slashes_head_and_the_headers_hits_keep() {
         assert!(header(&h, name).is_some(), "{name} on a hit: {h:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_invalidates_what_it_changed_here_and_on_peers() {
+    let gh = FakeGithub::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let env = HashMap::from([
+        ("GHMESH_SECRET".to_string(), "fidelity-fleet".to_string()),
+        ("GH_TOKEN".to_string(), "ghp_fidelity".to_string()),
+    ]);
+    let args = vec!["--upstream".to_string(), gh.url()];
+    let a = start_daemon(dir.path().join("a"), &args, &env)
+        .await
+        .unwrap();
+    let mut b_args = args.clone();
+    b_args.extend(["--bootstrap".to_string(), a.ready.listen[0].clone()]);
+    let b = start_daemon(dir.path().join("b"), &b_args, &env)
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    for n in [&a, &b] {
+        while n.stats().await.unwrap()["mesh_peers"].as_u64() != Some(1) {
+            assert!(start.elapsed() < std::time::Duration::from_secs(30), "mesh");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    let comments = "/repos/acme/widgets/issues/3/comments";
+    let issue = "/repos/acme/widgets/issues/3";
+    for path in [comments, issue] {
+        assert_eq!(get(&a, path, &[]).await.0, 200);
+        assert_eq!(get(&b, path, &[]).await.0, 200);
+        let (_, h, _) = get(&b, path, &[]).await;
+        assert!(matches!(header(&h, "x-ghmesh-cache"), Some("hit" | "peer")));
+    }
+
+    let (s, _, _) = http_request(
+        "POST",
+        &format!("{}{comments}", a.base()),
+        &[
+            ("Authorization", "Bearer ghp_writer"),
+            ("content-type", "application/json"),
+        ],
+        b"{\"body\":\"hello\"}",
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 201);
+    // At once on the node that wrote (a free 304 here).
+    let (_, h, _) = get(&a, comments, &[]).await;
+    assert_eq!(header(&h, "x-ghmesh-cache"), Some("revalidated"));
+    // And on the peer once the invalidation arrives. (`issue` is checked there: A's
+    // revalidation of `comments` sends a Refresh that rightly extends B's copy again.)
+    let start = std::time::Instant::now();
+    while b.stats().await.unwrap()["invalidated"].as_u64() < Some(2) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "peer never invalidated"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // B's copy is stale now: the read goes to GitHub (B itself, or the key's owner
+    // for both, which B then joins), a free 304 since nothing changed.
+    let (s, _, _) = get(&b, issue, &[]).await;
+    assert_eq!(s, 200);
+    assert_eq!(gh.not_modified(), 2, "comments on A, then the issue for B");
+    assert_eq!(a.stats().await.unwrap()["invalidated"], 2);
+}

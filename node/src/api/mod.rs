@@ -324,7 +324,11 @@ async fn proxy(State(s): State<ApiState>, req: Request) -> Response {
                 return json_error(StatusCode::PAYLOAD_TOO_LARGE, "request body is too large")
             }
         };
-        s.node.forward(method.as_str(), &pq, headers, body).await
+        let forwarded = s.node.forward(method.as_str(), &pq, headers, body).await;
+        if let Ok(answer) = &forwarded {
+            invalidate_after_write(&s, method.as_str(), &pq, answer).await;
+        }
+        forwarded
     };
     match served {
         Ok(served) => {
@@ -351,6 +355,26 @@ async fn proxy(State(s): State<ApiState>, req: Request) -> Response {
             resp
         }
         Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}
+
+/// After a successful write: what it changed is stale here and on every member
+/// before the client hears back, so its next read never sees the old answer.
+async fn invalidate_after_write(s: &ApiState, method: &str, pq: &str, answer: &Served) {
+    let Answer::Upstream(resp) = &answer.body else {
+        return;
+    };
+    let location = resp
+        .header("location")
+        .and_then(|l| l.strip_prefix(s.upstream_base.as_str()))
+        .map(|l| l.split(['?', '#']).next().unwrap_or(l));
+    let path = pq.split('?').next().unwrap_or(pq);
+    let paths = crate::policy::invalidated_paths(method, path, resp.status, location);
+    let at = s.node.clock().now_ms();
+    match s.node.invalidate(paths, at, true).await {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(n, path, "write invalidated cached reads"),
+        Err(e) => tracing::warn!(path, "invalidation after a write failed: {e}"),
     }
 }
 

@@ -67,6 +67,19 @@ impl Node {
         };
         let accepted = match msg {
             Message::Announce(ann) => self.on_announce(sender, ann),
+            Message::Invalidate(inv) => match policy::check_invalidate(&inv, self.now_ms()) {
+                Ok(()) => {
+                    let node = self.clone();
+                    self.spawn(async move {
+                        let _ = node.invalidate(inv.paths, inv.at_ms, false).await;
+                    });
+                    true
+                }
+                Err(e) => {
+                    tracing::debug!(%sender, "invalid invalidation: {e}");
+                    false
+                }
+            },
             Message::Refresh(r) => match policy::check_refresh(&r, self.now_ms()) {
                 Ok(()) => {
                     self.write_behind(WriteJob::Refresh(r));

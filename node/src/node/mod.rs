@@ -26,6 +26,7 @@ mod fetch;
 mod gate;
 mod identity;
 mod inbound;
+mod invalidate;
 mod peers;
 mod prefetch;
 mod read;
@@ -68,6 +69,8 @@ const MAX_BAD_PEERS: usize = 1024;
 const WRITE_QUEUE: usize = 4096;
 /// Announced bodies waiting to be pulled; beyond it they are fetched when read.
 const PREFETCH_QUEUE: usize = 1024;
+/// Most written-to paths remembered (see `Signals::written`).
+const MAX_WRITTEN_PATHS: usize = 4096;
 /// Store notifications buffered for slow subscribers (they miss events, never block).
 const STORED_EVENTS: usize = 4096;
 
@@ -125,6 +128,33 @@ struct Signals {
     bodyless: Mutex<HashMap<CacheKey, (EntryMeta, PeerId)>>,
     /// Keys whose entry was stored or refreshed, after the commit.
     stored: broadcast::Sender<CacheKey>,
+    /// Paths written to through a node's API, with when: copies fetched before are
+    /// the old answer, whoever offers them.
+    written: Mutex<HashMap<String, u64>>,
+}
+
+impl Signals {
+    /// When `path` was last written to (as far as this node knows).
+    fn written_at(&self, path: &str) -> Option<u64> {
+        self.written.lock().ok()?.get(path).copied()
+    }
+
+    /// Records writes to `paths` at `at_ms`, within [`MAX_WRITTEN_PATHS`] (the oldest
+    /// records go first: a day later every copy of them has expired anyway).
+    fn record_write(&self, paths: &[String], at_ms: u64) {
+        let Ok(mut w) = self.written.lock() else {
+            return;
+        };
+        for p in paths {
+            if w.len() >= MAX_WRITTEN_PATHS && !w.contains_key(p) {
+                if let Some(oldest) = w.iter().min_by_key(|(_, at)| **at).map(|(k, _)| k.clone()) {
+                    w.remove(&oldest);
+                }
+            }
+            let at = w.entry(p.clone()).or_insert(at_ms);
+            *at = (*at).max(at_ms);
+        }
+    }
 }
 
 struct Inner {
@@ -222,6 +252,7 @@ impl Node {
             arrivals: Mutex::new(HashMap::new()),
             bodyless: Mutex::new(HashMap::new()),
             stored: broadcast::channel(STORED_EVENTS).0,
+            written: Mutex::new(HashMap::new()),
         });
         let tasks = TaskTracker::new();
         let (writer, writer_rx) = Writer::channel(WRITE_QUEUE);

@@ -190,6 +190,11 @@ impl Node {
             self.distrust(from);
             return None;
         }
+        let written = self.inner.signals.written_at(&ann.meta.request.path);
+        if policy::predates_write(ann.meta.fetched_at_ms, written) {
+            tracing::debug!(%from, "peer offered a copy older than the last write");
+            return None;
+        }
         if let Err(e) = ann.meta.validate(&key, self.now_ms()) {
             tracing::debug!(%from, "invalid lookup reply: {e}");
             self.distrust(from);

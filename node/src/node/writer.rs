@@ -31,6 +31,8 @@ pub(crate) enum WriteJob {
     Merge(Entry),
     /// After a 304 here or on a peer.
     Refresh(Refresh),
+    /// A write upstream changed these entries: stale from `at_ms` on (if still fresh).
+    Expire(Vec<CacheKey>, u64),
     /// Make everything queued so far durable, then answer.
     Flush,
 }
@@ -130,9 +132,14 @@ pub(crate) async fn run(
         }
         let batch_store = store.clone();
         let now = clock.now_ms();
-        let result = tokio::task::spawn_blocking(move || apply_batch(&batch_store, jobs, now))
-            .await
-            .unwrap_or_else(|e| Err(format!("store writer panicked: {e}")));
+        let batch_signals = signals.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            apply_batch(&batch_store, jobs, now, &|path| {
+                batch_signals.written_at(path)
+            })
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("store writer panicked: {e}")));
         let answer = match result {
             Ok(changed) => {
                 signals.changed(&changed);
@@ -215,6 +222,29 @@ impl<'s> Batch<'s> {
         Some(meta)
     }
 
+    /// Ends freshness at `at_ms` when it runs past it (an invalidation).
+    fn expire(&mut self, key: CacheKey, at_ms: u64) -> bool {
+        let Some(held) = self.held(&key) else {
+            return false;
+        };
+        if held.fresh_until_ms <= at_ms {
+            return false;
+        }
+        if let Some(&i) = self.index.get(&key) {
+            self.puts[i].meta.fresh_until_ms = at_ms;
+        } else {
+            self.fresh.insert(
+                key,
+                Freshness {
+                    key,
+                    fetched_at_ms: held.fetched_at_ms,
+                    fresh_until_ms: at_ms,
+                },
+            );
+        }
+        true
+    }
+
     /// Moves freshness forward: in the pending entry, else as a freshness update.
     fn extend(&mut self, key: CacheKey, fetched_at_ms: u64, fresh_until_ms: u64) {
         if let Some(&i) = self.index.get(&key) {
@@ -234,7 +264,14 @@ impl<'s> Batch<'s> {
 }
 
 /// Applies a batch in one transaction; returns the keys that changed.
-fn apply_batch(store: &Store, jobs: Vec<WriteJob>, now_ms: u64) -> Result<Vec<CacheKey>, String> {
+/// `written_at(path)`: when the path was last written to; copies from before are not
+/// taken from peers.
+fn apply_batch(
+    store: &Store,
+    jobs: Vec<WriteJob>,
+    now_ms: u64,
+    written_at: &dyn Fn(&str) -> Option<u64>,
+) -> Result<Vec<CacheKey>, String> {
     let mut batch = Batch::new(store);
     let mut changed = Vec::new();
     for job in jobs {
@@ -246,6 +283,9 @@ fn apply_batch(store: &Store, jobs: Vec<WriteJob>, now_ms: u64) -> Result<Vec<Ca
             }
             WriteJob::Merge(e) => {
                 let key = e.meta.key();
+                if policy::predates_write(e.meta.fetched_at_ms, written_at(&e.meta.request.path)) {
+                    continue;
+                }
                 match merge(batch.held(&key).as_ref(), &e.meta) {
                     Merge::Store => {
                         batch.upsert(key, e);
@@ -262,9 +302,20 @@ fn apply_batch(store: &Store, jobs: Vec<WriteJob>, now_ms: u64) -> Result<Vec<Ca
                 }
             }
             WriteJob::Refresh(r) => {
-                if policy::refresh_applies(batch.held(&r.key).as_ref(), &r) {
+                let held = batch.held(&r.key);
+                let written = held.as_ref().and_then(|h| written_at(&h.request.path));
+                if policy::refresh_applies(held.as_ref(), &r)
+                    && !policy::predates_write(r.fetched_at_ms, written)
+                {
                     batch.extend(r.key, r.fetched_at_ms, r.fresh_until_ms);
                     changed.push(r.key);
+                }
+            }
+            WriteJob::Expire(keys, at_ms) => {
+                for key in keys {
+                    if batch.expire(key, at_ms) {
+                        changed.push(key);
+                    }
                 }
             }
             // Every batch commits, which applies pending recency too.
@@ -325,7 +376,7 @@ mod tests {
             WriteJob::Merge(entry("/a", b"0", 500, 9_000)),
             WriteJob::Flush,
         ];
-        let changed = apply_batch(&store, jobs, 0).unwrap();
+        let changed = apply_batch(&store, jobs, 0, &|_| None).unwrap();
         assert_eq!(changed, vec![a.meta.key(), a.meta.key(), b_old.meta.key()]);
         let got_a = store.get_meta(&a.meta.key()).unwrap().unwrap();
         assert_eq!((got_a.fetched_at_ms, got_a.fresh_until_ms), (1_100, 3_000));
@@ -338,11 +389,33 @@ mod tests {
             WriteJob::Refresh(refresh(&b_old, 1_600, 9_000)),
         ];
         assert_eq!(
-            apply_batch(&store, jobs, 0).unwrap(),
+            apply_batch(&store, jobs, 0, &|_| None).unwrap(),
             vec![b_new.meta.key()]
         );
         let got_b = store.get(&b_new.meta.key()).unwrap().unwrap();
         assert_eq!(got_b.body.as_ref(), b"2");
         assert_eq!(got_b.meta.fresh_until_ms, 2_500);
+
+        // An invalidation ends freshness; a later one past it changes nothing.
+        let key = b_new.meta.key();
+        let jobs = vec![
+            WriteJob::Expire(vec![key], 2_000),
+            WriteJob::Expire(vec![key], 2_100),
+        ];
+        assert_eq!(apply_batch(&store, jobs, 0, &|_| None).unwrap(), vec![key]);
+        assert_eq!(store.get_meta(&key).unwrap().unwrap().fresh_until_ms, 2_000);
+
+        // After a write to /b at 2_000, a peer's copy or refresh from before it is the
+        // old answer: neither is taken.
+        let written = |p: &str| (p == "/b").then_some(2_000);
+        let old_copy = entry("/b", b"3", 1_900, 9_000);
+        let jobs = vec![
+            WriteJob::Merge(old_copy),
+            WriteJob::Refresh(refresh(&b_new, 1_950, 9_000)),
+        ];
+        assert!(apply_batch(&store, jobs, 0, &written).unwrap().is_empty());
+        let newer = entry("/b", b"4", 2_100, 9_000);
+        let jobs = vec![WriteJob::Merge(newer)];
+        assert_eq!(apply_batch(&store, jobs, 0, &written).unwrap(), vec![key]);
     }
 }

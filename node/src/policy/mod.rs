@@ -8,7 +8,11 @@
 use std::time::Duration;
 
 use ghmesh_protocol::entry::{MAX_BODY_LEN, MAX_CLOCK_SKEW_MS, MAX_TTL_MS};
-use ghmesh_protocol::{merge, Announce, CacheKey, EntryMeta, LookupReply, Merge, Refresh};
+use ghmesh_protocol::request::MAX_PATH_LEN;
+use ghmesh_protocol::wire::MAX_INVALIDATED_PATHS;
+use ghmesh_protocol::{
+    is_safe_path, merge, Announce, CacheKey, EntryMeta, Invalidate, LookupReply, Merge, Refresh,
+};
 use libp2p::PeerId;
 
 use crate::config::MeshMode;
@@ -267,6 +271,75 @@ pub fn on_bodyless(held: Option<&EntryMeta>, incoming: &EntryMeta) -> BodylessAc
         Merge::Store => BodylessAction::Remember,
         Merge::Extend { .. } | Merge::Keep => BodylessAction::Ignore,
     }
+}
+
+/// The cached reads a successful write changes (RFC 9111 §4.4): its target path, the
+/// collection the target belongs to (its parent: `POST …/issues/3/comments` changes
+/// `…/issues/3` too), and the `Location` it answered with. Each path covers every
+/// query and representation of it. Nothing for reads, failures, or unsafe paths.
+pub fn invalidated_paths(
+    method: &str,
+    path: &str,
+    status: u16,
+    location_path: Option<&str>,
+) -> Vec<String> {
+    let write = !(method.eq_ignore_ascii_case("GET") || method.eq_ignore_ascii_case("HEAD"));
+    if !write || !(200..300).contains(&status) {
+        return Vec::new();
+    }
+    let target = path.trim_end_matches('/');
+    let mut paths = vec![target.to_string()];
+    if let Some((parent, _)) = target.rsplit_once('/') {
+        // Never a top-level collection ("/repos"): that would touch the whole cache.
+        if parent.matches('/').count() >= 2 {
+            paths.push(parent.to_string());
+        }
+    }
+    if let Some(loc) = location_path {
+        paths.push(loc.trim_end_matches('/').to_string());
+    }
+    paths.retain(|p| p.starts_with('/') && p.len() <= MAX_PATH_LEN && is_safe_path(p));
+    paths.dedup();
+    paths.truncate(MAX_INVALIDATED_PATHS);
+    paths
+}
+
+/// Why a peer's `Invalidate` is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidateError {
+    /// No path, too many, or a path that is not a safe absolute path.
+    #[error("bad paths")]
+    BadPaths,
+    /// Dated further in the future than clock skew explains.
+    #[error("from the future")]
+    FromFuture,
+}
+
+/// Checks a peer's `Invalidate` on its own, at `now_ms`.
+pub fn check_invalidate(inv: &Invalidate, now_ms: u64) -> Result<(), InvalidateError> {
+    let sane = |p: &String| p.starts_with('/') && p.len() <= MAX_PATH_LEN && is_safe_path(p);
+    if inv.paths.is_empty()
+        || inv.paths.len() > MAX_INVALIDATED_PATHS
+        || !inv.paths.iter().all(sane)
+    {
+        Err(InvalidateError::BadPaths)
+    } else if inv.at_ms > now_ms.saturating_add(MAX_CLOCK_SKEW_MS) {
+        Err(InvalidateError::FromFuture)
+    } else {
+        Ok(())
+    }
+}
+
+/// Does an invalidation at `at_ms` of `paths` make this entry stale? Only a copy that
+/// is still fresh and was fetched before the write.
+pub fn invalidates(meta: &EntryMeta, paths: &[String], at_ms: u64) -> bool {
+    meta.fetched_at_ms <= at_ms && meta.fresh_until_ms > at_ms && paths.contains(&meta.request.path)
+}
+
+/// Was a copy fetched before the last write to its path (`written_at`)? Then it is
+/// the old answer: a peer's copy of it is refused until a newer one is fetched.
+pub fn predates_write(fetched_at_ms: u64, written_at: Option<u64>) -> bool {
+    written_at.is_some_and(|at| fetched_at_ms <= at)
 }
 
 #[cfg(test)]

@@ -309,3 +309,88 @@ fn bodyless_announces() {
         "same body: a freshness extension, nothing to pull"
     );
 }
+
+#[test]
+fn writes_invalidate_their_target_its_collection_and_location() {
+    assert_eq!(
+        invalidated_paths("POST", "/repos/o/r/issues/3/comments", 201, None),
+        vec!["/repos/o/r/issues/3/comments", "/repos/o/r/issues/3"]
+    );
+    assert_eq!(
+        invalidated_paths(
+            "PATCH",
+            "/repos/o/r/issues/3/",
+            200,
+            Some("/repos/o/r/issues/3/comments/9")
+        ),
+        vec![
+            "/repos/o/r/issues/3",
+            "/repos/o/r/issues",
+            "/repos/o/r/issues/3/comments/9"
+        ]
+    );
+    assert_eq!(
+        invalidated_paths("DELETE", "/gists/abc", 204, None),
+        vec!["/gists/abc"],
+        "never a top-level collection"
+    );
+    assert!(invalidated_paths("GET", "/repos/o/r", 200, None).is_empty());
+    assert!(invalidated_paths("POST", "/repos/o/r/issues", 422, None).is_empty());
+    assert_eq!(
+        invalidated_paths("POST", "/repos/o/r/issues", 201, Some("/repos/%2e%2e/x")),
+        vec!["/repos/o/r/issues", "/repos/o/r"],
+        "an unsafe Location is dropped"
+    );
+}
+
+#[test]
+fn invalidations_from_peers_and_what_they_touch() {
+    let now = 10_000_000;
+    let inv = |paths: &[&str], at| Invalidate {
+        paths: paths.iter().map(|p| p.to_string()).collect(),
+        at_ms: at,
+    };
+    assert_eq!(check_invalidate(&inv(&["/repos/o/r"], now), now), Ok(()));
+    assert_eq!(
+        check_invalidate(&inv(&[], now), now),
+        Err(InvalidateError::BadPaths)
+    );
+    assert_eq!(
+        check_invalidate(&inv(&["repos/o/r"], now), now),
+        Err(InvalidateError::BadPaths)
+    );
+    assert_eq!(
+        check_invalidate(&inv(&["/repos/%2e%2e"], now), now),
+        Err(InvalidateError::BadPaths)
+    );
+    let many: Vec<&str> = vec!["/a/b"; MAX_INVALIDATED_PATHS + 1];
+    assert_eq!(
+        check_invalidate(&inv(&many, now), now),
+        Err(InvalidateError::BadPaths)
+    );
+    assert_eq!(
+        check_invalidate(&inv(&["/a/b"], now + MAX_CLOCK_SKEW_MS + 1), now),
+        Err(InvalidateError::FromFuture)
+    );
+
+    let e = entry(b"{}", 1_000, 5_000); // GET /repos/o/r
+    let paths = vec!["/repos/o/r".to_string()];
+    assert!(invalidates(&e.meta, &paths, 2_000));
+    assert!(
+        !invalidates(&e.meta, &paths, 500),
+        "fetched after the write"
+    );
+    assert!(!invalidates(&e.meta, &paths, 6_000), "already stale");
+    assert!(
+        !invalidates(&e.meta, &["/repos/o".to_string()], 2_000),
+        "another path"
+    );
+}
+
+#[test]
+fn copies_older_than_a_write_are_refused() {
+    assert!(predates_write(1_000, Some(2_000)));
+    assert!(predates_write(2_000, Some(2_000)));
+    assert!(!predates_write(2_001, Some(2_000)));
+    assert!(!predates_write(1_000, None));
+}
