@@ -129,6 +129,14 @@ impl FakeGithub {
         })
     }
 
+    /// A fake whose bodies name its own URL, as a real GitHub (or GHES) does: what a
+    /// client that follows URLs from bodies (PyGithub) needs.
+    pub async fn start_self_referencing() -> anyhow::Result<FakeGithub> {
+        let gh = Self::start().await?;
+        gh.shared.self_referencing.store(true, Ordering::SeqCst);
+        Ok(gh)
+    }
+
     /// Only `token` may read `path`; every other caller gets 404.
     pub fn set_private(&self, path: &str, token: &str) {
         lock(&self.shared.private).insert(path.to_string(), Identity::of_token(token));
@@ -265,6 +273,9 @@ struct Shared {
     per_path: Mutex<HashMap<String, u64>>,
     /// The last requests received, oldest first (bounded by [`MAX_LOGGED`]).
     log: Mutex<std::collections::VecDeque<Logged>>,
+    /// URLs in bodies name this fake instead of `https://api.github.com`, as GitHub's
+    /// own bodies name the host that served them (set by `start_self_referencing`).
+    self_referencing: std::sync::atomic::AtomicBool,
     /// Paths only one token may read (others get 404), by the token's identity.
     private: Mutex<HashMap<String, Identity>>,
     in_flight: AtomicU64,
@@ -302,6 +313,7 @@ impl Shared {
             per_path: Mutex::new(HashMap::new()),
             log: Mutex::new(std::collections::VecDeque::new()),
             private: Mutex::new(HashMap::new()),
+            self_referencing: std::sync::atomic::AtomicBool::new(false),
             in_flight: AtomicU64::new(0),
             max_in_flight: AtomicU64::new(0),
         }
@@ -626,7 +638,18 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         // of the GET body, which is what GitHub does too.
         serve_get(&shared, &parts)
     } else {
-        echo(&parts, body).await
+        let answer = echo(&parts, body).await;
+        if answer.status().is_success() {
+            // What a write changes reads differently afterwards: the target and the
+            // collection it belongs to.
+            let path = parts.uri.path().trim_end_matches('/').to_string();
+            let mut versions = lock(&shared.versions);
+            *versions.entry(path.clone()).or_insert(0) += 1;
+            if let Some((parent, _)) = path.rsplit_once('/') {
+                *versions.entry(parent.to_string()).or_insert(0) += 1;
+            }
+        }
+        answer
     }
 }
 
@@ -692,13 +715,17 @@ fn serve_get(shared: &Shared, parts: &Parts) -> Response {
     let gv = shared.global_version.load(Ordering::SeqCst);
     // A 404 spends quota on GitHub, so a proxy that hammers missing resources
     // must see its bucket drain here too.
-    let Some(content) = render(&route, path, query, pv, gv, &shared.base_url) else {
+    let Some(mut content) = render(&route, path, query, pv, gv, &shared.base_url) else {
         return match shared.consume(&who) {
             Ok(rate) => not_found(&rate),
             Err(rate) => rate_limited(&who, &rate),
         };
     };
 
+    if shared.self_referencing.load(Ordering::SeqCst) {
+        let own = String::from_utf8_lossy(&content.body).replace(API, &shared.base_url);
+        content.body = Bytes::from(own);
+    }
     let etag = etag_for(&who, &content.body);
     let modified = EPOCH + rev_hours(pv, gv) * 3600;
     let validators = vec![

@@ -205,11 +205,18 @@ async fn a_write_invalidates_what_it_changed_here_and_on_peers() {
     .await
     .unwrap();
     assert_eq!(s, 201);
-    // At once on the node that wrote (a free 304 here).
-    let (_, h, _) = get(&a, comments, &[]).await;
-    assert_eq!(header(&h, "x-ghmesh-cache"), Some("revalidated"));
-    // And on the peer once the invalidation arrives. (`issue` is checked there: A's
-    // revalidation of `comments` sends a Refresh that rightly extends B's copy again.)
+    // The fake answers the changed target and collection with new content (a new
+    // "version"), as GitHub would. At once on the node that wrote:
+    let version =
+        |body: &[u8]| serde_json::from_slice::<serde_json::Value>(body).unwrap()["version"].clone();
+    let (_, h, body) = get(&a, comments, &[]).await;
+    assert_eq!(
+        header(&h, "x-ghmesh-cache"),
+        Some("miss"),
+        "refetched, not served"
+    );
+    assert_eq!(version(&body), 1);
+    // And on the peer once the invalidation arrives.
     let start = std::time::Instant::now();
     while b.stats().await.unwrap()["invalidated"].as_u64() < Some(2) {
         assert!(
@@ -218,10 +225,10 @@ async fn a_write_invalidates_what_it_changed_here_and_on_peers() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    // B's copy is stale now: the read goes to GitHub (B itself, or the key's owner
-    // for both, which B then joins), a free 304 since nothing changed.
-    let (s, _, _) = get(&b, issue, &[]).await;
-    assert_eq!(s, 200);
-    assert_eq!(gh.not_modified(), 2, "comments on A, then the issue for B");
+    for path in [comments, issue] {
+        let (s, _, body) = get(&b, path, &[]).await;
+        assert_eq!(s, 200);
+        assert_eq!(version(&body), 1, "{path}: the peer serves the new answer");
+    }
     assert_eq!(a.stats().await.unwrap()["invalidated"], 2);
 }
