@@ -102,3 +102,42 @@ async fn shutdown_waits_for_a_slow_request_only_for_the_grace_period() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_max_age_header_accepts_an_older_copy() {
+    let clock = ghmesh_node::clock::ManualClock::starting_now();
+    let mem = Arc::new(MemoryUpstream::new());
+    let up: Arc<dyn Upstream> = mem.clone();
+    let n = start_node_with(None, vec![], up, |c| {
+        c.clock = clock.clone();
+        c.ttl = Some(60);
+    })
+    .await
+    .unwrap();
+    let listener = api::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(api::serve(
+        n.node.clone(),
+        listener,
+        ApiConfig::default(),
+        std::future::pending(),
+    ));
+    let get = |extra: &'static str| async move {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "GET /repos/acme/aged HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{extra}\r\n"
+        );
+        c.write_all(req.as_bytes()).await.unwrap();
+        String::from_utf8_lossy(&until_closed(&mut c).await).into_owned()
+    };
+    assert!(get("").await.contains("x-ghmesh-cache: miss"));
+    clock.advance(Duration::from_secs(120));
+    assert!(get("x-ghmesh-max-age: 3600\r\n")
+        .await
+        .contains("x-ghmesh-cache: hit"));
+    assert_eq!(mem.calls(), 1, "no upstream call for the accepted copy");
+    assert!(get("x-ghmesh-max-age: soon\r\n")
+        .await
+        .starts_with("HTTP/1.1 400"));
+    assert!(get("").await.contains("x-ghmesh-cache: revalidated"));
+}

@@ -289,14 +289,22 @@ async fn ghmesh_api_like_gh() {
         tokio::task::block_in_place(|| api_cmd(&["repos/acme/widgets/issues", "--paginate"], &e));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let all: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one merged JSON array");
-    assert_eq!(all.as_array().unwrap().len(), 90, "3 pages of 30 merged");
+    assert_eq!(
+        all.as_array().unwrap().len(),
+        300,
+        "3 pages of 100 merged: --paginate asks for per_page=100, as gh does"
+    );
+    assert!(gh
+        .requests()
+        .iter()
+        .any(|r| r.path_and_query == "/repos/acme/widgets/issues?per_page=100"));
     let ids: std::collections::HashSet<String> = all
         .as_array()
         .unwrap()
         .iter()
         .map(|i| i["id"].to_string())
         .collect();
-    assert_eq!(ids.len(), 90, "distinct items from every page");
+    assert_eq!(ids.len(), 300, "distinct items from every page");
 
     let o = tokio::task::block_in_place(|| {
         api_cmd(
@@ -309,13 +317,13 @@ async fn ghmesh_api_like_gh() {
             &e,
         )
     });
-    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 90);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 300);
 
     let o = tokio::task::block_in_place(|| api_cmd(&["-i", "repos/acme/widgets"], &e));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.starts_with("HTTP/1.1 200 OK\n"), "{out}");
-    assert!(out.contains("x-ghmesh-cache: hit"), "{out}");
-    assert!(out.contains("etag: "), "{out}");
+    assert!(out.contains("X-Ghmesh-Cache: hit\r\n"), "{out}");
+    assert!(out.contains("Etag: "), "{out}");
 
     let o = tokio::task::block_in_place(|| api_cmd(&["repos/acme/missing"], &e));
     assert_eq!(o.status.code(), Some(1));
@@ -336,7 +344,7 @@ async fn ghmesh_api_like_gh() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "gadgets\n");
     let o = tokio::task::block_in_place(|| api_cmd(&["-i", "repos/acme/gadgets"], &alone));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("x-ghmesh-cache: hit"));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("X-Ghmesh-Cache: hit"));
     assert_eq!(gh.full_responses(), before + 1);
 }
 

@@ -175,3 +175,41 @@ async fn a_failed_store_write_is_served_but_never_acknowledged_as_stored() {
     assert_eq!(node.get(r).await.unwrap().status, CacheStatus::Miss);
     assert_eq!(up.full(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_may_accept_an_older_copy_as_ghs_cache_flag_does() {
+    let clock = ManualClock::starting_now();
+    let (up, dynup) = upstream();
+    let n = start_node_with(None, vec![], dynup, |c| {
+        c.clock = clock.clone();
+        c.ttl = Some(TTL.as_secs());
+    })
+    .await
+    .unwrap();
+    let r = req("/repos/acme/cached");
+    assert_eq!(
+        n.node.get(r.clone()).await.unwrap().status,
+        CacheStatus::Miss
+    );
+    clock.advance(TTL * 2);
+    let within = |secs| Some(Duration::from_secs(secs));
+    let cred = ghmesh_node::upstream::Credential::Node;
+    let served = n
+        .node
+        .get_within(r.clone(), cred.clone(), within(3 * TTL.as_secs()))
+        .await
+        .unwrap();
+    assert_eq!(
+        served.status,
+        CacheStatus::Hit,
+        "fetched 2 TTLs ago, 3 accepted"
+    );
+    assert_eq!(up.calls(), 1);
+    let served = n
+        .node
+        .get_within(r.clone(), cred, within(60))
+        .await
+        .unwrap();
+    assert_eq!(served.status, CacheStatus::Revalidated, "too old for 60 s");
+    assert_eq!(up.calls(), 2);
+}

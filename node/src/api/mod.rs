@@ -27,6 +27,10 @@ use tokio::net::TcpListener;
 use crate::node::{Body as Answer, CacheStatus, GetError, Node, Served};
 use crate::upstream::{ClientToken, Credential};
 
+/// A read that accepts a local copy fetched within this many seconds, even if expired
+/// (what `ghmesh api --cache DURATION` sends).
+pub const MAX_AGE_HEADER: &str = "x-ghmesh-max-age";
+
 /// Largest request body accepted (non-GET requests passed through).
 pub const MAX_REQUEST_BODY: usize = 10 * 1024 * 1024;
 /// Largest total size of request headers accepted.
@@ -301,6 +305,20 @@ async fn proxy(State(s): State<ApiState>, req: Request) -> Response {
         Some(_) => None,
     };
     let cacheable = (method == Method::GET || head) && cred.is_some();
+    let max_age = match req
+        .headers()
+        .get(MAX_AGE_HEADER)
+        .map(|v| v.to_str().map(str::parse::<u64>))
+    {
+        None => None,
+        Some(Ok(Ok(secs))) if secs <= 366 * 24 * 3600 => Some(Duration::from_secs(secs)),
+        Some(_) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "x-ghmesh-max-age must be a number of seconds up to a year",
+            )
+        }
+    };
 
     let served = if let (true, Some(cred)) = (cacheable, cred) {
         // Body is not Sync: nothing borrowed from the request may live across an await.
@@ -309,7 +327,7 @@ async fn proxy(State(s): State<ApiState>, req: Request) -> Response {
             CanonicalRequest::new("GET", &pq, header("accept"), header("x-github-api-version"))
         };
         match canonical {
-            Ok(c) => s.node.get_as(c, cred).await,
+            Ok(c) => s.node.get_within(c, cred, max_age).await,
             Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("bad request: {e}")),
         }
     } else {

@@ -200,6 +200,10 @@ pub struct ApiArgs {
     /// Print the HTTP status line and headers before the body
     #[arg(short = 'i', long)]
     pub include: bool,
+    /// Accept a cached answer fetched within this long, even if expired, as gh's flag
+    /// of that name (e.g. 3600s, 60m, 1h30m)
+    #[arg(long, value_name = "DURATION")]
+    pub cache: Option<String>,
 }
 
 /// Flags of `ghmesh stats` and `ghmesh peers`.

@@ -80,6 +80,17 @@ impl Node {
         req: CanonicalRequest,
         cred: Credential,
     ) -> Result<Served, GetError> {
+        self.get_within(req, cred, None).await
+    }
+
+    /// [`Node::get_as`] that also accepts a local copy fetched within `max_age`, even
+    /// if expired (`ghmesh api --cache`, like gh's flag of that name).
+    pub async fn get_within(
+        &self,
+        req: CanonicalRequest,
+        cred: Credential,
+        max_age: Option<std::time::Duration>,
+    ) -> Result<Served, GetError> {
         if self.inner.stopping.is_cancelled() {
             return Err(GetError::Closed);
         }
@@ -88,8 +99,9 @@ impl Node {
         }
         let key = req.key();
         let local = self.local(&key);
+        let max_age_ms = max_age.map(|a| a.as_millis() as u64);
         if let Some(e) = &local {
-            if e.meta.is_fresh(self.now_ms()) {
+            if policy::servable_locally(&e.meta, self.now_ms(), max_age_ms) {
                 let status = policy::local_status(&e.meta, &self.inner.me);
                 self.count(status);
                 return Ok(Served::entry(e.clone(), status));

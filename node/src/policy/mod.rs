@@ -26,6 +26,14 @@ pub const EXTRA_ASKS: usize = 2;
 /// first read): one transfer per node, instead of gossip's push to every mesh peer.
 pub const PREFETCH_MAX_BODY: u64 = 512 * 1024;
 
+/// Serve this local copy without asking anyone? When it is fresh, or, for a request
+/// that accepts older copies (`ghmesh api --cache`, header `x-ghmesh-max-age`), when it
+/// was fetched within `max_age_ms`.
+pub fn servable_locally(meta: &EntryMeta, now_ms: u64, max_age_ms: Option<u64>) -> bool {
+    meta.is_fresh(now_ms)
+        || max_age_ms.is_some_and(|age| now_ms.saturating_sub(meta.fetched_at_ms) < age)
+}
+
 /// How a fresh local entry is reported: `hit` when this node fetched it, else `peer`.
 pub fn local_status(meta: &EntryMeta, me: &str) -> CacheStatus {
     if meta.origin == me {

@@ -394,3 +394,18 @@ fn copies_older_than_a_write_are_refused() {
     assert!(!predates_write(2_001, Some(2_000)));
     assert!(!predates_write(1_000, None));
 }
+
+#[test]
+fn a_request_may_accept_older_copies() {
+    let e = entry(b"{}", 1_000, 2_000);
+    assert!(servable_locally(&e.meta, 1_500, None), "fresh");
+    assert!(!servable_locally(&e.meta, 2_500, None), "expired");
+    assert!(
+        servable_locally(&e.meta, 2_500, Some(3_000)),
+        "fetched 1.5 s ago, 3 s accepted"
+    );
+    assert!(
+        !servable_locally(&e.meta, 4_500, Some(3_000)),
+        "fetched 3.5 s ago"
+    );
+}
