@@ -20,6 +20,19 @@ fn req(path: &str) -> CanonicalRequest {
     CanonicalRequest::get(path).unwrap()
 }
 
+/// A local-only node whose entries live `TTL` on a clock the test moves.
+async fn local_node_on_a_manual_clock() -> (Arc<ManualClock>, Arc<MemoryUpstream>, TestNode) {
+    let clock = ManualClock::starting_now();
+    let (up, dynup) = upstream();
+    let n = start_node_with(None, vec![], dynup, |c| {
+        c.clock = clock.clone();
+        c.ttl = Some(TTL.as_secs());
+    })
+    .await
+    .unwrap();
+    (clock, up, n)
+}
+
 fn upstream() -> (Arc<MemoryUpstream>, Arc<dyn Upstream>) {
     let up = Arc::new(MemoryUpstream::new());
     (up.clone(), up)
@@ -87,14 +100,7 @@ async fn expiry_revalidates_for_free_and_the_refresh_reaches_the_peer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_copy_is_served_stale_while_upstream_fails_then_revalidated() {
-    let clock = ManualClock::starting_now();
-    let (up, dynup) = upstream();
-    let n = start_node_with(None, vec![], dynup, |c| {
-        c.clock = clock.clone();
-        c.ttl = Some(TTL.as_secs());
-    })
-    .await
-    .unwrap();
+    let (clock, up, n) = local_node_on_a_manual_clock().await;
     let r = req("/repos/acme/widgets");
     let first = n.node.get(r.clone()).await.unwrap();
     assert_eq!(first.status, CacheStatus::Miss);
@@ -178,14 +184,7 @@ async fn a_failed_store_write_is_served_but_never_acknowledged_as_stored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_may_accept_an_older_copy_as_ghs_cache_flag_does() {
-    let clock = ManualClock::starting_now();
-    let (up, dynup) = upstream();
-    let n = start_node_with(None, vec![], dynup, |c| {
-        c.clock = clock.clone();
-        c.ttl = Some(TTL.as_secs());
-    })
-    .await
-    .unwrap();
+    let (clock, up, n) = local_node_on_a_manual_clock().await;
     let r = req("/repos/acme/cached");
     assert_eq!(
         n.node.get(r.clone()).await.unwrap().status,

@@ -293,37 +293,58 @@ pub fn upstream_timeout(
     flag: Option<u64>,
     env: EnvLookup<'_>,
 ) -> Result<std::time::Duration, CliError> {
-    let secs = number(
-        flag,
-        env,
-        &["GHMESH_UPSTREAM_TIMEOUT"],
-        "a number of seconds",
-    )?
-    .unwrap_or(15);
-    if secs == 0 || secs > 600 {
-        return Err(CliError::usage(
-            "--upstream-timeout must be between 1 and 600 seconds",
-        ));
-    }
+    let limits = Bounds {
+        names: &["GHMESH_UPSTREAM_TIMEOUT"],
+        what: "a number of seconds",
+        flag: "--upstream-timeout",
+        unit: " seconds",
+    };
+    let secs = bounded(flag, env, &limits, 15, 1..=600)?;
     Ok(std::time::Duration::from_secs(secs))
+}
+
+/// How a bounded number setting is named in its messages.
+struct Bounds<'a> {
+    names: &'a [&'static str],
+    what: &'a str,
+    flag: &'a str,
+    unit: &'a str,
+}
+
+/// A number from its flag or env vars, `default` when unset, refused outside `range`.
+fn bounded<T>(
+    flag: Option<T>,
+    env: EnvLookup<'_>,
+    b: &Bounds<'_>,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, CliError>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    let n = number(flag, env, b.names, b.what)?.unwrap_or(default);
+    if !range.contains(&n) {
+        return Err(CliError::usage(format!(
+            "{} must be between {} and {}{}",
+            b.flag,
+            range.start(),
+            range.end(),
+            b.unit
+        )));
+    }
+    Ok(n)
 }
 
 /// `--upstream-concurrency` (`GHMESH_UPSTREAM_CONCURRENCY`): 1 to 100 (GitHub's own
 /// cap on concurrent requests per user).
 pub fn upstream_concurrency(flag: Option<usize>, env: EnvLookup<'_>) -> Result<usize, CliError> {
-    let n = number(
-        flag,
-        env,
-        &["GHMESH_UPSTREAM_CONCURRENCY"],
-        "a whole number",
-    )?
-    .unwrap_or(8);
-    if n == 0 || n > 100 {
-        return Err(CliError::usage(
-            "--upstream-concurrency must be between 1 and 100",
-        ));
-    }
-    Ok(n)
+    let limits = Bounds {
+        names: &["GHMESH_UPSTREAM_CONCURRENCY"],
+        what: "a whole number",
+        flag: "--upstream-concurrency",
+        unit: "",
+    };
+    bounded(flag, env, &limits, 8, 1..=100)
 }
 
 /// `--client-tokens` (`GHMESH_CLIENT_TOKENS`): share (default) or bypass.

@@ -10,6 +10,7 @@ use libp2p::gossipsub::MessageAcceptance;
 use libp2p::PeerId;
 use tokio::sync::mpsc;
 
+use super::read::Resolution;
 use super::writer::WriteJob;
 use super::{Inner, Node, MAX_BODYLESS};
 use crate::network::NetEvent;
@@ -193,7 +194,13 @@ impl Node {
             (LookupAnswer::StartFetch, local) => {
                 // An expired copy, if any, makes the owner's fetch a free revalidation.
                 // With our own token: an asker's token never leaves its node.
-                let _ = self.join_or_start(l.request, l.key, local, false, Credential::Node);
+                let _ = self.join_or_start(Resolution {
+                    req: l.request,
+                    key: l.key,
+                    local,
+                    ask_peers: false,
+                    cred: Credential::Node,
+                });
                 LookupReply::Pending
             }
             _ => LookupReply::NotFound,

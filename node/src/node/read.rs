@@ -107,7 +107,13 @@ impl Node {
                 return Ok(Served::entry(e.clone(), status));
             }
         }
-        let (flight, leader) = self.join_or_start(req, key, local, true, cred);
+        let (flight, leader) = self.join_or_start(Resolution {
+            req,
+            key,
+            local,
+            ask_peers: true,
+            cred,
+        });
         let mut served = self.await_flight(flight).await?;
         if !leader {
             served.status = policy::joined_status(served.status);
@@ -205,18 +211,10 @@ impl Node {
         };
     }
 
-    /// Joins the resolution of `key` in progress, or starts one. True: we lead it.
-    /// `ask_peers` is false when a peer asked us to fetch as the key's owner: asking
-    /// peers then could bounce the request between nodes that disagree on the owner.
-    pub(super) fn join_or_start(
-        &self,
-        req: CanonicalRequest,
-        key: CacheKey,
-        local: Option<Entry>,
-        ask_peers: bool,
-        cred: Credential,
-    ) -> (Flight, bool) {
-        let who = match &cred {
+    /// Joins the resolution of its key in progress, or starts one. True: we lead it.
+    pub(super) fn join_or_start(&self, r: Resolution) -> (Flight, bool) {
+        let (key, cred) = (r.key, &r.cred);
+        let who = match cred {
             Credential::Node => None,
             Credential::Client(t) => Some(t.fingerprint()),
         };
@@ -237,7 +235,7 @@ impl Node {
                 flights: &node.inner.flights,
                 key: key_of_flight,
             };
-            let res = node.resolve(req, key, local, ask_peers, cred).await;
+            let res = node.resolve(r).await;
             // Remove first: a reader arriving after this sees the stored entry.
             drop(landing);
             let _ = tx.send(Some(res));
@@ -255,21 +253,26 @@ impl Node {
         }
     }
 
-    async fn resolve(
-        &self,
-        req: CanonicalRequest,
-        key: CacheKey,
-        local: Option<Entry>,
-        ask_peers: bool,
-        cred: Credential,
-    ) -> Result<Served, GetError> {
-        if ask_peers && self.inner.cfg.mode == MeshMode::Mesh && self.inner.mesh.is_some() {
-            if let Some(served) = self.ask_peers(&req, key).await {
+    async fn resolve(&self, r: Resolution) -> Result<Served, GetError> {
+        if r.ask_peers && self.inner.cfg.mode == MeshMode::Mesh && self.inner.mesh.is_some() {
+            if let Some(served) = self.ask_peers(&r.req, r.key).await {
                 return Ok(served);
             }
         }
-        self.fetch_upstream(req, key, local, cred).await
+        self.fetch_upstream(r.req, r.key, r.local, r.cred).await
     }
+}
+
+/// One resolution of a key: what to fetch, the copy held (for a conditional request),
+/// and with whose token.
+pub(super) struct Resolution {
+    pub(super) req: CanonicalRequest,
+    pub(super) key: CacheKey,
+    pub(super) local: Option<Entry>,
+    /// False when a peer asked us to fetch as the key's owner: asking peers then could
+    /// bounce the request between nodes that disagree on the owner.
+    pub(super) ask_peers: bool,
+    pub(super) cred: Credential,
 }
 
 /// A held token's repeated refusal is GitHub's own answer, passed to this client.
