@@ -9,14 +9,17 @@
 
 pub mod fidelity;
 pub mod guard;
+mod respond;
+
+use respond::{answer_conditional, into_response};
+pub use respond::{response_parts, rewrite_link, ResponseParts};
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -24,7 +27,7 @@ use axum::Router;
 use ghmesh_protocol::{is_safe_path, CanonicalRequest};
 use tokio::net::TcpListener;
 
-use crate::node::{Body as Answer, CacheStatus, GetError, Node, Served};
+use crate::node::{Body as Answer, GetError, Node, Served};
 use crate::upstream::{ClientToken, Credential};
 
 /// A read that accepts a local copy fetched within this many seconds, even if expired
@@ -35,26 +38,6 @@ pub const MAX_AGE_HEADER: &str = "x-ghmesh-max-age";
 pub const MAX_REQUEST_BODY: usize = 10 * 1024 * 1024;
 /// Largest total size of request headers accepted.
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
-
-/// Response headers passed from upstream answers to the client.
-const PASS_HEADERS: &[&str] = &[
-    "content-type",
-    "etag",
-    "last-modified",
-    "link",
-    "x-github-media-type",
-    "x-github-request-id",
-    "retry-after",
-    "location",
-    "cache-control",
-    "x-ratelimit-limit",
-    "x-ratelimit-remaining",
-    "x-ratelimit-reset",
-    "x-ratelimit-used",
-    "x-ratelimit-resource",
-    "vary",
-    "x-github-api-version-selected",
-];
 
 #[derive(Clone)]
 struct ApiState {
@@ -403,49 +386,6 @@ fn header_string(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// A `304` when the client already holds the fresh entry it asked for (its own
-/// `If-None-Match` / `If-Modified-Since`), with the validators and our cache headers.
-fn answer_conditional(
-    served: &Served,
-    (if_none_match, if_modified_since): &(Option<String>, Option<String>),
-) -> Option<Response> {
-    let Answer::Entry(e) = &served.body else {
-        return None;
-    };
-    if served.status == CacheStatus::Stale
-        || (if_none_match.is_none() && if_modified_since.is_none())
-    {
-        return None;
-    }
-    let (etag, last_modified) = (e.meta.header("etag"), e.meta.header("last-modified"));
-    if !fidelity::client_has_it(
-        if_none_match.as_deref(),
-        if_modified_since.as_deref(),
-        etag,
-        last_modified,
-    ) {
-        return None;
-    }
-    let mut resp = Response::new(Body::empty());
-    *resp.status_mut() = StatusCode::NOT_MODIFIED;
-    let h = resp.headers_mut();
-    for name in ["etag", "last-modified", "cache-control", "vary"] {
-        if let Some(v) = e
-            .meta
-            .header(name)
-            .and_then(|v| HeaderValue::from_str(v).ok())
-        {
-            h.insert(HeaderName::from_static(name), v);
-        }
-    }
-    let status = served.status;
-    h.insert("x-ghmesh-cache", HeaderValue::from_static(status.as_str()));
-    if let Ok(v) = HeaderValue::from_str(&fidelity::cache_status(status, 200, served.stored)) {
-        h.insert("cache-status", v);
-    }
-    Some(resp)
-}
-
 fn local_base(headers: &HeaderMap, addr: SocketAddr) -> String {
     let host = headers
         .get("host")
@@ -456,121 +396,6 @@ fn local_base(headers: &HeaderMap, addr: SocketAddr) -> String {
     format!("http://{host}")
 }
 
-/// A response as status, headers and body, independent of the HTTP library: the API
-/// and `ghmesh api` (working alone) render the same thing.
-#[derive(Debug, Clone)]
-pub struct ResponseParts {
-    /// HTTP status.
-    pub status: u16,
-    /// Headers in order, lower-case names.
-    pub headers: Vec<(String, String)>,
-    /// Body.
-    pub body: Bytes,
-}
-
-/// Builds the client-facing response for a served request: GitHub's headers, current
-/// rate-limit headers, `x-ghmesh-cache`, and `Link` rewritten to `local_base`.
-pub fn response_parts(
-    node: &Node,
-    served: &Served,
-    upstream_base: &str,
-    local_base: &str,
-    rewrite_bodies: bool,
-) -> ResponseParts {
-    let (status, src_headers, mut body) = match &served.body {
-        Answer::Entry(e) => (
-            e.meta.status,
-            e.meta.headers.clone(),
-            Bytes::from(e.body.to_vec()),
-        ),
-        Answer::Upstream(r) => (r.status, r.headers.clone(), r.body.clone()),
-    };
-    let content_type = src_headers
-        .iter()
-        .find(|(k, _)| k == "content-type")
-        .map(|(_, v)| v.as_str());
-    if rewrite_bodies && !upstream_base.is_empty() && fidelity::is_json(content_type) {
-        if let Some(rewritten) = fidelity::rewrite_json_urls(&body, upstream_base, local_base) {
-            body = Bytes::from(rewritten);
-        }
-    }
-    let from_entry = matches!(served.body, Answer::Entry(_));
-    // An entry's quota headers describe the moment it was fetched: current ones are
-    // added below (its x-ratelimit-resource, a property of the endpoint, stays).
-    let stale_quota =
-        |k: &str| from_entry && k.starts_with("x-ratelimit") && k != "x-ratelimit-resource";
-    let mut headers: Vec<(String, String)> = src_headers
-        .into_iter()
-        .filter(|(k, _)| PASS_HEADERS.contains(&k.as_str()))
-        .filter(|(k, _)| !stale_quota(k))
-        .map(|(k, v)| {
-            if k == "link" {
-                let v = rewrite_link(&v, upstream_base, local_base);
-                (k, v)
-            } else {
-                (k, v)
-            }
-        })
-        .collect();
-    if matches!(served.body, Answer::Entry(_)) {
-        let rl = node.upstream().rate_limit();
-        for (name, v) in [
-            ("x-ratelimit-limit", rl.limit),
-            ("x-ratelimit-remaining", rl.remaining),
-            ("x-ratelimit-reset", rl.reset),
-            ("x-ratelimit-used", rl.used),
-        ] {
-            if let Some(v) = v {
-                headers.push((name.to_string(), v.to_string()));
-            }
-        }
-    }
-    headers.push(("x-ghmesh-cache".into(), served.status.as_str().into()));
-    headers.push((
-        "cache-status".into(),
-        fidelity::cache_status(served.status, status, served.stored),
-    ));
-    ResponseParts {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn into_response(parts: ResponseParts, head: bool) -> Response {
-    let status = StatusCode::from_u16(parts.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    let length = parts.body.len();
-    let mut resp = if head {
-        Response::new(Body::empty())
-    } else {
-        Response::new(Body::from(parts.body))
-    };
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    if head {
-        // The GET's length, as RFC 9110 §9.3.2 allows and clients expect.
-        h.insert(
-            axum::http::header::CONTENT_LENGTH,
-            HeaderValue::from(length),
-        );
-    }
-    for (k, v) in parts.headers {
-        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
-            h.append(k, v);
-        }
-    }
-    resp
-}
-
-/// Points `Link` URLs at this API instead of GitHub, so that clients paginate through
-/// the cache.
-pub fn rewrite_link(link: &str, upstream_base: &str, local_base: &str) -> String {
-    if upstream_base.is_empty() {
-        return link.to_string();
-    }
-    link.replace(&format!("<{upstream_base}"), &format!("<{local_base}"))
-}
-
 /// Binds the API address; port 0 picks a free port.
 pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
@@ -579,24 +404,6 @@ pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn links_point_back_at_the_api() {
-        let link = r#"<https://api.github.com/repos/o/r/issues?page=2>; rel="next", <https://api.github.com/repos/o/r/issues?page=5>; rel="last""#;
-        let out = rewrite_link(link, "https://api.github.com", "http://127.0.0.1:7711");
-        assert_eq!(
-            out,
-            r#"<http://127.0.0.1:7711/repos/o/r/issues?page=2>; rel="next", <http://127.0.0.1:7711/repos/o/r/issues?page=5>; rel="last""#
-        );
-        assert_eq!(
-            rewrite_link(
-                "<https://elsewhere/x>; rel=\"next\"",
-                "https://api.github.com",
-                "http://l"
-            ),
-            "<https://elsewhere/x>; rel=\"next\""
-        );
-    }
 
     #[test]
     fn the_clients_own_token_is_told_apart_from_the_nodes() {

@@ -2,6 +2,7 @@
 
 pub(crate) mod api_cmd;
 pub(crate) mod daemon;
+mod gh_format;
 mod info;
 pub mod jq;
 mod jq_render;

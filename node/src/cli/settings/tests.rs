@@ -1,0 +1,134 @@
+//! The resolution rules of every flag and environment variable.
+use super::test_env as env;
+use super::*;
+
+#[test]
+fn secret_sources_in_order() {
+    let e = env(&[
+        ("GITHUB_TOKEN", "gt"),
+        ("GH_TOKEN", "gh"),
+        ("CACHE_P2P_SHARED_SECRET", "c"),
+    ]);
+    let (s, src) = mesh_secret(None, &e).unwrap().unwrap();
+    assert_eq!(
+        (s.as_str(), src),
+        ("c", SecretSource::Env("CACHE_P2P_SHARED_SECRET"))
+    );
+    let e = env(&[("GITHUB_TOKEN", "gt"), ("GH_TOKEN", "")]);
+    assert_eq!(
+        mesh_secret(None, &e).unwrap().unwrap().0,
+        "gt",
+        "empty values are skipped"
+    );
+    assert!(mesh_secret(None, &env(&[])).unwrap().is_none());
+
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("s");
+    std::fs::write(&f, "from-file\n").unwrap();
+    let e = env(&[("GHMESH_SECRET", "env")]);
+    assert_eq!(mesh_secret(Some(&f), &e).unwrap().unwrap().0, "from-file");
+    let missing = mesh_secret(Some(&dir.path().join("nope")), &e).unwrap_err();
+    assert_eq!(missing.code, 2);
+    assert!(!missing.message.contains("env"), "no secret in errors");
+    std::fs::write(&f, "\n").unwrap();
+    assert_eq!(mesh_secret(Some(&f), &e).unwrap_err().code, 2);
+}
+
+#[test]
+fn token_and_scope() {
+    assert_eq!(
+        upstream_token(&env(&[("GITHUB_TOKEN", "b"), ("GH_TOKEN", "a")])).as_deref(),
+        Some("a")
+    );
+    assert_eq!(
+        scope(None, &env(&[("GITHUB_REPOSITORY", "o/r")])).unwrap(),
+        "o/r"
+    );
+    assert_eq!(
+        scope(Some("x/y"), &env(&[("GHMESH_REPO", "o/r")])).unwrap(),
+        "x/y"
+    );
+    assert_eq!(scope(None, &env(&[])).unwrap(), "");
+    assert_eq!(scope(Some("nope"), &env(&[])).unwrap_err().code, 2);
+    assert!(looks_like_job_token("ghs_abc"));
+    assert!(!looks_like_job_token("ghp_abc"));
+}
+
+#[test]
+fn listen_and_bootstrap() {
+    let e = env(&[("CACHE_LISTEN_PORT", "9200")]);
+    assert_eq!(
+        listen(&[], &e).unwrap()[0].to_string(),
+        "/ip4/0.0.0.0/tcp/9200"
+    );
+    let e = env(&[
+        ("GHMESH_LISTEN", "/ip4/127.0.0.1/tcp/0,/ip4/127.0.0.2/tcp/0"),
+        ("CACHE_LISTEN_PORT", "1"),
+    ]);
+    assert_eq!(listen(&[], &e).unwrap().len(), 2);
+    assert_eq!(
+        listen(&[], &env(&[])).unwrap()[0].to_string(),
+        "/ip4/0.0.0.0/tcp/9100"
+    );
+    assert_eq!(listen(&["garbage".into()], &env(&[])).unwrap_err().code, 2);
+    assert_eq!(
+        listen(&[], &env(&[("CACHE_LISTEN_PORT", "x")]))
+            .unwrap_err()
+            .code,
+        2
+    );
+    let e = env(&[("CACHE_BOOTSTRAP_PEERS", "/ip4/10.0.0.1/tcp/9100")]);
+    assert_eq!(bootstrap(&[], &e).unwrap().len(), 1);
+    assert!(bootstrap(&[], &env(&[])).unwrap().is_empty());
+}
+
+#[test]
+fn numbers_and_dirs() {
+    assert_eq!(
+        ttl(None, &env(&[("CACHE_DEFAULT_TTL", "30")])).unwrap(),
+        Some(30)
+    );
+    assert_eq!(
+        ttl(Some(5), &env(&[("GHMESH_TTL", "30")])).unwrap(),
+        Some(5)
+    );
+    assert_eq!(
+        ttl(None, &env(&[("GHMESH_TTL", "soon")])).unwrap_err().code,
+        2
+    );
+    let l = limits(None, None, &env(&[("CACHE_MAX_SIZE", "10")])).unwrap();
+    assert_eq!(l.max_entries, 10);
+    assert_eq!(l.max_bytes, 1 << 30);
+    assert_eq!(
+        data_dir(None, &env(&[("XDG_CACHE_HOME", "/x")])),
+        PathBuf::from("/x/ghmesh")
+    );
+    assert_eq!(
+        data_dir(None, &env(&[("HOME", "/h")])),
+        PathBuf::from("/h/.cache/ghmesh")
+    );
+    assert_eq!(
+        data_dir(None, &env(&[("CACHE_DIR", "/c"), ("HOME", "/h")])),
+        PathBuf::from("/c")
+    );
+    assert_eq!(
+        upstream_url(
+            None,
+            &env(&[("GITHUB_API_URL", "https://ghe.example/api/v3/")])
+        )
+        .unwrap(),
+        "https://ghe.example/api/v3"
+    );
+    assert_eq!(
+        upstream_url(Some("ftp://x"), &env(&[])).unwrap_err().code,
+        2
+    );
+    assert!(env_flag_off(
+        &env(&[("GHMESH_MDNS", "false")]),
+        "GHMESH_MDNS"
+    ));
+    assert!(!env_flag_off(
+        &env(&[("GHMESH_MDNS", "true")]),
+        "GHMESH_MDNS"
+    ));
+}
