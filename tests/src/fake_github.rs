@@ -74,6 +74,10 @@ const LOGINS: [&str; 6] = [
     "octocat", "hubot", "monalisa", "defunkt", "mojombo", "pjhyett",
 ];
 
+/// GitHub's secondary rate-limit message (what clients and ghmesh recognise it by).
+const SECONDARY_MESSAGE: &str =
+    "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.";
+
 /// A failure mode applied to every request until set back to `Fault::None`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Fault {
@@ -609,11 +613,7 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             return json_response(
                 StatusCode::TOO_MANY_REQUESTS,
                 vec![("retry-after", "60".to_string())],
-                &message(
-                    "You have exceeded a secondary rate limit. Please wait a few minutes \
-                     before you try again.",
-                    SECONDARY_DOCS_URL,
-                ),
+                &message(SECONDARY_MESSAGE, SECONDARY_DOCS_URL),
             )
         }
         Fault::Hang => {
@@ -624,11 +624,7 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             return json_response(
                 StatusCode::FORBIDDEN,
                 vec![("x-ratelimit-remaining", "4000".to_string())],
-                &message(
-                    "You have exceeded a secondary rate limit. Please wait a few minutes \
-                     before you try again.",
-                    SECONDARY_DOCS_URL,
-                ),
+                &message(SECONDARY_MESSAGE, SECONDARY_DOCS_URL),
             )
         }
     }

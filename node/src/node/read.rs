@@ -25,20 +25,21 @@ type Flight = watch::Receiver<Outcome>;
 /// never served to another.
 type FlightKey = (CacheKey, Option<[u8; 8]>);
 
-/// Keys being resolved on this node, each with the channel its result arrives on.
+/// Keys being resolved on this node, each with the channel its result arrives on, per
+/// token. Keyed by cache key first: every inbound lookup asks whether a key is in flight.
 #[derive(Default)]
-pub(super) struct Flights(Mutex<HashMap<FlightKey, Flight>>);
+pub(super) struct Flights(Mutex<HashMap<CacheKey, PerToken>>);
+
+/// The flights of one key, by token fingerprint (None: the node's own).
+type PerToken = HashMap<Option<[u8; 8]>, Flight>;
 
 impl Flights {
     /// Some resolution of `key` is in progress, whoever's token it uses.
     pub(super) fn contains(&self, key: &CacheKey) -> bool {
-        self.0
-            .lock()
-            .map(|m| m.keys().any(|(k, _)| k == key))
-            .unwrap_or(false)
+        self.0.lock().map(|m| m.contains_key(key)).unwrap_or(false)
     }
 
-    /// Room for one more resolution.
+    /// Room for resolutions of one more key.
     pub(super) fn has_room(&self) -> bool {
         self.0
             .lock()
@@ -46,9 +47,14 @@ impl Flights {
             .unwrap_or(false)
     }
 
-    fn remove(&self, key: &FlightKey) {
+    fn remove(&self, (key, who): &FlightKey) {
         if let Ok(mut m) = self.0.lock() {
-            m.remove(key);
+            if let Some(per_token) = m.get_mut(key) {
+                per_token.remove(who);
+                if per_token.is_empty() {
+                    m.remove(key);
+                }
+            }
         }
     }
 }
@@ -223,11 +229,12 @@ impl Node {
             let (_tx, rx) = watch::channel(Some(Err(GetError::Closed)));
             return (rx, true);
         };
-        if let Some(rx) = map.get(&key_of_flight) {
+        let per_token = map.entry(key).or_default();
+        if let Some(rx) = per_token.get(&who) {
             return (rx.clone(), false);
         }
         let (tx, rx) = watch::channel(None);
-        map.insert(key_of_flight, rx.clone());
+        per_token.insert(who, rx.clone());
         drop(map);
         let node = self.clone();
         self.spawn(async move {

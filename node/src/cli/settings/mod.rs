@@ -168,49 +168,59 @@ pub fn api_addr(flag: Option<&str>, env: EnvLookup<'_>) -> String {
 
 /// Extra API host names: `--api-host`…, `GHMESH_API_HOST` (comma-separated).
 pub fn api_hosts(flags: &[String], env: EnvLookup<'_>) -> Result<Vec<String>, CliError> {
-    let (values, what) = if !flags.is_empty() {
-        (flags.to_vec(), "--api-host")
-    } else {
-        match first_env(env, &["GHMESH_API_HOST"]) {
-            Some((name, v)) => (vec![v], name),
-            None => return Ok(Vec::new()),
-        }
+    let Some((values, what)) = flags_or_env(flags, "--api-host", env, &["GHMESH_API_HOST"]) else {
+        return Ok(Vec::new());
     };
+    comma_list(&values, |v| {
+        let ok = v.len() <= 253
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+        if ok {
+            Ok(v.to_ascii_lowercase())
+        } else {
+            Err(CliError::usage(format!(
+                "bad {what} '{v}': give a host name without scheme or port, e.g. ghmesh-api.ci.svc"
+            )))
+        }
+    })
+}
+
+/// A repeatable flag's values, else the first of `names` set (one comma-separated
+/// value), with the name to put in error messages.
+fn flags_or_env<'a>(
+    flags: &[String],
+    flag: &'a str,
+    env: EnvLookup<'_>,
+    names: &[&'static str],
+) -> Option<(Vec<String>, &'a str)> {
+    if !flags.is_empty() {
+        return Some((flags.to_vec(), flag));
+    }
+    first_env(env, names).map(|(name, v)| (vec![v], name))
+}
+
+/// Every comma-separated, non-empty item of `values`, parsed.
+fn comma_list<T>(
+    values: &[String],
+    parse: impl Fn(&str) -> Result<T, CliError>,
+) -> Result<Vec<T>, CliError> {
     values
         .iter()
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|v| !v.is_empty())
-        .map(|v| {
-            let ok = v.len() <= 253
-                && v
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
-            if ok {
-                Ok(v.to_ascii_lowercase())
-            } else {
-                Err(CliError::usage(format!(
-                    "bad {what} '{v}': give a host name without scheme or port, e.g. ghmesh-api.ci.svc"
-                )))
-            }
-        })
+        .map(parse)
         .collect()
 }
 
 fn parse_addrs(values: &[String], what: &str) -> Result<Vec<Multiaddr>, CliError> {
-    values
-        .iter()
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .map(|v| {
-            v.parse::<Multiaddr>().map_err(|e| {
-                CliError::usage(format!(
-                    "bad {what} address '{v}': {e}; expected a multiaddr like /ip4/10.0.0.5/tcp/9100/p2p/12D3Koo…"
-                ))
-            })
+    comma_list(values, |v| {
+        v.parse::<Multiaddr>().map_err(|e| {
+            CliError::usage(format!(
+                "bad {what} address '{v}': {e}; expected a multiaddr like /ip4/10.0.0.5/tcp/9100/p2p/12D3Koo…"
+            ))
         })
-        .collect()
+    })
 }
 
 /// Listen addresses: `--listen`…, `GHMESH_LISTEN`, `CACHE_LISTEN_PORT`, else
@@ -235,22 +245,17 @@ pub fn listen(flags: &[String], env: EnvLookup<'_>) -> Result<Vec<Multiaddr>, Cl
 
 /// Bootstrap addresses: `--bootstrap`…, `GHMESH_BOOTSTRAP`, `CACHE_BOOTSTRAP_PEERS`.
 pub fn bootstrap(flags: &[String], env: EnvLookup<'_>) -> Result<Vec<Multiaddr>, CliError> {
-    if !flags.is_empty() {
-        return parse_addrs(flags, "--bootstrap");
-    }
-    match first_env(env, &["GHMESH_BOOTSTRAP", "CACHE_BOOTSTRAP_PEERS"]) {
-        Some((name, v)) => parse_addrs(&[v], name),
+    let names = ["GHMESH_BOOTSTRAP", "CACHE_BOOTSTRAP_PEERS"];
+    match flags_or_env(flags, "--bootstrap", env, &names) {
+        Some((values, what)) => parse_addrs(&values, what),
         None => Ok(Vec::new()),
     }
 }
 
 /// External addresses: `--external-addr`…, `GHMESH_EXTERNAL`.
 pub fn external(flags: &[String], env: EnvLookup<'_>) -> Result<Vec<Multiaddr>, CliError> {
-    if !flags.is_empty() {
-        return parse_addrs(flags, "--external-addr");
-    }
-    match first_env(env, &["GHMESH_EXTERNAL"]) {
-        Some((name, v)) => parse_addrs(&[v], name),
+    match flags_or_env(flags, "--external-addr", env, &["GHMESH_EXTERNAL"]) {
+        Some((values, what)) => parse_addrs(&values, what),
         None => Ok(Vec::new()),
     }
 }
