@@ -93,8 +93,17 @@ impl NodeConfig {
 /// hold a request (or shutdown) forever.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadlines {
-    /// The whole peer phase of a miss before falling back upstream.
+    /// How long to wait for a member's answer to a lookup before its latency is known;
+    /// then twice its recent slowest answer, within `lookup_floor..=lookup_ceiling`.
     pub lookup: Duration,
+    /// Least time a lookup is given.
+    pub lookup_floor: Duration,
+    /// Most time a lookup is given.
+    pub lookup_ceiling: Duration,
+    /// Every connection is pinged this often.
+    pub ping_interval: Duration,
+    /// A ping unanswered this long closes the connection.
+    pub ping_timeout: Duration,
     /// How long to wait for an owner that answered `Pending`.
     pub pending_wait: Duration,
     /// A whole upstream request.
@@ -116,12 +125,19 @@ pub struct Deadlines {
     pub shutdown: Duration,
     /// Lifetime of our rendezvous provider record in the DHT.
     pub provider_ttl: Duration,
+    /// After a store I/O error, how long reopening is retried before the node gives up
+    /// (and the daemon exits non-zero).
+    pub store_reopen: Duration,
 }
 
 impl Default for Deadlines {
     fn default() -> Self {
         Self {
             lookup: Duration::from_millis(250),
+            lookup_floor: Duration::from_millis(50),
+            lookup_ceiling: Duration::from_secs(1),
+            ping_interval: Duration::from_secs(10),
+            ping_timeout: Duration::from_secs(10),
             pending_wait: Duration::from_secs(15),
             upstream: Duration::from_secs(20),
             flight_slack: Duration::from_secs(5),
@@ -132,13 +148,29 @@ impl Default for Deadlines {
             recency_flush: Duration::from_secs(10),
             shutdown: Duration::from_secs(5),
             provider_ttl: Duration::from_secs(3600),
+            store_reopen: Duration::from_secs(5),
         }
     }
 }
 
 impl Deadlines {
+    /// The longest the peer phase of a miss asks owners: each owner asked gets at
+    /// most the ceiling, and at most `MAX_OWNER_ASKS` are asked.
+    pub fn peer_asks(&self) -> Duration {
+        self.lookup_ceiling.max(self.lookup) * crate::limits::MAX_OWNER_ASKS as u32
+    }
+
     /// The longest a reader waits on a flight it joined.
     pub fn flight(&self) -> Duration {
-        self.upstream + self.pending_wait + self.lookup + self.flight_slack
+        self.upstream + self.pending_wait + self.peer_asks() + self.lookup + self.flight_slack
+    }
+
+    /// How lookup budgets adapt.
+    pub fn budget_rule(&self) -> crate::policy::book::BudgetRule {
+        crate::policy::book::BudgetRule {
+            initial: self.lookup,
+            floor: self.lookup_floor,
+            ceiling: self.lookup_ceiling.max(self.lookup_floor),
+        }
     }
 }

@@ -81,6 +81,20 @@ counters! {
     invalidated: "Cached reads made stale by writes",
     /// Store writes that failed (the entries they carried were not acknowledged).
     store_errors: "Store writes that failed",
+    /// Peers admitted after proving they hold the key.
+    members_admitted: "Peers admitted as members by sealed hello",
+    /// Peers that connected but did not prove they hold the key in time.
+    hellos_failed: "Peers whose hello failed or timed out",
+    /// Lookups a member left unanswered within its budget.
+    lookup_timeouts: "Lookups unanswered within the peer's budget",
+    /// Requests refused as replays (a nonce seen before).
+    replays_refused: "Peer requests refused as replays",
+    /// Peer requests answered `Busy` or dropped for being over the peer's budget.
+    peer_busy: "Peer requests over the peer's budget",
+    /// Redirects received and followed to the owner another member sees.
+    redirects: "Lookups redirected to another owner",
+    /// Times the store was reopened after a write failed.
+    store_reopens: "Store reopens after a failed write",
 }
 
 impl Counters {
@@ -105,8 +119,14 @@ pub struct Stats {
     pub connected_peers: usize,
     /// Peers in our gossipsub mesh.
     pub mesh_peers: usize,
-    /// Peers admitted to the mesh.
+    /// Peers admitted to the mesh (proved they hold the key).
     pub members: usize,
+    /// Members on probation (left lookups unanswered; not asked until it ends).
+    pub members_on_probation: usize,
+    /// Current lookup budget per member, in ms (adapts to its observed latency).
+    pub peer_budgets_ms: std::collections::BTreeMap<String, u64>,
+    /// Why the node is degraded (`None`: healthy); see `/_ghmesh/health`.
+    pub degraded: Option<String>,
     /// Entries in the store.
     pub entries: u64,
     /// Bytes in the store.
@@ -155,7 +175,10 @@ mod tests {
         let json = serde_json::to_value(c.snapshot()).unwrap();
         assert_eq!(json["hits"], 1);
         assert_eq!(json["store_errors"], 1);
-        assert_eq!(json.as_object().unwrap().len(), 20);
+        // Every counter is in both: as many JSON fields as Prometheus counters.
+        let exported = text.matches("# TYPE ghmesh_").count();
+        assert_eq!(json.as_object().unwrap().len(), exported, "{text}");
+        assert!(exported >= 27);
     }
 
     #[test]

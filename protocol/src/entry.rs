@@ -18,6 +18,9 @@ const SHA2_256: u64 = 0x12;
 pub const MAX_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
 /// The longest freshness a peer may claim for an entry (one day).
 pub const MAX_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+/// How far ahead of ours a peer's `fetched_at` may be: beyond it the time is clamped
+/// (an entry "from the future" would win every merge), never a reason to refuse.
+pub const FETCHED_AT_SKEW_MS: u64 = 5_000;
 /// Largest body ghmesh caches and shares; larger responses pass through uncached.
 pub const MAX_BODY_LEN: usize = 8 * 1024 * 1024;
 /// Most response headers an entry keeps.
@@ -162,6 +165,72 @@ impl EntryMeta {
     pub fn body_matches(&self, body: &[u8]) -> bool {
         body.len() as u64 == self.body_len && body_cid(body).to_bytes() == self.cid.as_slice()
     }
+}
+
+/// What a receiver applies to an entry a peer sent, before validating and storing it:
+/// its own freshness rule and the upstream its clients are sent to.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerRules<'a> {
+    /// The receiver's `--ttl`, when set.
+    pub ttl_override: Option<u64>,
+    /// The receiver's upstream base URL: `Link` URLs must point there.
+    pub upstream_base: Option<&'a str>,
+}
+
+impl EntryMeta {
+    /// Makes a peer's metadata what this node would have created: `fetched_at` no later
+    /// than `now` plus [`FETCHED_AT_SKEW_MS`]; freshness no longer than this node's own
+    /// rule gives from that time (a peer can shorten it, never extend it); only the
+    /// [`KEPT_HEADERS`], and `Link` only when every URL in it points at the upstream.
+    pub fn adopt(mut self, rules: PeerRules<'_>, now_ms: u64) -> Self {
+        self.headers.retain(|(k, v)| {
+            KEPT_HEADERS.contains(&k.as_str())
+                && (k != "link" || link_points_at(v, rules.upstream_base))
+        });
+        let fetched = self
+            .fetched_at_ms
+            .min(now_ms.saturating_add(FETCHED_AT_SKEW_MS));
+        let ttl_ms =
+            crate::freshness::freshness_ttl_secs(&self.request, &self.headers, rules.ttl_override)
+                * 1000;
+        self.fresh_until_ms = self.fresh_until_ms.min(fetched.saturating_add(ttl_ms));
+        self.fetched_at_ms = fetched;
+        self
+    }
+
+    /// The end of freshness a peer's 304 may give this entry: the claimed one, capped by
+    /// this node's own rule from the (clamped) time of the 304.
+    pub fn adopt_refresh(
+        &self,
+        fetched_at_ms: u64,
+        fresh_until_ms: u64,
+        rules: PeerRules<'_>,
+        now_ms: u64,
+    ) -> (u64, u64) {
+        let fetched = fetched_at_ms.min(now_ms.saturating_add(FETCHED_AT_SKEW_MS));
+        let ttl_ms =
+            crate::freshness::freshness_ttl_secs(&self.request, &self.headers, rules.ttl_override)
+                * 1000;
+        (fetched, fresh_until_ms.min(fetched.saturating_add(ttl_ms)))
+    }
+}
+
+/// Every `<url>` in a `Link` header value starts with `base` (none known: refuse).
+fn link_points_at(value: &str, base: Option<&str>) -> bool {
+    let Some(base) = base.filter(|b| !b.is_empty()) else {
+        return false;
+    };
+    let base = base.trim_end_matches('/');
+    value.split(',').all(|part| {
+        let part = part.trim();
+        part.strip_prefix('<')
+            .and_then(|p| p.split_once('>'))
+            .is_some_and(|(url, _)| {
+                url.strip_prefix(base).is_some_and(|rest| {
+                    rest.is_empty() || rest.starts_with('/') || rest.starts_with('?')
+                })
+            })
+    })
 }
 
 /// A cached response with its body.
@@ -335,6 +404,59 @@ mod tests {
         let mut headers = e;
         headers.meta.headers = vec![("x".into(), "y".into()); MAX_HEADERS + 1];
         assert_eq!(headers.validate(&key, now), Err(ValidationError::TooLarge));
+    }
+
+    #[test]
+    fn adopted_entries_cannot_outlive_our_rules_or_win_from_the_future() {
+        let now = 10_000_000;
+        let rules = PeerRules {
+            ttl_override: None,
+            upstream_base: Some("https://api.github.com"),
+        };
+        // From the future, fresh for a day, with headers a client should never see.
+        let mut e = entry(b"{}", now + 3_600_000, now + 3_600_000 + MAX_TTL_MS);
+        e.meta.headers = vec![
+            ("content-type".into(), "application/json".into()),
+            ("set-cookie".into(), "x=1".into()),
+            (
+                "link".into(),
+                "<https://evil.example/x>; rel=\"next\"".into(),
+            ),
+        ];
+        let m = e.meta.clone().adopt(rules, now);
+        assert_eq!(m.fetched_at_ms, now + FETCHED_AT_SKEW_MS);
+        // /repos/o/r is repository metadata: 300 s by our rule.
+        assert_eq!(m.fresh_until_ms, now + FETCHED_AT_SKEW_MS + 300_000);
+        assert_eq!(
+            m.headers,
+            vec![("content-type".to_string(), "application/json".to_string())]
+        );
+        assert_eq!(m.validate(&m.key(), now), Ok(()));
+
+        // An honest entry passes unchanged, links to the upstream included.
+        let mut honest = entry(b"{}", now - 1000, now + 60_000);
+        honest.meta.headers.push((
+            "link".into(),
+            "<https://api.github.com/repos/o/r?page=2>; rel=\"next\", <https://api.github.com/repos/o/r?page=9>; rel=\"last\"".into(),
+        ));
+        assert_eq!(honest.meta.clone().adopt(rules, now), honest.meta);
+        // A peer may shorten freshness, never extend it.
+        let short = entry(b"{}", now, now + 1).meta.adopt(rules, now);
+        assert_eq!(short.fresh_until_ms, now + 1);
+        // Same host, other prefix: not the upstream.
+        assert!(!link_points_at(
+            "<https://api.github.com.evil.example/x>; rel=\"next\"",
+            Some("https://api.github.com")
+        ));
+        assert!(!link_points_at("<https://api.github.com/x>", None));
+
+        let (f, u) = honest
+            .meta
+            .adopt_refresh(now + 3_600_000, now + MAX_TTL_MS, rules, now);
+        assert_eq!(
+            (f, u),
+            (now + FETCHED_AT_SKEW_MS, now + FETCHED_AT_SKEW_MS + 300_000)
+        );
     }
 
     #[test]

@@ -44,8 +44,18 @@ impl EndpointClass {
 
 /// How many seconds a response stays fresh: `ttl_override` (`--ttl`) when given, else
 /// the endpoint default, else GitHub's `Cache-Control` (`max-age`; `no-store` and
-/// `no-cache` mean 0), else [`DEFAULT_TTL_SECS`].
+/// `no-cache` mean 0), else [`DEFAULT_TTL_SECS`]; never more than
+/// [`MAX_TTL_MS`](crate::entry::MAX_TTL_MS), so that what an honest node creates every
+/// receiver accepts.
 pub fn freshness_ttl_secs(
+    request: &CanonicalRequest,
+    response_headers: &[(String, String)],
+    ttl_override: Option<u64>,
+) -> u64 {
+    uncapped_ttl_secs(request, response_headers, ttl_override).min(crate::entry::MAX_TTL_MS / 1000)
+}
+
+fn uncapped_ttl_secs(
     request: &CanonicalRequest,
     response_headers: &[(String, String)],
     ttl_override: Option<u64>,
@@ -118,6 +128,15 @@ mod tests {
         assert_eq!(ttl("/repos/o/r/issues", Some("private"), None), 60);
         assert_eq!(ttl("/repos/o/r/issues", None, None), 60);
         assert_eq!(ttl("/repos/o/r/issues", Some("max-age=oops"), None), 60);
+    }
+
+    #[test]
+    fn a_day_at_most_whatever_github_or_the_operator_says() {
+        assert_eq!(
+            ttl("/repos/o/r/issues", Some("max-age=31536000"), None),
+            86_400
+        );
+        assert_eq!(ttl("/repos/o/r", None, Some(10 * 86_400)), 86_400);
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub mod request;
 pub mod seal;
 pub mod wire;
 
-pub use entry::{body_cid, cid_string, merge, Entry, EntryMeta, Merge, ValidationError};
+pub use entry::{body_cid, cid_string, merge, Entry, EntryMeta, Merge, PeerRules, ValidationError};
 pub use freshness::{freshness_ttl_secs, EndpointClass};
 pub use keys::{token_fingerprint, MeshKeys, PBKDF2_ROUNDS};
 pub use request::{
@@ -29,4 +29,7 @@ pub use request::{
     RequestError,
 };
 pub use seal::{open, seal, OpenError, SealLimits};
-pub use wire::{Announce, BodyReply, FetchBody, Invalidate, Lookup, LookupReply, Message, Refresh};
+pub use wire::{
+    Addressing, Announce, BodyReply, FetchBody, Invalidate, Lookup, LookupReply, MemberAddr,
+    MemberList, Message, Refresh,
+};

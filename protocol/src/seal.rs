@@ -136,13 +136,17 @@ pub fn open(
         .fernet()
         .decrypt_at_time(token, None, now_secs)
         .map_err(|_| OpenError::Tampered)?;
-    let probe: VersionProbe =
-        ciborium::from_reader(plain.as_slice()).map_err(|_| OpenError::Malformed)?;
+    decode(&plain)
+}
+
+/// Decodes the CBOR inside a seal (what [`open`] does after decrypting): the version
+/// first, then the message. Public for fuzzing: what a key holder can send.
+pub fn decode(plain: &[u8]) -> Result<Message, OpenError> {
+    let probe: VersionProbe = ciborium::from_reader(plain).map_err(|_| OpenError::Malformed)?;
     if probe.v != MESSAGE_VERSION {
         return Err(OpenError::UnknownVersion);
     }
-    let envelope: Envelope =
-        ciborium::from_reader(plain.as_slice()).map_err(|_| OpenError::Malformed)?;
+    let envelope: Envelope = ciborium::from_reader(plain).map_err(|_| OpenError::Malformed)?;
     Ok(envelope.msg)
 }
 

@@ -1,7 +1,12 @@
-//! Messages nodes exchange. Gossip carries [`Message::Announce`] and
-//! [`Message::Refresh`]; request-response carries [`Message::Lookup`] /
-//! [`Message::FetchBody`] and their replies. All of them travel sealed (see
+//! Messages nodes exchange. Gossip carries [`Message::Announce`],
+//! [`Message::Refresh`] and [`Message::Invalidate`]; request-response carries
+//! [`Message::Hello`], [`Message::Lookup`], [`Message::FetchBody`] and
+//! [`Message::Members`] with their replies. All of them travel sealed (see
 //! [`crate::seal`]) inside an envelope with [`MESSAGE_VERSION`].
+//!
+//! Every request names its sender, its recipient and a nonce inside the seal
+//! ([`Addressing`]): a captured request is refused by anyone but its recipient, and by
+//! the recipient when replayed.
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -9,8 +14,10 @@ use serde_bytes::ByteBuf;
 use crate::entry::{Entry, EntryMeta};
 use crate::request::{CacheKey, CanonicalRequest};
 
-/// Version of the CBOR message schema; a receiver refuses any other.
-pub const MESSAGE_VERSION: u16 = 1;
+/// Version of the CBOR message schema; a receiver refuses any other. Version 2 added
+/// addressing to requests, the hello exchange, member lists, and the `Redirect` and
+/// `Busy` lookup answers.
+pub const MESSAGE_VERSION: u16 = 2;
 
 /// Bodies up to this size travel inline in a gossip announce; larger ones are
 /// announced without a body and fetched by CID. Gossipsub pushes every message to each
@@ -20,8 +27,62 @@ pub const INLINE_BODY_LIMIT: usize = 16 * 1024;
 /// Largest sealed gossip message a node publishes or accepts (an inline announce is at
 /// most 4/3 of [`INLINE_BODY_LIMIT`] plus its metadata).
 pub const MAX_GOSSIP_MESSAGE: usize = 64 * 1024;
-/// Largest sealed request-response message (an 8 MiB body in base64 plus overhead).
+/// Largest sealed body reply (an 8 MiB body in base64 plus overhead): the only message
+/// this large, and only members are ever sent one.
 pub const MAX_RR_MESSAGE: usize = 12 * 1024 * 1024;
+/// Largest sealed request of any kind, and largest reply other than a body: a lookup
+/// carries a canonical request (path and query are bounded well below this), a lookup
+/// reply at most an inline body ([`INLINE_BODY_LIMIT`]) with its metadata, a member
+/// list at most [`MAX_MEMBER_LIST`] addresses.
+pub const MAX_SMALL_MESSAGE: usize = 96 * 1024;
+/// Longest peer id (multihash bytes) a message may name.
+pub const MAX_PEER_ID_LEN: usize = 64;
+/// Most members one [`Members`] reply lists.
+pub const MAX_MEMBER_LIST: usize = 64;
+/// Most addresses listed per member, and the longest address (bytes).
+pub const MAX_MEMBER_ADDRS: usize = 4;
+/// Longest multiaddr (bytes) in a member list.
+pub const MAX_ADDR_LEN: usize = 128;
+
+/// Who sends a request to whom, with a nonce, all inside the seal. The recipient
+/// checks that `from` is the peer the (noise-authenticated) connection belongs to and
+/// `to` is itself, and refuses a nonce it has seen from that sender.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Addressing {
+    /// Sender's peer id bytes.
+    pub from: ByteBuf,
+    /// Recipient's peer id bytes.
+    pub to: ByteBuf,
+    /// Random per request.
+    pub nonce: u64,
+}
+
+impl Addressing {
+    /// Is this addressed from `from` to `to` (peer id bytes), within size bounds?
+    pub fn is_between(&self, from: &[u8], to: &[u8]) -> bool {
+        self.from.len() <= MAX_PEER_ID_LEN
+            && self.from.as_slice() == from
+            && self.to.as_slice() == to
+    }
+
+    /// The addressing of the answer to this request: the same nonce, the other way.
+    pub fn reversed(&self) -> Self {
+        Self {
+            from: self.to.clone(),
+            to: self.from.clone(),
+            nonce: self.nonce,
+        }
+    }
+}
+
+/// A member as another member sees it: who, and where to dial it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberAddr {
+    /// Peer id bytes.
+    pub peer: ByteBuf,
+    /// Multiaddr bytes (at most [`MAX_MEMBER_ADDRS`], each at most [`MAX_ADDR_LEN`]).
+    pub addrs: Vec<ByteBuf>,
+}
 
 /// An entry announced to the mesh: with its body when small, else only its metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +144,8 @@ pub struct Invalidate {
 /// "Do you have this key?" sent on a local miss.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lookup {
+    /// Sender, recipient, nonce.
+    pub addr: Addressing,
     /// The key asked for.
     pub key: CacheKey,
     /// The request behind it, so that the key's owner can fetch it once for everyone.
@@ -100,11 +163,18 @@ pub enum LookupReply {
     NotFound,
     /// The receiver is fetching it now: wait for the result instead of fetching too.
     Pending,
+    /// The receiver does not own the key in its view of the members: this one does
+    /// (peer id bytes). Asked once, then the asker falls back.
+    Redirect(ByteBuf),
+    /// The receiver will not do more for this asker now: fall back at once.
+    Busy,
 }
 
 /// Ask for a body by content id (after an announce without body).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FetchBody {
+    /// Sender, recipient, nonce.
+    pub addr: Addressing,
     /// Which entry.
     pub key: CacheKey,
     /// Which body.
@@ -118,6 +188,13 @@ pub enum BodyReply {
     Found(ByteBuf),
     /// Not held (evicted, or replaced by a newer version).
     NotFound,
+}
+
+/// Answer to [`Message::Members`]: the members the answerer has admitted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberList {
+    /// At most [`MAX_MEMBER_LIST`].
+    pub members: Vec<MemberAddr>,
 }
 
 /// Every message that travels between nodes.
@@ -137,6 +214,27 @@ pub enum Message {
     BodyReply(BodyReply),
     /// Gossip: reads of these paths changed upstream.
     Invalidate(Invalidate),
+    /// Request: prove you hold the mesh key. Answered with [`Message::HelloReply`]
+    /// carrying the same nonce the other way, which only a key holder can seal.
+    Hello(Addressing),
+    /// Response to [`Message::Hello`].
+    HelloReply(Addressing),
+    /// Request (members only): which members do you know?
+    Members(Addressing),
+    /// Response to [`Message::Members`].
+    MemberList(MemberList),
+}
+
+impl Message {
+    /// The addressing of a request (`None` for gossip and replies).
+    pub fn addressing(&self) -> Option<&Addressing> {
+        match self {
+            Message::Lookup(l) => Some(&l.addr),
+            Message::FetchBody(f) => Some(&f.addr),
+            Message::Hello(a) | Message::Members(a) => Some(a),
+            _ => None,
+        }
+    }
 }
 
 /// The versioned wrapper that is CBOR-encoded and sealed.

@@ -195,7 +195,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
         arb_request(),
         prop::collection::vec(any::<u8>(), 0..2048),
         any::<bool>(),
-        0u8..6,
+        0u8..9,
         0u64..1_000_000,
     )
         .prop_map(|(req, body, flag, kind, dt)| {
@@ -219,6 +219,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
                     fresh_until_ms: NOW * 1000 + dt,
                 }),
                 2 => Message::Lookup(Lookup {
+                    addr: addressing(dt),
                     key,
                     request: req,
                     fetch: flag,
@@ -229,8 +230,21 @@ fn arb_message() -> impl Strategy<Value = Message> {
                     LookupReply::Pending
                 }),
                 4 => Message::FetchBody(FetchBody {
+                    addr: addressing(dt),
                     key,
                     cid: e.meta.cid,
+                }),
+                5 => Message::Hello(addressing(dt)),
+                6 => Message::LookupReply(if flag {
+                    LookupReply::Redirect(ByteBuf::from(vec![7u8; 38]))
+                } else {
+                    LookupReply::Busy
+                }),
+                7 => Message::MemberList(MemberList {
+                    members: vec![MemberAddr {
+                        peer: ByteBuf::from(vec![1u8; 38]),
+                        addrs: vec![ByteBuf::from(vec![4u8, 127, 0, 0, 1])],
+                    }],
                 }),
                 _ => Message::BodyReply(if flag {
                     BodyReply::Found(ByteBuf::from(body))
@@ -239,6 +253,14 @@ fn arb_message() -> impl Strategy<Value = Message> {
                 }),
             }
         })
+}
+
+fn addressing(nonce: u64) -> Addressing {
+    Addressing {
+        from: ByteBuf::from(vec![1u8; 38]),
+        to: ByteBuf::from(vec![2u8; 38]),
+        nonce,
+    }
 }
 
 proptest! {

@@ -83,7 +83,7 @@ fn peer_lookup(c: &mut Criterion) {
             .await
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
-        while b.node.network().unwrap().members().is_empty() {
+        while b.node.members().is_empty() {
             assert!(Instant::now() < deadline, "no mesh");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

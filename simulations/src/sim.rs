@@ -298,10 +298,7 @@ pub async fn run(cfg: SimConfig) -> anyhow::Result<Report> {
     if cfg.strategy != Strategy::Local {
         let want = cfg.nodes - 1;
         let deadline = Instant::now() + Duration::from_secs(120);
-        while !nodes
-            .iter()
-            .all(|n| n.node.network().is_some_and(|h| h.members().len() >= want))
-        {
+        while !nodes.iter().all(|n| n.node.members().len() >= want) {
             anyhow::ensure!(
                 Instant::now() < deadline,
                 "the mesh did not form within 120 s"
@@ -357,9 +354,7 @@ pub async fn run(cfg: SimConfig) -> anyhow::Result<Report> {
             let fresh = start_node(&cfg, &gh, boot.clone()).await?;
             if cfg.strategy != Strategy::Local {
                 let deadline = Instant::now() + Duration::from_secs(10);
-                while fresh.node.network().is_some_and(|h| h.members().is_empty())
-                    && Instant::now() < deadline
-                {
+                while fresh.node.members().is_empty() && Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }

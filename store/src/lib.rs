@@ -20,7 +20,7 @@ use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use ghmesh_protocol::{CacheKey, Entry, EntryMeta};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -104,6 +104,25 @@ pub enum StoreError {
     /// Any other redb failure during a transaction.
     #[error("cache storage error: {0}")]
     Storage(#[from] redb::Error),
+    /// A reopen failed: the store is closed until one succeeds.
+    #[error("the cache database {path} is closed after a failed reopen")]
+    Closed {
+        /// Database file.
+        path: PathBuf,
+    },
+}
+
+impl StoreError {
+    /// Did the disk fail (as opposed to a bad value or a lock)? redb refuses every
+    /// later write after an I/O error, until the database is reopened.
+    pub fn is_io(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Io { .. }
+                | StoreError::Closed { .. }
+                | StoreError::Storage(redb::Error::Io(_) | redb::Error::PreviousIo)
+        )
+    }
 }
 
 impl From<redb::TransactionError> for StoreError {
@@ -176,7 +195,10 @@ pub struct Freshness {
 
 /// The cache store. Share it behind an `Arc`: reads run concurrently with a writer.
 pub struct Store {
-    db: Database,
+    /// `None` only between a failed reopen and the next successful one. Callers clone
+    /// the `Arc` for the length of one transaction; a reopen waits for them.
+    db: std::sync::RwLock<Option<Arc<Database>>>,
+    faults: Option<Arc<faults::DiskFaults>>,
     path: PathBuf,
     limits: Limits,
     /// Keys read since the last write, with the order they were read in.
@@ -193,6 +215,45 @@ impl std::fmt::Debug for Store {
             .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
+}
+
+/// Opens redb on `file` with the integrity check, mapping its errors to ours.
+fn open_db(
+    path: &Path,
+    file: std::fs::File,
+    #[cfg_attr(not(feature = "fault-injection"), allow(unused_variables))] faults: Option<
+        Arc<faults::DiskFaults>,
+    >,
+) -> Result<Database, StoreError> {
+    let path = path.to_path_buf();
+    let open_err = |e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen | redb::DatabaseError::LockProtocolMismatch => {
+            StoreError::Locked { path: path.clone() }
+        }
+        redb::DatabaseError::Storage(redb::StorageError::Io(source))
+            if source.kind() != std::io::ErrorKind::InvalidData =>
+        {
+            StoreError::Io {
+                path: path.clone(),
+                source,
+            }
+        }
+        other => StoreError::Corrupt {
+            path: path.clone(),
+            detail: other.to_string(),
+        },
+    };
+    let backend = faults::Backend::new(
+        redb::backends::FileBackend::new(file).map_err(open_err)?,
+        faults,
+    );
+    // Checking integrity on open reads the whole file once, but turns a damaged file
+    // into a clear error instead of a panic deep inside a later read.
+    Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .set_check_integrity_on_open(true)
+        .create_with_backend(backend)
+        .map_err(open_err)
 }
 
 impl Store {
@@ -246,37 +307,10 @@ impl Store {
             .map_err(io)?;
         file.set_permissions(std::fs::Permissions::from_mode(0o600))
             .map_err(io)?;
-        let open_err = |e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen
-            | redb::DatabaseError::LockProtocolMismatch => {
-                StoreError::Locked { path: path.clone() }
-            }
-            redb::DatabaseError::Storage(redb::StorageError::Io(source))
-                if source.kind() != std::io::ErrorKind::InvalidData =>
-            {
-                StoreError::Io {
-                    path: path.clone(),
-                    source,
-                }
-            }
-            other => StoreError::Corrupt {
-                path: path.clone(),
-                detail: other.to_string(),
-            },
-        };
-        let backend = faults::Backend::new(
-            redb::backends::FileBackend::new(file).map_err(open_err)?,
-            faults,
-        );
-        // Checking integrity on open reads the whole file once, but turns a damaged file
-        // into a clear error instead of a panic deep inside a later read.
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .set_check_integrity_on_open(true)
-            .create_with_backend(backend)
-            .map_err(open_err)?;
+        let db = open_db(&path, file, faults.clone())?;
         let store = Self {
-            db,
+            db: std::sync::RwLock::new(Some(Arc::new(db))),
+            faults,
             path,
             limits,
             touches: Mutex::new(HashMap::new()),
@@ -288,8 +322,63 @@ impl Store {
         Ok(store)
     }
 
+    /// The database, for one operation.
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.db
+            .read()
+            .ok()
+            .and_then(|d| d.clone())
+            .ok_or_else(|| StoreError::Closed {
+                path: self.path.clone(),
+            })
+    }
+
+    /// Closes and reopens the database: after an I/O error redb refuses every later
+    /// write until then. Waits (up to `wait`) for operations under way to finish, since
+    /// redb's file lock is held until the last of them lets go of the old database. On
+    /// failure the store stays closed (every operation fails) until a reopen succeeds.
+    pub fn reopen(&self, wait: std::time::Duration) -> Result<(), StoreError> {
+        let mut slot = self.db.write().map_err(|_| StoreError::Closed {
+            path: self.path.clone(),
+        })?;
+        if let Some(mut old) = slot.take() {
+            let deadline = std::time::Instant::now() + wait;
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(db) => {
+                        drop(db);
+                        break;
+                    }
+                    Err(still_shared) if std::time::Instant::now() < deadline => {
+                        old = still_shared;
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                    Err(still_shared) => {
+                        *slot = Some(still_shared);
+                        return Err(StoreError::Locked {
+                            path: self.path.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.path)
+            .map_err(|source| StoreError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        let db = open_db(&self.path, file, self.faults.clone())?;
+        *slot = Some(Arc::new(db));
+        drop(slot);
+        self.init_schema()
+    }
+
     fn init_schema(&self) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
+        let db = self.db()?;
+        let txn = db.begin_write()?;
         {
             let mut info = txn.open_table(INFO)?;
             let found = info.get(INFO_SCHEMA)?.map(|v| v.value());
@@ -347,7 +436,8 @@ impl Store {
 
     /// The entry for `key`, fresh or not; records the read for LRU.
     pub fn get(&self, key: &CacheKey) -> Result<Option<Entry>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let meta_t = txn.open_table(META)?;
         let Some(meta) = meta_t.get(key.as_bytes().as_slice())? else {
             return Ok(None);
@@ -370,7 +460,8 @@ impl Store {
 
     /// Only the metadata for `key` (cheap: no body read). Does not count as a use.
     pub fn get_meta(&self, key: &CacheKey) -> Result<Option<EntryMeta>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let meta_t = txn.open_table(META)?;
         match meta_t.get(key.as_bytes().as_slice())? {
             Some(v) => Ok(Some(decode_meta(key, v.value())?)),
@@ -425,7 +516,8 @@ impl Store {
         freshness: &[Freshness],
         now_ms: u64,
     ) -> Result<WriteStats, StoreError> {
-        let txn = self.db.begin_write()?;
+        let db = self.db()?;
+        let txn = db.begin_write()?;
         let mut stats = WriteStats::default();
         {
             let mut w = Writer::open(&txn)?;
@@ -462,7 +554,8 @@ impl Store {
 
     /// Removes one entry; returns whether it was there.
     pub fn remove(&self, key: &CacheKey) -> Result<bool, StoreError> {
-        let txn = self.db.begin_write()?;
+        let db = self.db()?;
+        let txn = db.begin_write()?;
         let removed;
         {
             let mut w = Writer::open(&txn)?;
@@ -475,7 +568,8 @@ impl Store {
 
     /// Writes pending recency updates (cheap, not fsynced on its own).
     pub fn flush(&self) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
+        let db = self.db()?;
+        let txn = db.begin_write()?;
         {
             let mut w = Writer::open(&txn)?;
             self.apply_touches(&mut w)?;
@@ -490,7 +584,8 @@ impl Store {
         &self,
         mut f: impl FnMut(CacheKey, EntryMeta) -> bool,
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let meta_t = txn.open_table(META)?;
         for item in meta_t.iter()? {
             let (k, v) = item?;
@@ -506,7 +601,8 @@ impl Store {
 
     /// Keys from least to most recently used (as of the last write).
     pub fn keys_by_recency(&self) -> Result<Vec<CacheKey>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let lru = txn.open_table(LRU)?;
         let mut out = Vec::with_capacity(lru.len()? as usize);
         for item in lru.iter()? {

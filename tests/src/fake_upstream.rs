@@ -168,6 +168,10 @@ impl Upstream for MemoryUpstream {
         })
     }
 
+    fn base(&self) -> Option<&str> {
+        Some("https://api.github.com")
+    }
+
     fn token_fingerprint(&self) -> Option<[u8; 8]> {
         None
     }

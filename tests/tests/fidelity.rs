@@ -210,10 +210,12 @@ async fn a_write_invalidates_what_it_changed_here_and_on_peers() {
     let version =
         |body: &[u8]| serde_json::from_slice::<serde_json::Value>(body).unwrap()["version"].clone();
     let (_, h, body) = get(&a, comments, &[]).await;
-    assert_eq!(
-        header(&h, "x-ghmesh-cache"),
-        Some("miss"),
-        "refetched, not served"
+    // Refetched rather than served from the old copy. Who fetched depends on timing:
+    // this node ("miss"), or the owner once the invalidation reached it first
+    // ("coalesced"); either way the content must be the new one.
+    assert!(
+        matches!(header(&h, "x-ghmesh-cache"), Some("miss" | "coalesced")),
+        "refetched, not served: {h:?}"
     );
     assert_eq!(version(&body), 1);
     // And on the peer once the invalidation arrives.

@@ -106,10 +106,8 @@ async fn outsider_learns_nothing(outsider_keys: ghmesh_protocol::MeshKeys) {
     )
     .await
     .unwrap();
-    let all = [&members[0], &members[1], &outsider];
-    wait_until(T, "everyone subscribed", || async {
-        all.iter()
-            .all(|n| n.node.network().unwrap().members().len() >= 2)
+    wait_until(T, "members admitted each other", || async {
+        members.iter().all(|n| n.node.members().len() == 1)
     })
     .await
     .unwrap();
@@ -130,6 +128,12 @@ async fn outsider_learns_nothing(outsider_keys: ghmesh_protocol::MeshKeys) {
     .await
     .unwrap();
     assert_eq!(outsider.node.store().len(), 0, "outsider stored nothing");
+    // Subscribed to the topic, connected, but never admitted: its hello could not be
+    // sealed with the key, and it could not open ours.
+    assert!(outsider.node.members().is_empty());
+    for m in &members {
+        assert!(!m.node.members().contains(&outsider.node.peer_id()));
+    }
 
     // The outsider fetches and asks: members reject, answer nothing, fetch nothing.
     let before_member_calls = up.calls();
@@ -223,15 +227,12 @@ async fn members_find_each_other_through_a_non_member_dht_node() {
     wait_until(
         T,
         "members discover each other via the provider record",
-        || async {
-            a.node.network().unwrap().members().contains(&idb)
-                && b.node.network().unwrap().members().contains(&ida)
-        },
+        || async { a.node.members().contains(&idb) && b.node.members().contains(&ida) },
     )
     .await
     .unwrap();
     assert!(
-        !stranger.node.network().unwrap().members().contains(&ida),
+        !stranger.node.members().contains(&ida),
         "the stranger is not part of our mesh"
     );
 }

@@ -156,16 +156,31 @@ async fn shutdown_ends_hung_work_within_its_bound_and_refuses_later_reads() {
     assert_eq!(up.calls(), 1, "nothing is fetched after shutdown");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_store_write_is_served_but_never_acknowledged_as_stored() {
+/// A node on a store whose disk can be made to fail, retrying reopens for `window`.
+async fn node_on_a_failing_disk(
+    window: Duration,
+) -> (
+    tempfile::TempDir,
+    Arc<MemoryUpstream>,
+    ghmesh_node::Node,
+    Arc<ghmesh_store::DiskFaults>,
+) {
     let (up, dynup) = upstream();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = test_config(dir.path(), None, vec![]);
+    let mut cfg = test_config(dir.path(), None, vec![]);
+    cfg.deadlines.store_reopen = window;
     let (store, disk) =
         ghmesh_store::Store::open_with_faults(dir.path().join("cache.redb"), cfg.limits).unwrap();
     let node = ghmesh_node::Node::start_with_store(cfg, Arc::new(store), dynup)
         .await
         .unwrap();
+    (dir, up, node, disk)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_store_write_is_served_never_acknowledged_and_the_store_is_reopened() {
+    let (_dir, up, node, disk) = node_on_a_failing_disk(Duration::from_secs(60)).await;
+    assert_eq!(node.degraded(), None);
     disk.set_failing(true);
     let r = req("/repos/acme/disk");
     let served = node.get(r.clone()).await.unwrap();
@@ -176,10 +191,40 @@ async fn a_failed_store_write_is_served_but_never_acknowledged_as_stored() {
     );
     assert!(!served.stored, "but it is not labelled stored");
     assert_eq!(node.stats().await.counters.store_errors, 1);
-    assert!(node.store().get_meta(&r.key()).unwrap().is_none());
-    // Nothing claims to hold it: the next read goes upstream again.
-    assert_eq!(node.get(r).await.unwrap().status, CacheStatus::Miss);
+    // Health says so while writes fail (the API answers 503 with this reason).
+    let reason = node.degraded().expect("degraded while the disk fails");
+    assert!(reason.contains("store writes fail"), "{reason}");
+    assert_eq!(node.stats().await.degraded, Some(reason));
+
+    // The disk comes back: the writer's reopen succeeds and writes work again.
+    disk.set_failing(false);
+    wait_until(T, "the store to be reopened", || async {
+        node.stats().await.counters.store_reopens >= 1
+    })
+    .await
+    .unwrap();
+    // Nothing claims to hold the failed write: the next read goes upstream again.
+    let again = node.get(r.clone()).await.unwrap();
+    assert_eq!(again.status, CacheStatus::Miss);
+    assert!(again.stored);
+    assert_eq!(node.degraded(), None, "healthy after a successful commit");
+    assert!(node.store().get_meta(&r.key()).unwrap().is_some());
+    assert_eq!(node.get(r).await.unwrap().status, CacheStatus::Hit);
     assert_eq!(up.full(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_cannot_be_reopened_fails_the_node() {
+    let (_dir, _up, node, disk) = node_on_a_failing_disk(Duration::from_millis(300)).await;
+    disk.set_failing(true);
+    let served = node.get(req("/repos/acme/dead-disk")).await.unwrap();
+    assert!(!served.stored);
+    // The daemon waits on this and exits non-zero with the reason.
+    let reason = tokio::time::timeout(T, node.failed())
+        .await
+        .expect("the node gives up on a store it cannot reopen");
+    assert!(reason.contains("could not be reopened"), "{reason}");
+    assert!(node.degraded().is_some_and(|d| d == reason));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

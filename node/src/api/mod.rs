@@ -155,13 +155,25 @@ fn router(node: Node, cfg: &ApiConfig, local_addr: SocketAddr) -> Router {
         rewrite_bodies: !cfg.no_rewrite_bodies,
     };
     Router::new()
-        .route("/_ghmesh/health", get(|| async { "ok" }))
+        .route("/_ghmesh/health", get(health))
         .route("/_ghmesh/stats", get(stats))
         .route("/_ghmesh/peers", get(peers))
         .route("/_ghmesh/metrics", get(metrics))
         .fallback(proxy)
         .layer(middleware::from_fn_with_state(state.clone(), admit))
         .with_state(state)
+}
+
+/// `200 ok`, or `503 degraded: <reason>` while the store cannot write.
+async fn health(State(s): State<ApiState>) -> Response {
+    match s.node.degraded() {
+        None => "ok".into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("degraded: {reason}"),
+        )
+            .into_response(),
+    }
 }
 
 /// The `Host` and `Origin` checks, for every route.

@@ -196,9 +196,24 @@ pub async fn run(args: NodeArgs, env: EnvLookup<'_>) -> Result<(), CliError> {
     tracing::info!(api = %api_addr, peer_id = %node.peer_id(), "ready");
     // Under systemd (Type=notify) the unit is "started" only now; elsewhere a no-op.
     sd_notify(notify::READY);
-    let shutdown = async move {
-        shutdown.await;
-        sd_notify(notify::STOPPING);
+    // A store that failed and could not be reopened ends the node like a signal does,
+    // but the exit is non-zero with the reason.
+    let failure = Arc::new(std::sync::Mutex::new(None::<String>));
+    let shutdown = {
+        let node = node.clone();
+        let failure = failure.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown => {}
+                reason = node.failed() => {
+                    tracing::error!("{reason}");
+                    if let Ok(mut f) = failure.lock() {
+                        *f = Some(reason);
+                    }
+                }
+            }
+            sd_notify(notify::STOPPING);
+        }
     };
     let served = api::serve(
         node.clone(),
@@ -216,6 +231,9 @@ pub async fn run(args: NodeArgs, env: EnvLookup<'_>) -> Result<(), CliError> {
     .await;
     tracing::info!("shutting down: flushing the store");
     node.shutdown().await;
+    if let Some(reason) = failure.lock().ok().and_then(|f| f.clone()) {
+        return Err(CliError::failed(reason));
+    }
     served.map_err(|e| CliError::failed(format!("API server failed: {e}")))
 }
 

@@ -7,10 +7,17 @@ use std::time::Duration;
 use ghmesh_protocol::wire::MAX_GOSSIP_MESSAGE;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{gossipsub, identify, identity, kad, mdns, ping, request_response, StreamProtocol};
+use libp2p::{
+    connection_limits, gossipsub, identify, identity, kad, mdns, ping, request_response,
+    StreamProtocol,
+};
 use sha2::{Digest, Sha256};
 
-use super::codec::{SealedCodec, RR_PROTOCOL};
+use super::codec::{SealedCodec, BODY_PROTOCOL, RR_PROTOCOL};
+use crate::limits::{
+    MAX_BODY_STREAMS, MAX_CONNECTIONS_PER_PEER, MAX_INBOUND_CONNECTIONS,
+    MAX_PENDING_INBOUND_CONNECTIONS, MAX_SMALL_STREAMS,
+};
 
 /// Private DHT: only ghmesh nodes speak it, so fleets never pollute the public IPFS DHT.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/ghmesh/kad/1.0.0");
@@ -28,11 +35,17 @@ pub struct BehaviourConfig {
     pub mdns_query_interval: Duration,
     /// Provider record TTL in the DHT (publication runs at a third of it).
     pub provider_ttl: Duration,
+    /// How often each connection is pinged.
+    pub ping_interval: Duration,
+    /// A ping unanswered for this long closes the connection.
+    pub ping_timeout: Duration,
 }
 
 /// Every protocol a node speaks, driven by the one event loop.
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    /// Caps on connections: strangers cannot fill our tables.
+    pub limits: connection_limits::Behaviour,
     /// Announcements and refreshes on the fleet's topic.
     pub gossipsub: gossipsub::Behaviour,
     /// The private DHT: rendezvous providers across networks.
@@ -41,14 +54,16 @@ pub(crate) struct Behaviour {
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     /// Listen addresses and protocols of peers, fed to Kademlia.
     pub identify: identify::Behaviour,
-    /// Sealed lookups and body fetches.
+    /// Sealed hellos, lookups and member lists (small frames).
     pub rr: request_response::Behaviour<SealedCodec>,
-    /// Liveness of connections.
+    /// Bodies by CID (the only large frames).
+    pub body: request_response::Behaviour<SealedCodec>,
+    /// Liveness of connections: a failed ping closes the connection.
     pub ping: ping::Behaviour,
 }
 
 /// Gossipsub mesh sizes for fleets from two runners to a few hundred. `build()` no
-/// longer validates these (libp2p-notes pitfall 4), so [`check_mesh_params`] does.
+/// longer validates these (a regression since gossipsub 0.49), so [`check_mesh_params`] does.
 pub const MESH_N: usize = 6;
 /// Lower mesh bound.
 pub const MESH_N_LOW: usize = 4;
@@ -105,7 +120,8 @@ impl Behaviour {
             kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_cfg);
         // Runners of one fleet can reach each other; without an explicitly confirmed
         // external address Kademlia would stay a client and store no provider records
-        // (libp2p-notes pitfall 10). See README "Discovery".
+        // (it waits for a confirmed external address, which LANs and tests never get).
+        // See README "Discovery".
         kad.set_mode(Some(kad::Mode::Server));
 
         let mdns = if cfg.mdns {
@@ -129,19 +145,38 @@ impl Behaviour {
                 .with_agent_version(format!("ghmesh/{}", env!("CARGO_PKG_VERSION"))),
         );
         let rr = request_response::Behaviour::with_codec(
-            SealedCodec,
+            SealedCodec::SMALL,
             [(RR_PROTOCOL, request_response::ProtocolSupport::Full)],
             request_response::Config::default()
                 .with_request_timeout(Duration::from_secs(20))
-                .with_max_concurrent_streams(256),
+                .with_max_concurrent_streams(MAX_SMALL_STREAMS),
+        );
+        let body = request_response::Behaviour::with_codec(
+            SealedCodec::BODY,
+            [(BODY_PROTOCOL, request_response::ProtocolSupport::Full)],
+            request_response::Config::default()
+                .with_request_timeout(Duration::from_secs(60))
+                .with_max_concurrent_streams(MAX_BODY_STREAMS),
+        );
+        let limits = connection_limits::Behaviour::new(
+            connection_limits::ConnectionLimits::default()
+                .with_max_established_incoming(Some(MAX_INBOUND_CONNECTIONS))
+                .with_max_pending_incoming(Some(MAX_PENDING_INBOUND_CONNECTIONS))
+                .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER)),
         );
         Ok(Self {
+            limits,
             gossipsub,
             kad,
             mdns: Toggle::from(mdns),
             identify,
             rr,
-            ping: ping::Behaviour::default(),
+            body,
+            ping: ping::Behaviour::new(
+                ping::Config::new()
+                    .with_interval(cfg.ping_interval)
+                    .with_timeout(cfg.ping_timeout),
+            ),
         })
     }
 }

@@ -1,25 +1,48 @@
 //! Request-response codec for sealed messages: a 4-byte big-endian length, then the
-//! bytes. The length is checked against the limit before anything is read, so a peer
-//! cannot make us buffer more than [`MAX_RR_MESSAGE`].
+//! bytes. The length is checked against the protocol's limit before anything is read:
+//! on the small protocol (hello, lookups, member lists) a peer cannot make us buffer
+//! more than [`MAX_SMALL_FRAME`]; only body replies, on their own protocol, may be
+//! larger ([`MAX_BODY_FRAME`]).
 
 use std::io;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use ghmesh_protocol::wire::MAX_RR_MESSAGE;
 use libp2p::StreamProtocol;
 
-/// Versioned protocol id of ghmesh lookups and body fetches.
-pub const RR_PROTOCOL: StreamProtocol = StreamProtocol::new("/ghmesh/rr/1.0.0");
+use crate::limits::{MAX_BODY_FRAME, MAX_SMALL_FRAME};
+
+/// Versioned protocol id of hellos, lookups and member lists (v2: addressed requests).
+pub const RR_PROTOCOL: StreamProtocol = StreamProtocol::new("/ghmesh/rr/2.0.0");
+/// Versioned protocol id of body fetches by CID.
+pub const BODY_PROTOCOL: StreamProtocol = StreamProtocol::new("/ghmesh/body/2.0.0");
 
 /// Length-prefixed opaque bytes; sealing and meaning live in the protocol crate.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SealedCodec;
+#[derive(Debug, Clone, Copy)]
+pub struct SealedCodec {
+    /// Largest request read.
+    pub request_max: usize,
+    /// Largest response read.
+    pub response_max: usize,
+}
 
-async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+impl SealedCodec {
+    /// Hellos, lookups, member lists: small both ways.
+    pub const SMALL: Self = Self {
+        request_max: MAX_SMALL_FRAME,
+        response_max: MAX_SMALL_FRAME,
+    };
+    /// Body fetches: a small request, a reply up to the largest entry.
+    pub const BODY: Self = Self {
+        request_max: MAX_SMALL_FRAME,
+        response_max: MAX_BODY_FRAME,
+    };
+}
+
+async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_RR_MESSAGE {
+    if len > max {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "ghmesh frame exceeds the size limit",
@@ -30,8 +53,12 @@ async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u
     Ok(buf)
 }
 
-async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, data: &[u8]) -> io::Result<()> {
-    if data.len() > MAX_RR_MESSAGE {
+async fn write_frame<T: AsyncWrite + Unpin + Send>(
+    io: &mut T,
+    data: &[u8],
+    max: usize,
+) -> io::Result<()> {
+    if data.len() > max {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "ghmesh frame exceeds the size limit",
@@ -51,14 +78,14 @@ impl libp2p::request_response::Codec for SealedCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io).await
+        read_frame(io, self.request_max).await
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io).await
+        read_frame(io, self.response_max).await
     }
 
     async fn write_request<T>(
@@ -70,7 +97,7 @@ impl libp2p::request_response::Codec for SealedCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &req).await
+        write_frame(io, &req, self.request_max).await
     }
 
     async fn write_response<T>(
@@ -82,7 +109,7 @@ impl libp2p::request_response::Codec for SealedCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &res).await
+        write_frame(io, &res, self.response_max).await
     }
 }
 
@@ -94,16 +121,26 @@ mod tests {
     #[tokio::test]
     async fn frames_round_trip_and_oversize_is_refused() {
         let mut buf = Cursor::new(Vec::new());
-        write_frame(&mut buf, b"hello").await.unwrap();
+        write_frame(&mut buf, b"hello", 5).await.unwrap();
         let mut rd = Cursor::new(buf.into_inner());
-        assert_eq!(read_frame(&mut rd).await.unwrap(), b"hello");
+        assert_eq!(read_frame(&mut rd, 5).await.unwrap(), b"hello");
+        assert!(write_frame(&mut Cursor::new(Vec::new()), b"hello", 4)
+            .await
+            .is_err());
 
-        let mut huge = Cursor::new(((MAX_RR_MESSAGE + 1) as u32).to_be_bytes().to_vec());
-        assert_eq!(
-            read_frame(&mut huge).await.unwrap_err().kind(),
-            io::ErrorKind::InvalidData
-        );
+        for max in [MAX_SMALL_FRAME, MAX_BODY_FRAME] {
+            let mut huge = Cursor::new(((max + 1) as u32).to_be_bytes().to_vec());
+            assert_eq!(
+                read_frame(&mut huge, max).await.unwrap_err().kind(),
+                io::ErrorKind::InvalidData
+            );
+        }
+        // A body-sized frame is refused on the small protocol before it is buffered.
+        let mut big = Cursor::new(((MAX_SMALL_FRAME + 1) as u32).to_be_bytes().to_vec());
+        assert!(read_frame(&mut big, SealedCodec::SMALL.request_max)
+            .await
+            .is_err());
         let mut short = Cursor::new(vec![0, 0, 0, 9, 1, 2]);
-        assert!(read_frame(&mut short).await.is_err());
+        assert!(read_frame(&mut short, 16).await.is_err());
     }
 }

@@ -3,8 +3,7 @@
 //! [`NetEvent`]s for the node, and runs discovery (rendezvous providers, mDNS, identify
 //! feeding Kademlia).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -13,18 +12,29 @@ use libp2p::metrics::{Metrics, Recorder};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::{dial_opts::DialOpts, SwarmEvent};
-use libp2p::{identify, kad, mdns, Multiaddr, PeerId, Swarm};
+use libp2p::{identify, kad, mdns, ping, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 
 use super::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
-use super::{Command, NetError, NetEvent, NetStats, PeerInfo};
+use super::{Channel, Command, NetError, NetEvent, NetStats, PeerInfo};
+use crate::limits::{MAX_PEERS, MAX_PENDING_INBOUND, MAX_PENDING_INBOUND_PER_PEER};
 
-/// Most inbound requests waiting for the node's answer at once.
-const MAX_PENDING_INBOUND: usize = 1024;
 /// Most providers dialled per rendezvous lookup.
 const MAX_PROVIDER_DIALS: usize = 16;
-/// Most peers we keep connections with; beyond it discovery stops dialling.
-const MAX_PEERS: usize = 256;
+/// Discovery runs this soon after the first connection and after each newly admitted
+/// member, then backs off to the steady interval: nodes that joined through one
+/// bootstrap find each other in about a second instead of one interval.
+const DISCOVERY_SOON: Duration = Duration::from_millis(200);
+
+/// Where the answer to one of our requests goes.
+pub(super) type ReplyTo = oneshot::Sender<Result<Vec<u8>, NetError>>;
+
+/// An inbound request waiting for the node's answer.
+pub(super) struct PendingInbound {
+    peer: PeerId,
+    channel: Channel,
+    reply: ResponseChannel<Vec<u8>>,
+}
 
 /// Which listen addresses to advertise to the DHT: real interfaces always; loopback
 /// only when the operator asked for loopback explicitly (tests, single-host fleets).
@@ -53,10 +63,13 @@ pub(super) struct EventLoop {
     pub(super) topic: TopicHash,
     pub(super) rendezvous: kad::RecordKey,
     pub(super) discovery_interval: Duration,
-    pub(super) members: Arc<RwLock<BTreeSet<PeerId>>>,
     pub(super) listen: Vec<Multiaddr>,
-    pub(super) outbound: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NetError>>>,
-    pub(super) inbound: HashMap<InboundRequestId, ResponseChannel<Vec<u8>>>,
+    pub(super) outbound: HashMap<(Channel, OutboundRequestId), ReplyTo>,
+    pub(super) inbound: HashMap<(Channel, InboundRequestId), PendingInbound>,
+    /// Inbound requests pending per peer.
+    pub(super) inbound_per_peer: HashMap<PeerId, usize>,
+    /// What each connected peer said (identify) it listens on, at most 8 addresses.
+    pub(super) listen_of: HashMap<PeerId, Vec<Multiaddr>>,
     pub(super) addrs: HashMap<PeerId, Vec<Multiaddr>>,
     pub(super) providing: bool,
     pub(super) dropped_events: u64,
@@ -65,6 +78,10 @@ pub(super) struct EventLoop {
     pub(super) seeds: Option<mpsc::Receiver<Vec<Multiaddr>>>,
     /// Each current DNS bootstrap address, with the peer that answered there.
     pub(super) seed_peers: HashMap<Multiaddr, Option<PeerId>>,
+    /// When the next discovery round was brought forward to.
+    pub(super) discover_at: Option<tokio::time::Instant>,
+    /// A discovery round has run with a connection up.
+    pub(super) discovered_once: bool,
 }
 
 impl EventLoop {
@@ -73,6 +90,9 @@ impl EventLoop {
         discovery.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks: u64 = 0;
         loop {
+            if let Some(at) = self.discover_at.take() {
+                discovery.reset_at(at);
+            }
             tokio::select! {
                 ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
                 cmd = self.commands.recv() => match cmd {
@@ -80,6 +100,7 @@ impl EventLoop {
                         let _ = done.send(());
                         break;
                     }
+                    Some(Command::DiscoverSoon) => self.discover_soon(),
                     Some(cmd) => self.on_command(cmd),
                     None => break,
                 },
@@ -99,6 +120,7 @@ impl EventLoop {
         if self.swarm.connected_peers().next().is_none() {
             return;
         }
+        self.discovered_once = true;
         let kad = &mut self.swarm.behaviour_mut().kad;
         if !self.providing || ticks.is_multiple_of(30) {
             if let Err(e) = kad.start_providing(self.rendezvous.clone()) {
@@ -109,6 +131,12 @@ impl EventLoop {
         if ticks % 30 == 1 {
             let _ = kad.bootstrap();
         }
+    }
+
+    /// Runs discovery shortly (coalescing several requests into one round).
+    fn discover_soon(&mut self) {
+        let at = tokio::time::Instant::now() + DISCOVERY_SOON;
+        self.discover_at = Some(self.discover_at.map_or(at, |t| t.min(at)));
     }
 
     fn send_event(&mut self, ev: NetEvent) -> bool {
@@ -134,14 +162,28 @@ impl EventLoop {
                 };
                 let _ = reply.send(r);
             }
-            Command::Request { peer, data, reply } => {
-                let id = b.rr.send_request(&peer, data);
-                self.outbound.insert(id, reply);
+            Command::Request {
+                peer,
+                channel,
+                data,
+                reply,
+            } => {
+                let id = match channel {
+                    Channel::Small => b.rr.send_request(&peer, data),
+                    Channel::Body => b.body.send_request(&peer, data),
+                };
+                self.outbound.insert((channel, id), reply);
             }
-            Command::Respond { id, data } => {
-                if let Some(channel) = self.inbound.remove(&id) {
+            Command::Respond { channel, id, data } => {
+                if let Some(p) = self.inbound.remove(&(channel, id)) {
+                    if let Some(n) = self.inbound_per_peer.get_mut(&p.peer) {
+                        *n = n.saturating_sub(1);
+                    }
                     if let Some(data) = data {
-                        let _ = b.rr.send_response(channel, data);
+                        let _ = match p.channel {
+                            Channel::Small => b.rr.send_response(p.reply, data),
+                            Channel::Body => b.body.send_response(p.reply, data),
+                        };
                     }
                 }
             }
@@ -163,7 +205,6 @@ impl EventLoop {
                         .gossipsub
                         .mesh_peers(&self.topic)
                         .count(),
-                    members: self.members.read().map(|m| m.len()).unwrap_or(0),
                     listen: self.listen.iter().map(|a| a.to_string()).collect(),
                     dropped_events: self.dropped_events,
                 };
@@ -171,7 +212,6 @@ impl EventLoop {
             }
             Command::Peers(reply) => {
                 let mesh: HashSet<PeerId> = b.gossipsub.mesh_peers(&self.topic).copied().collect();
-                let members = self.members.read().map(|m| m.clone()).unwrap_or_default();
                 let peers = self
                     .swarm
                     .connected_peers()
@@ -183,7 +223,7 @@ impl EventLoop {
                             .map(|a| a.iter().map(|a| a.to_string()).collect())
                             .unwrap_or_default(),
                         in_mesh: mesh.contains(p),
-                        member: members.contains(p),
+                        member: false,
                     })
                     .collect();
                 let _ = reply.send(peers);
@@ -193,6 +233,15 @@ impl EventLoop {
                     tracing::debug!(%addr, "dial failed: {e}");
                 }
             }
+            Command::DialPeer(peer, addrs) => self.dial_peer(peer, addrs),
+            Command::ListenAddrsOf(peers, reply) => {
+                let found = peers
+                    .into_iter()
+                    .filter_map(|p| self.listen_of.get(&p).map(|a| (p, a.clone())))
+                    .collect();
+                let _ = reply.send(found);
+            }
+            Command::DiscoverSoon => {}
             Command::Shutdown(_) => {}
         }
     }
@@ -251,12 +300,11 @@ impl EventLoop {
         }
     }
 
-    fn set_member(&mut self, peer: PeerId, member: bool) {
-        if let Ok(mut m) = self.members.write() {
-            if member {
-                m.insert(peer);
-            } else {
-                m.remove(&peer);
+    fn inbound_done(&mut self, peer: PeerId) {
+        if let Some(n) = self.inbound_per_peer.get_mut(&peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.inbound_per_peer.remove(&peer);
             }
         }
     }
@@ -274,8 +322,17 @@ impl EventLoop {
                 }
             }
             SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
+                peer_id,
+                endpoint,
+                num_established,
+                ..
             } => {
+                if num_established.get() == 1 {
+                    self.send_event(NetEvent::Connected(peer_id));
+                    if !self.discovered_once {
+                        self.discover_soon();
+                    }
+                }
                 let addr = endpoint.get_remote_address().clone();
                 if let Some(seed) = self.seed_peers.get_mut(&addr) {
                     *seed = Some(peer_id);
@@ -291,7 +348,11 @@ impl EventLoop {
                 ..
             } => {
                 self.addrs.remove(&peer_id);
-                self.set_member(peer_id, false);
+                self.listen_of.remove(&peer_id);
+                self.inbound_per_peer.remove(&peer_id);
+                // A missed Disconnected would leave a member that is gone: the node
+                // also sweeps its book against the connected peers.
+                self.send_event(NetEvent::Disconnected(peer_id));
             }
             _ => {}
         }
@@ -301,38 +362,32 @@ impl EventLoop {
         match ev {
             BehaviourEvent::Gossipsub(ev) => {
                 self.metrics.record(&ev);
-                match ev {
-                    gossipsub::Event::Message {
-                        propagation_source,
-                        message_id,
-                        message,
-                    } => {
-                        if message.topic != self.topic {
-                            let _ = self
-                                .swarm
-                                .behaviour_mut()
-                                .gossipsub
-                                .report_message_validation_result(
-                                    &message_id,
-                                    &propagation_source,
-                                    MessageAcceptance::Reject,
-                                );
-                            return;
-                        }
-                        self.send_event(NetEvent::Gossip {
-                            id: message_id,
-                            source: propagation_source,
-                            author: message.source,
-                            data: message.data,
-                        });
+                // Subscriptions are ignored: they prove nothing (anyone connected sees
+                // the topic name); membership is the node's sealed hello.
+                if let gossipsub::Event::Message {
+                    propagation_source,
+                    message_id,
+                    message,
+                } = ev
+                {
+                    if message.topic != self.topic {
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .gossipsub
+                            .report_message_validation_result(
+                                &message_id,
+                                &propagation_source,
+                                MessageAcceptance::Reject,
+                            );
+                        return;
                     }
-                    gossipsub::Event::Subscribed { peer_id, topic } if topic == self.topic => {
-                        self.set_member(peer_id, true);
-                    }
-                    gossipsub::Event::Unsubscribed { peer_id, topic } if topic == self.topic => {
-                        self.set_member(peer_id, false);
-                    }
-                    _ => {}
+                    self.send_event(NetEvent::Gossip {
+                        id: message_id,
+                        source: propagation_source,
+                        author: message.source,
+                        data: message.data,
+                    });
                 }
             }
             BehaviourEvent::Kad(ev) => {
@@ -343,7 +398,8 @@ impl EventLoop {
                             kad::GetProvidersOk::FoundProviders { providers, .. },
                         )) => {
                             for p in providers.into_iter().take(MAX_PROVIDER_DIALS) {
-                                // Addresses live in the running query; dial now (pitfall 13).
+                                // Only peer ids come back; their addresses live in the
+                                // running query, so dial now while it knows them.
                                 self.dial_peer(p, Vec::new());
                             }
                         }
@@ -372,20 +428,41 @@ impl EventLoop {
             BehaviourEvent::Identify(ev) => {
                 self.metrics.record(&ev);
                 if let identify::Event::Received { peer_id, info, .. } = ev {
-                    // Kademlia does not learn addresses from identify by itself (pitfall 12).
+                    let addrs: Vec<Multiaddr> = info.listen_addrs.into_iter().take(8).collect();
+                    // Kademlia does not learn addresses from identify by itself: feed it
+                    // the peer's listen addresses when the peer speaks our DHT.
                     if info.protocols.contains(&KAD_PROTOCOL) {
-                        for addr in info.listen_addrs.into_iter().take(8) {
-                            self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                        for addr in &addrs {
+                            self.swarm
+                                .behaviour_mut()
+                                .kad
+                                .add_address(&peer_id, addr.clone());
                         }
+                    }
+                    if self.swarm.is_connected(&peer_id) {
+                        self.listen_of.insert(peer_id, addrs);
                     }
                 }
             }
-            BehaviourEvent::Rr(ev) => self.on_rr_event(ev),
-            BehaviourEvent::Ping(ev) => self.metrics.record(&ev),
+            BehaviourEvent::Rr(ev) => self.on_rr_event(Channel::Small, ev),
+            BehaviourEvent::Body(ev) => self.on_rr_event(Channel::Body, ev),
+            BehaviourEvent::Ping(ev) => {
+                self.metrics.record(&ev);
+                // A peer that stops answering pings (hung, SIGSTOPped, cut off) keeps its
+                // TCP connection open for as long as the kernel answers for it; ping
+                // failures do not close connections by themselves, so we do.
+                if let Err(e) = &ev.result {
+                    if !matches!(e, ping::Failure::Unsupported) {
+                        tracing::debug!(peer = %ev.peer, "ping failed, closing: {e}");
+                        self.swarm.close_connection(ev.connection);
+                    }
+                }
+            }
+            BehaviourEvent::Limits(ev) => match ev {},
         }
     }
 
-    fn on_rr_event(&mut self, ev: request_response::Event<Vec<u8>, Vec<u8>>) {
+    fn on_rr_event(&mut self, kind: Channel, ev: request_response::Event<Vec<u8>, Vec<u8>>) {
         match ev {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
@@ -393,23 +470,35 @@ impl EventLoop {
                     request,
                     channel,
                 } => {
-                    if self.inbound.len() >= MAX_PENDING_INBOUND {
+                    let of_peer = self.inbound_per_peer.get(&peer).copied().unwrap_or(0);
+                    if self.inbound.len() >= MAX_PENDING_INBOUND
+                        || of_peer >= MAX_PENDING_INBOUND_PER_PEER
+                    {
                         self.dropped_events += 1;
                         return; // dropping the channel refuses the request
                     }
                     if self.send_event(NetEvent::Request {
                         id: request_id,
+                        channel: kind,
                         peer,
                         data: request,
                     }) {
-                        self.inbound.insert(request_id, channel);
+                        *self.inbound_per_peer.entry(peer).or_default() += 1;
+                        self.inbound.insert(
+                            (kind, request_id),
+                            PendingInbound {
+                                peer,
+                                channel: kind,
+                                reply: channel,
+                            },
+                        );
                     }
                 }
                 request_response::Message::Response {
                     request_id,
                     response,
                 } => {
-                    if let Some(reply) = self.outbound.remove(&request_id) {
+                    if let Some(reply) = self.outbound.remove(&(kind, request_id)) {
                         let _ = reply.send(Ok(response));
                     }
                 }
@@ -417,12 +506,14 @@ impl EventLoop {
             request_response::Event::OutboundFailure {
                 request_id, error, ..
             } => {
-                if let Some(reply) = self.outbound.remove(&request_id) {
+                if let Some(reply) = self.outbound.remove(&(kind, request_id)) {
                     let _ = reply.send(Err(NetError::Request(error.to_string())));
                 }
             }
             request_response::Event::InboundFailure { request_id, .. } => {
-                self.inbound.remove(&request_id);
+                if let Some(p) = self.inbound.remove(&(kind, request_id)) {
+                    self.inbound_done(p.peer);
+                }
             }
             request_response::Event::ResponseSent { .. } => {}
         }

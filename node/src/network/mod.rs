@@ -8,8 +8,8 @@ pub mod codec;
 mod dns_seeds;
 mod event_loop;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -68,9 +68,22 @@ pub struct NetConfig {
     pub behaviour: BehaviourConfig,
 }
 
+/// Which request-response protocol a request travels on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Channel {
+    /// Hellos, lookups, member lists: small frames both ways.
+    Small,
+    /// Bodies by CID: a small request, a large reply.
+    Body,
+}
+
 /// What the loop tells the node.
 #[derive(Debug)]
 pub enum NetEvent {
+    /// The first connection to a peer is up: greet it.
+    Connected(PeerId),
+    /// The last connection to a peer closed.
+    Disconnected(PeerId),
     /// A gossip message on our topic; the node must answer with
     /// [`NetworkHandle::report`] (the message is not forwarded before that).
     Gossip {
@@ -87,6 +100,8 @@ pub enum NetEvent {
     Request {
         /// Handle for the answer.
         id: InboundRequestId,
+        /// The protocol it came on (the answer goes back on it).
+        channel: Channel,
         /// Who asked.
         peer: PeerId,
         /// Sealed payload.
@@ -103,7 +118,7 @@ pub struct PeerInfo {
     pub addrs: Vec<String>,
     /// In our gossipsub mesh for the topic.
     pub in_mesh: bool,
-    /// Subscribed to our topic (a candidate member; membership is proven by sealing).
+    /// Proved it holds the mesh key (sealed hello); filled in by the node.
     pub member: bool,
 }
 
@@ -114,8 +129,6 @@ pub struct NetStats {
     pub connected_peers: usize,
     /// Peers in our gossipsub mesh.
     pub mesh_peers: usize,
-    /// Peers subscribed to our topic.
-    pub members: usize,
     /// Our listen addresses with `/p2p/<id>`.
     pub listen: Vec<String>,
     /// Gossip or requests dropped because the node was not keeping up.
@@ -129,13 +142,18 @@ pub(crate) enum Command {
     },
     Request {
         peer: PeerId,
+        channel: Channel,
         data: Vec<u8>,
         reply: oneshot::Sender<Result<Vec<u8>, NetError>>,
     },
     Respond {
+        channel: Channel,
         id: InboundRequestId,
         data: Option<Vec<u8>>,
     },
+    DiscoverSoon,
+    DialPeer(PeerId, Vec<Multiaddr>),
+    ListenAddrsOf(Vec<PeerId>, oneshot::Sender<Vec<(PeerId, Vec<Multiaddr>)>>),
     Report {
         id: MessageId,
         source: PeerId,
@@ -152,7 +170,6 @@ pub(crate) enum Command {
 pub struct NetworkHandle {
     tx: mpsc::Sender<Command>,
     peer_id: PeerId,
-    members: Arc<RwLock<BTreeSet<PeerId>>>,
     listen: Arc<Vec<Multiaddr>>,
 }
 
@@ -191,23 +208,17 @@ impl NetworkHandle {
         self.listen.as_ref().clone()
     }
 
-    /// Peers currently subscribed to our topic (candidate members).
-    pub fn members(&self) -> Vec<PeerId> {
-        self.members
-            .read()
-            .map(|m| m.iter().copied().collect())
-            .unwrap_or_default()
-    }
-
     /// Publishes sealed bytes on our topic. `Ok(false)`: nobody subscribed yet.
     pub async fn publish(&self, data: Vec<u8>) -> Result<bool, NetError> {
         self.call(|reply| Command::Publish { data, reply }).await?
     }
 
-    /// Sends a sealed request and waits for the sealed response, at most `timeout`.
+    /// Sends a sealed request on `channel` and waits for the sealed response, at most
+    /// `timeout`.
     pub async fn request(
         &self,
         peer: PeerId,
+        channel: Channel,
         data: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<u8>, NetError> {
@@ -215,6 +226,7 @@ impl NetworkHandle {
         self.tx
             .send(Command::Request {
                 peer,
+                channel,
                 data,
                 reply: tx,
             })
@@ -228,10 +240,11 @@ impl NetworkHandle {
     }
 
     /// Answers an inbound request.
-    pub async fn respond(&self, id: InboundRequestId, data: Vec<u8>) {
+    pub async fn respond(&self, channel: Channel, id: InboundRequestId, data: Vec<u8>) {
         let _ = self
             .tx
             .send(Command::Respond {
+                channel,
                 id,
                 data: Some(data),
             })
@@ -239,8 +252,35 @@ impl NetworkHandle {
     }
 
     /// Drops an inbound request unanswered (the asker sees a failure).
-    pub async fn refuse(&self, id: InboundRequestId) {
-        let _ = self.tx.send(Command::Respond { id, data: None }).await;
+    pub async fn refuse(&self, channel: Channel, id: InboundRequestId) {
+        let _ = self
+            .tx
+            .send(Command::Respond {
+                channel,
+                id,
+                data: None,
+            })
+            .await;
+    }
+
+    /// Dials `peer` at `addrs` unless connected already (a member another member told
+    /// us about).
+    pub async fn dial_peer(&self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let _ = self.tx.send(Command::DialPeer(peer, addrs)).await;
+    }
+
+    /// The addresses these peers said (identify) they listen on.
+    pub async fn listen_addrs_of(
+        &self,
+        peers: Vec<PeerId>,
+    ) -> Result<Vec<(PeerId, Vec<Multiaddr>)>, NetError> {
+        self.call(|reply| Command::ListenAddrsOf(peers, reply))
+            .await
+    }
+
+    /// Runs a discovery round soon (a member was admitted: its neighbours may be ours).
+    pub async fn discover_soon(&self) {
+        let _ = self.tx.send(Command::DiscoverSoon).await;
     }
 
     /// Reports the validation result of a gossip message.
@@ -293,7 +333,11 @@ pub async fn start(
         .with_tcp(
             tcp::Config::default().nodelay(true),
             noise::Config::new,
-            yamux::Config::default,
+            || {
+                let mut y = yamux::Config::default();
+                y.set_max_num_streams(crate::limits::MAX_STREAMS_PER_CONNECTION);
+                y
+            },
         )
         .map_err(|e| setup(&e))?
         .with_dns()
@@ -305,7 +349,7 @@ pub async fn start(
         })
         .map_err(|e| setup(&e))?
         // Gossipsub keeps a connection alive only while the peer is in our mesh; lookups
-        // need connections to every member (libp2p-notes pitfall 1).
+        // need connections to every member, and the default 10 s idle timeout would close them.
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
         .build();
     let metrics = Metrics::new(registry);
@@ -381,11 +425,9 @@ pub async fn start(
         .collect();
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
-    let members = Arc::new(RwLock::new(BTreeSet::new()));
     let handle = NetworkHandle {
         tx: cmd_tx,
         peer_id,
-        members: members.clone(),
         listen: Arc::new(with_id.clone()),
     };
     // The resolver task ends when the event loop (its receiver) is gone.
@@ -401,16 +443,19 @@ pub async fn start(
         topic: topic.hash(),
         rendezvous: kad::RecordKey::new(&cfg.rendezvous),
         discovery_interval: cfg.discovery_interval,
-        members,
         listen: with_id,
         outbound: HashMap::new(),
         inbound: HashMap::new(),
+        inbound_per_peer: HashMap::new(),
+        listen_of: HashMap::new(),
         addrs: HashMap::new(),
         providing: false,
         dropped_events: 0,
         metrics,
         seeds,
         seed_peers: HashMap::new(),
+        discover_at: None,
+        discovered_once: false,
     };
     tokio::spawn(event_loop.run());
     Ok((handle, ev_rx))

@@ -1,19 +1,25 @@
-//! What peers send us: gossip (announces, refreshes) and requests (lookups, body
-//! fetches). Everything is opened and checked before it is believed; what fails is
-//! rejected, counted, and its sender distrusted.
+//! What peers send us: connections (greeted in [`super::admission`]), gossip
+//! (announces, refreshes, invalidations) and requests (hellos, lookups, body fetches,
+//! member lists). Everything is opened and checked before it is believed. Gossip that
+//! fails is rejected without blaming the peer that relayed it; a request that fails
+//! counts against the member that sent it (never for clock skew alone), and only
+//! members get anything but a hello answered.
 
 use std::sync::Weak;
 
-use ghmesh_protocol::wire::{MAX_GOSSIP_MESSAGE, MAX_RR_MESSAGE};
-use ghmesh_protocol::{varies_by_identity, Announce, BodyReply, Lookup, LookupReply, Message};
+use ghmesh_protocol::{
+    varies_by_identity, Announce, BodyReply, Lookup, LookupReply, Message, Refresh,
+};
 use libp2p::gossipsub::MessageAcceptance;
 use libp2p::PeerId;
 use tokio::sync::mpsc;
 
 use super::read::Resolution;
 use super::writer::WriteJob;
-use super::{Inner, Node, MAX_BODYLESS};
-use crate::network::NetEvent;
+use super::{Inner, Node};
+use crate::network::{Channel, NetEvent};
+use crate::placement;
+use crate::policy::book::RequestVerdict;
 use crate::policy::{self, BodylessAction, LookupAnswer, LookupView};
 use crate::upstream::Credential;
 
@@ -32,6 +38,8 @@ pub(super) async fn run(node: Weak<Inner>, mut events: mpsc::Receiver<NetEvent>)
         };
         let node = Node { inner };
         match ev {
+            NetEvent::Connected(peer) => node.on_connected(peer),
+            NetEvent::Disconnected(peer) => node.on_disconnected(peer),
             NetEvent::Gossip {
                 id,
                 source,
@@ -43,14 +51,19 @@ pub(super) async fn run(node: Weak<Inner>, mut events: mpsc::Receiver<NetEvent>)
                     net.report(id, source, verdict).await;
                 }
             }
-            NetEvent::Request { id, peer, data } => {
+            NetEvent::Request {
+                id,
+                channel,
+                peer,
+                data,
+            } => {
                 let handler = node.clone();
                 node.spawn(async move {
-                    let reply = handler.on_request(peer, &data);
+                    let reply = handler.on_request(peer, channel, &data).await;
                     if let Some(net) = handler.network() {
                         match reply {
-                            Some(bytes) => net.respond(id, bytes).await,
-                            None => net.refuse(id).await,
+                            Some(bytes) => net.respond(channel, id, bytes).await,
+                            None => net.refuse(channel, id).await,
                         }
                     }
                 });
@@ -63,7 +76,7 @@ impl Node {
     fn on_gossip(&self, source: PeerId, author: Option<PeerId>, data: &[u8]) -> MessageAcceptance {
         let sender = author.unwrap_or(source);
         tracing::trace!(%sender, len = data.len(), "gossip received");
-        let Some(msg) = self.open_from(sender, data, MAX_GOSSIP_MESSAGE) else {
+        let Some(msg) = self.open_gossip(data) else {
             return MessageAcceptance::Reject;
         };
         let accepted = match msg {
@@ -81,9 +94,11 @@ impl Node {
                     false
                 }
             },
-            Message::Refresh(r) => match policy::check_refresh(&r, self.now_ms()) {
+            Message::Refresh(r) => match policy::check_refresh(&r) {
                 Ok(()) => {
-                    self.write_behind(WriteJob::Refresh(r));
+                    if let Some(capped) = self.adopt_refresh(r) {
+                        self.write_behind(WriteJob::Refresh(capped));
+                    }
                     true
                 }
                 Err(e) => {
@@ -96,15 +111,39 @@ impl Node {
         if accepted {
             MessageAcceptance::Accept
         } else {
-            self.distrust(sender);
+            // Rejected (gossipsub does not forward it) and counted; nobody is blamed:
+            // gossip is relayed, and the relaying peer may be honest.
+            self.inner.counters.rejected_messages.inc();
             MessageAcceptance::Reject
         }
     }
 
+    /// A peer's 304 news, capped by our own freshness rule for the entry we hold; `None`
+    /// when we do not hold that body (a refresh for something we never had changes
+    /// nothing).
+    fn adopt_refresh(&self, r: Refresh) -> Option<Refresh> {
+        let held = self.inner.store.get_meta(&r.key).ok().flatten()?;
+        if held.cid != r.cid {
+            return None;
+        }
+        let (fetched_at_ms, fresh_until_ms) = held.adopt_refresh(
+            r.fetched_at_ms,
+            r.fresh_until_ms,
+            self.peer_rules(),
+            self.now_ms(),
+        );
+        Some(Refresh {
+            fetched_at_ms,
+            fresh_until_ms,
+            ..r
+        })
+    }
+
     /// True when the announce is valid (whether or not we keep it).
-    fn on_announce(&self, sender: PeerId, ann: Announce) -> bool {
+    fn on_announce(&self, sender: PeerId, mut ann: Announce) -> bool {
         let now = self.now_ms();
         let key = ann.meta.key();
+        ann.meta = ann.meta.adopt(self.peer_rules(), now);
         if varies_by_identity(&ann.meta.request.path) {
             tracing::debug!(%sender, "announce of an identity-dependent answer");
             return false;
@@ -134,28 +173,55 @@ impl Node {
                     let _ = self.inner.prefetch.try_send(((*meta).clone(), from));
                 }
                 if let Ok(mut b) = self.inner.signals.bodyless.lock() {
-                    if b.len() >= MAX_BODYLESS {
-                        b.clear();
-                    }
-                    b.insert(key, (*meta, from));
+                    b.insert(key, *meta, from);
                 }
             }
         }
         true
     }
 
-    /// Answers a peer's request; `None` refuses it (it failed to open or made no sense).
-    fn on_request(&self, peer: PeerId, data: &[u8]) -> Option<Vec<u8>> {
-        let reply = match self.open_from(peer, data, MAX_RR_MESSAGE)? {
+    /// Answers a peer's request; `None` refuses it (it failed to open, was not
+    /// addressed to us, came from a non-member, was a replay, or made no sense).
+    async fn on_request(&self, peer: PeerId, channel: Channel, data: &[u8]) -> Option<Vec<u8>> {
+        let msg = self.open_request(peer, data)?;
+        let nonce = msg.addressing()?.nonce;
+        let hello = matches!(msg, Message::Hello(_));
+        if !hello && !self.book(|b| b.is_member(&peer)).unwrap_or(false) {
+            tracing::debug!(%peer, "request from a peer that is not a member");
+            return None;
+        }
+        let now = self.now_ms();
+        match self.book(|b| b.request(&peer, nonce, now))? {
+            RequestVerdict::Handle => {}
+            RequestVerdict::Replay => {
+                self.inner.counters.replays_refused.inc();
+                self.violated(peer);
+                return None;
+            }
+            RequestVerdict::Busy => {
+                self.inner.counters.peer_busy.inc();
+                return match msg {
+                    Message::Lookup(_) => self.seal(&Message::LookupReply(LookupReply::Busy)),
+                    _ => None,
+                };
+            }
+        }
+        let on_body_channel = matches!(msg, Message::FetchBody(_));
+        if on_body_channel != (channel == Channel::Body) {
+            self.violated(peer);
+            return None;
+        }
+        let reply = match msg {
+            Message::Hello(a) => Message::HelloReply(a.reversed()),
             Message::Lookup(l) => {
                 if l.request.check().is_err()
                     || l.request.key() != l.key
                     || l.request.method != "GET"
                 {
-                    self.distrust(peer);
+                    self.violated(peer);
                     return None;
                 }
-                Message::LookupReply(self.answer_lookup(l))
+                Message::LookupReply(self.answer_lookup(peer, l))
             }
             Message::FetchBody(f) => {
                 let body = self
@@ -165,16 +231,20 @@ impl Node {
                     .unwrap_or(BodyReply::NotFound);
                 Message::BodyReply(body)
             }
+            Message::Members(_) => Message::MemberList(self.member_list(peer).await),
             _ => {
-                self.distrust(peer);
+                self.violated(peer);
                 return None;
             }
         };
         self.seal(&reply)
     }
 
-    fn answer_lookup(&self, l: Lookup) -> LookupReply {
+    fn answer_lookup(&self, asker: PeerId, l: Lookup) -> LookupReply {
         let local = self.local(&l.key);
+        let me = self.inner.peer_id;
+        let owner = placement::owner(&l.key, self.candidates().into_iter().chain([me]))
+            .filter(|o| *o != me);
         let view = LookupView {
             shareable: !varies_by_identity(&l.request.path),
             fresh_local: local
@@ -184,22 +254,36 @@ impl Node {
             fetch_asked: l.fetch,
             mode: self.inner.cfg.mode,
             room: self.inner.flights.has_room(),
+            owner,
         };
         match (policy::answer_lookup(view), local) {
-            (LookupAnswer::Found, Some(e)) => LookupReply::Found(Box::new(Announce {
-                meta: e.meta,
-                body: Some(e.body),
-            })),
+            // Large bodies go by CID on the body protocol: lookup replies stay small.
+            (LookupAnswer::Found, Some(e)) => LookupReply::Found(Box::new(Announce::of(&e))),
             (LookupAnswer::Pending, _) => LookupReply::Pending,
+            (LookupAnswer::Redirect(p), _) => LookupReply::Redirect(p.to_bytes().into()),
+            (LookupAnswer::Busy, _) => {
+                self.inner.counters.peer_busy.inc();
+                LookupReply::Busy
+            }
             (LookupAnswer::StartFetch, local) => {
+                let now = self.now_ms();
+                if !self.book(|b| b.start_fetch(&asker, now)).unwrap_or(false) {
+                    self.inner.counters.peer_busy.inc();
+                    return LookupReply::Busy;
+                }
                 // An expired copy, if any, makes the owner's fetch a free revalidation.
                 // With our own token: an asker's token never leaves its node.
-                let _ = self.join_or_start(Resolution {
+                let (flight, _) = self.join_or_start(Resolution {
                     req: l.request,
                     key: l.key,
                     local,
                     ask_peers: false,
                     cred: Credential::Node,
+                });
+                let node = self.clone();
+                self.spawn(async move {
+                    let _ = node.await_flight(flight).await;
+                    node.book(|b| b.fetch_done(&asker));
                 });
                 LookupReply::Pending
             }

@@ -22,6 +22,8 @@
 //! handling in [`inbound`] and its decision in `policy`; a discovery method in
 //! `network/`; a counter is one line in `stats.rs` plus the line that increments it.
 
+mod admission;
+mod bodyless;
 mod fetch;
 mod gate;
 mod identity;
@@ -33,11 +35,14 @@ mod read;
 mod served;
 mod writer;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-use ghmesh_protocol::{open, seal, CacheKey, EntryMeta, MeshKeys, Message, SealLimits};
+use ghmesh_protocol::{
+    open, seal, Addressing, CacheKey, EntryMeta, MeshKeys, Message, OpenError, PeerRules,
+    SealLimits,
+};
 use ghmesh_store::{Store, StoreError};
 use libp2p::PeerId;
 use prometheus_client::registry::Registry;
@@ -47,7 +52,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::SharedClock;
 use crate::config::{Deadlines, NodeConfig};
+use crate::limits::{GOSSIP_MAX_AGE_SECS, MAX_SMALL_FRAME, REQUEST_MAX_AGE_SECS};
 use crate::network::{self, NetConfig, NetworkHandle, PeerInfo};
+use crate::policy::book::PeerBook;
 use crate::stats::{hit_rate, Counters, Stats};
 use crate::upstream::Upstream;
 
@@ -57,14 +64,6 @@ pub use served::{Body, CacheStatus, GetError, Served};
 use read::Flights;
 use writer::{WriteJob, Writer};
 
-/// Oldest sealed message accepted: replaying captured traffic later is refused.
-const MAX_MESSAGE_AGE_SECS: u64 = 300;
-/// Most keys being resolved at once; beyond it peers' fetch requests get `NotFound`.
-const MAX_INFLIGHT: usize = 4096;
-/// Most announced-without-body entries remembered.
-const MAX_BODYLESS: usize = 8192;
-/// Most peers remembered as having sent something that failed to open.
-const MAX_BAD_PEERS: usize = 1024;
 /// Writes waiting for the group commit.
 const WRITE_QUEUE: usize = 4096;
 /// Announced bodies waiting to be pulled; beyond it they are fetched when read.
@@ -110,13 +109,12 @@ pub enum NodeError {
 }
 
 /// Everything that exists only with a secret: the network, the keys that seal what
-/// crosses it, and what we think of each peer.
+/// crosses it, and what we know and think of each peer.
 struct Mesh {
     net: NetworkHandle,
     keys: MeshKeys,
-    /// Peers that sent something that failed to open or validate: never chosen as
-    /// owners or asked again.
-    distrusted: Mutex<HashSet<PeerId>>,
+    /// Admission, standing, budgets and nonces of every connected peer.
+    book: Mutex<PeerBook>,
 }
 
 /// State the writer shares with readers: who waits for which key, what was announced
@@ -125,7 +123,7 @@ struct Signals {
     /// Readers waiting for a key's entry to arrive (from gossip or the writer).
     arrivals: Mutex<HashMap<CacheKey, Arc<tokio::sync::Notify>>>,
     /// Entries announced without body: who has them.
-    bodyless: Mutex<HashMap<CacheKey, (EntryMeta, PeerId)>>,
+    bodyless: Mutex<bodyless::Bodyless>,
     /// Keys whose entry was stored or refreshed, after the commit.
     stored: broadcast::Sender<CacheKey>,
     /// Paths written to through a node's API, with when: copies fetched before are
@@ -157,8 +155,46 @@ impl Signals {
     }
 }
 
+/// Whether the node can keep its promises (entries durable before they are answered);
+/// `/_ghmesh/health` reports it.
+#[derive(Default)]
+pub(crate) struct Health {
+    /// Why writes fail now (cleared by the next commit that succeeds).
+    degraded: Mutex<Option<String>>,
+    /// Set once the store could not be reopened: the node must stop.
+    failure: Mutex<Option<String>>,
+    failed: CancellationToken,
+}
+
+impl Health {
+    pub(crate) fn degrade(&self, reason: String) {
+        if let Ok(mut d) = self.degraded.lock() {
+            *d = Some(reason);
+        }
+    }
+
+    pub(crate) fn healthy(&self) {
+        if let Ok(mut d) = self.degraded.lock() {
+            *d = None;
+        }
+    }
+
+    pub(crate) fn fail(&self, reason: String) {
+        if let Ok(mut f) = self.failure.lock() {
+            f.get_or_insert(reason);
+        }
+        self.failed.cancel();
+    }
+
+    fn reason(&self) -> Option<String> {
+        let failure = self.failure.lock().ok().and_then(|f| f.clone());
+        failure.or_else(|| self.degraded.lock().ok().and_then(|d| d.clone()))
+    }
+}
+
 struct Inner {
     cfg: NodeConfig,
+    health: Arc<Health>,
     deadlines: Deadlines,
     clock: SharedClock,
     peer_id: PeerId,
@@ -235,13 +271,15 @@ impl Node {
                         mdns: cfg.mdns,
                         mdns_query_interval: cfg.mdns_query_interval,
                         provider_ttl: deadlines.provider_ttl,
+                        ping_interval: deadlines.ping_interval,
+                        ping_timeout: deadlines.ping_timeout,
                     },
                 };
                 let (net, events) = network::start(keypair, net_cfg, &mut registry).await?;
                 let mesh = Mesh {
                     net,
                     keys: keys.clone(),
-                    distrusted: Mutex::new(HashSet::new()),
+                    book: Mutex::new(PeerBook::default()),
                 };
                 (Some(mesh), Some(events))
             }
@@ -250,17 +288,19 @@ impl Node {
 
         let signals = Arc::new(Signals {
             arrivals: Mutex::new(HashMap::new()),
-            bodyless: Mutex::new(HashMap::new()),
+            bodyless: Mutex::new(bodyless::Bodyless::default()),
             stored: broadcast::channel(STORED_EVENTS).0,
             written: Mutex::new(HashMap::new()),
         });
         let tasks = TaskTracker::new();
+        let health = Arc::new(Health::default());
         let (writer, writer_rx) = Writer::channel(WRITE_QUEUE);
         let (prefetch_tx, prefetch_rx) = mpsc::channel(PREFETCH_QUEUE);
         let node = Node {
             inner: Arc::new(Inner {
                 clock: cfg.clock.clone(),
                 me: peer_id.to_string(),
+                health: health.clone(),
                 cfg,
                 deadlines,
                 peer_id,
@@ -282,10 +322,14 @@ impl Node {
         // The writer owns only what it writes to and signals: it ends when the last
         // node handle is gone (its queue closes) or when shutdown asks it to stop.
         let writer_task = writer::run(
-            store,
-            signals,
-            counters,
-            node.inner.clock.clone(),
+            writer::WriterParts {
+                store,
+                signals,
+                counters,
+                clock: node.inner.clock.clone(),
+                health,
+                reopen_window: deadlines.store_reopen,
+            },
             writer_rx,
         );
         node.inner.writer.set_task(tokio::spawn(writer_task));
@@ -295,6 +339,7 @@ impl Node {
         if let Some(events) = events {
             tasks.spawn(inbound::run(weak.clone(), events));
             tasks.spawn(prefetch::run(weak.clone(), prefetch_rx));
+            tasks.spawn(admission::sweep(weak.clone()));
         }
         tasks.spawn(recency_flusher(weak));
         Ok(node)
@@ -363,51 +408,130 @@ impl Node {
         Some(seal(&mesh.keys, msg, self.inner.clock.now_secs()))
     }
 
-    /// Opens a sealed message; anything that fails is counted and its sender
-    /// distrusted.
-    fn open_from(&self, peer: PeerId, data: &[u8], max_len: usize) -> Option<Message> {
+    fn open_sealed(
+        &self,
+        data: &[u8],
+        max_len: usize,
+        max_age_secs: u64,
+    ) -> Option<Result<Message, OpenError>> {
         let mesh = self.inner.mesh.as_ref()?;
         let limits = SealLimits {
             max_len,
-            max_age_secs: MAX_MESSAGE_AGE_SECS,
+            max_age_secs,
         };
-        match open(&mesh.keys, data, limits, self.inner.clock.now_secs()) {
+        Some(open(&mesh.keys, data, limits, self.inner.clock.now_secs()))
+    }
+
+    /// Opens gossip. What fails is counted and rejected, and nobody is blamed: the peer
+    /// that forwarded it may only have relayed it.
+    fn open_gossip(&self, data: &[u8]) -> Option<Message> {
+        match self.open_sealed(data, crate::limits::MAX_GOSSIP_FRAME, GOSSIP_MAX_AGE_SECS)? {
             Ok(m) => Some(m),
             Err(e) => {
-                tracing::debug!(%peer, "rejected peer message: {e}");
-                self.distrust(peer);
+                tracing::debug!("rejected gossip: {e}");
+                self.inner.counters.rejected_messages.inc();
                 None
             }
         }
     }
 
-    /// Counts a rejected message and stops choosing its sender.
-    fn distrust(&self, peer: PeerId) {
-        self.inner.counters.rejected_messages.inc();
-        if let Some(mesh) = &self.inner.mesh {
-            if let Ok(mut bad) = mesh.distrusted.lock() {
-                if bad.len() < MAX_BAD_PEERS {
-                    bad.insert(peer);
-                }
+    /// Opens what `peer` itself sent us (a request or a reply); a failure counts against
+    /// it, except for clock skew alone.
+    fn open_direct(
+        &self,
+        peer: PeerId,
+        data: &[u8],
+        max_len: usize,
+        max_age: u64,
+    ) -> Option<Message> {
+        match self.open_sealed(data, max_len, max_age)? {
+            Ok(m) => Some(m),
+            Err(e @ (OpenError::Expired | OpenError::FromFuture)) => {
+                tracing::debug!(%peer, "peer message outside the clock window: {e}");
+                self.inner.counters.rejected_messages.inc();
+                None
+            }
+            Err(e) => {
+                tracing::debug!(%peer, "rejected peer message: {e}");
+                self.violated(peer);
+                None
             }
         }
     }
 
-    /// Members we would ask: subscribed to our topic, not distrusted.
+    /// Opens a reply from `peer`.
+    fn open_reply(&self, peer: PeerId, data: &[u8], max_len: usize) -> Option<Message> {
+        self.open_direct(peer, data, max_len, GOSSIP_MAX_AGE_SECS)
+    }
+
+    /// Opens a request from `peer`: sealed within the request window, addressed from
+    /// `peer` to us. The nonce is checked by the caller (it needs the book).
+    fn open_request(&self, peer: PeerId, data: &[u8]) -> Option<Message> {
+        let msg = self.open_direct(peer, data, MAX_SMALL_FRAME, REQUEST_MAX_AGE_SECS)?;
+        let addressed = msg
+            .addressing()
+            .is_some_and(|a| a.is_between(&peer.to_bytes(), &self.inner.peer_id.to_bytes()));
+        if !addressed {
+            // A request captured elsewhere and replayed to us, or not a request at all.
+            tracing::debug!(%peer, "request not addressed from its sender to us");
+            self.violated(peer);
+            return None;
+        }
+        Some(msg)
+    }
+
+    /// Addressing for a request to `to`, with a fresh nonce.
+    fn address(&self, to: PeerId) -> Addressing {
+        Addressing {
+            from: self.inner.peer_id.to_bytes().into(),
+            to: to.to_bytes().into(),
+            nonce: rand::random(),
+        }
+    }
+
+    /// Runs `f` on the peer book (`None` without a mesh).
+    fn book<R>(&self, f: impl FnOnce(&mut PeerBook) -> R) -> Option<R> {
+        let mesh = self.inner.mesh.as_ref()?;
+        let mut book = mesh.book.lock().ok()?;
+        Some(f(&mut book))
+    }
+
+    /// Counts a message that failed its checks and lowers its sender's standing.
+    fn violated(&self, peer: PeerId) {
+        self.inner.counters.rejected_messages.inc();
+        let now = self.now_ms();
+        self.book(|b| b.violated(&peer, now));
+    }
+
+    /// Members we would ask: admitted, not on probation.
     fn candidates(&self) -> Vec<PeerId> {
-        let Some(mesh) = &self.inner.mesh else {
-            return Vec::new();
-        };
-        let bad = mesh
-            .distrusted
-            .lock()
-            .map(|b| b.clone())
-            .unwrap_or_default();
-        mesh.net
-            .members()
-            .into_iter()
-            .filter(|p| !bad.contains(p))
-            .collect()
+        let now = self.now_ms();
+        self.book(|b| b.candidates(now)).unwrap_or_default()
+    }
+
+    /// Peers that proved they hold the mesh key and are connected.
+    pub fn members(&self) -> Vec<PeerId> {
+        self.book(|b| b.members()).unwrap_or_default()
+    }
+
+    /// What this node applies to entries peers send.
+    fn peer_rules(&self) -> PeerRules<'_> {
+        PeerRules {
+            ttl_override: self.inner.cfg.ttl,
+            upstream_base: self.inner.upstream.base(),
+        }
+    }
+
+    /// Why the node is degraded or failed (`None`: healthy).
+    pub fn degraded(&self) -> Option<String> {
+        self.inner.health.reason()
+    }
+
+    /// Completes when the node can no longer keep its promises (its store failed and
+    /// could not be reopened), with the reason; the daemon exits on it.
+    pub async fn failed(&self) -> String {
+        self.inner.health.failed.cancelled().await;
+        self.degraded().unwrap_or_else(|| "the node failed".into())
     }
 
     /// Stats snapshot.
@@ -418,12 +542,21 @@ impl Node {
             None => Default::default(),
         };
         let saved = c.saved();
+        let now = self.now_ms();
         Stats {
             peer_id: self.inner.me.clone(),
             p2p: self.inner.mesh.is_some(),
             connected_peers: net.connected_peers,
             mesh_peers: net.mesh_peers,
-            members: net.members,
+            members: self.members().len(),
+            members_on_probation: self.book(|b| b.on_probation(now)).unwrap_or(0),
+            peer_budgets_ms: self
+                .book(|b| b.budgets(self.inner.deadlines.budget_rule()))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(p, d)| (p.to_string(), d.as_millis() as u64))
+                .collect(),
+            degraded: self.degraded(),
             entries: self.inner.store.len(),
             bytes: self.inner.store.bytes(),
             counters: c.snapshot(),
@@ -437,10 +570,15 @@ impl Node {
 
     /// Connected peers.
     pub async fn peers(&self) -> Vec<PeerInfo> {
-        match self.network() {
+        let mut peers = match self.network() {
             Some(n) => n.peers().await.unwrap_or_default(),
             None => Vec::new(),
+        };
+        let members = self.members();
+        for p in &mut peers {
+            p.member = members.iter().any(|m| m.to_string() == p.peer_id);
         }
+        peers
     }
 
     /// Prometheus text exposition of our counters and libp2p's metrics.

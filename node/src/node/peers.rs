@@ -1,11 +1,11 @@
-//! The peer phase of a miss: the key's owner, waiting for it, a few other members, and
+//! The peer phase of a miss: the key's owner (the next one when it does not answer in
+//! its budget, or the one it redirects to), waiting for it, a few other members, and
 //! bodies fetched by CID. Peers make things faster, never unavailable: every step has
 //! a deadline, and `None` means "go upstream".
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use ghmesh_protocol::wire::MAX_RR_MESSAGE;
 use ghmesh_protocol::{
     varies_by_identity, Announce, BodyReply, CacheKey, CanonicalRequest, Entry, EntryMeta,
     FetchBody, Lookup, LookupReply, Message,
@@ -17,6 +17,8 @@ use tokio::time::Instant;
 use super::served::CacheStatus;
 use super::writer::WriteJob;
 use super::{Node, Served};
+use crate::limits::{MAX_BODY_FRAME, MAX_OWNER_ASKS, MAX_SMALL_FRAME};
+use crate::network::Channel;
 use crate::policy::{self, OwnerStep, RepollStep};
 
 impl Node {
@@ -39,15 +41,25 @@ impl Node {
             }
         }
 
-        let plan = policy::plan_peer_phase(&key, self.inner.peer_id, &self.candidates())?;
+        let me = self.inner.peer_id;
+        let plan = policy::plan_peer_phase(&key, me, &self.candidates())?;
 
-        if let Some(owner) = plan.owner {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let reply = self.lookup(owner, req, key, true, left).await;
+        let mut asked: Vec<PeerId> = Vec::new();
+        let mut next = plan.owner;
+        while let Some(owner) = next.take() {
+            if owner == me {
+                // We own the key in our view now (the owner before us did not answer,
+                // or redirected to us): fetch it ourselves, at once.
+                return None;
+            }
+            asked.push(owner);
+            let budget = self.budget_for(owner);
+            let reply = self.lookup(owner, req, key, true, budget).await;
             tracing::debug!(%key, %owner, reply = reply_kind(&reply), "owner lookup");
-            match policy::after_owner_reply(reply) {
+            let step = policy::after_owner_reply(reply);
+            match &step {
                 OwnerStep::Accept(ann) => {
-                    if let Some(served) = self.accept_found(*ann, owner).await {
+                    if let Some(served) = self.accept_found((**ann).clone(), owner, key).await {
                         return Some(served);
                     }
                 }
@@ -57,26 +69,43 @@ impl Node {
                     }
                     tracing::debug!(%key, "owner's fetch failed or took too long");
                 }
-                OwnerStep::AskOthers => {}
+                OwnerStep::Redirect(_) => {
+                    self.inner.counters.redirects.inc();
+                }
+                OwnerStep::NextOwner | OwnerStep::AskOthers => {}
             }
+            let candidates = self.candidates();
+            let left = MAX_OWNER_ASKS.saturating_sub(asked.len());
+            next = policy::next_owner(&step, &key, me, &asked, &candidates, left);
         }
 
         let left = deadline.saturating_duration_since(Instant::now());
-        if plan.others.is_empty() || left.is_zero() {
+        let others: Vec<PeerId> = plan
+            .others
+            .into_iter()
+            .filter(|p| !asked.contains(p))
+            .collect();
+        if others.is_empty() || left.is_zero() {
             return None;
         }
-        let asks = plan.others.iter().map(|p| {
+        let asks = others.iter().map(|p| {
             let p = *p;
             async move { (p, self.lookup(p, req, key, false, left).await) }
         });
         for (peer, reply) in futures::future::join_all(asks).await {
             if let Some(LookupReply::Found(ann)) = reply {
-                if let Some(served) = self.accept_found(*ann, peer).await {
+                if let Some(served) = self.accept_found(*ann, peer, key).await {
                     return Some(served);
                 }
             }
         }
         None
+    }
+
+    /// How long `peer` gets to answer a lookup (adapts to its latency).
+    fn budget_for(&self, peer: PeerId) -> Duration {
+        let rule = self.inner.deadlines.budget_rule();
+        self.book(|b| b.budget(&peer, rule)).unwrap_or(rule.initial)
     }
 
     fn bodyless(&self, key: &CacheKey) -> Option<(EntryMeta, PeerId)> {
@@ -85,9 +114,12 @@ impl Node {
             .bodyless
             .lock()
             .ok()
-            .and_then(|b| b.get(key).cloned())
+            .and_then(|b| b.get(key))
     }
 
+    /// Asks `peer` for `key` within `timeout`. `None`: no usable answer in time (the
+    /// peer's standing drops). A reply for another key than the one asked is a
+    /// violation and counts as nothing found.
     async fn lookup(
         &self,
         peer: PeerId,
@@ -101,16 +133,35 @@ impl Node {
         }
         let net = self.network()?;
         let data = self.seal(&Message::Lookup(Lookup {
+            addr: self.address(peer),
             key,
             request: req.clone(),
             fetch,
         }))?;
         self.inner.counters.lookups_sent.inc();
-        let resp = net.request(peer, data, timeout).await.ok()?;
-        match self.open_from(peer, &resp, MAX_RR_MESSAGE)? {
-            Message::LookupReply(r) => Some(r),
+        let started = Instant::now();
+        let resp = match net.request(peer, Channel::Small, data, timeout).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.inner.counters.lookup_timeouts.inc();
+                let now = self.now_ms();
+                self.book(|b| b.timed_out(&peer, now));
+                return None;
+            }
+        };
+        let elapsed = started.elapsed();
+        match self.open_reply(peer, &resp, MAX_SMALL_FRAME)? {
+            Message::LookupReply(LookupReply::Found(ann)) if ann.meta.key() != key => {
+                tracing::debug!(%peer, "lookup answered with another key");
+                self.violated(peer);
+                Some(LookupReply::NotFound)
+            }
+            Message::LookupReply(r) => {
+                self.book(|b| b.answered(&peer, elapsed));
+                Some(r)
+            }
             _ => {
-                self.distrust(peer);
+                self.violated(peer);
                 None
             }
         }
@@ -154,7 +205,7 @@ impl Node {
             let budget = d.lookup.max(d.repoll_lookup_min);
             match policy::after_repoll(self.lookup(owner, req, key, false, budget).await) {
                 RepollStep::Accept(ann) => {
-                    let mut served = self.accept_found(*ann, owner).await?;
+                    let mut served = self.accept_found(*ann, owner, key).await?;
                     served.status = CacheStatus::Coalesced;
                     return Some(served);
                 }
@@ -183,13 +234,21 @@ impl Node {
         }
     }
 
-    /// Checks a `Found` reply, fetches its body when it came without, stores it.
-    async fn accept_found(&self, ann: Announce, from: PeerId) -> Option<Served> {
+    /// Checks a `Found` reply against the key asked for, makes its metadata ours
+    /// (our freshness rule, our clock, the kept headers), fetches its body when it came
+    /// without, stores it.
+    async fn accept_found(
+        &self,
+        mut ann: Announce,
+        from: PeerId,
+        asked: CacheKey,
+    ) -> Option<Served> {
         let key = ann.meta.key();
-        if varies_by_identity(&ann.meta.request.path) {
-            self.distrust(from);
+        if key != asked || varies_by_identity(&ann.meta.request.path) {
+            self.violated(from);
             return None;
         }
+        ann.meta = ann.meta.adopt(self.peer_rules(), self.now_ms());
         let written = self.inner.signals.written_at(&ann.meta.request.path);
         if policy::predates_write(ann.meta.fetched_at_ms, written) {
             tracing::debug!(%from, "peer offered a copy older than the last write");
@@ -197,7 +256,7 @@ impl Node {
         }
         if let Err(e) = ann.meta.validate(&key, self.now_ms()) {
             tracing::debug!(%from, "invalid lookup reply: {e}");
-            self.distrust(from);
+            self.violated(from);
             return None;
         }
         let entry = match ann.into_entry() {
@@ -208,7 +267,7 @@ impl Node {
             }
         };
         if entry.validate(&key, self.now_ms()).is_err() {
-            self.distrust(from);
+            self.violated(from);
             return None;
         }
         self.inner.counters.lookups_found.inc();
@@ -232,11 +291,12 @@ impl Node {
     ) -> Option<Entry> {
         let net = self.network()?;
         let data = self.seal(&Message::FetchBody(FetchBody {
+            addr: self.address(peer),
             key: meta.key(),
             cid: meta.cid.clone(),
         }))?;
-        let resp = net.request(peer, data, timeout).await.ok()?;
-        match self.open_from(peer, &resp, MAX_RR_MESSAGE)? {
+        let resp = net.request(peer, Channel::Body, data, timeout).await.ok()?;
+        match self.open_reply(peer, &resp, MAX_BODY_FRAME)? {
             Message::BodyReply(BodyReply::Found(body)) if meta.body_matches(&body) => {
                 self.inner.counters.bodies_fetched.inc();
                 Some(Entry {
@@ -248,7 +308,7 @@ impl Node {
             // A body that does not hash to its CID, or another message: an attack or a
             // bug, either way not a peer to ask again.
             _ => {
-                self.distrust(peer);
+                self.violated(peer);
                 None
             }
         }
@@ -260,6 +320,8 @@ fn reply_kind(reply: &Option<LookupReply>) -> &'static str {
         Some(LookupReply::Found(_)) => "found",
         Some(LookupReply::Pending) => "pending",
         Some(LookupReply::NotFound) => "not found",
+        Some(LookupReply::Redirect(_)) => "redirect",
+        Some(LookupReply::Busy) => "busy",
         None => "no answer in time",
     }
 }

@@ -10,8 +10,9 @@ use std::sync::Mutex;
 use ghmesh_protocol::{varies_by_identity, CacheKey, CanonicalRequest, Entry};
 use tokio::sync::watch;
 
-use super::{GetError, Node, Served, MAX_INFLIGHT};
+use super::{GetError, Node, Served};
 use crate::config::MeshMode;
+use crate::limits::MAX_INFLIGHT;
 use crate::policy;
 use crate::upstream::{Conditional, Credential, UpstreamError, UpstreamResponse};
 
@@ -250,7 +251,7 @@ impl Node {
         (rx, true)
     }
 
-    async fn await_flight(&self, mut flight: Flight) -> Result<Served, GetError> {
+    pub(super) async fn await_flight(&self, mut flight: Flight) -> Result<Served, GetError> {
         let limit = self.inner.deadlines.flight();
         let waited = tokio::time::timeout(limit, flight.wait_for(|v| v.is_some())).await;
         match waited {

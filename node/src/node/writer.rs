@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ghmesh_protocol::{merge, CacheKey, Entry, EntryMeta, Merge, Refresh};
-use ghmesh_store::{Freshness, Store};
+use ghmesh_store::{Freshness, Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{GetError, Signals};
+use super::{GetError, Health, Signals};
 use crate::clock::SharedClock;
 use crate::policy;
 use crate::stats::Counters;
@@ -101,14 +101,30 @@ impl Writer {
     }
 }
 
+/// What the writer needs besides its queue.
+pub(crate) struct WriterParts {
+    pub store: Arc<Store>,
+    pub signals: Arc<Signals>,
+    pub counters: Counters,
+    pub clock: SharedClock,
+    pub health: Arc<Health>,
+    /// How long to keep trying to reopen the store after an I/O error.
+    pub reopen_window: Duration,
+}
+
+/// Between reopen attempts.
+const REOPEN_INTERVAL: Duration = Duration::from_millis(250);
+
 /// The writer loop: ends on `Stop` or when every handle is gone.
-pub(crate) async fn run(
-    store: Arc<Store>,
-    signals: Arc<Signals>,
-    counters: Counters,
-    clock: SharedClock,
-    mut rx: mpsc::Receiver<WriterMsg>,
-) {
+pub(crate) async fn run(parts: WriterParts, mut rx: mpsc::Receiver<WriterMsg>) {
+    let WriterParts {
+        store,
+        signals,
+        counters,
+        clock,
+        health,
+        reopen_window,
+    } = parts;
     let mut stop = false;
     while !stop {
         let Some(first) = rx.recv().await else { break };
@@ -137,25 +153,87 @@ pub(crate) async fn run(
             apply_batch(&batch_store, jobs, now, &|path| {
                 batch_signals.written_at(path)
             })
+            .map_err(Failed::Store)
         })
         .await
-        .unwrap_or_else(|e| Err(format!("store writer panicked: {e}")));
-        let answer = match result {
+        .unwrap_or_else(|e| Err(Failed::Other(format!("store writer panicked: {e}"))));
+        let answer = match &result {
             Ok(changed) => {
-                signals.changed(&changed);
+                health.healthy();
+                signals.changed(changed);
                 Ok(())
             }
             Err(e) => {
                 counters.store_errors.inc();
-                tracing::error!("cache write failed: {e}");
-                Err(GetError::Store(e))
+                let reason = e.to_string();
+                tracing::error!("cache write failed: {reason}");
+                health.degrade(format!("store writes fail: {reason}"));
+                Err(GetError::Store(reason))
             }
         };
+        // Answered before recovering: the writes failed either way, and their readers
+        // should not wait for the reopen.
         for ack in acks.into_iter().flatten() {
             let _ = ack.send(answer.clone());
         }
+        if let Err(Failed::Store(e)) = &result {
+            if e.is_io() {
+                recover(&store, &health, &counters, reopen_window).await;
+            }
+        }
     }
     tracing::debug!("store writer stopped");
+}
+
+/// Why a batch failed.
+#[derive(Debug)]
+enum Failed {
+    Store(StoreError),
+    Other(String),
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failed::Store(e) => e.fmt(f),
+            Failed::Other(e) => f.write_str(e),
+        }
+    }
+}
+
+/// redb refuses every write after an I/O error until the database is reopened: reopen
+/// it, retrying for `window`; if it never reopens, the node cannot keep its promise
+/// that answered entries are durable, so it is declared failed (the daemon exits).
+async fn recover(store: &Arc<Store>, health: &Health, counters: &Counters, window: Duration) {
+    let deadline = tokio::time::Instant::now() + window;
+    let mut last;
+    loop {
+        let s = store.clone();
+        let attempt = tokio::task::spawn_blocking(move || s.reopen(Duration::from_secs(1)))
+            .await
+            .unwrap_or_else(|e| {
+                Err(StoreError::Closed {
+                    path: std::path::PathBuf::from(e.to_string()),
+                })
+            });
+        match attempt {
+            Ok(()) => {
+                counters.store_reopens.inc();
+                tracing::warn!("cache store reopened after a write failure");
+                return;
+            }
+            Err(e) => last = e.to_string(),
+        }
+        if tokio::time::Instant::now() + REOPEN_INTERVAL > deadline {
+            break;
+        }
+        tokio::time::sleep(REOPEN_INTERVAL).await;
+    }
+    tracing::error!("cache store could not be reopened: {last}");
+    health.fail(format!(
+        "the cache store {} failed and could not be reopened ({last}); check the disk and restart",
+        store.path().display()
+    ));
 }
 
 impl Signals {
@@ -271,7 +349,7 @@ fn apply_batch(
     jobs: Vec<WriteJob>,
     now_ms: u64,
     written_at: &dyn Fn(&str) -> Option<u64>,
-) -> Result<Vec<CacheKey>, String> {
+) -> Result<Vec<CacheKey>, StoreError> {
     let mut batch = Batch::new(store);
     let mut changed = Vec::new();
     for job in jobs {
@@ -323,9 +401,7 @@ fn apply_batch(
         }
     }
     let fresh: Vec<Freshness> = batch.fresh.into_values().collect();
-    store
-        .write_batch(&batch.puts, &fresh, now_ms)
-        .map_err(|e| e.to_string())?;
+    store.write_batch(&batch.puts, &fresh, now_ms)?;
     Ok(changed)
 }
 

@@ -281,6 +281,10 @@ impl Upstream for GithubClient {
         self.token_fp
     }
 
+    fn base(&self) -> Option<&str> {
+        Some(&self.base)
+    }
+
     fn rate_limit(&self) -> RateLimit {
         self.state.lock().map(|s| s.last).unwrap_or_default()
     }

@@ -269,6 +269,12 @@ pub trait Upstream: Send + Sync + 'static {
     /// Fingerprint of the node's own token (None: anonymous).
     fn token_fingerprint(&self) -> Option<[u8; 8]>;
 
+    /// The base URL requests go to, when there is one: `Link` headers from peers must
+    /// point there to be kept.
+    fn base(&self) -> Option<&str> {
+        None
+    }
+
     /// Fingerprint of the token `cred` sends (None: anonymous).
     fn fingerprint_of(&self, cred: &Credential) -> Option<[u8; 8]> {
         match cred {

@@ -1,0 +1,91 @@
+//! Every bound on what peers (and a busy fleet) can make a node hold, wait for or do,
+//! in one place. Each is enforced where the work happens; the comment says where and
+//! what a peer that hits it sees.
+
+use std::time::Duration;
+
+// --- Connections and streams (network layer) ---
+
+/// Most peers we keep connections with; beyond it discovery stops dialling.
+pub const MAX_PEERS: usize = 256;
+/// Most established inbound connections (libp2p connection limits): a stranger cannot
+/// fill our connection table.
+pub const MAX_INBOUND_CONNECTIONS: u32 = 192;
+/// Most inbound connections still handshaking.
+pub const MAX_PENDING_INBOUND_CONNECTIONS: u32 = 32;
+/// Most connections per peer (two nodes that dial each other at once keep both).
+pub const MAX_CONNECTIONS_PER_PEER: u32 = 2;
+/// Most yamux streams open on one connection.
+pub const MAX_STREAMS_PER_CONNECTION: usize = 64;
+/// Most concurrent lookup/hello/member streams per connection (request-response).
+pub const MAX_SMALL_STREAMS: usize = 32;
+/// Most concurrent body streams per connection.
+pub const MAX_BODY_STREAMS: usize = 8;
+/// Inbound requests waiting for the node's answer, in total; beyond it they are
+/// dropped unanswered (the asker's request fails).
+pub const MAX_PENDING_INBOUND: usize = 1024;
+/// The same, per peer.
+pub const MAX_PENDING_INBOUND_PER_PEER: usize = 64;
+
+// --- Frames (checked before a byte of the payload is buffered) ---
+
+/// Requests of every kind, and every reply but a body.
+pub const MAX_SMALL_FRAME: usize = ghmesh_protocol::wire::MAX_SMALL_MESSAGE;
+/// Body replies, read only on the body protocol, which we only use towards members.
+pub const MAX_BODY_FRAME: usize = ghmesh_protocol::wire::MAX_RR_MESSAGE;
+/// Gossip messages (gossipsub's transmit limit is this plus framing).
+pub const MAX_GOSSIP_FRAME: usize = ghmesh_protocol::wire::MAX_GOSSIP_MESSAGE;
+
+// --- Sealed messages ---
+
+/// Oldest sealed gossip accepted: replaying captured announcements later is refused.
+pub const GOSSIP_MAX_AGE_SECS: u64 = 300;
+/// Oldest sealed request accepted; nonces are remembered for this long plus the
+/// allowed clock skew, so a replay inside the window is caught by its nonce and one
+/// outside it by its age.
+pub const REQUEST_MAX_AGE_SECS: u64 = 60;
+/// How long a request nonce is remembered.
+pub const NONCE_WINDOW_MS: u64 = (REQUEST_MAX_AGE_SECS + 60) * 1000;
+/// Most nonces remembered per peer; a peer past it gets `Busy` until old ones expire.
+pub const MAX_NONCES_PER_PEER: usize = 4096;
+
+// --- Work per peer ---
+
+/// Requests per second a member may send us (token bucket); excess gets `Busy`.
+pub const REQUESTS_PER_SEC: f64 = 200.0;
+/// Burst of requests above the rate.
+pub const REQUEST_BURST: f64 = 400.0;
+/// Upstream fetches per second a member may make us start on its behalf.
+pub const FETCHES_PER_SEC: f64 = 10.0;
+/// Burst of such fetches.
+pub const FETCH_BURST: f64 = 20.0;
+/// Fetches on one member's behalf in flight at once.
+pub const MAX_FETCHES_PER_PEER: usize = 8;
+/// Keys being resolved at once on this node; beyond it peers' fetch requests get
+/// `Busy`.
+pub const MAX_INFLIGHT: usize = 4096;
+/// Owners asked to fetch on one miss (the first, and the next after a timeout or a
+/// redirect); then upstream.
+pub const MAX_OWNER_ASKS: usize = 2;
+
+// --- Standing (liveness) ---
+
+/// First probation after a member leaves a lookup unanswered; doubles with each
+/// further failure.
+pub const PROBATION_BASE: Duration = Duration::from_secs(2);
+/// Longest probation.
+pub const PROBATION_MAX: Duration = Duration::from_secs(300);
+/// A member with no failure for this long starts again from a clean record.
+pub const STANDING_DECAY: Duration = Duration::from_secs(600);
+/// A protocol violation (a reply that fails its checks) counts as this many failures.
+pub const VIOLATION_WEIGHT: u32 = 4;
+/// How long a hello may take before the peer is left unadmitted (it is greeted again
+/// on its next connection).
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+// --- Memory ---
+
+/// Entries announced without their body, remembered (with who has them).
+pub const BODYLESS_MAX_ENTRIES: usize = 8192;
+/// Their total size (metadata as sent), least recently announced dropped first.
+pub const BODYLESS_MAX_BYTES: usize = 16 * 1024 * 1024;

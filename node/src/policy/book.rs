@@ -1,0 +1,299 @@
+//! What a node knows and thinks of each connected peer: whether it proved it holds the
+//! key (admission), its standing (probation after unanswered lookups, with backoff
+//! that decays), what it may make us do (token buckets, fetches in flight), the nonces
+//! it used (replays), and how fast it answers (its lookup budget). Plain state with
+//! methods that take `now`; the node holds it behind one lock and only carries out
+//! what it says.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Duration;
+
+use libp2p::PeerId;
+
+use crate::limits::{
+    FETCHES_PER_SEC, FETCH_BURST, MAX_FETCHES_PER_PEER, MAX_NONCES_PER_PEER, MAX_PEERS,
+    NONCE_WINDOW_MS, PROBATION_BASE, PROBATION_MAX, REQUESTS_PER_SEC, REQUEST_BURST,
+    STANDING_DECAY, VIOLATION_WEIGHT,
+};
+
+/// Lookup latencies remembered per peer for its budget.
+const LATENCY_SAMPLES: usize = 32;
+
+/// How long to wait for a peer's answer: twice its recent slowest answer, within
+/// bounds, so a busy but alive fleet keeps coalescing and a dead peer is skipped fast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetRule {
+    /// Before any answer was measured.
+    pub initial: Duration,
+    /// Never less.
+    pub floor: Duration,
+    /// Never more.
+    pub ceiling: Duration,
+}
+
+/// A token bucket: `rate` tokens a second up to `burst`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TokenBucket {
+    tokens: f64,
+    at_ms: u64,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn full(burst: f64, now_ms: u64) -> Self {
+        Self {
+            tokens: burst,
+            at_ms: now_ms,
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn take(&mut self, rate: f64, burst: f64, now_ms: u64) -> bool {
+        let elapsed = now_ms.saturating_sub(self.at_ms) as f64 / 1000.0;
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
+        self.at_ms = self.at_ms.max(now_ms);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Whether a request may be handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestVerdict {
+    /// Go ahead.
+    Handle,
+    /// This nonce was used before: a replay.
+    Replay,
+    /// Over this peer's budget: answer `Busy` (or refuse).
+    Busy,
+}
+
+#[derive(Debug)]
+struct PeerState {
+    admitted: bool,
+    greeting: bool,
+    failures: u32,
+    last_failure_ms: u64,
+    probation_until_ms: u64,
+    requests: TokenBucket,
+    fetches: TokenBucket,
+    fetching: usize,
+    nonces: HashSet<u64>,
+    nonce_order: VecDeque<(u64, u64)>,
+    latencies_ms: VecDeque<u64>,
+}
+
+impl PeerState {
+    fn new(now_ms: u64) -> Self {
+        Self {
+            admitted: false,
+            greeting: false,
+            failures: 0,
+            last_failure_ms: 0,
+            probation_until_ms: 0,
+            requests: TokenBucket::full(REQUEST_BURST, now_ms),
+            fetches: TokenBucket::full(FETCH_BURST, now_ms),
+            fetching: 0,
+            nonces: HashSet::new(),
+            nonce_order: VecDeque::new(),
+            latencies_ms: VecDeque::new(),
+        }
+    }
+
+    fn fail(&mut self, weight: u32, now_ms: u64) {
+        if now_ms.saturating_sub(self.last_failure_ms) > STANDING_DECAY.as_millis() as u64 {
+            self.failures = 0;
+        }
+        // Lookups that time out together are one failure: the peer hung once.
+        if now_ms < self.probation_until_ms && weight == 1 {
+            return;
+        }
+        self.failures = self.failures.saturating_add(weight);
+        self.last_failure_ms = now_ms;
+        let shift = self.failures.saturating_sub(1).min(16);
+        let backoff = (PROBATION_BASE.as_millis() as u64)
+            .saturating_mul(1 << shift)
+            .min(PROBATION_MAX.as_millis() as u64);
+        self.probation_until_ms = now_ms.saturating_add(backoff);
+    }
+}
+
+/// Every connected peer's record, at most [`MAX_PEERS`].
+#[derive(Debug, Default)]
+pub struct PeerBook {
+    peers: HashMap<PeerId, PeerState>,
+}
+
+impl PeerBook {
+    /// A connection to `peer` is up. True when we should greet it (prove the key to
+    /// each other): not admitted, no greeting under way, and room in the book.
+    pub fn connected(&mut self, peer: PeerId, now_ms: u64) -> bool {
+        if !self.peers.contains_key(&peer) && self.peers.len() >= MAX_PEERS {
+            return false;
+        }
+        let st = self
+            .peers
+            .entry(peer)
+            .or_insert_with(|| PeerState::new(now_ms));
+        if st.admitted || st.greeting {
+            return false;
+        }
+        st.greeting = true;
+        true
+    }
+
+    /// The greeting ended; `proved`: the peer answered our nonce under the key. True
+    /// when this admitted a member that was not one.
+    pub fn greeted(&mut self, peer: PeerId, proved: bool) -> bool {
+        let Some(st) = self.peers.get_mut(&peer) else {
+            return false; // disconnected meanwhile
+        };
+        st.greeting = false;
+        let newly = proved && !st.admitted;
+        st.admitted |= proved;
+        newly
+    }
+
+    /// The last connection to `peer` closed: forget it (it is greeted again when it
+    /// comes back; what it did is forgotten too, as the connection that did it is gone).
+    pub fn disconnected(&mut self, peer: &PeerId) {
+        self.peers.remove(peer);
+    }
+
+    /// Forgets every peer not in `connected` (their disconnect event was lost).
+    pub fn forget_all_but(&mut self, connected: &[PeerId]) {
+        self.peers.retain(|p, _| connected.contains(p));
+    }
+
+    /// Proved it holds the key.
+    pub fn is_member(&self, peer: &PeerId) -> bool {
+        self.peers.get(peer).is_some_and(|s| s.admitted)
+    }
+
+    /// Every admitted member.
+    pub fn members(&self) -> Vec<PeerId> {
+        self.peers
+            .iter()
+            .filter(|(_, s)| s.admitted)
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// Members we may ask (owner candidates): admitted and not on probation.
+    pub fn candidates(&self, now_ms: u64) -> Vec<PeerId> {
+        self.peers
+            .iter()
+            .filter(|(_, s)| s.admitted && now_ms >= s.probation_until_ms)
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// Members on probation now.
+    pub fn on_probation(&self, now_ms: u64) -> usize {
+        self.peers
+            .values()
+            .filter(|s| s.admitted && now_ms < s.probation_until_ms)
+            .count()
+    }
+
+    /// A lookup to `peer` got no answer in time.
+    pub fn timed_out(&mut self, peer: &PeerId, now_ms: u64) {
+        if let Some(st) = self.peers.get_mut(peer) {
+            st.fail(1, now_ms);
+        }
+    }
+
+    /// `peer` sent something that failed its checks (never for clock skew alone).
+    pub fn violated(&mut self, peer: &PeerId, now_ms: u64) {
+        if let Some(st) = self.peers.get_mut(peer) {
+            st.fail(VIOLATION_WEIGHT, now_ms);
+        }
+    }
+
+    /// `peer` answered within `latency`: off probation, and the sample feeds its
+    /// budget.
+    pub fn answered(&mut self, peer: &PeerId, latency: Duration) {
+        if let Some(st) = self.peers.get_mut(peer) {
+            st.probation_until_ms = 0;
+            if st.latencies_ms.len() >= LATENCY_SAMPLES {
+                st.latencies_ms.pop_front();
+            }
+            st.latencies_ms.push_back(latency.as_millis() as u64);
+        }
+    }
+
+    /// How long to wait for `peer`'s answer to a lookup.
+    pub fn budget(&self, peer: &PeerId, rule: BudgetRule) -> Duration {
+        let Some(slowest) = self
+            .peers
+            .get(peer)
+            .and_then(|s| s.latencies_ms.iter().max().copied())
+        else {
+            return rule.initial;
+        };
+        Duration::from_millis(slowest.saturating_mul(2)).clamp(rule.floor, rule.ceiling)
+    }
+
+    /// Every member's current budget, for stats.
+    pub fn budgets(&self, rule: BudgetRule) -> Vec<(PeerId, Duration)> {
+        self.peers
+            .iter()
+            .filter(|(_, s)| s.admitted)
+            .map(|(p, _)| (*p, self.budget(p, rule)))
+            .collect()
+    }
+
+    /// A request with `nonce` arrived from `peer`: may it be handled?
+    pub fn request(&mut self, peer: &PeerId, nonce: u64, now_ms: u64) -> RequestVerdict {
+        let Some(st) = self.peers.get_mut(peer) else {
+            return RequestVerdict::Busy;
+        };
+        while st
+            .nonce_order
+            .front()
+            .is_some_and(|(at, _)| now_ms.saturating_sub(*at) > NONCE_WINDOW_MS)
+        {
+            if let Some((_, n)) = st.nonce_order.pop_front() {
+                st.nonces.remove(&n);
+            }
+        }
+        if st.nonces.contains(&nonce) {
+            return RequestVerdict::Replay;
+        }
+        if st.nonces.len() >= MAX_NONCES_PER_PEER
+            || !st.requests.take(REQUESTS_PER_SEC, REQUEST_BURST, now_ms)
+        {
+            return RequestVerdict::Busy;
+        }
+        st.nonces.insert(nonce);
+        st.nonce_order.push_back((now_ms, nonce));
+        RequestVerdict::Handle
+    }
+
+    /// May `peer` make us start an upstream fetch for it now? Counts it in flight
+    /// when yes; call [`PeerBook::fetch_done`] when it ends.
+    pub fn start_fetch(&mut self, peer: &PeerId, now_ms: u64) -> bool {
+        let Some(st) = self.peers.get_mut(peer) else {
+            return false;
+        };
+        if !st.admitted || st.fetching >= MAX_FETCHES_PER_PEER {
+            return false;
+        }
+        if !st.fetches.take(FETCHES_PER_SEC, FETCH_BURST, now_ms) {
+            return false;
+        }
+        st.fetching += 1;
+        true
+    }
+
+    /// A fetch started for `peer` ended.
+    pub fn fetch_done(&mut self, peer: &PeerId) {
+        if let Some(st) = self.peers.get_mut(peer) {
+            st.fetching = st.fetching.saturating_sub(1);
+        }
+    }
+}
