@@ -85,6 +85,9 @@ impl NodeConfig {
         self.heartbeat = Duration::from_millis(200);
         self.discovery_interval = Duration::from_millis(300);
         self.mdns_query_interval = Duration::from_millis(500);
+        self.deadlines.hello = Duration::from_secs(2);
+        self.deadlines.ping_interval = Duration::from_secs(1);
+        self.deadlines.ping_timeout = Duration::from_secs(5);
         self
     }
 }
@@ -104,6 +107,9 @@ pub struct Deadlines {
     pub ping_interval: Duration,
     /// A ping unanswered this long closes the connection.
     pub ping_timeout: Duration,
+    /// How long a peer has to answer our hello before it is left unadmitted (it is
+    /// greeted again when it reconnects).
+    pub hello: Duration,
     /// How long to wait for an owner that answered `Pending`.
     pub pending_wait: Duration,
     /// A whole upstream request.
@@ -138,6 +144,7 @@ impl Default for Deadlines {
             lookup_ceiling: Duration::from_secs(1),
             ping_interval: Duration::from_secs(10),
             ping_timeout: Duration::from_secs(10),
+            hello: Duration::from_secs(5),
             pending_wait: Duration::from_secs(15),
             upstream: Duration::from_secs(20),
             flight_slack: Duration::from_secs(5),

@@ -79,9 +79,6 @@ pub const PROBATION_MAX: Duration = Duration::from_secs(300);
 pub const STANDING_DECAY: Duration = Duration::from_secs(600);
 /// A protocol violation (a reply that fails its checks) counts as this many failures.
 pub const VIOLATION_WEIGHT: u32 = 4;
-/// How long a hello may take before the peer is left unadmitted (it is greeted again
-/// on its next connection).
-pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
 // --- Memory ---
 

@@ -5,3 +5,4 @@ pub mod daemon;
 pub mod fake_github;
 pub mod fake_upstream;
 pub mod harness;
+pub mod rogue;

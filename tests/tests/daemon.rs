@@ -428,3 +428,56 @@ async fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
         .unwrap()
         .is_array());
 }
+
+/// A member stopped with SIGSTOP keeps its TCP connections (the kernel answers for
+/// it) but answers nothing. The first lookups to it time out, it goes on probation,
+/// and every node that saw the timeout asks the same next owner: the same reads cost
+/// no more upstream calls than with the stopped node absent (one per key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_member_costs_no_extra_upstream_calls() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let gh = FakeGithub::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = fleet(3, &gh, &[], &dir).await;
+    let stopped = Pid::from_raw(nodes[2].child.id().unwrap() as i32);
+    kill(stopped, Signal::SIGSTOP).unwrap();
+
+    let before = gh.total_requests();
+    let keys: Vec<String> = (0..20)
+        .map(|i| format!("/repos/acme/widgets/issues/{i}"))
+        .collect();
+    // The bound on any read: two owners asked (each within the lookup ceiling), the
+    // others' lookup, and the upstream request (node defaults).
+    let d = ghmesh_node::Deadlines::default();
+    let bound = d.peer_asks() + d.lookup + d.upstream;
+    let reads = keys.iter().flat_map(|k| {
+        nodes[..2].iter().map(move |n| async move {
+            let started = Instant::now();
+            let (status, _, _) = get(n, k).await;
+            (status, started.elapsed())
+        })
+    });
+    for (status, took) in futures::future::join_all(reads).await {
+        assert_eq!(status, 200);
+        assert!(took < bound, "a read took {took:?}, over {bound:?}");
+    }
+    let calls = gh.total_requests() - before;
+    assert!(
+        calls <= keys.len() as u64,
+        "{calls} upstream calls for {} keys",
+        keys.len()
+    );
+    let on_probation = nodes[0].stats().await.unwrap()["members_on_probation"]
+        .as_u64()
+        .unwrap()
+        + nodes[1].stats().await.unwrap()["members_on_probation"]
+            .as_u64()
+            .unwrap();
+    assert!(on_probation >= 1, "the stopped member is on probation");
+
+    kill(stopped, Signal::SIGCONT).unwrap();
+    for n in &mut nodes {
+        n.terminate().await;
+    }
+}

@@ -16,7 +16,7 @@ use ghmesh_protocol::{MemberAddr, MemberList, Message};
 use libp2p::{Multiaddr, PeerId};
 
 use super::{Inner, Node};
-use crate::limits::{HELLO_TIMEOUT, MAX_SMALL_FRAME};
+use crate::limits::MAX_SMALL_FRAME;
 use crate::network::Channel;
 
 /// How often the book is checked against the connected peers (a connect or
@@ -65,7 +65,10 @@ impl Node {
         let Some(data) = self.seal(&Message::Hello(addr)) else {
             return false;
         };
-        let Ok(resp) = net.request(peer, Channel::Small, data, HELLO_TIMEOUT).await else {
+        let Ok(resp) = net
+            .request(peer, Channel::Small, data, self.inner.deadlines.hello)
+            .await
+        else {
             return false;
         };
         match self.open_reply(peer, &resp, MAX_SMALL_FRAME) {
@@ -88,7 +91,10 @@ impl Node {
         let Some(data) = self.seal(&Message::Members(self.address(peer))) else {
             return;
         };
-        let Ok(resp) = net.request(peer, Channel::Small, data, HELLO_TIMEOUT).await else {
+        let Ok(resp) = net
+            .request(peer, Channel::Small, data, self.inner.deadlines.hello)
+            .await
+        else {
             return;
         };
         let list = match self.open_reply(peer, &resp, MAX_SMALL_FRAME) {
