@@ -102,6 +102,9 @@ pub enum Proto {
 
 type Reply = oneshot::Sender<Result<Vec<u8>, String>>;
 
+/// Requests a rogue received: who sent them, and the sealed bytes.
+pub type Captured = Arc<Mutex<Vec<(PeerId, Vec<u8>)>>>;
+
 enum Cmd {
     Dial(Multiaddr),
     Request(PeerId, Proto, Vec<u8>, Reply),
@@ -114,7 +117,7 @@ pub struct Rogue {
     keys: MeshKeys,
     cmds: mpsc::Sender<Cmd>,
     /// Requests received (sealed bytes, with who sent them), for replaying.
-    pub captured: Arc<Mutex<Vec<(PeerId, Vec<u8>)>>>,
+    pub captured: Captured,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -269,7 +272,7 @@ async fn run(
     mut cmds: mpsc::Receiver<Cmd>,
     keys: MeshKeys,
     answer: Answer,
-    captured: Arc<Mutex<Vec<(PeerId, Vec<u8>)>>>,
+    captured: Captured,
 ) {
     let mut pending: std::collections::HashMap<(Proto, OutboundRequestId), Reply> =
         std::collections::HashMap::new();
