@@ -139,7 +139,10 @@ pub struct Deadlines {
 impl Default for Deadlines {
     fn default() -> Self {
         Self {
-            lookup: Duration::from_millis(250),
+            // Generous before anything is measured: a busy owner that answers in 400 ms
+            // is still the cheapest way to the answer, while a dead one is skipped
+            // after this once (probation) and a measured fast one after 50 ms.
+            lookup: Duration::from_secs(1),
             lookup_floor: Duration::from_millis(50),
             lookup_ceiling: Duration::from_secs(1),
             ping_interval: Duration::from_secs(10),

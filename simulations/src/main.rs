@@ -31,8 +31,9 @@ struct Args {
     /// RNG seed; the same seed gives the same workload
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Peer-phase budget on a local miss before going upstream (the daemon's default)
-    #[arg(long, default_value_t = 250)]
+    /// A member's lookup budget before its latency is measured (the daemon's default);
+    /// then it adapts to twice the member's recent slowest answer, 50 ms to 1 s
+    #[arg(long, default_value_t = 1000)]
     lookup_timeout_ms: u64,
     /// Named workload (burst, autoscaler, churn) or a TOML file
     #[arg(long)]

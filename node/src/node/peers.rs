@@ -145,7 +145,7 @@ impl Node {
             Err(_) => {
                 self.inner.counters.lookup_timeouts.inc();
                 let now = self.now_ms();
-                self.book(|b| b.timed_out(&peer, now));
+                self.book(|b| b.timed_out(&peer, timeout, now));
                 return None;
             }
         };

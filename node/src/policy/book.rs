@@ -104,6 +104,13 @@ impl PeerState {
         }
     }
 
+    fn sample(&mut self, latency: Duration) {
+        if self.latencies_ms.len() >= LATENCY_SAMPLES {
+            self.latencies_ms.pop_front();
+        }
+        self.latencies_ms.push_back(latency.as_millis() as u64);
+    }
+
     fn fail(&mut self, weight: u32, now_ms: u64) {
         if now_ms.saturating_sub(self.last_failure_ms) > STANDING_DECAY.as_millis() as u64 {
             self.failures = 0;
@@ -200,10 +207,13 @@ impl PeerBook {
             .count()
     }
 
-    /// A lookup to `peer` got no answer in time.
-    pub fn timed_out(&mut self, peer: &PeerId, now_ms: u64) {
+    /// A lookup to `peer` got no answer within `budget`. Besides the probation, the
+    /// budget counts as a sample: if the peer was only slow, its next budget is twice
+    /// as long (within the ceiling).
+    pub fn timed_out(&mut self, peer: &PeerId, budget: Duration, now_ms: u64) {
         if let Some(st) = self.peers.get_mut(peer) {
             st.fail(1, now_ms);
+            st.sample(budget);
         }
     }
 
@@ -219,10 +229,7 @@ impl PeerBook {
     pub fn answered(&mut self, peer: &PeerId, latency: Duration) {
         if let Some(st) = self.peers.get_mut(peer) {
             st.probation_until_ms = 0;
-            if st.latencies_ms.len() >= LATENCY_SAMPLES {
-                st.latencies_ms.pop_front();
-            }
-            st.latencies_ms.push_back(latency.as_millis() as u64);
+            st.sample(latency);
         }
     }
 
@@ -343,8 +350,8 @@ mod tests {
         let mut book = PeerBook::default();
         let p = admitted(&mut book, 0);
         let base = PROBATION_BASE.as_millis() as u64;
-        book.timed_out(&p, 1000);
-        book.timed_out(&p, 1001); // same hang, seen by another read
+        book.timed_out(&p, Duration::from_millis(1), 1000);
+        book.timed_out(&p, Duration::from_millis(1), 1001); // same hang, seen by another read
         assert!(book.candidates(1000 + base - 1).is_empty());
         assert_eq!(
             book.candidates(1000 + base),
@@ -353,16 +360,16 @@ mod tests {
         );
         // Fails again: twice as long.
         let t = 1000 + base;
-        book.timed_out(&p, t);
+        book.timed_out(&p, Duration::from_millis(1), t);
         assert!(book.candidates(t + 2 * base - 1).is_empty());
         assert_eq!(book.candidates(t + 2 * base), vec![p]);
         // An answer ends probation at once.
-        book.timed_out(&p, t + 2 * base);
+        book.timed_out(&p, Duration::from_millis(1), t + 2 * base);
         book.answered(&p, Duration::from_millis(10));
         assert_eq!(book.candidates(t + 2 * base), vec![p]);
         // A long clean record starts again from the base.
         let later = t + STANDING_DECAY.as_millis() as u64 + 10 * base;
-        book.timed_out(&p, later);
+        book.timed_out(&p, Duration::from_millis(1), later);
         assert_eq!(book.candidates(later + base), vec![p]);
         // A violation weighs more, but never more than the maximum.
         book.violated(&p, later + base);
