@@ -31,5 +31,5 @@ pub use request::{
 pub use seal::{open, seal, OpenError, SealLimits};
 pub use wire::{
     Addressing, Announce, BodyReply, FetchBody, Invalidate, Lookup, LookupReply, MemberAddr,
-    MemberList, Message, Refresh,
+    MemberList, MembersRequest, Message, Refresh,
 };

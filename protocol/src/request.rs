@@ -162,6 +162,9 @@ impl CanonicalRequest {
         if path.starts_with("//") || !is_safe_path(path) {
             return Err(RequestError::BadPath);
         }
+        // A parameter without a name (`?=x`) means nothing upstream and could not be
+        // written back out: dropped, so that every canonical request passes its own
+        // check (found by fuzzing).
         let mut params: Vec<(String, String)> = query
             .split('&')
             .filter(|p| !p.is_empty())
@@ -169,6 +172,7 @@ impl CanonicalRequest {
                 Some((k, v)) => (k.to_string(), v.to_string()),
                 None => (p.to_string(), String::new()),
             })
+            .filter(|(k, _)| !k.is_empty())
             .collect();
         if params.len() > MAX_QUERY_PARAMS {
             return Err(RequestError::TooManyParams);
@@ -283,6 +287,25 @@ fn clean_header(value: Option<&str>, lowercase: bool) -> Result<Option<String>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nameless_query_parameters_are_dropped_and_every_canonical_request_checks() {
+        // Found by the canonical_request fuzz target: `?=` became a parameter with an
+        // empty name that `path_and_query` could not write back, so the request failed
+        // its own check and an honest peer's lookup for it was refused.
+        let r = CanonicalRequest::new("M", "/f_/___Z_____///%!?=", None, None).unwrap();
+        assert!(r.query.is_empty());
+        assert_eq!(r.check(), Ok(()));
+        let r = CanonicalRequest::get("/repos/o/r/issues?=x&state=open&=").unwrap();
+        assert_eq!(r.path_and_query(), "/repos/o/r/issues?state=open");
+        assert_eq!(r.check(), Ok(()));
+        assert_eq!(
+            r.key(),
+            CanonicalRequest::get("/repos/o/r/issues?state=open")
+                .unwrap()
+                .key()
+        );
+    }
 
     #[test]
     fn default_json_accepts_share_one_key_and_other_media_types_do_not() {

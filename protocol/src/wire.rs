@@ -37,7 +37,7 @@ pub const MAX_RR_MESSAGE: usize = 12 * 1024 * 1024;
 pub const MAX_SMALL_MESSAGE: usize = 96 * 1024;
 /// Longest peer id (multihash bytes) a message may name.
 pub const MAX_PEER_ID_LEN: usize = 64;
-/// Most members one [`Members`] reply lists.
+/// Most members one member list carries.
 pub const MAX_MEMBER_LIST: usize = 64;
 /// Most addresses listed per member, and the longest address (bytes).
 pub const MAX_MEMBER_ADDRS: usize = 4;
@@ -190,6 +190,16 @@ pub enum BodyReply {
     NotFound,
 }
 
+/// Members exchange: "here are members I know (perhaps only a newcomer), which do
+/// you know?" Each side dials the ones it lacks, so views fill from either end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersRequest {
+    /// Sender, recipient, nonce.
+    pub addr: Addressing,
+    /// Members the sender knows (at most [`MAX_MEMBER_LIST`]).
+    pub known: Vec<MemberAddr>,
+}
+
 /// Answer to [`Message::Members`]: the members the answerer has admitted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberList {
@@ -219,8 +229,8 @@ pub enum Message {
     Hello(Addressing),
     /// Response to [`Message::Hello`].
     HelloReply(Addressing),
-    /// Request (members only): which members do you know?
-    Members(Addressing),
+    /// Request (members only): these members I know; which do you know?
+    Members(MembersRequest),
     /// Response to [`Message::Members`].
     MemberList(MemberList),
 }
@@ -231,7 +241,8 @@ impl Message {
         match self {
             Message::Lookup(l) => Some(&l.addr),
             Message::FetchBody(f) => Some(&f.addr),
-            Message::Hello(a) | Message::Members(a) => Some(a),
+            Message::Hello(a) => Some(a),
+            Message::Members(m) => Some(&m.addr),
             _ => None,
         }
     }

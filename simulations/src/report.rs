@@ -73,6 +73,8 @@ pub struct Report {
     pub lookup_ms: Lookup,
     /// Time for every node to see every other as a member before the workload.
     pub mesh_formation_s: f64,
+    /// From the first node's start until every node has every other as a member.
+    pub view_converged_s: f64,
     /// Workload time.
     pub wall_s: f64,
     /// Peak RSS of the whole process (all nodes and the fake GitHub).
@@ -93,7 +95,7 @@ impl Report {
              served: {local} local, {peer} peer, {co} coalesced, {rv} revalidated, {miss} miss, {err} errors\n\
              propagation ms: p50 {pp50:.1} p95 {pp95:.1} p99 {pp99:.1} max {pmax:.1} ({ps} keys)\n\
              lookup ms: p50 {lp50:.2} p99 {lp99:.2} ({ls} lookups)\n\
-             mesh formed in {mf:.2}s, workload {wall:.2}s, peak RSS {rss:.0} MB ({rssn:.1} MB/node)\n",
+             mesh formed in {mf:.2}s (full views {vc:.2}s after the first start), workload {wall:.2}s, peak RSS {rss:.0} MB ({rssn:.1} MB/node)\n",
             workload = self.workload,
             strategy = self.strategy,
             nodes = self.nodes,
@@ -118,6 +120,7 @@ impl Report {
             lp99 = self.lookup_ms.p99,
             ls = self.lookup_ms.samples,
             mf = self.mesh_formation_s,
+            vc = self.view_converged_s,
             wall = self.wall_s,
             rss = self.peak_rss_mb,
             rssn = self.peak_rss_mb_per_node,

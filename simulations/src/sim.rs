@@ -287,12 +287,39 @@ pub async fn run(cfg: SimConfig) -> anyhow::Result<Report> {
             .collect::<Result<_, _>>()?,
     );
 
+    let spread: Arc<Mutex<HashMap<CacheKey, Spread>>> = Arc::default();
+    let tally = Arc::new(Tally::default());
+    let lookups: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
+    let reads = Reads {
+        requests: requests.clone(),
+        rounds: cfg.rounds,
+        interval: Duration::from_millis(cfg.workload.interval_ms),
+        lookups: lookups.clone(),
+    };
+    let coldstart = cfg.workload.coldstart;
+    let node_seed = |i: usize| cfg.seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
+    let mut tasks = Vec::new();
+
+    let t0 = Instant::now();
     let mut nodes: Vec<SimNode> = Vec::new();
     let first = start_node(&cfg, &gh, vec![]).await?;
     let boot: Vec<libp2p::Multiaddr> = first.node.listen_addrs().into_iter().take(1).collect();
     nodes.push(first);
-    for _ in 1..cfg.nodes {
+    for i in 1..cfg.nodes {
+        if coldstart {
+            // Each node reads the moment it is up: track and start the previous one
+            // before the next is even started.
+            let n = &nodes[i - 1];
+            track_spread(&n.node, spread.clone());
+            tasks.push(reads.spawn(n, tally.clone(), Duration::ZERO, node_seed(i - 1)));
+        }
         nodes.push(start_node(&cfg, &gh, boot.clone()).await?);
+    }
+    if coldstart {
+        let last = cfg.nodes - 1;
+        track_spread(&nodes[last].node, spread.clone());
+        tasks.push(reads.spawn(&nodes[last], tally.clone(), Duration::ZERO, node_seed(last)));
     }
     let formed = Instant::now();
     if cfg.strategy != Strategy::Local {
@@ -307,34 +334,21 @@ pub async fn run(cfg: SimConfig) -> anyhow::Result<Report> {
         }
     }
     let mesh_formation_s = formed.elapsed().as_secs_f64();
+    let view_converged_s = t0.elapsed().as_secs_f64();
 
-    let spread: Arc<Mutex<HashMap<CacheKey, Spread>>> = Arc::default();
-    for n in &nodes {
-        track_spread(&n.node, spread.clone());
-    }
-    let tally = Arc::new(Tally::default());
-    let lookups: Arc<Mutex<Vec<f64>>> = Arc::default();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
-    let reads = Reads {
-        requests: requests.clone(),
-        rounds: cfg.rounds,
-        interval: Duration::from_millis(cfg.workload.interval_ms),
-        lookups: lookups.clone(),
-    };
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for (i, n) in nodes.iter().enumerate() {
-        let delay = if cfg.stagger_ms == 0 {
-            0
-        } else {
-            rng.gen_range(0..=cfg.stagger_ms)
-        };
-        tasks.push(reads.spawn(
-            n,
-            tally.clone(),
-            Duration::from_millis(delay),
-            cfg.seed.wrapping_mul(1_000_003).wrapping_add(i as u64),
-        ));
+    let started = if coldstart { t0 } else { Instant::now() };
+    if !coldstart {
+        for n in &nodes {
+            track_spread(&n.node, spread.clone());
+        }
+        for (i, n) in nodes.iter().enumerate() {
+            let delay = if cfg.stagger_ms == 0 {
+                0
+            } else {
+                rng.gen_range(0..=cfg.stagger_ms)
+            };
+            tasks.push(reads.spawn(n, tally.clone(), Duration::from_millis(delay), node_seed(i)));
+        }
     }
 
     let mut late = None;
@@ -452,6 +466,7 @@ pub async fn run(cfg: SimConfig) -> anyhow::Result<Report> {
             samples: look.len(),
         },
         mesh_formation_s,
+        view_converged_s,
         wall_s,
         peak_rss_mb: rss,
         peak_rss_mb_per_node: rss / cfg.nodes as f64,

@@ -37,6 +37,10 @@ pub struct Workload {
     pub paths: Vec<String>,
     /// Nodes joining and leaving.
     pub churn: Option<Churn>,
+    /// Every node starts reading as soon as it is up, without waiting for the mesh
+    /// (ephemeral runners that read right after they start).
+    #[serde(default)]
+    pub coldstart: bool,
 }
 
 fn default_paths() -> Vec<String> {
@@ -56,6 +60,7 @@ const BUILT_IN: &[(&str, &str)] = &[
     ("burst", include_str!("../workloads/burst.toml")),
     ("autoscaler", include_str!("../workloads/autoscaler.toml")),
     ("churn", include_str!("../workloads/churn.toml")),
+    ("coldstart", include_str!("../workloads/coldstart.toml")),
 ];
 
 impl Default for Workload {
@@ -71,6 +76,7 @@ impl Default for Workload {
             interval_ms: 0,
             paths: default_paths(),
             churn: None,
+            coldstart: false,
         }
     }
 }
@@ -117,6 +123,7 @@ mod tests {
             assert_eq!(unique.len(), paths.len(), "{name}");
         }
         assert!(Workload::load("churn").unwrap().churn.is_some());
+        assert!(Workload::load("coldstart").unwrap().coldstart);
         assert!(Workload::load("no-such-workload").is_err());
     }
 }

@@ -481,3 +481,54 @@ async fn a_stopped_member_costs_no_extra_upstream_calls() {
         n.terminate().await;
     }
 }
+
+/// Ephemeral runners read the moment they are up. Three daemons started together,
+/// each bootstrapped to the first, read 10 new keys 9 times each (90 reads at once) as
+/// soon as every one has a gossip mesh peer: one upstream call per key, because the
+/// members exchange their member lists on admission and views are full before the
+/// first heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_fleet_spends_one_upstream_call_per_key() {
+    let gh = FakeGithub::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let args: Vec<String> = vec!["--upstream".into(), gh.url()];
+    let first = start_daemon(dir.path().join("n0"), &args, &env("cold-fleet"))
+        .await
+        .unwrap();
+    let mut joined = args.clone();
+    joined.extend(["--bootstrap".to_string(), first.ready.listen[0].clone()]);
+    let fleet_env = env("cold-fleet");
+    let (b, c) = tokio::join!(
+        start_daemon(dir.path().join("n1"), &joined, &fleet_env),
+        start_daemon(dir.path().join("n2"), &joined, &fleet_env),
+    );
+    let mut nodes = vec![first, b.unwrap(), c.unwrap()];
+    for n in &nodes {
+        poll("a gossip mesh peer", || async {
+            n.stats()
+                .await
+                .map(|s| s["mesh_peers"].as_u64() >= Some(1))
+                .unwrap_or(false)
+        })
+        .await;
+    }
+    let keys: Vec<String> = (0..10)
+        .map(|i| format!("/repos/acme/cold/issues/{i}"))
+        .collect();
+    let reads = keys.iter().flat_map(|k| {
+        nodes
+            .iter()
+            .flat_map(move |n| (0..3).map(move |_| async move { get(n, k).await.0 }))
+    });
+    let statuses = futures::future::join_all(reads).await;
+    assert_eq!(statuses.len(), 90);
+    assert!(statuses.iter().all(|s| *s == 200));
+    assert_eq!(
+        gh.total_requests(),
+        keys.len() as u64,
+        "one upstream call per key"
+    );
+    for n in &mut nodes {
+        n.terminate().await;
+    }
+}

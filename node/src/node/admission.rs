@@ -3,21 +3,23 @@
 //! peer ids, that only a holder of the mesh key can seal back. Subscribing to the
 //! gossip topic proves nothing (anyone connected sees the topic name).
 //!
-//! A newly admitted member is also asked for the members it knows, and those we lack
-//! are dialled: a fleet that joined through one bootstrap converges in about a second
-//! instead of one discovery interval.
+//! Members exchange lists on admission, both ways: the newcomer and we swap the
+//! members we know, and we introduce the newcomer to every member we had. Each side
+//! dials whom it lacks, so runners that joined through one bootstrap at the same moment
+//! know each other within a few round trips instead of one discovery interval.
 
 use std::collections::HashSet;
 use std::sync::Weak;
 use std::time::Duration;
 
 use ghmesh_protocol::wire::{MAX_ADDR_LEN, MAX_MEMBER_ADDRS, MAX_MEMBER_LIST};
-use ghmesh_protocol::{MemberAddr, MemberList, Message};
+use ghmesh_protocol::{MemberAddr, MemberList, MembersRequest, Message};
 use libp2p::{Multiaddr, PeerId};
 
 use super::{Inner, Node};
 use crate::limits::MAX_SMALL_FRAME;
 use crate::network::Channel;
+use crate::policy;
 
 /// How often the book is checked against the connected peers (a connect or
 /// disconnect event dropped under load must not leave it wrong for long).
@@ -35,13 +37,36 @@ impl Node {
 
     /// The last connection to `peer` closed.
     pub(super) fn on_disconnected(&self, peer: PeerId) {
-        self.book(|b| b.disconnected(&peer));
+        let now = self.now_ms();
+        self.book(|b| b.disconnected(&peer, now));
+    }
+
+    /// A node that has just started, and whose view of the fleet is still changing
+    /// (greetings under way, members admitted a moment ago, introductions landing),
+    /// waits for it to settle before it claims to own a key: otherwise two runners that
+    /// joined through one bootstrap at once each think they own the key the other owns,
+    /// and both fetch it. Bounded by `until`; costs nothing once the node has settled.
+    pub(super) async fn settle_view(&self, until: tokio::time::Instant) {
+        loop {
+            let now = self.now_ms();
+            let Some((greeting, changed)) = self.book(|b| (b.greeting(), b.last_change_ms()))
+            else {
+                return;
+            };
+            if !policy::view_settling(now, self.inner.started_ms, changed, greeting)
+                || tokio::time::Instant::now() >= until
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Sends our hello and admits `peer` when its reply proves the key.
     async fn greet(&self, peer: PeerId) {
         let proved = self.hello(peer).await;
-        let newly = self.book(|b| b.greeted(peer, proved)).unwrap_or(false);
+        let now = self.now_ms();
+        let newly = self.book(|b| b.greeted(peer, proved, now)).unwrap_or(false);
         if !proved {
             self.inner.counters.hellos_failed.inc();
             tracing::debug!(%peer, "peer did not prove it holds the mesh key");
@@ -53,8 +78,36 @@ impl Node {
             if let Some(net) = self.network() {
                 net.discover_soon().await;
             }
-            self.exchange_members(peer).await;
+            self.introduce(peer).await;
         }
+    }
+
+    /// Swaps member lists with a newcomer, and tells every other member about it.
+    async fn introduce(&self, newcomer: PeerId) {
+        let known = self.member_list(newcomer).await.members;
+        self.exchange_members(newcomer, known).await;
+        // Its listen addresses come with identify, which may land just after the hello.
+        let mut addrs = None;
+        for _ in 0..10 {
+            addrs = self.member_addrs(vec![newcomer]).await.into_iter().next();
+            if addrs.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let Some(entry) = addrs else {
+            return;
+        };
+        let others: Vec<PeerId> = self
+            .members()
+            .into_iter()
+            .filter(|p| *p != newcomer)
+            .take(MAX_MEMBER_LIST)
+            .collect();
+        let sends = others
+            .into_iter()
+            .map(|m| self.exchange_members(m, vec![entry.clone()]));
+        futures::future::join_all(sends).await;
     }
 
     async fn hello(&self, peer: PeerId) -> bool {
@@ -83,12 +136,16 @@ impl Node {
         }
     }
 
-    /// Asks a new member for its members and dials those we are not connected to.
-    async fn exchange_members(&self, peer: PeerId) {
+    /// Sends `known` to `peer` and dials the members it answers with that we lack.
+    async fn exchange_members(&self, peer: PeerId, known: Vec<MemberAddr>) {
         let Some(net) = self.network() else {
             return;
         };
-        let Some(data) = self.seal(&Message::Members(self.address(peer))) else {
+        let request = Message::Members(MembersRequest {
+            addr: self.address(peer),
+            known,
+        });
+        let Some(data) = self.seal(&request) else {
             return;
         };
         let Ok(resp) = net
@@ -97,16 +154,22 @@ impl Node {
         else {
             return;
         };
-        let list = match self.open_reply(peer, &resp, MAX_SMALL_FRAME) {
-            Some(Message::MemberList(l)) if l.members.len() <= MAX_MEMBER_LIST => l,
-            Some(_) => {
-                self.violated(peer);
-                return;
+        match self.open_reply(peer, &resp, MAX_SMALL_FRAME) {
+            Some(Message::MemberList(l)) if l.members.len() <= MAX_MEMBER_LIST => {
+                self.dial_unknown(l.members).await
             }
-            None => return,
+            Some(_) => self.violated(peer),
+            None => {}
+        }
+    }
+
+    /// Dials the listed members we are not members with (bounded, checked).
+    pub(super) async fn dial_unknown(&self, list: Vec<MemberAddr>) {
+        let Some(net) = self.network() else {
+            return;
         };
         let known: HashSet<PeerId> = self.members().into_iter().collect();
-        for m in list.members {
+        for m in list.into_iter().take(MAX_MEMBER_LIST) {
             let Ok(p) = PeerId::from_bytes(&m.peer) else {
                 continue;
             };
@@ -126,6 +189,27 @@ impl Node {
         }
     }
 
+    /// `peers` with the addresses they listen on (those whose identify arrived).
+    async fn member_addrs(&self, peers: Vec<PeerId>) -> Vec<MemberAddr> {
+        let addrs = match self.network() {
+            Some(net) => net.listen_addrs_of(peers).await.unwrap_or_default(),
+            None => Vec::new(),
+        };
+        addrs
+            .into_iter()
+            .map(|(p, a)| MemberAddr {
+                peer: p.to_bytes().into(),
+                addrs: a
+                    .into_iter()
+                    .map(|a| a.to_vec())
+                    .filter(|a| a.len() <= MAX_ADDR_LEN)
+                    .take(MAX_MEMBER_ADDRS)
+                    .map(Into::into)
+                    .collect(),
+            })
+            .collect()
+    }
+
     /// Our members (but the asker) with the addresses they listen on.
     pub(super) async fn member_list(&self, asker: PeerId) -> MemberList {
         let members: Vec<PeerId> = self
@@ -134,24 +218,8 @@ impl Node {
             .filter(|p| *p != asker)
             .take(MAX_MEMBER_LIST)
             .collect();
-        let addrs = match self.network() {
-            Some(net) => net.listen_addrs_of(members).await.unwrap_or_default(),
-            None => Vec::new(),
-        };
         MemberList {
-            members: addrs
-                .into_iter()
-                .map(|(p, a)| MemberAddr {
-                    peer: p.to_bytes().into(),
-                    addrs: a
-                        .into_iter()
-                        .map(|a| a.to_vec())
-                        .filter(|a| a.len() <= MAX_ADDR_LEN)
-                        .take(MAX_MEMBER_ADDRS)
-                        .map(Into::into)
-                        .collect(),
-                })
-                .collect(),
+            members: self.member_addrs(members).await,
         }
     }
 }

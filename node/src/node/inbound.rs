@@ -231,7 +231,14 @@ impl Node {
                     .unwrap_or(BodyReply::NotFound);
                 Message::BodyReply(body)
             }
-            Message::Members(_) => Message::MemberList(self.member_list(peer).await),
+            Message::Members(m) => {
+                if m.known.len() > ghmesh_protocol::wire::MAX_MEMBER_LIST {
+                    self.violated(peer);
+                    return None;
+                }
+                self.dial_unknown(m.known).await;
+                Message::MemberList(self.member_list(peer).await)
+            }
             _ => {
                 self.violated(peer);
                 return None;

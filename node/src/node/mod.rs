@@ -194,6 +194,9 @@ impl Health {
 
 struct Inner {
     cfg: NodeConfig,
+    /// When the node started (unix ms): a node still learning the fleet waits a moment
+    /// before it claims a key.
+    started_ms: u64,
     health: Arc<Health>,
     deadlines: Deadlines,
     clock: SharedClock,
@@ -300,6 +303,7 @@ impl Node {
             inner: Arc::new(Inner {
                 clock: cfg.clock.clone(),
                 me: peer_id.to_string(),
+                started_ms: cfg.clock.now_ms(),
                 health: health.clone(),
                 cfg,
                 deadlines,

@@ -42,7 +42,13 @@ impl Node {
         }
 
         let me = self.inner.peer_id;
-        let plan = policy::plan_peer_phase(&key, me, &self.candidates())?;
+        let mut plan = policy::plan_peer_phase(&key, me, &self.candidates());
+        if plan.as_ref().is_none_or(|p| p.owner.is_none()) {
+            // We would own it (or know nobody): unless our view is still filling in.
+            self.settle_view(deadline).await;
+            plan = policy::plan_peer_phase(&key, me, &self.candidates());
+        }
+        let plan = plan?;
 
         let mut asked: Vec<PeerId> = Vec::new();
         let mut next = plan.owner;

@@ -133,6 +133,8 @@ impl PeerState {
 #[derive(Debug, Default)]
 pub struct PeerBook {
     peers: HashMap<PeerId, PeerState>,
+    /// When the set of members (or greetings under way) last changed.
+    last_change_ms: u64,
 }
 
 impl PeerBook {
@@ -150,25 +152,39 @@ impl PeerBook {
             return false;
         }
         st.greeting = true;
+        self.last_change_ms = now_ms;
         true
+    }
+
+    /// Greetings under way.
+    pub fn greeting(&self) -> usize {
+        self.peers.values().filter(|s| s.greeting).count()
+    }
+
+    /// When the members last changed (an admission, a departure, a greeting begun).
+    pub fn last_change_ms(&self) -> u64 {
+        self.last_change_ms
     }
 
     /// The greeting ended; `proved`: the peer answered our nonce under the key. True
     /// when this admitted a member that was not one.
-    pub fn greeted(&mut self, peer: PeerId, proved: bool) -> bool {
+    pub fn greeted(&mut self, peer: PeerId, proved: bool, now_ms: u64) -> bool {
         let Some(st) = self.peers.get_mut(&peer) else {
             return false; // disconnected meanwhile
         };
         st.greeting = false;
         let newly = proved && !st.admitted;
         st.admitted |= proved;
+        self.last_change_ms = now_ms;
         newly
     }
 
     /// The last connection to `peer` closed: forget it (it is greeted again when it
     /// comes back; what it did is forgotten too, as the connection that did it is gone).
-    pub fn disconnected(&mut self, peer: &PeerId) {
-        self.peers.remove(peer);
+    pub fn disconnected(&mut self, peer: &PeerId, now_ms: u64) {
+        if self.peers.remove(peer).is_some_and(|s| s.admitted) {
+            self.last_change_ms = now_ms;
+        }
     }
 
     /// Forgets every peer not in `connected` (their disconnect event was lost).
@@ -322,7 +338,7 @@ mod tests {
         let p = PeerId::random();
         assert!(book.connected(p, now));
         assert!(!book.connected(p, now), "one greeting at a time");
-        assert!(book.greeted(p, true));
+        assert!(book.greeted(p, true, now));
         p
     }
 
@@ -331,16 +347,16 @@ mod tests {
         let mut book = PeerBook::default();
         let stranger = PeerId::random();
         assert!(book.connected(stranger, 0));
-        assert!(!book.greeted(stranger, false));
+        assert!(!book.greeted(stranger, false, 0));
         assert!(!book.is_member(&stranger));
         assert!(book.connected(stranger, 1), "greeted again later");
         let m = admitted(&mut book, 0);
         assert_eq!(book.members(), vec![m]);
         assert_eq!(book.candidates(0), vec![m]);
-        book.disconnected(&m);
+        book.disconnected(&m, 0);
         assert!(book.members().is_empty());
         assert!(
-            !book.greeted(m, true),
+            !book.greeted(m, true, 0),
             "a greeting that ends after the disconnect"
         );
     }

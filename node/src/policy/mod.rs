@@ -54,6 +54,20 @@ pub fn joined_status(leader: CacheStatus) -> CacheStatus {
     }
 }
 
+/// How long after its start a node may still be learning the fleet (see
+/// [`view_settling`]).
+pub const STARTUP_SETTLE_MS: u64 = 5_000;
+/// A view unchanged for this long counts as settled.
+pub const VIEW_SETTLE_MS: u64 = 300;
+
+/// Should a node that would own a missed key wait before fetching it? Only while it
+/// is starting up and its view of the members is still changing: greetings under way,
+/// or a change less than [`VIEW_SETTLE_MS`] ago.
+pub fn view_settling(now_ms: u64, started_ms: u64, last_change_ms: u64, greetings: usize) -> bool {
+    now_ms.saturating_sub(started_ms) < STARTUP_SETTLE_MS
+        && (greetings > 0 || now_ms.saturating_sub(last_change_ms) < VIEW_SETTLE_MS)
+}
+
 /// Whom to ask on a miss.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerPlan {

@@ -494,3 +494,18 @@ fn a_request_may_accept_older_copies() {
         "fetched 3.5 s ago"
     );
 }
+
+#[test]
+fn only_a_starting_node_with_a_changing_view_waits() {
+    let start = 1_000_000;
+    // Greeting a peer right after start: wait.
+    assert!(view_settling(start + 100, start, start + 50, 1));
+    // A member admitted 100 ms ago: wait; 300 ms ago: settled.
+    assert!(view_settling(start + 200, start, start + 100, 0));
+    assert!(!view_settling(start + 400, start, start + 100, 0));
+    // Long after start nothing waits, whatever changes.
+    let later = start + STARTUP_SETTLE_MS;
+    assert!(!view_settling(later, start, later, 3));
+    // Alone: nothing ever changed, nothing to wait for.
+    assert!(!view_settling(start + 10, start, 0, 0));
+}
