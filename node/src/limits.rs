@@ -86,3 +86,29 @@ pub const VIOLATION_WEIGHT: u32 = 4;
 pub const BODYLESS_MAX_ENTRIES: usize = 8192;
 /// Their total size (metadata as sent), least recently announced dropped first.
 pub const BODYLESS_MAX_BYTES: usize = 16 * 1024 * 1024;
+
+// --- Queues (everything between tasks is bounded) ---
+
+/// Capacity of the command channel (handle -> loop).
+pub const COMMAND_QUEUE: usize = 1024;
+/// Capacity of the event channel (loop -> node). When full, gossip is dropped (its
+/// validation times out) and requests are refused: the loop never blocks on the node.
+pub const EVENT_QUEUE: usize = 4096;
+/// Most providers dialled per rendezvous lookup.
+pub const MAX_PROVIDER_DIALS: usize = 16;
+/// Writes waiting for the group commit.
+pub const WRITE_QUEUE: usize = 4096;
+/// Announced bodies waiting to be pulled; beyond it they are fetched when read.
+pub const PREFETCH_QUEUE: usize = 1024;
+/// Most written-to paths remembered (see `Signals::written`).
+pub const MAX_WRITTEN_PATHS: usize = 4096;
+/// Store notifications buffered for slow subscribers (they miss events, never block).
+pub const STORED_EVENTS: usize = 4096;
+/// Body pulls in flight at once.
+pub const PREFETCH_CONCURRENCY: usize = 8;
+/// Group commit: most writes per transaction.
+pub const MAX_WRITE_BATCH: usize = 256;
+/// Most holds remembered (tokens × resources); expired ones go first.
+pub const MAX_HOLDS: usize = 4096;
+/// Lookup latencies remembered per peer for its budget.
+pub const LATENCY_SAMPLES: usize = 32;

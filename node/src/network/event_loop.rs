@@ -17,10 +17,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
 use super::{Channel, Command, NetError, NetEvent, NetStats, PeerInfo};
+use crate::limits::MAX_PROVIDER_DIALS;
 use crate::limits::{MAX_PEERS, MAX_PENDING_INBOUND, MAX_PENDING_INBOUND_PER_PEER};
 
-/// Most providers dialled per rendezvous lookup.
-const MAX_PROVIDER_DIALS: usize = 16;
 /// Discovery runs this soon after the first connection and after each newly admitted
 /// member, then backs off to the steady interval: nodes that joined through one
 /// bootstrap find each other in about a second instead of one interval.

@@ -21,14 +21,9 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{identity, kad, noise, tcp, yamux, Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::limits::{COMMAND_QUEUE, EVENT_QUEUE};
 use behaviour::{Behaviour, BehaviourConfig};
 use event_loop::{advertise, EventLoop};
-
-/// Capacity of the command channel (handle -> loop).
-const COMMAND_QUEUE: usize = 1024;
-/// Capacity of the event channel (loop -> node). When full, gossip is dropped (its
-/// validation times out) and requests are refused: the loop never blocks on the node.
-const EVENT_QUEUE: usize = 4096;
 
 /// Errors of network operations.
 #[derive(Debug, thiserror::Error)]

@@ -61,17 +61,9 @@ use crate::upstream::Upstream;
 pub use identity::load_or_create_identity;
 pub use served::{Body, CacheStatus, GetError, Served};
 
+use crate::limits::{MAX_WRITTEN_PATHS, PREFETCH_QUEUE, STORED_EVENTS, WRITE_QUEUE};
 use read::Flights;
 use writer::{WriteJob, Writer};
-
-/// Writes waiting for the group commit.
-const WRITE_QUEUE: usize = 4096;
-/// Announced bodies waiting to be pulled; beyond it they are fetched when read.
-const PREFETCH_QUEUE: usize = 1024;
-/// Most written-to paths remembered (see `Signals::written`).
-const MAX_WRITTEN_PATHS: usize = 4096;
-/// Store notifications buffered for slow subscribers (they miss events, never block).
-const STORED_EVENTS: usize = 4096;
 
 /// Errors starting a node.
 #[derive(Debug, thiserror::Error)]

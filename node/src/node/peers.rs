@@ -295,6 +295,10 @@ impl Node {
         meta: &EntryMeta,
         timeout: Duration,
     ) -> Option<Entry> {
+        // Body replies are the only large frames we read: only from members.
+        if !self.book(|b| b.is_member(&peer)).unwrap_or(false) {
+            return None;
+        }
         let net = self.network()?;
         let data = self.seal(&Message::FetchBody(FetchBody {
             addr: self.address(peer),

@@ -9,9 +9,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::writer::WriteJob;
 use super::{Inner, Node};
-
-/// Body pulls in flight at once.
-const PREFETCH_CONCURRENCY: usize = 8;
+use crate::limits::PREFETCH_CONCURRENCY;
 
 /// Pulls queued bodies until shutdown, or until the node is gone.
 pub(super) async fn run(node: Weak<Inner>, mut rx: mpsc::Receiver<(EntryMeta, PeerId)>) {

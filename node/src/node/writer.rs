@@ -16,11 +16,9 @@ use tokio::task::JoinHandle;
 
 use super::{GetError, Health, Signals};
 use crate::clock::SharedClock;
+use crate::limits::MAX_WRITE_BATCH;
 use crate::policy;
 use crate::stats::Counters;
-
-/// Group commit: most writes per transaction.
-const MAX_WRITE_BATCH: usize = 256;
 
 /// One write.
 #[derive(Debug)]

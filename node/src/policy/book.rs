@@ -8,6 +8,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
+use crate::limits::LATENCY_SAMPLES;
 use libp2p::PeerId;
 
 use crate::limits::{
@@ -15,9 +16,6 @@ use crate::limits::{
     NONCE_WINDOW_MS, PROBATION_BASE, PROBATION_MAX, REQUESTS_PER_SEC, REQUEST_BURST,
     STANDING_DECAY, VIOLATION_WEIGHT,
 };
-
-/// Lookup latencies remembered per peer for its budget.
-const LATENCY_SAMPLES: usize = 32;
 
 /// How long to wait for a peer's answer: twice its recent slowest answer, within
 /// bounds, so a busy but alive fleet keeps coalescing and a dead peer is skipped fast.

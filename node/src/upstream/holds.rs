@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::{is_secondary_limit, UpstreamResponse};
+use crate::limits::MAX_HOLDS;
 
 /// A hold never lasts longer than this, whatever the headers say.
 pub const MAX_HOLD: Duration = Duration::from_secs(3600);
@@ -21,8 +22,6 @@ pub const SECONDARY_FIRST: Duration = Duration::from_secs(60);
 pub const SECONDARY_CEILING: Duration = Duration::from_secs(900);
 /// A secondary limit within this long after the previous one counts as a repeat.
 const REPEAT_WINDOW_MS: u64 = 3600 * 1000;
-/// Most holds remembered (tokens × resources); expired ones go first.
-const MAX_HOLDS: usize = 4096;
 
 /// Which limit a hold is for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
