@@ -258,6 +258,7 @@ impl Node {
                 .as_ref()
                 .is_some_and(|e| e.meta.is_fresh(self.now_ms())),
             in_flight: self.inner.flights.contains(&l.key),
+            fetching: self.inner.flights.fetching(&l.key),
             fetch_asked: l.fetch,
             mode: self.inner.cfg.mode,
             room: self.inner.flights.has_room(),
@@ -279,12 +280,15 @@ impl Node {
                     return LookupReply::Busy;
                 }
                 // An expired copy, if any, makes the owner's fetch a free revalidation.
-                // With our own token: an asker's token never leaves its node.
+                // With our own token: an asker's token never leaves its node. An owner
+                // that has just joined may lack what older members heard announced
+                // before it came: it asks them first.
+                let starting = policy::starting(self.now_ms(), self.inner.started_ms);
                 let (flight, _) = self.join_or_start(Resolution {
                     req: l.request,
                     key: l.key,
                     local,
-                    ask_peers: false,
+                    ask_peers: starting,
                     cred: Credential::Node,
                 });
                 let node = self.clone();

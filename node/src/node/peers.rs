@@ -98,14 +98,24 @@ impl Node {
             let p = *p;
             async move { (p, self.lookup(p, req, key, false, left).await) }
         });
+        let mut fetching = None;
         for (peer, reply) in futures::future::join_all(asks).await {
-            if let Some(LookupReply::Found(ann)) = reply {
-                if let Some(served) = self.accept_found(*ann, peer, key).await {
-                    return Some(served);
+            match reply {
+                Some(LookupReply::Found(ann)) => {
+                    if let Some(served) = self.accept_found(*ann, peer, key).await {
+                        return Some(served);
+                    }
                 }
+                // It is asking GitHub right now (a member whose view put the owner
+                // elsewhere): wait for it rather than ask GitHub too.
+                Some(LookupReply::Pending) => fetching = fetching.or(Some(peer)),
+                _ => {}
             }
         }
-        None
+        match fetching {
+            Some(peer) => self.wait_for_owner(peer, req, key).await,
+            None => None,
+        }
     }
 
     /// How long `peer` gets to answer a lookup (adapts to its latency).
@@ -209,7 +219,8 @@ impl Node {
             }
             poll = policy::next_repoll(poll, d.repoll_max);
             let budget = d.lookup.max(d.repoll_lookup_min);
-            match policy::after_repoll(self.lookup(owner, req, key, false, budget).await) {
+            // Asked as the first time: a resolution of ours is what it waits for.
+            match policy::after_repoll(self.lookup(owner, req, key, true, budget).await) {
                 RepollStep::Accept(ann) => {
                     let mut served = self.accept_found(*ann, owner, key).await?;
                     served.status = CacheStatus::Coalesced;

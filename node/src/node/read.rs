@@ -4,7 +4,7 @@
 //! in a task of its own (so a client going away does not cancel it for the others),
 //! later ones join it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use ghmesh_protocol::{varies_by_identity, CacheKey, CanonicalRequest, Entry};
@@ -28,8 +28,11 @@ type FlightKey = (CacheKey, Option<[u8; 8]>);
 
 /// Keys being resolved on this node, each with the channel its result arrives on, per
 /// token. Keyed by cache key first: every inbound lookup asks whether a key is in flight.
+/// Beside it, the keys whose resolution is in its upstream phase (asking GitHub now,
+/// waiting on nobody): only those are `Pending` to a member that did not ask us to
+/// fetch, so that waiting on such an answer can never wait in a circle.
 #[derive(Default)]
-pub(super) struct Flights(Mutex<HashMap<CacheKey, PerToken>>);
+pub(super) struct Flights(Mutex<HashMap<CacheKey, PerToken>>, Mutex<HashSet<CacheKey>>);
 
 /// The flights of one key, by token fingerprint (None: the node's own).
 type PerToken = HashMap<Option<[u8; 8]>, Flight>;
@@ -38,6 +41,11 @@ impl Flights {
     /// Some resolution of `key` is in progress, whoever's token it uses.
     pub(super) fn contains(&self, key: &CacheKey) -> bool {
         self.0.lock().map(|m| m.contains_key(key)).unwrap_or(false)
+    }
+
+    /// `key` is being fetched from upstream right now.
+    pub(super) fn fetching(&self, key: &CacheKey) -> bool {
+        self.1.lock().map(|s| s.contains(key)).unwrap_or(false)
     }
 
     /// Room for resolutions of one more key.
@@ -56,6 +64,29 @@ impl Flights {
                     m.remove(key);
                 }
             }
+        }
+    }
+}
+
+/// Marks a key as fetched upstream for as long as it lives.
+struct Upstreaming<'a> {
+    flights: &'a Flights,
+    key: CacheKey,
+}
+
+impl<'a> Upstreaming<'a> {
+    fn start(flights: &'a Flights, key: CacheKey) -> Self {
+        if let Ok(mut s) = flights.1.lock() {
+            s.insert(key);
+        }
+        Self { flights, key }
+    }
+}
+
+impl Drop for Upstreaming<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.flights.1.lock() {
+            s.remove(&self.key);
         }
     }
 }
@@ -267,6 +298,7 @@ impl Node {
                 return Ok(served);
             }
         }
+        let _upstreaming = Upstreaming::start(&self.inner.flights, r.key);
         self.fetch_upstream(r.req, r.key, r.local, r.cred).await
     }
 }
@@ -277,8 +309,9 @@ pub(super) struct Resolution {
     pub(super) req: CanonicalRequest,
     pub(super) key: CacheKey,
     pub(super) local: Option<Entry>,
-    /// False when a peer asked us to fetch as the key's owner: asking peers then could
-    /// bounce the request between nodes that disagree on the owner.
+    /// Whether to ask peers first. When a peer asked us to fetch as the key's owner, we
+    /// own it in our view too, so only the others are asked (never an owner: that could
+    /// bounce the request between nodes that disagree), and only while we are starting.
     pub(super) ask_peers: bool,
     pub(super) cred: Credential,
 }

@@ -60,11 +60,17 @@ pub const STARTUP_SETTLE_MS: u64 = 5_000;
 /// A view unchanged for this long counts as settled.
 pub const VIEW_SETTLE_MS: u64 = 300;
 
+/// Has this node started within [`STARTUP_SETTLE_MS`]? Then its store may lack what
+/// the fleet announced before it came.
+pub fn starting(now_ms: u64, started_ms: u64) -> bool {
+    now_ms.saturating_sub(started_ms) < STARTUP_SETTLE_MS
+}
+
 /// Should a node that would own a missed key wait before fetching it? Only while it
 /// is starting up and its view of the members is still changing: greetings under way,
 /// or a change less than [`VIEW_SETTLE_MS`] ago.
 pub fn view_settling(now_ms: u64, started_ms: u64, last_change_ms: u64, greetings: usize) -> bool {
-    now_ms.saturating_sub(started_ms) < STARTUP_SETTLE_MS
+    starting(now_ms, started_ms)
         && (greetings > 0 || now_ms.saturating_sub(last_change_ms) < VIEW_SETTLE_MS)
 }
 
@@ -204,6 +210,8 @@ pub struct LookupView {
     pub fresh_local: bool,
     /// We are resolving the key right now.
     pub in_flight: bool,
+    /// ... and in the upstream phase of it (waiting on GitHub, not on a peer).
+    pub fetching: bool,
     /// The asker wants us to fetch on a miss (we are its owner).
     pub fetch_asked: bool,
     /// Mesh or broadcast (broadcast never fetches for others).
@@ -220,7 +228,10 @@ pub fn answer_lookup(v: LookupView) -> LookupAnswer {
         LookupAnswer::NotFound
     } else if v.fresh_local {
         LookupAnswer::Found
-    } else if v.in_flight {
+    } else if v.in_flight && (v.fetch_asked || v.fetching) {
+        // To a member that asks us to fetch, any resolution of ours is the one it
+        // waits for; to one that only asks whether we have it, only an upstream fetch
+        // (a resolution still asking peers might be waiting for the asker).
         LookupAnswer::Pending
     } else if !v.fetch_asked || v.mode != MeshMode::Mesh {
         LookupAnswer::NotFound

@@ -188,6 +188,7 @@ fn lookup_answers() {
         shareable: true,
         fresh_local: false,
         in_flight: false,
+        fetching: false,
         fetch_asked: true,
         mode: MeshMode::Mesh,
         room: true,
@@ -235,6 +236,20 @@ fn lookup_answers() {
         ..base
     };
     assert_eq!(answer_lookup(not_asked), LookupAnswer::NotFound);
+    let asking_peers_too = LookupView {
+        in_flight: true,
+        ..not_asked
+    };
+    assert_eq!(
+        answer_lookup(asking_peers_too),
+        LookupAnswer::NotFound,
+        "a resolution still in its peer phase is no promise to a mere asker"
+    );
+    let fetching = LookupView {
+        fetching: true,
+        ..asking_peers_too
+    };
+    assert_eq!(answer_lookup(fetching), LookupAnswer::Pending);
     let broadcast = LookupView {
         mode: MeshMode::Broadcast,
         ..base
