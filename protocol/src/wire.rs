@@ -198,6 +198,9 @@ pub struct MembersRequest {
     pub addr: Addressing,
     /// Members the sender knows (at most [`MAX_MEMBER_LIST`]).
     pub known: Vec<MemberAddr>,
+    /// The sender has just joined: introduce it to your members (done at most once
+    /// per connection).
+    pub new: bool,
 }
 
 /// Answer to [`Message::Members`]: the members the answerer has admitted.

@@ -24,6 +24,8 @@ use crate::limits::{MAX_PEERS, MAX_PENDING_INBOUND, MAX_PENDING_INBOUND_PER_PEER
 /// member, then backs off to the steady interval: nodes that joined through one
 /// bootstrap find each other in about a second instead of one interval.
 const DISCOVERY_SOON: Duration = Duration::from_millis(200);
+/// Least time between two discovery rounds brought forward.
+const DISCOVERY_MIN_GAP: Duration = Duration::from_secs(2);
 
 /// Where the answer to one of our requests goes.
 pub(super) type ReplyTo = oneshot::Sender<Result<Vec<u8>, NetError>>;
@@ -81,6 +83,8 @@ pub(super) struct EventLoop {
     pub(super) discover_at: Option<tokio::time::Instant>,
     /// A discovery round has run with a connection up.
     pub(super) discovered_once: bool,
+    /// When the last discovery round ran.
+    pub(super) last_discovery: Option<tokio::time::Instant>,
 }
 
 impl EventLoop {
@@ -120,6 +124,7 @@ impl EventLoop {
             return;
         }
         self.discovered_once = true;
+        self.last_discovery = Some(tokio::time::Instant::now());
         let kad = &mut self.swarm.behaviour_mut().kad;
         if !self.providing || ticks.is_multiple_of(30) {
             if let Err(e) = kad.start_providing(self.rendezvous.clone()) {
@@ -133,8 +138,12 @@ impl EventLoop {
     }
 
     /// Runs discovery shortly (coalescing several requests into one round).
+    /// At most one early round per [`DISCOVERY_MIN_GAP`]: a fleet admitting dozens
+    /// of members at once must not turn each admission into a DHT query.
     fn discover_soon(&mut self) {
-        let at = tokio::time::Instant::now() + DISCOVERY_SOON;
+        let now = tokio::time::Instant::now();
+        let earliest = self.last_discovery.map_or(now, |l| l + DISCOVERY_MIN_GAP);
+        let at = (now + DISCOVERY_SOON).max(earliest);
         self.discover_at = Some(self.discover_at.map_or(at, |t| t.min(at)));
     }
 

@@ -451,6 +451,7 @@ pub async fn start(
         seed_peers: HashMap::new(),
         discover_at: None,
         discovered_once: false,
+        last_discovery: None,
     };
     tokio::spawn(event_loop.run());
     Ok((handle, ev_rx))

@@ -21,6 +21,11 @@ use crate::limits::MAX_SMALL_FRAME;
 use crate::network::Channel;
 use crate::policy;
 
+/// A node pulls member lists from the members it admits while it has at most this
+/// many: enough to learn the fleet from more than one point of view, without every
+/// admission costing a list in a large fleet.
+const EXCHANGE_WHILE_MEMBERS: usize = 3;
+
 /// How often the book is checked against the connected peers (a connect or
 /// disconnect event dropped under load must not leave it wrong for long).
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
@@ -78,24 +83,31 @@ impl Node {
             if let Some(net) = self.network() {
                 net.discover_soon().await;
             }
-            self.introduce(peer).await;
+            // Early in our life, pull the lists of the first members we meet (and ask
+            // the very first to introduce us); later members come from those lists.
+            let count = self.members().len();
+            if count <= EXCHANGE_WHILE_MEMBERS {
+                let known = self.member_list(peer).await.members;
+                self.exchange_members(peer, known, count <= 1).await;
+            }
         }
     }
 
-    /// Swaps member lists with a newcomer, and tells every other member about it.
-    async fn introduce(&self, newcomer: PeerId) {
-        let known = self.member_list(newcomer).await.members;
-        self.exchange_members(newcomer, known).await;
+    /// Tells every other member about `newcomer` (it asked us to), once per connection.
+    pub(super) async fn introduce(&self, newcomer: PeerId) {
+        if !self.book(|b| b.mark_introduced(&newcomer)).unwrap_or(false) {
+            return;
+        }
         // Its listen addresses come with identify, which may land just after the hello.
-        let mut addrs = None;
+        let mut entry = None;
         for _ in 0..10 {
-            addrs = self.member_addrs(vec![newcomer]).await.into_iter().next();
-            if addrs.is_some() {
+            entry = self.member_addrs(vec![newcomer]).await.into_iter().next();
+            if entry.is_some() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let Some(entry) = addrs else {
+        let Some(entry) = entry else {
             return;
         };
         let others: Vec<PeerId> = self
@@ -106,7 +118,7 @@ impl Node {
             .collect();
         let sends = others
             .into_iter()
-            .map(|m| self.exchange_members(m, vec![entry.clone()]));
+            .map(|m| self.exchange_members(m, vec![entry.clone()], false));
         futures::future::join_all(sends).await;
     }
 
@@ -137,13 +149,14 @@ impl Node {
     }
 
     /// Sends `known` to `peer` and dials the members it answers with that we lack.
-    async fn exchange_members(&self, peer: PeerId, known: Vec<MemberAddr>) {
+    async fn exchange_members(&self, peer: PeerId, known: Vec<MemberAddr>, new: bool) {
         let Some(net) = self.network() else {
             return;
         };
         let request = Message::Members(MembersRequest {
             addr: self.address(peer),
             known,
+            new,
         });
         let Some(data) = self.seal(&request) else {
             return;

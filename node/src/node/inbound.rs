@@ -6,6 +6,7 @@
 //! members get anything but a hello answered.
 
 use std::sync::Weak;
+use std::time::Duration;
 
 use ghmesh_protocol::{
     varies_by_identity, Announce, BodyReply, Lookup, LookupReply, Message, Refresh,
@@ -236,7 +237,18 @@ impl Node {
                     self.violated(peer);
                     return None;
                 }
-                self.dial_unknown(m.known).await;
+                let node = self.clone();
+                let new = m.new;
+                self.spawn(async move {
+                    // Introduced to someone who may be dialling us from the list it
+                    // pulled: a moment's jitter makes crossing dials rarer.
+                    let jitter = Duration::from_millis(rand::random::<u64>() % 100);
+                    tokio::time::sleep(jitter).await;
+                    node.dial_unknown(m.known).await;
+                    if new {
+                        node.introduce(peer).await;
+                    }
+                });
                 Message::MemberList(self.member_list(peer).await)
             }
             _ => {

@@ -73,6 +73,7 @@ pub enum RequestVerdict {
 #[derive(Debug)]
 struct PeerState {
     admitted: bool,
+    introduced: bool,
     greeting: bool,
     failures: u32,
     last_failure_ms: u64,
@@ -89,6 +90,7 @@ impl PeerState {
     fn new(now_ms: u64) -> Self {
         Self {
             admitted: false,
+            introduced: false,
             greeting: false,
             failures: 0,
             last_failure_ms: 0,
@@ -188,6 +190,18 @@ impl PeerBook {
     /// Forgets every peer not in `connected` (their disconnect event was lost).
     pub fn forget_all_but(&mut self, connected: &[PeerId]) {
         self.peers.retain(|p, _| connected.contains(p));
+    }
+
+    /// Records that `peer` (a member) was introduced to our members; false when it
+    /// was already, or is no member.
+    pub fn mark_introduced(&mut self, peer: &PeerId) -> bool {
+        match self.peers.get_mut(peer) {
+            Some(st) if st.admitted && !st.introduced => {
+                st.introduced = true;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Proved it holds the key.
