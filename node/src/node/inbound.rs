@@ -187,6 +187,11 @@ impl Node {
         let msg = self.open_request(peer, data)?;
         let nonce = msg.addressing()?.nonce;
         let hello = matches!(msg, Message::Hello(_));
+        if hello {
+            // Its hello may come before our own connection event: know it (and greet it
+            // back) now, or its nonce could not be recorded and it would be refused.
+            self.on_connected(peer);
+        }
         if !hello && !self.book(|b| b.is_member(&peer)).unwrap_or(false) {
             tracing::debug!(%peer, "request from a peer that is not a member");
             return None;

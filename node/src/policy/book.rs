@@ -8,8 +8,12 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
-use crate::limits::LATENCY_SAMPLES;
 use libp2p::PeerId;
+
+use crate::limits::LATENCY_SAMPLES;
+
+/// A peer whose hello failed is greeted again after this long (or when it reconnects).
+const REGREET_AFTER_MS: u64 = 5_000;
 
 use crate::limits::{
     FETCHES_PER_SEC, FETCH_BURST, MAX_FETCHES_PER_PEER, MAX_NONCES_PER_PEER, MAX_PEERS,
@@ -74,6 +78,9 @@ pub enum RequestVerdict {
 struct PeerState {
     admitted: bool,
     introduced: bool,
+    /// After a failed greeting, not before this (a keyless peer is not greeted on every
+    /// sweep).
+    greet_after_ms: u64,
     greeting: bool,
     failures: u32,
     last_failure_ms: u64,
@@ -91,6 +98,7 @@ impl PeerState {
         Self {
             admitted: false,
             introduced: false,
+            greet_after_ms: 0,
             greeting: false,
             failures: 0,
             last_failure_ms: 0,
@@ -148,7 +156,7 @@ impl PeerBook {
             .peers
             .entry(peer)
             .or_insert_with(|| PeerState::new(now_ms));
-        if st.admitted || st.greeting {
+        if st.admitted || st.greeting || now_ms < st.greet_after_ms {
             return false;
         }
         st.greeting = true;
@@ -173,6 +181,9 @@ impl PeerBook {
             return false; // disconnected meanwhile
         };
         st.greeting = false;
+        if !proved {
+            st.greet_after_ms = now_ms.saturating_add(REGREET_AFTER_MS);
+        }
         let newly = proved && !st.admitted;
         st.admitted |= proved;
         self.last_change_ms = now_ms;
@@ -361,7 +372,11 @@ mod tests {
         assert!(book.connected(stranger, 0));
         assert!(!book.greeted(stranger, false, 0));
         assert!(!book.is_member(&stranger));
-        assert!(book.connected(stranger, 1), "greeted again later");
+        assert!(!book.connected(stranger, 1), "not on every sweep");
+        assert!(
+            book.connected(stranger, REGREET_AFTER_MS),
+            "but again later"
+        );
         let m = admitted(&mut book, 0);
         assert_eq!(book.members(), vec![m]);
         assert_eq!(book.candidates(0), vec![m]);
