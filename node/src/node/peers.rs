@@ -160,8 +160,12 @@ impl Node {
             Ok(r) => r,
             Err(_) => {
                 self.inner.counters.lookup_timeouts.inc();
-                let now = self.now_ms();
-                self.book(|b| b.timed_out(&peer, timeout, now));
+                // Only a peer given its whole budget failed it: one asked with what was
+                // left of ours (the others, late in the peer phase) did not.
+                if timeout >= self.budget_for(peer) {
+                    let now = self.now_ms();
+                    self.book(|b| b.timed_out(&peer, timeout, now));
+                }
                 return None;
             }
         };

@@ -35,7 +35,9 @@ fuzz_target!(|data: &[u8]| {
             "held".into(),
         );
         if merge(Some(&held.meta), &adopted) == Merge::Store {
-            assert!(adopted.fetched_at_ms > held.meta.fetched_at_ms || held.meta.cid != adopted.cid);
+            assert!(
+                adopted.fetched_at_ms > held.meta.fetched_at_ms || held.meta.cid != adopted.cid
+            );
         }
     }
 });
