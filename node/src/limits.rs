@@ -112,3 +112,6 @@ pub const MAX_WRITE_BATCH: usize = 256;
 pub const MAX_HOLDS: usize = 4096;
 /// Lookup latencies remembered per peer for its budget.
 pub const LATENCY_SAMPLES: usize = 32;
+/// Answers measured before a member's budget follows them: a few fast answers before
+/// a burst must not shrink it to the floor just as the burst slows everyone down.
+pub const LATENCY_MIN_SAMPLES: usize = 8;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use libp2p::PeerId;
 
-use crate::limits::LATENCY_SAMPLES;
+use crate::limits::{LATENCY_MIN_SAMPLES, LATENCY_SAMPLES};
 
 /// A peer whose hello failed is greeted again after this long (or when it reconnects).
 const REGREET_AFTER_MS: u64 = 5_000;
@@ -277,6 +277,7 @@ impl PeerBook {
         let Some(slowest) = self
             .peers
             .get(peer)
+            .filter(|s| s.latencies_ms.len() >= LATENCY_MIN_SAMPLES)
             .and_then(|s| s.latencies_ms.iter().max().copied())
         else {
             return rule.initial;
@@ -430,6 +431,14 @@ mod tests {
         let p = admitted(&mut book, 0);
         assert_eq!(book.budget(&p, rule()), rule().initial);
         book.answered(&p, Duration::from_millis(5));
+        assert_eq!(
+            book.budget(&p, rule()),
+            rule().initial,
+            "one answer is not enough"
+        );
+        for _ in 1..LATENCY_MIN_SAMPLES {
+            book.answered(&p, Duration::from_millis(5));
+        }
         assert_eq!(book.budget(&p, rule()), rule().floor);
         book.answered(&p, Duration::from_millis(300));
         assert_eq!(book.budget(&p, rule()), Duration::from_millis(600));
