@@ -191,10 +191,27 @@ async fn a_failed_store_write_is_served_never_acknowledged_and_the_store_is_reop
     );
     assert!(!served.stored, "but it is not labelled stored");
     assert_eq!(node.stats().await.counters.store_errors, 1);
-    // Health says so while writes fail (the API answers 503 with this reason).
+    // Health says so while writes fail, through the API too.
     let reason = node.degraded().expect("degraded while the disk fails");
     assert!(reason.contains("store writes fail"), "{reason}");
-    assert_eq!(node.stats().await.degraded, Some(reason));
+    assert_eq!(node.stats().await.degraded, Some(reason.clone()));
+    let listener = ghmesh_node::api::bind("127.0.0.1:0").await.unwrap();
+    let health = format!("http://{}/_ghmesh/health", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(ghmesh_node::api::serve(
+        node.clone(),
+        listener,
+        ghmesh_node::api::ApiConfig::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let (status, _, body) = ghmesh_tests::daemon::http_get(&health).await.unwrap();
+    assert_eq!(status, 503);
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        format!("degraded: {reason}")
+    );
 
     // The disk comes back: the writer's reopen succeeds and writes work again.
     disk.set_failing(false);
@@ -208,6 +225,10 @@ async fn a_failed_store_write_is_served_never_acknowledged_and_the_store_is_reop
     assert_eq!(again.status, CacheStatus::Miss);
     assert!(again.stored);
     assert_eq!(node.degraded(), None, "healthy after a successful commit");
+    let (status, _, body) = ghmesh_tests::daemon::http_get(&health).await.unwrap();
+    assert_eq!((status, body.as_slice()), (200, b"ok".as_slice()));
+    let _ = stop.send(());
+    let _ = server.await;
     assert!(node.store().get_meta(&r.key()).unwrap().is_some());
     assert_eq!(node.get(r).await.unwrap().status, CacheStatus::Hit);
     assert_eq!(up.full(), 2);
