@@ -240,28 +240,25 @@ impl Node {
 /// Keeps the book in line with the connected peers: forgets who is gone, greets who is
 /// there and was never greeted (an event lost while the node was behind).
 pub(super) async fn sweep(node: Weak<Inner>) {
-    let Some(stopping) = node.upgrade().map(|i| i.stopping.clone()) else {
-        return;
-    };
-    let mut tick = tokio::time::interval(SWEEP_EVERY);
-    loop {
-        tokio::select! {
-            _ = stopping.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        let Some(inner) = node.upgrade() else { break };
-        let node = Node { inner };
-        let Some(net) = node.network() else { break };
-        let Ok(peers) = net.peers().await else {
-            continue;
-        };
-        let connected: Vec<PeerId> = peers
-            .iter()
-            .filter_map(|p| p.peer_id.parse().ok())
-            .collect();
-        node.book(|b| b.forget_all_but(&connected));
-        for p in connected {
-            node.on_connected(p);
-        }
-    }
+    super::periodically(
+        node,
+        |_| SWEEP_EVERY,
+        |node| async move {
+            let Some(net) = node.network() else {
+                return false;
+            };
+            if let Ok(peers) = net.peers().await {
+                let connected: Vec<PeerId> = peers
+                    .iter()
+                    .filter_map(|p| p.peer_id.parse().ok())
+                    .collect();
+                node.book(|b| b.forget_all_but(&connected));
+                for p in connected {
+                    node.on_connected(p);
+                }
+            }
+            true
+        },
+    )
+    .await;
 }

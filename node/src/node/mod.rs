@@ -619,12 +619,18 @@ impl Node {
     }
 }
 
-/// Recency of reads is applied with writes; an idle node still records it now and
-/// then.
-async fn recency_flusher(node: std::sync::Weak<Inner>) {
-    let (every, stopping) = match node.upgrade() {
-        Some(inner) => (inner.deadlines.recency_flush, inner.stopping.clone()),
-        None => return,
+/// Runs `work` every `period` (read from the node) until shutdown, until the node is
+/// gone (only a weak reference is held between runs), or until `work` says stop.
+async fn periodically<F, Fut>(
+    node: std::sync::Weak<Inner>,
+    period: impl FnOnce(&Inner) -> std::time::Duration,
+    mut work: F,
+) where
+    F: FnMut(Node) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let Some((every, stopping)) = node.upgrade().map(|i| (period(&i), i.stopping.clone())) else {
+        return;
     };
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
@@ -634,9 +640,24 @@ async fn recency_flusher(node: std::sync::Weak<Inner>) {
             _ = tick.tick() => {}
         }
         let Some(inner) = node.upgrade() else { break };
-        let node = Node { inner };
-        if let Err(e) = node.flush().await {
-            tracing::debug!("recency flush: {e}");
+        if !work(Node { inner }).await {
+            break;
         }
     }
+}
+
+/// Recency of reads is applied with writes; an idle node still records it now and
+/// then.
+async fn recency_flusher(node: std::sync::Weak<Inner>) {
+    periodically(
+        node,
+        |i| i.deadlines.recency_flush,
+        |node| async move {
+            if let Err(e) = node.flush().await {
+                tracing::debug!("recency flush: {e}");
+            }
+            true
+        },
+    )
+    .await;
 }
