@@ -33,7 +33,6 @@ pub(super) type ReplyTo = oneshot::Sender<Result<Vec<u8>, NetError>>;
 /// An inbound request waiting for the node's answer.
 pub(super) struct PendingInbound {
     peer: PeerId,
-    channel: Channel,
     reply: ResponseChannel<Vec<u8>>,
 }
 
@@ -182,19 +181,7 @@ impl EventLoop {
                 };
                 self.outbound.insert((channel, id), reply);
             }
-            Command::Respond { channel, id, data } => {
-                if let Some(p) = self.inbound.remove(&(channel, id)) {
-                    if let Some(n) = self.inbound_per_peer.get_mut(&p.peer) {
-                        *n = n.saturating_sub(1);
-                    }
-                    if let Some(data) = data {
-                        let _ = match p.channel {
-                            Channel::Small => b.rr.send_response(p.reply, data),
-                            Channel::Body => b.body.send_response(p.reply, data),
-                        };
-                    }
-                }
-            }
+            Command::Respond { channel, id, data } => self.respond(channel, id, data),
             Command::Report {
                 id,
                 source,
@@ -305,6 +292,21 @@ impl EventLoop {
             .build();
         if let Err(e) = self.swarm.dial(opts) {
             tracing::trace!(%peer, "dial: {e}");
+        }
+    }
+
+    /// Answers (or, with `None`, refuses) a pending inbound request.
+    fn respond(&mut self, channel: Channel, id: InboundRequestId, data: Option<Vec<u8>>) {
+        let Some(p) = self.inbound.remove(&(channel, id)) else {
+            return;
+        };
+        self.inbound_done(p.peer);
+        if let Some(data) = data {
+            let b = self.swarm.behaviour_mut();
+            let _ = match channel {
+                Channel::Small => b.rr.send_response(p.reply, data),
+                Channel::Body => b.body.send_response(p.reply, data),
+            };
         }
     }
 
@@ -496,7 +498,6 @@ impl EventLoop {
                             (kind, request_id),
                             PendingInbound {
                                 peer,
-                                channel: kind,
                                 reply: channel,
                             },
                         );

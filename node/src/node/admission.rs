@@ -123,56 +123,42 @@ impl Node {
     }
 
     async fn hello(&self, peer: PeerId) -> bool {
-        let (Some(net), addr) = (self.network(), self.address(peer)) else {
-            return false;
-        };
+        let addr = self.address(peer);
         let nonce = addr.nonce;
-        let Some(data) = self.seal(&Message::Hello(addr)) else {
-            return false;
-        };
-        let Ok(resp) = net
-            .request(peer, Channel::Small, data, self.inner.deadlines.hello)
+        let timeout = self.inner.deadlines.hello;
+        let msg = Message::Hello(addr);
+        match self
+            .ask(peer, Channel::Small, &msg, timeout, MAX_SMALL_FRAME)
             .await
-        else {
-            return false;
-        };
-        match self.open_reply(peer, &resp, MAX_SMALL_FRAME) {
-            Some(Message::HelloReply(a)) => {
+        {
+            Ok(Some(Message::HelloReply(a))) => {
                 a.nonce == nonce && a.is_between(&peer.to_bytes(), &self.inner.peer_id.to_bytes())
             }
-            Some(_) => {
+            Ok(Some(_)) => {
                 self.violated(peer);
                 false
             }
-            None => false,
+            Ok(None) | Err(_) => false,
         }
     }
 
     /// Sends `known` to `peer` and dials the members it answers with that we lack.
     async fn exchange_members(&self, peer: PeerId, known: Vec<MemberAddr>, new: bool) {
-        let Some(net) = self.network() else {
-            return;
-        };
         let request = Message::Members(MembersRequest {
             addr: self.address(peer),
             known,
             new,
         });
-        let Some(data) = self.seal(&request) else {
-            return;
-        };
-        let Ok(resp) = net
-            .request(peer, Channel::Small, data, self.inner.deadlines.hello)
+        let timeout = self.inner.deadlines.hello;
+        match self
+            .ask(peer, Channel::Small, &request, timeout, MAX_SMALL_FRAME)
             .await
-        else {
-            return;
-        };
-        match self.open_reply(peer, &resp, MAX_SMALL_FRAME) {
-            Some(Message::MemberList(l)) if l.members.len() <= MAX_MEMBER_LIST => {
+        {
+            Ok(Some(Message::MemberList(l))) if l.members.len() <= MAX_MEMBER_LIST => {
                 self.dial_unknown(l.members).await
             }
-            Some(_) => self.violated(peer),
-            None => {}
+            Ok(Some(_)) => self.violated(peer),
+            Ok(None) | Err(_) => {}
         }
     }
 

@@ -26,12 +26,14 @@ mod admission;
 mod bodyless;
 mod fetch;
 mod gate;
+mod health;
 mod identity;
 mod inbound;
 mod invalidate;
 mod peers;
 mod prefetch;
 mod read;
+mod sealed;
 mod served;
 mod writer;
 
@@ -39,10 +41,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-use ghmesh_protocol::{
-    open, seal, Addressing, CacheKey, EntryMeta, MeshKeys, Message, OpenError, PeerRules,
-    SealLimits,
-};
+use ghmesh_protocol::{CacheKey, EntryMeta, MeshKeys};
 use ghmesh_store::{Store, StoreError};
 use libp2p::PeerId;
 use prometheus_client::registry::Registry;
@@ -52,7 +51,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::SharedClock;
 use crate::config::{Deadlines, NodeConfig};
-use crate::limits::{GOSSIP_MAX_AGE_SECS, MAX_SMALL_FRAME, REQUEST_MAX_AGE_SECS};
 use crate::network::{self, NetConfig, NetworkHandle, PeerInfo};
 use crate::policy::book::PeerBook;
 use crate::stats::{hit_rate, Counters, Stats};
@@ -62,6 +60,7 @@ pub use identity::load_or_create_identity;
 pub use served::{Body, CacheStatus, GetError, Served};
 
 use crate::limits::{MAX_WRITTEN_PATHS, PREFETCH_QUEUE, STORED_EVENTS, WRITE_QUEUE};
+use health::Health;
 use read::Flights;
 use writer::{WriteJob, Writer};
 
@@ -144,43 +143,6 @@ impl Signals {
             let at = w.entry(p.clone()).or_insert(at_ms);
             *at = (*at).max(at_ms);
         }
-    }
-}
-
-/// Whether the node can keep its promises (entries durable before they are answered);
-/// `/_ghmesh/health` reports it.
-#[derive(Default)]
-pub(crate) struct Health {
-    /// Why writes fail now (cleared by the next commit that succeeds).
-    degraded: Mutex<Option<String>>,
-    /// Set once the store could not be reopened: the node must stop.
-    failure: Mutex<Option<String>>,
-    failed: CancellationToken,
-}
-
-impl Health {
-    pub(crate) fn degrade(&self, reason: String) {
-        if let Ok(mut d) = self.degraded.lock() {
-            *d = Some(reason);
-        }
-    }
-
-    pub(crate) fn healthy(&self) {
-        if let Ok(mut d) = self.degraded.lock() {
-            *d = None;
-        }
-    }
-
-    pub(crate) fn fail(&self, reason: String) {
-        if let Ok(mut f) = self.failure.lock() {
-            f.get_or_insert(reason);
-        }
-        self.failed.cancel();
-    }
-
-    fn reason(&self) -> Option<String> {
-        let failure = self.failure.lock().ok().and_then(|f| f.clone());
-        failure.or_else(|| self.degraded.lock().ok().and_then(|d| d.clone()))
     }
 }
 
@@ -398,126 +360,6 @@ impl Node {
         });
     }
 
-    /// Seals a message for the mesh (`None` without one).
-    fn seal(&self, msg: &Message) -> Option<Vec<u8>> {
-        let mesh = self.inner.mesh.as_ref()?;
-        Some(seal(&mesh.keys, msg, self.inner.clock.now_secs()))
-    }
-
-    fn open_sealed(
-        &self,
-        data: &[u8],
-        max_len: usize,
-        max_age_secs: u64,
-    ) -> Option<Result<Message, OpenError>> {
-        let mesh = self.inner.mesh.as_ref()?;
-        let limits = SealLimits {
-            max_len,
-            max_age_secs,
-        };
-        Some(open(&mesh.keys, data, limits, self.inner.clock.now_secs()))
-    }
-
-    /// Opens gossip. What fails is counted and rejected, and nobody is blamed: the peer
-    /// that forwarded it may only have relayed it.
-    fn open_gossip(&self, data: &[u8]) -> Option<Message> {
-        match self.open_sealed(data, crate::limits::MAX_GOSSIP_FRAME, GOSSIP_MAX_AGE_SECS)? {
-            Ok(m) => Some(m),
-            Err(e) => {
-                tracing::debug!("rejected gossip: {e}");
-                self.inner.counters.rejected_messages.inc();
-                None
-            }
-        }
-    }
-
-    /// Opens what `peer` itself sent us (a request or a reply); a failure counts against
-    /// it, except for clock skew alone.
-    fn open_direct(
-        &self,
-        peer: PeerId,
-        data: &[u8],
-        max_len: usize,
-        max_age: u64,
-    ) -> Option<Message> {
-        match self.open_sealed(data, max_len, max_age)? {
-            Ok(m) => Some(m),
-            Err(e @ (OpenError::Expired | OpenError::FromFuture)) => {
-                tracing::debug!(%peer, "peer message outside the clock window: {e}");
-                self.inner.counters.rejected_messages.inc();
-                None
-            }
-            Err(e) => {
-                tracing::debug!(%peer, "rejected peer message: {e}");
-                self.violated(peer);
-                None
-            }
-        }
-    }
-
-    /// Opens a reply from `peer`.
-    fn open_reply(&self, peer: PeerId, data: &[u8], max_len: usize) -> Option<Message> {
-        self.open_direct(peer, data, max_len, GOSSIP_MAX_AGE_SECS)
-    }
-
-    /// Opens a request from `peer`: sealed within the request window, addressed from
-    /// `peer` to us. The nonce is checked by the caller (it needs the book).
-    fn open_request(&self, peer: PeerId, data: &[u8]) -> Option<Message> {
-        let msg = self.open_direct(peer, data, MAX_SMALL_FRAME, REQUEST_MAX_AGE_SECS)?;
-        let addressed = msg
-            .addressing()
-            .is_some_and(|a| a.is_between(&peer.to_bytes(), &self.inner.peer_id.to_bytes()));
-        if !addressed {
-            // A request captured elsewhere and replayed to us, or not a request at all.
-            tracing::debug!(%peer, "request not addressed from its sender to us");
-            self.violated(peer);
-            return None;
-        }
-        Some(msg)
-    }
-
-    /// Addressing for a request to `to`, with a fresh nonce.
-    fn address(&self, to: PeerId) -> Addressing {
-        Addressing {
-            from: self.inner.peer_id.to_bytes().into(),
-            to: to.to_bytes().into(),
-            nonce: rand::random(),
-        }
-    }
-
-    /// Runs `f` on the peer book (`None` without a mesh).
-    fn book<R>(&self, f: impl FnOnce(&mut PeerBook) -> R) -> Option<R> {
-        let mesh = self.inner.mesh.as_ref()?;
-        let mut book = mesh.book.lock().ok()?;
-        Some(f(&mut book))
-    }
-
-    /// Counts a message that failed its checks and lowers its sender's standing.
-    fn violated(&self, peer: PeerId) {
-        self.inner.counters.rejected_messages.inc();
-        let now = self.now_ms();
-        self.book(|b| b.violated(&peer, now));
-    }
-
-    /// Members we would ask: admitted, not on probation.
-    fn candidates(&self) -> Vec<PeerId> {
-        let now = self.now_ms();
-        self.book(|b| b.candidates(now)).unwrap_or_default()
-    }
-
-    /// Peers that proved they hold the mesh key and are connected.
-    pub fn members(&self) -> Vec<PeerId> {
-        self.book(|b| b.members()).unwrap_or_default()
-    }
-
-    /// What this node applies to entries peers send.
-    fn peer_rules(&self) -> PeerRules<'_> {
-        PeerRules {
-            ttl_override: self.inner.cfg.ttl,
-            upstream_base: self.inner.upstream.base(),
-        }
-    }
-
     /// Why the node is degraded or failed (`None`: healthy).
     pub fn degraded(&self) -> Option<String> {
         self.inner.health.reason()
@@ -570,9 +412,10 @@ impl Node {
             Some(n) => n.peers().await.unwrap_or_default(),
             None => Vec::new(),
         };
-        let members = self.members();
+        let members: std::collections::HashSet<String> =
+            self.members().iter().map(|m| m.to_string()).collect();
         for p in &mut peers {
-            p.member = members.iter().any(|m| m.to_string() == p.peer_id);
+            p.member = members.contains(&p.peer_id);
         }
         peers
     }

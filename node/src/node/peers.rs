@@ -65,7 +65,7 @@ impl Node {
             let step = policy::after_owner_reply(reply);
             match &step {
                 OwnerStep::Accept(ann) => {
-                    if let Some(served) = self.accept_found((**ann).clone(), owner, key).await {
+                    if let Some(served) = self.accept_found((**ann).clone(), owner).await {
                         return Some(served);
                     }
                 }
@@ -102,7 +102,7 @@ impl Node {
         for (peer, reply) in futures::future::join_all(asks).await {
             match reply {
                 Some(LookupReply::Found(ann)) => {
-                    if let Some(served) = self.accept_found(*ann, peer, key).await {
+                    if let Some(served) = self.accept_found(*ann, peer).await {
                         return Some(served);
                     }
                 }
@@ -147,30 +147,29 @@ impl Node {
         if timeout.is_zero() {
             return None;
         }
-        let net = self.network()?;
-        let data = self.seal(&Message::Lookup(Lookup {
+        let msg = Message::Lookup(Lookup {
             addr: self.address(peer),
             key,
             request: req.clone(),
             fetch,
-        }))?;
+        });
         self.inner.counters.lookups_sent.inc();
         let started = Instant::now();
-        let resp = match net.request(peer, Channel::Small, data, timeout).await {
-            Ok(r) => r,
-            Err(_) => {
-                self.inner.counters.lookup_timeouts.inc();
-                // Only a peer given its whole budget failed it: one asked with what was
-                // left of ours (the others, late in the peer phase) did not.
-                if timeout >= self.budget_for(peer) {
-                    let now = self.now_ms();
-                    self.book(|b| b.timed_out(&peer, timeout, now));
-                }
-                return None;
+        let Ok(answer) = self
+            .ask(peer, Channel::Small, &msg, timeout, MAX_SMALL_FRAME)
+            .await
+        else {
+            self.inner.counters.lookup_timeouts.inc();
+            // Only a peer given its whole budget failed it: one asked with what was
+            // left of ours (the others, late in the peer phase) did not.
+            if timeout >= self.budget_for(peer) {
+                let now = self.now_ms();
+                self.book(|b| b.timed_out(&peer, timeout, now));
             }
+            return None;
         };
         let elapsed = started.elapsed();
-        match self.open_reply(peer, &resp, MAX_SMALL_FRAME)? {
+        match answer? {
             Message::LookupReply(LookupReply::Found(ann)) if ann.meta.key() != key => {
                 tracing::debug!(%peer, "lookup answered with another key");
                 self.violated(peer);
@@ -226,7 +225,7 @@ impl Node {
             // Asked as the first time: a resolution of ours is what it waits for.
             match policy::after_repoll(self.lookup(owner, req, key, true, budget).await) {
                 RepollStep::Accept(ann) => {
-                    let mut served = self.accept_found(*ann, owner, key).await?;
+                    let mut served = self.accept_found(*ann, owner).await?;
                     served.status = CacheStatus::Coalesced;
                     return Some(served);
                 }
@@ -255,17 +254,12 @@ impl Node {
         }
     }
 
-    /// Checks a `Found` reply against the key asked for, makes its metadata ours
-    /// (our freshness rule, our clock, the kept headers), fetches its body when it came
-    /// without, stores it.
-    async fn accept_found(
-        &self,
-        mut ann: Announce,
-        from: PeerId,
-        asked: CacheKey,
-    ) -> Option<Served> {
+    /// Checks a `Found` reply (its key was checked against the one asked when it
+    /// arrived, in `lookup`), makes its metadata ours (our freshness rule, our clock, the
+    /// kept headers), fetches its body when it came without, stores it.
+    async fn accept_found(&self, mut ann: Announce, from: PeerId) -> Option<Served> {
         let key = ann.meta.key();
-        if key != asked || varies_by_identity(&ann.meta.request.path) {
+        if varies_by_identity(&ann.meta.request.path) {
             self.violated(from);
             return None;
         }
@@ -314,14 +308,13 @@ impl Node {
         if !self.book(|b| b.is_member(&peer)).unwrap_or(false) {
             return None;
         }
-        let net = self.network()?;
-        let data = self.seal(&Message::FetchBody(FetchBody {
+        let msg = Message::FetchBody(FetchBody {
             addr: self.address(peer),
             key: meta.key(),
             cid: meta.cid.clone(),
-        }))?;
-        let resp = net.request(peer, Channel::Body, data, timeout).await.ok()?;
-        match self.open_reply(peer, &resp, MAX_BODY_FRAME)? {
+        });
+        let answer = self.ask(peer, Channel::Body, &msg, timeout, MAX_BODY_FRAME);
+        match answer.await.ok()?? {
             Message::BodyReply(BodyReply::Found(body)) if meta.body_matches(&body) => {
                 self.inner.counters.bodies_fetched.inc();
                 Some(Entry {

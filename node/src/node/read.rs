@@ -32,7 +32,10 @@ type FlightKey = (CacheKey, Option<[u8; 8]>);
 /// waiting on nobody): only those are `Pending` to a member that did not ask us to
 /// fetch, so that waiting on such an answer can never wait in a circle.
 #[derive(Default)]
-pub(super) struct Flights(Mutex<HashMap<CacheKey, PerToken>>, Mutex<HashSet<CacheKey>>);
+pub(super) struct Flights {
+    by_key: Mutex<HashMap<CacheKey, PerToken>>,
+    upstream: Mutex<HashSet<CacheKey>>,
+}
 
 /// The flights of one key, by token fingerprint (None: the node's own).
 type PerToken = HashMap<Option<[u8; 8]>, Flight>;
@@ -40,24 +43,30 @@ type PerToken = HashMap<Option<[u8; 8]>, Flight>;
 impl Flights {
     /// Some resolution of `key` is in progress, whoever's token it uses.
     pub(super) fn contains(&self, key: &CacheKey) -> bool {
-        self.0.lock().map(|m| m.contains_key(key)).unwrap_or(false)
+        self.by_key
+            .lock()
+            .map(|m| m.contains_key(key))
+            .unwrap_or(false)
     }
 
     /// `key` is being fetched from upstream right now.
     pub(super) fn fetching(&self, key: &CacheKey) -> bool {
-        self.1.lock().map(|s| s.contains(key)).unwrap_or(false)
+        self.upstream
+            .lock()
+            .map(|s| s.contains(key))
+            .unwrap_or(false)
     }
 
     /// Room for resolutions of one more key.
     pub(super) fn has_room(&self) -> bool {
-        self.0
+        self.by_key
             .lock()
             .map(|m| m.len() < MAX_INFLIGHT)
             .unwrap_or(false)
     }
 
     fn remove(&self, (key, who): &FlightKey) {
-        if let Ok(mut m) = self.0.lock() {
+        if let Ok(mut m) = self.by_key.lock() {
             if let Some(per_token) = m.get_mut(key) {
                 per_token.remove(who);
                 if per_token.is_empty() {
@@ -76,7 +85,7 @@ struct Upstreaming<'a> {
 
 impl<'a> Upstreaming<'a> {
     fn start(flights: &'a Flights, key: CacheKey) -> Self {
-        if let Ok(mut s) = flights.1.lock() {
+        if let Ok(mut s) = flights.upstream.lock() {
             s.insert(key);
         }
         Self { flights, key }
@@ -85,7 +94,7 @@ impl<'a> Upstreaming<'a> {
 
 impl Drop for Upstreaming<'_> {
     fn drop(&mut self) {
-        if let Ok(mut s) = self.flights.1.lock() {
+        if let Ok(mut s) = self.flights.upstream.lock() {
             s.remove(&self.key);
         }
     }
@@ -257,7 +266,7 @@ impl Node {
             Credential::Client(t) => Some(t.fingerprint()),
         };
         let key_of_flight = (key, who);
-        let Ok(mut map) = self.inner.flights.0.lock() else {
+        let Ok(mut map) = self.inner.flights.by_key.lock() else {
             let (_tx, rx) = watch::channel(Some(Err(GetError::Closed)));
             return (rx, true);
         };

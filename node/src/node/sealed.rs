@@ -1,0 +1,158 @@
+//! Talking to peers: sealing and opening (with whom a failure counts against), asking
+//! a peer and opening its answer, request addressing, and the peer book's view of who
+//! may be asked.
+
+use ghmesh_protocol::{open, seal, Addressing, Message, OpenError, PeerRules, SealLimits};
+use libp2p::PeerId;
+
+use super::Node;
+use crate::limits::{GOSSIP_MAX_AGE_SECS, MAX_SMALL_FRAME, REQUEST_MAX_AGE_SECS};
+use crate::network;
+use crate::policy::book::PeerBook;
+
+/// A peer request that got no answer in time.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct NoAnswer;
+
+impl Node {
+    /// Seals a message for the mesh (`None` without one).
+    pub(super) fn seal(&self, msg: &Message) -> Option<Vec<u8>> {
+        let mesh = self.inner.mesh.as_ref()?;
+        Some(seal(&mesh.keys, msg, self.inner.clock.now_secs()))
+    }
+
+    pub(super) fn open_sealed(
+        &self,
+        data: &[u8],
+        max_len: usize,
+        max_age_secs: u64,
+    ) -> Option<Result<Message, OpenError>> {
+        let mesh = self.inner.mesh.as_ref()?;
+        let limits = SealLimits {
+            max_len,
+            max_age_secs,
+        };
+        Some(open(&mesh.keys, data, limits, self.inner.clock.now_secs()))
+    }
+
+    /// Opens gossip. What fails is counted and rejected, and nobody is blamed: the peer
+    /// that forwarded it may only have relayed it.
+    pub(super) fn open_gossip(&self, data: &[u8]) -> Option<Message> {
+        match self.open_sealed(data, crate::limits::MAX_GOSSIP_FRAME, GOSSIP_MAX_AGE_SECS)? {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::debug!("rejected gossip: {e}");
+                self.inner.counters.rejected_messages.inc();
+                None
+            }
+        }
+    }
+
+    /// Opens what `peer` itself sent us (a request or a reply); a failure counts against
+    /// it, except for clock skew alone.
+    pub(super) fn open_direct(
+        &self,
+        peer: PeerId,
+        data: &[u8],
+        max_len: usize,
+        max_age: u64,
+    ) -> Option<Message> {
+        match self.open_sealed(data, max_len, max_age)? {
+            Ok(m) => Some(m),
+            Err(e @ (OpenError::Expired | OpenError::FromFuture)) => {
+                tracing::debug!(%peer, "peer message outside the clock window: {e}");
+                self.inner.counters.rejected_messages.inc();
+                None
+            }
+            Err(e) => {
+                tracing::debug!(%peer, "rejected peer message: {e}");
+                self.violated(peer);
+                None
+            }
+        }
+    }
+
+    /// Opens a reply from `peer`.
+    pub(super) fn open_reply(&self, peer: PeerId, data: &[u8], max_len: usize) -> Option<Message> {
+        self.open_direct(peer, data, max_len, GOSSIP_MAX_AGE_SECS)
+    }
+
+    /// Seals `msg` for `peer`, sends it on `channel` and opens the answer (at most
+    /// `max_len`). `Err(NoAnswer)`: nothing came back within `timeout` (or there is no
+    /// mesh); `Ok(None)`: an answer that failed to open, already counted against `peer`.
+    pub(super) async fn ask(
+        &self,
+        peer: PeerId,
+        channel: network::Channel,
+        msg: &Message,
+        timeout: std::time::Duration,
+        max_len: usize,
+    ) -> Result<Option<Message>, NoAnswer> {
+        let (Some(net), Some(data)) = (self.network(), self.seal(msg)) else {
+            return Err(NoAnswer);
+        };
+        let resp = net
+            .request(peer, channel, data, timeout)
+            .await
+            .map_err(|_| NoAnswer)?;
+        Ok(self.open_reply(peer, &resp, max_len))
+    }
+
+    /// Opens a request from `peer`: sealed within the request window, addressed from
+    /// `peer` to us. The nonce is checked by the caller (it needs the book).
+    pub(super) fn open_request(&self, peer: PeerId, data: &[u8]) -> Option<Message> {
+        let msg = self.open_direct(peer, data, MAX_SMALL_FRAME, REQUEST_MAX_AGE_SECS)?;
+        let addressed = msg
+            .addressing()
+            .is_some_and(|a| a.is_between(&peer.to_bytes(), &self.inner.peer_id.to_bytes()));
+        if !addressed {
+            // A request captured elsewhere and replayed to us, or not a request at all.
+            tracing::debug!(%peer, "request not addressed from its sender to us");
+            self.violated(peer);
+            return None;
+        }
+        Some(msg)
+    }
+
+    /// Addressing for a request to `to`, with a fresh nonce.
+    pub(super) fn address(&self, to: PeerId) -> Addressing {
+        Addressing {
+            from: self.inner.peer_id.to_bytes().into(),
+            to: to.to_bytes().into(),
+            nonce: rand::random(),
+        }
+    }
+
+    /// Runs `f` on the peer book (`None` without a mesh).
+    pub(super) fn book<R>(&self, f: impl FnOnce(&mut PeerBook) -> R) -> Option<R> {
+        let mesh = self.inner.mesh.as_ref()?;
+        let mut book = mesh.book.lock().ok()?;
+        Some(f(&mut book))
+    }
+
+    /// Counts a message that failed its checks and lowers its sender's standing.
+    pub(super) fn violated(&self, peer: PeerId) {
+        self.inner.counters.rejected_messages.inc();
+        let now = self.now_ms();
+        self.book(|b| b.violated(&peer, now));
+    }
+
+    /// Members we would ask: admitted, not on probation.
+    pub(super) fn candidates(&self) -> Vec<PeerId> {
+        let now = self.now_ms();
+        self.book(|b| b.candidates(now)).unwrap_or_default()
+    }
+
+    /// Peers that proved they hold the mesh key and are connected.
+    pub fn members(&self) -> Vec<PeerId> {
+        self.book(|b| b.members()).unwrap_or_default()
+    }
+
+    /// What this node applies to entries peers send.
+    pub(super) fn peer_rules(&self) -> PeerRules<'_> {
+        PeerRules {
+            ttl_override: self.inner.cfg.ttl,
+            upstream_base: self.inner.upstream.base(),
+        }
+    }
+}
