@@ -126,6 +126,18 @@ pub fn varies_by_identity(path: &str) -> bool {
             | ["gists", "starred"]
             | ["feeds"]
             | ["repos", _, _, "notifications"]
+            // Whether the asker watches a repository or starred a gist.
+            | ["repos", _, _, "subscription"]
+            | ["gists", _, "star"]
+            // A user's own private events appear only when that user asks.
+            | ["users", _, "events"]
+            | ["users", _, "events", "orgs", ..]
+            | ["users", _, "received_events"]
+            // Answered only for an app's JWT, with that app's installation.
+            | ["repos", _, _, "installation"]
+            | ["orgs", _, "installation"]
+            | ["users", _, "installation"]
+            | ["marketplace_listing", ..]
     )
 }
 
@@ -366,6 +378,15 @@ mod tests {
             "/gists/starred",
             "/feeds",
             "/repos/o/r/notifications",
+            "/repos/o/r/subscription",
+            "/gists/abc123/star",
+            "/users/octocat/events",
+            "/users/octocat/events/orgs/acme",
+            "/users/octocat/received_events",
+            "/repos/o/r/installation",
+            "/orgs/o/installation",
+            "/users/octocat/installation",
+            "/marketplace_listing/plans",
         ] {
             assert!(varies_by_identity(p), "{p}");
         }
@@ -374,7 +395,9 @@ mod tests {
             "/repos/o/r",
             "/repos/o/r/issues",
             "/gists/abc123",
-            "/orgs/o/installation",
+            "/users/octocat/events/public",
+            "/users/octocat/received_events/public",
+            "/orgs/o/installations",
             "/meta",
         ] {
             assert!(!varies_by_identity(p), "{p}");

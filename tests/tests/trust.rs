@@ -88,6 +88,21 @@ async fn foreign_hosts_and_origins_are_refused_and_api_host_admits_a_name() {
     assert_eq!(status(vec![("Host", "evil.example:7711")]).await, 421);
     assert_eq!(status(vec![("Origin", "https://evil.example")]).await, 403);
     assert_eq!(status(vec![("Origin", "null")]).await, 403);
+    // On every method, with the client's own token too.
+    for method in ["POST", "PATCH", "PUT", "DELETE", "HEAD"] {
+        let (s, _, _) = http_request(
+            method,
+            &url,
+            &[
+                ("Origin", "https://evil.example"),
+                ("Authorization", "Bearer ghp_clienttoken"),
+            ],
+            b"",
+        )
+        .await
+        .unwrap();
+        assert_eq!(s, 403, "{method}");
+    }
     let stats = format!("{}/_ghmesh/stats", n.base());
     let (s, _, _) = http_request("GET", &stats, &[("Host", "evil.example")], b"")
         .await
@@ -270,6 +285,83 @@ async fn a_clients_own_token_fetches_misses_and_shares_only_successes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_fleet_a_clients_miss_is_fetched_with_its_token_and_only_successes_reach_peers() {
+    let gh = FakeGithub::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let start = |name: &str, token: &str, boot: Option<String>| {
+        let mut args = vec!["--upstream".to_string(), gh.url()];
+        if let Some(b) = boot {
+            args.extend(["--bootstrap".to_string(), b]);
+        }
+        let env = HashMap::from([
+            ("GHMESH_SECRET".to_string(), "client-fleet".to_string()),
+            ("GH_TOKEN".to_string(), token.to_string()),
+        ]);
+        let data = dir.path().join(name);
+        async move { start_daemon(data, &args, &env).await.unwrap() }
+    };
+    let a = start("a", "ghp_token_a", None).await;
+    let b = start("b", "ghp_token_b", Some(a.ready.listen[0].clone())).await;
+    wait_members(&[&a, &b], 1).await;
+
+    // Enough keys that some are owned by each node: the owner must not fetch a
+    // client's miss with its own token.
+    let paths: Vec<String> = (0..8).map(|i| format!("/repos/acme/c{i}")).collect();
+    for p in &paths {
+        let (status, _, _) = get_with(&a, p, Some("ghp_client_c")).await;
+        assert_eq!(status, 200, "{p}");
+    }
+    let sent = gh.requests();
+    assert_eq!(sent.len(), paths.len(), "one call per key");
+    for r in &sent {
+        assert_eq!(
+            r.authorization.as_deref(),
+            Some(auth("ghp_client_c").as_str()),
+            "{} went upstream with another token",
+            r.path_and_query
+        );
+    }
+    // The successes are the fleet's now: a peer's reader is served without a call.
+    for p in &paths {
+        let (status, headers, _) = get_with(&b, p, None).await;
+        assert_eq!(status, 200);
+        let how = header(&headers, "x-ghmesh-cache").unwrap().to_string();
+        assert!(["hit", "peer", "coalesced"].contains(&how.as_str()), "{p}: {how}");
+    }
+    assert_eq!(gh.total_requests(), paths.len() as u64);
+
+    // A client's 404 stays with that client: the peer asks GitHub itself.
+    let missing = "/notfound/private";
+    assert_eq!(get_with(&a, missing, Some("ghp_client_c")).await.0, 404);
+    assert_eq!(get_with(&b, missing, None).await.0, 404);
+    assert_eq!(sent_for(&gh, missing), 2, "a 404 is never shared");
+    let last = gh.requests().pop().unwrap();
+    assert_eq!(last.authorization.as_deref(), Some(auth("ghp_token_b").as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_a_token_reads_anonymously() {
+    let gh = FakeGithub::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let env = HashMap::from([("GHMESH_SECRET".to_string(), "anon-fleet".to_string())]);
+    let args = vec!["--upstream".to_string(), gh.url()];
+    let n = start_daemon(dir.path().join("n"), &args, &env).await.unwrap();
+    let (status, headers, _) = get_with(&n, "/repos/acme/widgets", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "x-ghmesh-cache"), Some("miss"));
+    let sent = gh.requests();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].authorization, None, "no token of its own, none lent");
+    // Still cached for the next reader.
+    let (_, headers, _) = get_with(&n, "/repos/acme/widgets", None).await;
+    assert_eq!(header(&headers, "x-ghmesh-cache"), Some("hit"));
+    // A client's own token is used for its miss even with no node token.
+    assert_eq!(get_with(&n, "/repos/acme/gadgets", Some("ghp_client_c")).await.0, 200);
+    let last = gh.requests().pop().unwrap();
+    assert_eq!(last.authorization.as_deref(), Some(auth("ghp_client_c").as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_tokens_bypass_keeps_them_out_of_the_cache() {
     let gh = FakeGithub::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -338,14 +430,14 @@ async fn parallel_misses_never_exceed_the_upstream_concurrency() {
     gh.set_latency(std::time::Duration::from_millis(30));
     let dir = tempfile::tempdir().unwrap();
     let n = node(&gh, &dir, &["--upstream-concurrency", "4"]).await;
-    let reads = (0..120).map(|i| {
+    let reads = (0..150).map(|i| {
         let url = format!("{}/repos/acme/p{i}", n.base());
         async move { http_get(&url).await.unwrap().0 }
     });
     let statuses = futures::future::join_all(reads).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert!(gh.max_in_flight() <= 4, "{} at once", gh.max_in_flight());
-    assert_eq!(gh.total_requests(), 120);
+    assert_eq!(gh.total_requests(), 150);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

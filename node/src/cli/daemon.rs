@@ -148,7 +148,8 @@ pub async fn run(args: NodeArgs, env: EnvLookup<'_>) -> Result<(), CliError> {
     let s = resolve(&args, env)?;
     init_logging(s.log_format);
     let github = GithubClient::new(s.github.clone())
-        .map_err(|e| CliError::usage(format!("upstream client: {e}")))?;
+        .map_err(|e| CliError::usage(format!("upstream client: {e}")))?
+        .with_clock(s.node.clock.clone());
     let node = Node::start(s.node.clone(), Arc::new(github))
         .await
         .map_err(start_error)?;

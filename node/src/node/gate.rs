@@ -45,11 +45,24 @@ impl Gate {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
             return Err(GetError::Busy);
         }
-        let permit = self.slots.clone().acquire_owned().await;
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
-        permit
+        // A client that hangs up while queued drops this future mid-await: the place
+        // must be given back then too, or every disconnect shrinks the queue for good.
+        let _place = Queued(&self.waiting);
+        self.slots
+            .clone()
+            .acquire_owned()
+            .await
             .map(|p| Slot { _permit: p })
             .map_err(|_| GetError::Closed)
+    }
+}
+
+/// A place in the queue; given back on drop, whether the wait ended or was abandoned.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -77,5 +90,24 @@ mod tests {
             w.await.unwrap().unwrap();
         }
         assert!(gate.enter().await.is_ok(), "room again");
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_gives_up_frees_its_place_in_the_queue() {
+        let gate = Arc::new(Gate::new(1));
+        let held = gate.enter().await.unwrap();
+        for _ in 0..3 * QUEUE_PER_SLOT {
+            // A client that disconnects while queued: its future is dropped mid-wait.
+            let g = gate.clone();
+            let waiter = tokio::spawn(async move { g.enter().await.map(|_| ()) });
+            while gate.waiting.load(Ordering::SeqCst) == 0 {
+                tokio::task::yield_now().await;
+            }
+            waiter.abort();
+            let _ = waiter.await;
+            assert_eq!(gate.waiting.load(Ordering::SeqCst), 0);
+        }
+        drop(held);
+        assert!(gate.enter().await.is_ok());
     }
 }

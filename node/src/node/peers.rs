@@ -22,8 +22,14 @@ use crate::network::Channel;
 use crate::policy::{self, OwnerStep, RepollStep};
 
 impl Node {
-    /// The peer phase of a miss. `None`: go upstream.
-    pub(super) async fn ask_peers(&self, req: &CanonicalRequest, key: CacheKey) -> Option<Served> {
+    /// The peer phase of a miss. `None`: go upstream. `owner_fetches`: the owner is
+    /// asked to fetch on a miss (else only whether it has, or is fetching, the entry).
+    pub(super) async fn ask_peers(
+        &self,
+        req: &CanonicalRequest,
+        key: CacheKey,
+        owner_fetches: bool,
+    ) -> Option<Served> {
         let deadline = Instant::now() + self.inner.deadlines.lookup;
 
         // Announced without its body: we know who has it, fetch the body by CID.
@@ -60,7 +66,7 @@ impl Node {
             }
             asked.push(owner);
             let budget = self.budget_for(owner);
-            let reply = self.lookup(owner, req, key, true, budget).await;
+            let reply = self.lookup(owner, req, key, owner_fetches, budget).await;
             tracing::debug!(%key, %owner, reply = reply_kind(&reply), "owner lookup");
             let step = policy::after_owner_reply(reply);
             match &step {
@@ -70,7 +76,7 @@ impl Node {
                     }
                 }
                 OwnerStep::Wait => {
-                    if let Some(served) = self.wait_for_owner(owner, req, key).await {
+                    if let Some(served) = self.wait_for_owner(owner, req, key, owner_fetches).await {
                         return Some(served);
                     }
                     tracing::debug!(%key, "owner's fetch failed or took too long");
@@ -113,7 +119,7 @@ impl Node {
             }
         }
         match fetching {
-            Some(peer) => self.wait_for_owner(peer, req, key).await,
+            Some(peer) => self.wait_for_owner(peer, req, key, true).await,
             None => None,
         }
     }
@@ -193,6 +199,7 @@ impl Node {
         owner: PeerId,
         req: &CanonicalRequest,
         key: CacheKey,
+        fetch: bool,
     ) -> Option<Served> {
         let d = self.inner.deadlines;
         let deadline = Instant::now() + d.pending_wait;
@@ -223,7 +230,7 @@ impl Node {
             poll = policy::next_repoll(poll, d.repoll_max);
             let budget = d.lookup.max(d.repoll_lookup_min);
             // Asked as the first time: a resolution of ours is what it waits for.
-            match policy::after_repoll(self.lookup(owner, req, key, true, budget).await) {
+            match policy::after_repoll(self.lookup(owner, req, key, fetch, budget).await) {
                 RepollStep::Accept(ann) => {
                     let mut served = self.accept_found(*ann, owner).await?;
                     served.status = CacheStatus::Coalesced;

@@ -303,7 +303,11 @@ impl Node {
 
     async fn resolve(&self, r: Resolution) -> Result<Served, GetError> {
         if r.ask_peers && self.inner.cfg.mode == MeshMode::Mesh && self.inner.mesh.is_some() {
-            if let Some(served) = self.ask_peers(&r.req, r.key).await {
+            // A client's own token pays for its misses (contract §4): the owner is asked
+            // whether it has the entry or is fetching it, never to fetch it with its
+            // own token for this client.
+            let owner_fetches = matches!(r.cred, Credential::Node);
+            if let Some(served) = self.ask_peers(&r.req, r.key, owner_fetches).await {
                 return Ok(served);
             }
         }

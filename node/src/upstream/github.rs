@@ -18,7 +18,7 @@ use super::holds::{resource_of_path, HoldKey, Holds};
 use super::{
     BoxFuture, Conditional, Credential, RateLimit, Upstream, UpstreamError, UpstreamResponse,
 };
-use crate::clock::system_now_ms;
+use crate::clock::{self, SharedClock};
 
 /// Headers a client may not pass through (hop-by-hop, or ours to set).
 const DROP_REQUEST_HEADERS: &[&str] = &[
@@ -63,6 +63,8 @@ pub struct GithubClient {
     token: Option<String>,
     token_fp: Option<[u8; 8]>,
     state: Mutex<LimitState>,
+    /// Where hold times are read: the node's clock, so that tests move it.
+    clock: SharedClock,
 }
 
 #[derive(Default)]
@@ -88,7 +90,14 @@ impl GithubClient {
             token_fp: cfg.token.as_deref().map(token_fingerprint),
             token: cfg.token,
             state: Mutex::new(LimitState::default()),
+            clock: clock::system(),
         })
+    }
+
+    /// Reads time from `clock` (the node's) instead of the system clock.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// GitHub's refusal to repeat while `token` is held for `resource`.
@@ -98,7 +107,7 @@ impl GithubClient {
             resource: resource.to_string(),
         };
         let state = self.state.lock().ok()?;
-        state.holds.held(&key, system_now_ms())
+        state.holds.held(&key, self.clock.now_ms())
     }
 
     /// Records a response received with `token`: its rate-limit headers (the node's
@@ -112,7 +121,7 @@ impl GithubClient {
                 state.last = rl;
             }
         }
-        if let Some(started) = state.holds.observe(token, resource, resp, system_now_ms()) {
+        if let Some(started) = state.holds.observe(token, resource, resp, self.clock.now_ms()) {
             let whose = if token == self.token_fp {
                 "the node's token"
             } else {

@@ -22,6 +22,9 @@ pub const SECONDARY_FIRST: Duration = Duration::from_secs(60);
 pub const SECONDARY_CEILING: Duration = Duration::from_secs(900);
 /// A secondary limit within this long after the previous one counts as a repeat.
 const REPEAT_WINDOW_MS: u64 = 3600 * 1000;
+/// The resource name of a hold on all of a token's requests: GitHub's secondary limits
+/// are per account, whatever the resource.
+pub const WHOLE_TOKEN: &str = "*";
 
 /// Which limit a hold is for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -100,16 +103,27 @@ pub struct Holds {
 }
 
 impl Holds {
-    /// GitHub's refusal to repeat when `key` is held at `now_ms`.
+    /// GitHub's refusal to repeat when `key` is held at `now_ms`: a hold for its
+    /// resource, or a secondary limit, which holds all of the token's requests.
     pub fn held(&self, key: &HoldKey, now_ms: u64) -> Option<UpstreamResponse> {
-        self.map
-            .get(key)
-            .filter(|h| now_ms < h.until_ms)
-            .map(|h| h.refusal.clone())
+        let whole_token = HoldKey {
+            token: key.token,
+            resource: WHOLE_TOKEN.into(),
+        };
+        let hold = self
+            .active(key, now_ms)
+            .or_else(|| self.active(&whole_token, now_ms));
+        hold.map(|h| h.refusal.clone())
     }
 
-    /// Records `resp`, received with `token` for a request of `resource`: starts a hold
-    /// on a rate-limit refusal, ends this token's hold on a success.
+    fn active(&self, key: &HoldKey, now_ms: u64) -> Option<&Hold> {
+        self.map.get(key).filter(|h| now_ms < h.until_ms)
+    }
+
+    /// Records `resp`, received with `token` for a request we counted against
+    /// `resource`: starts a hold on a rate-limit refusal, ends this token's hold on a
+    /// success. A refusal that arrives while its hold is on (requests that were
+    /// already in flight) neither extends nor escalates it, and starts nothing.
     pub fn observe(
         &mut self,
         token: Option<[u8; 8]>,
@@ -117,39 +131,56 @@ impl Holds {
         resp: &UpstreamResponse,
         now_ms: u64,
     ) -> Option<Started> {
-        let key = HoldKey {
+        let said = resp
+            .header("x-ratelimit-resource")
+            .filter(|r| r.len() <= 32 && *r != WHOLE_TOKEN)
+            .unwrap_or(resource);
+        let key = |resource: &str| HoldKey {
             token,
-            resource: resp
-                .header("x-ratelimit-resource")
-                .filter(|r| r.len() <= 32)
-                .unwrap_or(resource)
-                .to_string(),
+            resource: resource.to_string(),
         };
+        // Held under GitHub's name for the resource and under ours for the path, so
+        // that the next request, checked before GitHub names it, finds the hold.
+        let mut keys = vec![key(said)];
+        if said != resource {
+            keys.push(key(resource));
+        }
+        if is_secondary_limit(resp) {
+            keys = vec![key(WHOLE_TOKEN)];
+        }
+        if resp.status < 400 {
+            for k in &keys {
+                self.map.remove(k);
+            }
+            // A secondary streak is remembered past the hold, not past a success;
+            // but a success that was in flight when the hold began does not end it.
+            let whole = key(WHOLE_TOKEN);
+            if self.active(&whole, now_ms).is_none() {
+                self.map.remove(&whole);
+            }
+            return None;
+        }
+        if keys.iter().any(|k| self.active(k, now_ms).is_some()) && hold_for(resp, 0, 0).is_some()
+        {
+            return None;
+        }
         let streak = self
             .map
-            .get(&key)
+            .get(&keys[0])
             .filter(|h| h.secondary && now_ms < h.until_ms.saturating_add(REPEAT_WINDOW_MS))
             .map_or(0, |h| h.streak + 1);
-        match hold_for(resp, now_ms / 1000, streak) {
-            Some((wait, secondary)) => {
-                self.make_room(now_ms);
-                let hold = Hold {
-                    until_ms: now_ms.saturating_add(wait.as_millis() as u64),
-                    refusal: resp.clone(),
-                    secondary,
-                    streak: if secondary { streak } else { 0 },
-                };
-                self.map.insert(key, hold);
-                Some(Started { wait, secondary })
-            }
-            None => {
-                if resp.status < 400 {
-                    // A secondary streak is remembered past the hold, not past a success.
-                    self.map.remove(&key);
-                }
-                None
-            }
+        let (wait, secondary) = hold_for(resp, now_ms / 1000, streak)?;
+        let hold = Hold {
+            until_ms: now_ms.saturating_add(wait.as_millis() as u64),
+            refusal: resp.clone(),
+            secondary,
+            streak: if secondary { streak } else { 0 },
+        };
+        for k in keys {
+            self.make_room(now_ms);
+            self.map.insert(k, hold.clone());
         }
+        Some(Started { wait, secondary })
     }
 
     fn make_room(&mut self, now_ms: u64) {
@@ -299,6 +330,65 @@ mod tests {
             (SECONDARY_FIRST, SECONDARY_FIRST * 2, SECONDARY_FIRST * 4)
         );
         assert!(a.secondary && b.secondary && c.secondary);
+    }
+
+    #[test]
+    fn refusals_in_flight_during_a_hold_neither_extend_nor_escalate_it() {
+        let mut holds = Holds::default();
+        let t = Some([4; 8]);
+        let secondary = resp(403, &[], SECONDARY);
+        let first = holds.observe(t, "core", &secondary, 0).unwrap();
+        // Seven more answers to requests sent before the hold began.
+        for i in 1..8 {
+            assert_eq!(holds.observe(t, "core", &secondary, i * 10), None, "one warning");
+        }
+        assert_eq!(first.wait, SECONDARY_FIRST);
+        let held = |holds: &Holds, now| {
+            holds
+                .held(&HoldKey { token: t, resource: "core".into() }, now)
+                .is_some()
+        };
+        assert!(held(&holds, 59_000));
+        assert!(!held(&holds, 60_000), "not extended");
+        // A success that was in flight does not end it either.
+        holds.observe(t, "core", &resp(200, &[], ""), 100);
+        assert!(held(&holds, 1_000));
+    }
+
+    #[test]
+    fn a_secondary_limit_holds_all_of_the_tokens_requests() {
+        let mut holds = Holds::default();
+        let t = Some([5; 8]);
+        holds.observe(t, "search", &resp(403, &[], SECONDARY), 0);
+        for r in ["core", "search", "graphql"] {
+            let k = HoldKey { token: t, resource: r.into() };
+            assert!(holds.held(&k, 1_000).is_some(), "{r}");
+        }
+        let other = HoldKey { token: Some([6; 8]), resource: "core".into() };
+        assert!(holds.held(&other, 1_000).is_none(), "another token");
+    }
+
+    #[test]
+    fn a_hold_is_found_under_the_resource_we_check_before_github_names_it() {
+        let mut holds = Holds::default();
+        let t = Some([7; 8]);
+        let audit = resp(
+            403,
+            &[
+                ("x-ratelimit-remaining", "0"),
+                ("retry-after", "60"),
+                ("x-ratelimit-resource", "audit_log"),
+            ],
+            "",
+        );
+        holds.observe(t, "core", &audit, 0);
+        for r in ["core", "audit_log"] {
+            let k = HoldKey { token: t, resource: r.into() };
+            assert!(holds.held(&k, 1_000).is_some(), "{r}");
+        }
+        holds.observe(t, "core", &resp(200, &[("x-ratelimit-resource", "audit_log")], ""), 61_000);
+        let k = HoldKey { token: t, resource: "core".into() };
+        assert!(holds.held(&k, 61_500).is_none(), "cleared under both");
     }
 
     #[test]

@@ -132,3 +132,41 @@ fn numbers_and_dirs() {
         "GHMESH_MDNS"
     ));
 }
+
+#[test]
+fn trust_settings_from_flags_and_env() {
+    use crate::api::ClientTokens;
+    let none = env(&[]);
+    assert!(api_hosts(&[], &none).unwrap().is_empty());
+    assert_eq!(
+        api_hosts(&[], &env(&[("GHMESH_API_HOST", "Cache.Internal,ghmesh.ci.svc")])).unwrap(),
+        vec!["cache.internal".to_string(), "ghmesh.ci.svc".to_string()]
+    );
+    assert_eq!(
+        api_hosts(&["a.example".into()], &env(&[("GHMESH_API_HOST", "b")])).unwrap(),
+        vec!["a.example".to_string()],
+        "flags win"
+    );
+    let bad = api_hosts(&[], &env(&[("GHMESH_API_HOST", "http://x:1")])).unwrap_err();
+    assert_eq!(bad.code, 2);
+    assert!(bad.message.contains("GHMESH_API_HOST"), "{}", bad.message);
+
+    assert_eq!(upstream_concurrency(None, &none).unwrap(), 8);
+    let e = env(&[("GHMESH_UPSTREAM_CONCURRENCY", "3")]);
+    assert_eq!(upstream_concurrency(None, &e).unwrap(), 3);
+    assert_eq!(upstream_concurrency(Some(5), &e).unwrap(), 5);
+    for v in ["0", "101", "many"] {
+        let e = env(&[("GHMESH_UPSTREAM_CONCURRENCY", v)]);
+        assert_eq!(upstream_concurrency(None, &e).unwrap_err().code, 2, "{v}");
+    }
+
+    assert_eq!(client_tokens(None, &none).unwrap(), ClientTokens::Share);
+    let e = env(&[("GHMESH_CLIENT_TOKENS", "BYPASS")]);
+    assert_eq!(client_tokens(None, &e).unwrap(), ClientTokens::Bypass);
+    assert_eq!(
+        client_tokens(Some(ClientTokens::Share), &e).unwrap(),
+        ClientTokens::Share
+    );
+    let e = env(&[("GHMESH_CLIENT_TOKENS", "lend")]);
+    assert_eq!(client_tokens(None, &e).unwrap_err().code, 2);
+}
