@@ -130,8 +130,11 @@ pub struct NodeArgs {
     /// this API [env: GHMESH_REWRITE_BODIES=false]
     #[arg(long)]
     pub no_rewrite_bodies: bool,
-    /// Peer multiaddr to join through, repeatable
-    /// [env: GHMESH_BOOTSTRAP, CACHE_BOOTSTRAP_PEERS (comma-separated)]
+    /// Peer multiaddr to join through, repeatable: with a peer id
+    /// (/ip4/<ip>/tcp/9100/p2p/<id>, as `ghmesh id` prints) it is dialled as is; a DNS
+    /// name without /p2p (/dns4/<name>/tcp/9100, also /dns6, /dns) dials every address
+    /// the name resolves to and re-resolves it periodically, so a Kubernetes headless
+    /// Service is enough [env: GHMESH_BOOTSTRAP, CACHE_BOOTSTRAP_PEERS (comma-separated)]
     #[arg(long, value_name = "MULTIADDR")]
     pub bootstrap: Vec<String>,
     /// Disable mDNS discovery on the LAN [env: GHMESH_MDNS=false]
