@@ -115,3 +115,27 @@ pub const LATENCY_SAMPLES: usize = 32;
 /// Answers measured before a member's budget follows them: a few fast answers before
 /// a burst must not shrink it to the floor just as the burst slows everyone down.
 pub const LATENCY_MIN_SAMPLES: usize = 8;
+
+// --- Fixed safety nets behind the `Deadlines` ---
+//
+// Not tunable on purpose: each only bounds work whose real deadline is one of the
+// `Deadlines` (a lookup budget, the upstream timeout, shutdown), so that a bug or a
+// silent peer cannot keep a stream, a query or a caller alive for ever.
+
+/// A Kademlia query (provider lookup, bootstrap) is abandoned after this.
+pub const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(20);
+/// A lookup, hello or member-list stream is closed after this, whatever the asker's
+/// own (shorter) budget.
+pub const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// A body stream (up to the body frame size) is closed after this.
+pub const BODY_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one attempt to reopen the store may wait for the database lock.
+pub const STORE_REOPEN_ATTEMPT: Duration = Duration::from_secs(1);
+/// Every wait on the network loop is bounded: a wedged loop must not wedge callers.
+pub const HANDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connection with nothing open closes after this. Gossipsub keeps a connection
+/// alive only while the peer is in our mesh; lookups need connections to every member,
+/// and libp2p's default (10 s) would close them.
+pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(300);
+/// Start-up fails when the listeners report no address within this.
+pub const LISTEN_WAIT: Duration = Duration::from_secs(10);

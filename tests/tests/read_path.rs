@@ -156,6 +156,49 @@ async fn shutdown_ends_hung_work_within_its_bound_and_refuses_later_reads() {
     assert_eq!(up.calls(), 1, "nothing is fetched after shutdown");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_the_writer_and_every_acknowledged_entry_is_on_disk() {
+    let (up, dynup) = upstream();
+    let n = start_node_with(None, vec![], dynup, |_| {}).await.unwrap();
+    let paths: Vec<String> = (0..64).map(|i| format!("/repos/acme/drain{i}")).collect();
+    let reads: Vec<_> = paths
+        .iter()
+        .map(|p| {
+            let node = n.node.clone();
+            let r = req(p);
+            tokio::spawn(async move { (r.key(), node.get(r).await) })
+        })
+        .collect();
+    // Stop while reads are still landing: some are queued at the writer.
+    wait_until(T, "the first upstream answers", || async {
+        up.calls() >= 8
+    })
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(15), n.node.shutdown())
+        .await
+        .expect("shutdown returns within its bound");
+    let mut acknowledged = Vec::new();
+    for r in reads {
+        let (key, res) = r.await.unwrap();
+        match res {
+            Ok(served) if served.stored => acknowledged.push(key),
+            Ok(_) | Err(GetError::Closed) => {}
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert!(!acknowledged.is_empty());
+    let data = n.dir.path().to_path_buf();
+    drop(n.node);
+    let store = ghmesh_store::Store::open(data.join("cache.redb"), Default::default()).unwrap();
+    for key in &acknowledged {
+        assert!(
+            store.get(key).unwrap().is_some(),
+            "{key} acknowledged but not on disk"
+        );
+    }
+}
+
 /// A node on a store whose disk can be made to fail, retrying reopens for `window`.
 async fn node_on_a_failing_disk(
     window: Duration,

@@ -326,7 +326,10 @@ async fn in_a_fleet_a_clients_miss_is_fetched_with_its_token_and_only_successes_
         let (status, headers, _) = get_with(&b, p, None).await;
         assert_eq!(status, 200);
         let how = header(&headers, "x-ghmesh-cache").unwrap().to_string();
-        assert!(["hit", "peer", "coalesced"].contains(&how.as_str()), "{p}: {how}");
+        assert!(
+            ["hit", "peer", "coalesced"].contains(&how.as_str()),
+            "{p}: {how}"
+        );
     }
     assert_eq!(gh.total_requests(), paths.len() as u64);
 
@@ -336,7 +339,10 @@ async fn in_a_fleet_a_clients_miss_is_fetched_with_its_token_and_only_successes_
     assert_eq!(get_with(&b, missing, None).await.0, 404);
     assert_eq!(sent_for(&gh, missing), 2, "a 404 is never shared");
     let last = gh.requests().pop().unwrap();
-    assert_eq!(last.authorization.as_deref(), Some(auth("ghp_token_b").as_str()));
+    assert_eq!(
+        last.authorization.as_deref(),
+        Some(auth("ghp_token_b").as_str())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,20 +351,33 @@ async fn a_node_without_a_token_reads_anonymously() {
     let dir = tempfile::tempdir().unwrap();
     let env = HashMap::from([("GHMESH_SECRET".to_string(), "anon-fleet".to_string())]);
     let args = vec!["--upstream".to_string(), gh.url()];
-    let n = start_daemon(dir.path().join("n"), &args, &env).await.unwrap();
+    let n = start_daemon(dir.path().join("n"), &args, &env)
+        .await
+        .unwrap();
     let (status, headers, _) = get_with(&n, "/repos/acme/widgets", None).await;
     assert_eq!(status, 200);
     assert_eq!(header(&headers, "x-ghmesh-cache"), Some("miss"));
     let sent = gh.requests();
     assert_eq!(sent.len(), 1);
-    assert_eq!(sent[0].authorization, None, "no token of its own, none lent");
+    assert_eq!(
+        sent[0].authorization, None,
+        "no token of its own, none lent"
+    );
     // Still cached for the next reader.
     let (_, headers, _) = get_with(&n, "/repos/acme/widgets", None).await;
     assert_eq!(header(&headers, "x-ghmesh-cache"), Some("hit"));
     // A client's own token is used for its miss even with no node token.
-    assert_eq!(get_with(&n, "/repos/acme/gadgets", Some("ghp_client_c")).await.0, 200);
+    assert_eq!(
+        get_with(&n, "/repos/acme/gadgets", Some("ghp_client_c"))
+            .await
+            .0,
+        200
+    );
     let last = gh.requests().pop().unwrap();
-    assert_eq!(last.authorization.as_deref(), Some(auth("ghp_client_c").as_str()));
+    assert_eq!(
+        last.authorization.as_deref(),
+        Some(auth("ghp_client_c").as_str())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,8 +15,9 @@ use sha2::{Digest, Sha256};
 
 use super::codec::{SealedCodec, BODY_PROTOCOL, RR_PROTOCOL};
 use crate::limits::{
-    MAX_BODY_STREAMS, MAX_CONNECTIONS_PER_PEER, MAX_INBOUND_CONNECTIONS,
-    MAX_PENDING_INBOUND_CONNECTIONS, MAX_SMALL_STREAMS,
+    BODY_REQUEST_TIMEOUT, KAD_QUERY_TIMEOUT, MAX_BODY_STREAMS, MAX_CONNECTIONS_PER_PEER,
+    MAX_INBOUND_CONNECTIONS, MAX_PENDING_INBOUND_CONNECTIONS, MAX_SMALL_STREAMS,
+    SMALL_REQUEST_TIMEOUT,
 };
 
 /// Private DHT: only ghmesh nodes speak it, so fleets never pollute the public IPFS DHT.
@@ -110,7 +111,7 @@ impl Behaviour {
                 .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
 
         let mut kad_cfg = kad::Config::new(KAD_PROTOCOL);
-        kad_cfg.set_query_timeout(Duration::from_secs(20));
+        kad_cfg.set_query_timeout(KAD_QUERY_TIMEOUT);
         kad_cfg.set_provider_record_ttl(Some(cfg.provider_ttl));
         kad_cfg.set_provider_publication_interval(Some(cfg.provider_ttl / 3));
         // The event loop bootstraps once it has a connection; kad's own timer would only
@@ -148,14 +149,14 @@ impl Behaviour {
             SealedCodec::SMALL,
             [(RR_PROTOCOL, request_response::ProtocolSupport::Full)],
             request_response::Config::default()
-                .with_request_timeout(Duration::from_secs(20))
+                .with_request_timeout(SMALL_REQUEST_TIMEOUT)
                 .with_max_concurrent_streams(MAX_SMALL_STREAMS),
         );
         let body = request_response::Behaviour::with_codec(
             SealedCodec::BODY,
             [(BODY_PROTOCOL, request_response::ProtocolSupport::Full)],
             request_response::Config::default()
-                .with_request_timeout(Duration::from_secs(60))
+                .with_request_timeout(BODY_REQUEST_TIMEOUT)
                 .with_max_concurrent_streams(MAX_BODY_STREAMS),
         );
         let limits = connection_limits::Behaviour::new(

@@ -5,6 +5,7 @@
 
 pub mod behaviour;
 pub mod codec;
+mod discovery;
 mod dns_seeds;
 mod event_loop;
 
@@ -21,7 +22,9 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{identity, kad, noise, tcp, yamux, Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::limits::{COMMAND_QUEUE, EVENT_QUEUE};
+use crate::limits::{
+    COMMAND_QUEUE, EVENT_QUEUE, HANDLE_TIMEOUT, IDLE_CONNECTION_TIMEOUT, LISTEN_WAIT,
+};
 use behaviour::{Behaviour, BehaviourConfig};
 use event_loop::{advertise, EventLoop};
 
@@ -166,6 +169,9 @@ pub struct NetworkHandle {
     tx: mpsc::Sender<Command>,
     peer_id: PeerId,
     listen: Arc<Vec<Multiaddr>>,
+    /// The event loop: awaited by [`NetworkHandle::shutdown`], so that the swarm (and
+    /// with it every connection and the DNS resolver it feeds) is gone when it returns.
+    task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl std::fmt::Debug for NetworkHandle {
@@ -175,9 +181,6 @@ impl std::fmt::Debug for NetworkHandle {
             .finish_non_exhaustive()
     }
 }
-
-/// Every wait on the loop is bounded: a wedged loop must not wedge callers forever.
-const HANDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl NetworkHandle {
     async fn call<T>(
@@ -308,9 +311,13 @@ impl NetworkHandle {
             .map_err(|_| NetError::Closed)
     }
 
-    /// Stops the loop and closes every connection.
+    /// Stops the loop and waits for it to end, closing every connection.
     pub async fn shutdown(&self) {
         let _ = self.call(Command::Shutdown).await;
+        let task = self.task.lock().ok().and_then(|mut t| t.take());
+        if let Some(task) = task {
+            let _ = task.await;
+        }
     }
 }
 
@@ -343,9 +350,8 @@ pub async fn start(
                 .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
         })
         .map_err(|e| setup(&e))?
-        // Gossipsub keeps a connection alive only while the peer is in our mesh; lookups
-        // need connections to every member, and the default 10 s idle timeout would close them.
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        // Lookups need connections to every member, not only gossip mesh peers.
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
         .build();
     let metrics = Metrics::new(registry);
     let peer_id = *swarm.local_peer_id();
@@ -364,7 +370,7 @@ pub async fn start(
     // Wait until every listener reports an address (port 0 becomes a real port).
     let mut listen = Vec::new();
     let mut pending: HashSet<_> = (0..cfg.listen.len()).collect();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + LISTEN_WAIT;
     while !pending.is_empty() {
         let ev = tokio::time::timeout_at(deadline, swarm.select_next_some())
             .await
@@ -420,10 +426,12 @@ pub async fn start(
         .collect();
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
+    let task = Arc::new(std::sync::Mutex::new(None));
     let handle = NetworkHandle {
         tx: cmd_tx,
         peer_id,
         listen: Arc::new(with_id.clone()),
+        task: task.clone(),
     };
     // The resolver task ends when the event loop (its receiver) is gone.
     let seeds = (!seeds.is_empty()).then(|| {
@@ -453,6 +461,9 @@ pub async fn start(
         discovered_once: false,
         last_discovery: None,
     };
-    tokio::spawn(event_loop.run());
+    let running = tokio::spawn(event_loop.run());
+    if let Ok(mut t) = task.lock() {
+        *t = Some(running);
+    }
     Ok((handle, ev_rx))
 }

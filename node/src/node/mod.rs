@@ -437,21 +437,24 @@ impl Node {
     /// Stops the node, returning within three times
     /// [`Deadlines::shutdown`](crate::config::Deadlines):
     /// loops stop taking work; owned tasks (resolutions, peer requests, publishes,
-    /// body pulls) get one grace period to finish and are then dropped; the writer
-    /// commits everything queued before it was told to stop (a second period); the
-    /// network closes every connection (a third). Reads after this fail with
-    /// [`GetError::Closed`].
+    /// body pulls) get one grace period to finish (the last fifth of it after they
+    /// were told to drop what they do); the writer commits everything queued before it
+    /// was told to stop (a second period); the network loop closes every connection
+    /// and ends (a third). Reads after this fail with [`GetError::Closed`].
     pub async fn shutdown(&self) {
         let grace = self.inner.deadlines.shutdown;
         self.inner.stopping.cancel();
         self.inner.tasks.close();
-        if tokio::time::timeout(grace, self.inner.tasks.wait())
+        // Aborted tasks end at their next await: a fifth of the period is plenty, and
+        // keeps the whole within the bound stated above.
+        let polite = grace.mul_f64(0.8);
+        if tokio::time::timeout(polite, self.inner.tasks.wait())
             .await
             .is_err()
         {
             tracing::debug!("shutdown: dropping tasks still running after the grace period");
             self.inner.abort.cancel();
-            let _ = tokio::time::timeout(grace, self.inner.tasks.wait()).await;
+            let _ = tokio::time::timeout(grace - polite, self.inner.tasks.wait()).await;
         }
         if !self.inner.writer.stop(grace).await {
             tracing::warn!("shutdown: the store writer did not finish in time");

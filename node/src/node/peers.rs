@@ -76,7 +76,8 @@ impl Node {
                     }
                 }
                 OwnerStep::Wait => {
-                    if let Some(served) = self.wait_for_owner(owner, req, key, owner_fetches).await {
+                    if let Some(served) = self.wait_for_owner(owner, req, key, owner_fetches).await
+                    {
                         return Some(served);
                     }
                     tracing::debug!(%key, "owner's fetch failed or took too long");

@@ -207,13 +207,14 @@ async fn recover(store: &Arc<Store>, health: &Health, counters: &Counters, windo
     let mut last;
     loop {
         let s = store.clone();
-        let attempt = tokio::task::spawn_blocking(move || s.reopen(Duration::from_secs(1)))
-            .await
-            .unwrap_or_else(|e| {
-                Err(StoreError::Closed {
-                    path: std::path::PathBuf::from(e.to_string()),
-                })
-            });
+        let attempt =
+            tokio::task::spawn_blocking(move || s.reopen(crate::limits::STORE_REOPEN_ATTEMPT))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(StoreError::Closed {
+                        path: std::path::PathBuf::from(e.to_string()),
+                    })
+                });
         match attempt {
             Ok(()) => {
                 counters.store_reopens.inc();

@@ -121,7 +121,10 @@ impl GithubClient {
                 state.last = rl;
             }
         }
-        if let Some(started) = state.holds.observe(token, resource, resp, self.clock.now_ms()) {
+        if let Some(started) = state
+            .holds
+            .observe(token, resource, resp, self.clock.now_ms())
+        {
             let whose = if token == self.token_fp {
                 "the node's token"
             } else {

@@ -160,8 +160,7 @@ impl Holds {
             }
             return None;
         }
-        if keys.iter().any(|k| self.active(k, now_ms).is_some()) && hold_for(resp, 0, 0).is_some()
-        {
+        if keys.iter().any(|k| self.active(k, now_ms).is_some()) && hold_for(resp, 0, 0).is_some() {
             return None;
         }
         let streak = self
@@ -340,12 +339,22 @@ mod tests {
         let first = holds.observe(t, "core", &secondary, 0).unwrap();
         // Seven more answers to requests sent before the hold began.
         for i in 1..8 {
-            assert_eq!(holds.observe(t, "core", &secondary, i * 10), None, "one warning");
+            assert_eq!(
+                holds.observe(t, "core", &secondary, i * 10),
+                None,
+                "one warning"
+            );
         }
         assert_eq!(first.wait, SECONDARY_FIRST);
         let held = |holds: &Holds, now| {
             holds
-                .held(&HoldKey { token: t, resource: "core".into() }, now)
+                .held(
+                    &HoldKey {
+                        token: t,
+                        resource: "core".into(),
+                    },
+                    now,
+                )
                 .is_some()
         };
         assert!(held(&holds, 59_000));
@@ -361,10 +370,16 @@ mod tests {
         let t = Some([5; 8]);
         holds.observe(t, "search", &resp(403, &[], SECONDARY), 0);
         for r in ["core", "search", "graphql"] {
-            let k = HoldKey { token: t, resource: r.into() };
+            let k = HoldKey {
+                token: t,
+                resource: r.into(),
+            };
             assert!(holds.held(&k, 1_000).is_some(), "{r}");
         }
-        let other = HoldKey { token: Some([6; 8]), resource: "core".into() };
+        let other = HoldKey {
+            token: Some([6; 8]),
+            resource: "core".into(),
+        };
         assert!(holds.held(&other, 1_000).is_none(), "another token");
     }
 
@@ -383,11 +398,22 @@ mod tests {
         );
         holds.observe(t, "core", &audit, 0);
         for r in ["core", "audit_log"] {
-            let k = HoldKey { token: t, resource: r.into() };
+            let k = HoldKey {
+                token: t,
+                resource: r.into(),
+            };
             assert!(holds.held(&k, 1_000).is_some(), "{r}");
         }
-        holds.observe(t, "core", &resp(200, &[("x-ratelimit-resource", "audit_log")], ""), 61_000);
-        let k = HoldKey { token: t, resource: "core".into() };
+        holds.observe(
+            t,
+            "core",
+            &resp(200, &[("x-ratelimit-resource", "audit_log")], ""),
+            61_000,
+        );
+        let k = HoldKey {
+            token: t,
+            resource: "core".into(),
+        };
         assert!(holds.held(&k, 61_500).is_none(), "cleared under both");
     }
 

@@ -139,7 +139,11 @@ fn trust_settings_from_flags_and_env() {
     let none = env(&[]);
     assert!(api_hosts(&[], &none).unwrap().is_empty());
     assert_eq!(
-        api_hosts(&[], &env(&[("GHMESH_API_HOST", "Cache.Internal,ghmesh.ci.svc")])).unwrap(),
+        api_hosts(
+            &[],
+            &env(&[("GHMESH_API_HOST", "Cache.Internal,ghmesh.ci.svc")])
+        )
+        .unwrap(),
         vec!["cache.internal".to_string(), "ghmesh.ci.svc".to_string()]
     );
     assert_eq!(

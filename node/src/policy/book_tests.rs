@@ -1,0 +1,202 @@
+//! The peer book's rules, on a clock the tests set.
+#![allow(clippy::unwrap_used)]
+use super::*;
+
+fn rule() -> BudgetRule {
+    BudgetRule {
+        initial: Duration::from_millis(250),
+        floor: Duration::from_millis(50),
+        ceiling: Duration::from_secs(1),
+    }
+}
+
+fn admitted(book: &mut PeerBook, now: u64) -> PeerId {
+    let p = PeerId::random();
+    assert!(book.connected(p, now));
+    assert!(!book.connected(p, now), "one greeting at a time");
+    assert!(book.greeted(p, true, now));
+    p
+}
+
+#[test]
+fn only_proven_peers_are_members_and_candidates() {
+    let mut book = PeerBook::default();
+    let stranger = PeerId::random();
+    assert!(book.connected(stranger, 0));
+    assert!(!book.greeted(stranger, false, 0));
+    assert!(!book.is_member(&stranger));
+    assert!(!book.connected(stranger, 1), "not on every sweep");
+    assert!(
+        book.connected(stranger, REGREET_AFTER_MS),
+        "but again later"
+    );
+    let m = admitted(&mut book, 0);
+    assert_eq!(book.members(), vec![m]);
+    assert_eq!(book.candidates(0), vec![m]);
+    book.disconnected(&m, 0);
+    assert!(book.members().is_empty());
+    assert!(
+        !book.greeted(m, true, 0),
+        "a greeting that ends after the disconnect"
+    );
+}
+
+#[test]
+fn probation_backs_off_counts_concurrent_timeouts_once_and_decays() {
+    let mut book = PeerBook::default();
+    let p = admitted(&mut book, 0);
+    let base = PROBATION_BASE.as_millis() as u64;
+    book.timed_out(&p, Duration::from_millis(1), 1000);
+    book.timed_out(&p, Duration::from_millis(1), 1001); // same hang, seen by another read
+    assert!(book.candidates(1000 + base - 1).is_empty());
+    assert_eq!(
+        book.candidates(1000 + base),
+        vec![p],
+        "readmitted to be tried again"
+    );
+    // Fails again: twice as long.
+    let t = 1000 + base;
+    book.timed_out(&p, Duration::from_millis(1), t);
+    assert!(book.candidates(t + 2 * base - 1).is_empty());
+    assert_eq!(book.candidates(t + 2 * base), vec![p]);
+    // An answer ends probation at once.
+    book.timed_out(&p, Duration::from_millis(1), t + 2 * base);
+    book.answered(&p, Duration::from_millis(10));
+    assert_eq!(book.candidates(t + 2 * base), vec![p]);
+    // A long clean record starts again from the base.
+    let later = t + STANDING_DECAY.as_millis() as u64 + 10 * base;
+    book.timed_out(&p, Duration::from_millis(1), later);
+    assert_eq!(book.candidates(later + base), vec![p]);
+    // A violation weighs more, but never more than the maximum.
+    book.violated(&p, later + base);
+    assert!(book.candidates(later + base + 4 * base).is_empty());
+    for i in 0..40 {
+        book.violated(&p, later + base + i);
+    }
+    let max = PROBATION_MAX.as_millis() as u64;
+    assert_eq!(book.candidates(later + base + 40 + max), vec![p]);
+}
+
+#[test]
+fn budgets_follow_observed_latency_within_bounds() {
+    let mut book = PeerBook::default();
+    let p = admitted(&mut book, 0);
+    assert_eq!(book.budget(&p, rule()), rule().initial);
+    book.answered(&p, Duration::from_millis(5));
+    assert_eq!(
+        book.budget(&p, rule()),
+        rule().initial,
+        "one answer is not enough"
+    );
+    for _ in 1..LATENCY_MIN_SAMPLES {
+        book.answered(&p, Duration::from_millis(5));
+    }
+    assert_eq!(book.budget(&p, rule()), rule().floor);
+    book.answered(&p, Duration::from_millis(300));
+    assert_eq!(book.budget(&p, rule()), Duration::from_millis(600));
+    book.answered(&p, Duration::from_secs(3));
+    assert_eq!(book.budget(&p, rule()), rule().ceiling);
+    for _ in 0..LATENCY_SAMPLES {
+        book.answered(&p, Duration::from_millis(100));
+    }
+    assert_eq!(
+        book.budget(&p, rule()),
+        Duration::from_millis(200),
+        "old samples age out"
+    );
+}
+
+#[test]
+fn nonces_are_used_once_and_requests_and_fetches_are_budgeted() {
+    let mut book = PeerBook::default();
+    let p = admitted(&mut book, 0);
+    assert_eq!(book.request(&p, 1, 0), RequestVerdict::Handle);
+    assert_eq!(book.request(&p, 1, 10), RequestVerdict::Replay);
+    // Forgotten after the window: by then the seal's age refuses it anyway.
+    assert_eq!(
+        book.request(&p, 1, NONCE_WINDOW_MS + 1),
+        RequestVerdict::Handle
+    );
+    // The request bucket: a burst, then the rate.
+    let mut handled = 0;
+    for n in 100..100 + 2 * REQUEST_BURST as u64 {
+        if book.request(&p, n, NONCE_WINDOW_MS + 1) == RequestVerdict::Handle {
+            handled += 1;
+        }
+    }
+    assert!(handled as f64 <= REQUEST_BURST);
+    assert_eq!(
+        book.request(&PeerId::random(), 5, 0),
+        RequestVerdict::Busy,
+        "unknown"
+    );
+    // Fetches: at most MAX_FETCHES_PER_PEER in flight, and a bucket.
+    let q = admitted(&mut book, 0);
+    let started = (0..100).filter(|_| book.start_fetch(&q, 0)).count();
+    assert_eq!(started, MAX_FETCHES_PER_PEER);
+    for _ in 0..MAX_FETCHES_PER_PEER {
+        book.fetch_done(&q);
+    }
+    let more = (0..100).filter(|_| {
+        let ok = book.start_fetch(&q, 0);
+        if ok {
+            book.fetch_done(&q);
+        }
+        ok
+    });
+    assert_eq!(
+        more.count(),
+        FETCH_BURST as usize - MAX_FETCHES_PER_PEER,
+        "the burst is spent"
+    );
+    assert!(book.start_fetch(&q, 1000), "refilled at the rate");
+    let stranger = PeerId::random();
+    book.connected(stranger, 0);
+    assert!(!book.start_fetch(&stranger, 0), "never for a non-member");
+}
+
+#[test]
+fn introductions_happen_once_per_member() {
+    let mut book = PeerBook::default();
+    let m = admitted(&mut book, 0);
+    assert!(book.mark_introduced(&m));
+    assert!(!book.mark_introduced(&m), "only once");
+    let stranger = PeerId::random();
+    assert!(book.connected(stranger, 0));
+    assert!(
+        !book.mark_introduced(&stranger),
+        "no member, no introduction"
+    );
+}
+
+#[test]
+fn peers_whose_disconnect_was_lost_are_forgotten() {
+    let mut book = PeerBook::default();
+    let kept = admitted(&mut book, 0);
+    let lost = admitted(&mut book, 0);
+    book.forget_all_but(&[kept]);
+    assert!(book.is_member(&kept));
+    assert!(!book.is_member(&lost));
+    assert_eq!(book.members(), vec![kept]);
+}
+
+#[test]
+fn a_peer_that_fills_its_nonce_memory_is_busy_until_the_window_passes() {
+    let mut book = PeerBook::default();
+    let p = admitted(&mut book, 0);
+    // At the sustained request rate, so that only the nonce memory can refuse.
+    let step = (1000.0 / REQUESTS_PER_SEC) as u64;
+    let mut now = 0;
+    for nonce in 0..MAX_NONCES_PER_PEER as u64 {
+        now += step;
+        assert_eq!(
+            book.request(&p, nonce, now),
+            RequestVerdict::Handle,
+            "{nonce}"
+        );
+    }
+    now += step;
+    assert_eq!(book.request(&p, u64::MAX, now), RequestVerdict::Busy);
+    now += NONCE_WINDOW_MS + step;
+    assert_eq!(book.request(&p, u64::MAX, now), RequestVerdict::Handle);
+}
