@@ -139,3 +139,8 @@ pub const HANDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(300);
 /// Start-up fails when the listeners report no address within this.
 pub const LISTEN_WAIT: Duration = Duration::from_secs(10);
+
+// --- Leases ---
+
+/// Most leases an owner keeps granted at once (one per key being fetched by a member).
+pub const MAX_LEASES: usize = 4096;

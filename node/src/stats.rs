@@ -95,6 +95,10 @@ counters! {
     redirects: "Lookups redirected to another owner",
     /// Times the store was reopened after a write failed.
     store_reopens: "Store reopens after a failed write",
+    /// Leases we granted as owner (a member fetches for the fleet with its reader's token).
+    leases_granted: "Leases granted to members as key owner",
+    /// Leases we were granted: we fetched for the fleet with a local client's token.
+    leases_taken: "Leases taken from owners",
 }
 
 impl Counters {

@@ -16,8 +16,9 @@ use crate::request::{CacheKey, CanonicalRequest};
 
 /// Version of the CBOR message schema; a receiver refuses any other. Version 2 added
 /// addressing to requests, the hello exchange, member lists, and the `Redirect` and
-/// `Busy` lookup answers.
-pub const MESSAGE_VERSION: u16 = 2;
+/// `Busy` lookup answers; version 3 added owner leases (`Lookup::lease`,
+/// `Lookup::release`, `LookupReply::Lease`).
+pub const MESSAGE_VERSION: u16 = 3;
 
 /// Bodies up to this size travel inline in a gossip announce; larger ones are
 /// announced without a body and fetched by CID. Gossipsub pushes every message to each
@@ -152,6 +153,13 @@ pub struct Lookup {
     pub request: CanonicalRequest,
     /// Ask the receiver to fetch upstream when it has nothing (sent to the key's owner).
     pub fetch: bool,
+    /// The asker fetches with its own credential (a local client's token): it asks the
+    /// key's owner for the lease, the right to be the one fleet member fetching it now.
+    #[serde(default)]
+    pub lease: bool,
+    /// The asker held the lease and its fetch gave nothing to share: pass it on.
+    #[serde(default)]
+    pub release: bool,
 }
 
 /// Answer to a [`Lookup`].
@@ -168,6 +176,9 @@ pub enum LookupReply {
     Redirect(ByteBuf),
     /// The receiver will not do more for this asker now: fall back at once.
     Busy,
+    /// The asker holds the lease: fetch upstream now and announce the answer. Until it
+    /// announces, releases or its lease expires, other askers are told `Pending`.
+    Lease,
 }
 
 /// Ask for a body by content id (after an announce without body).

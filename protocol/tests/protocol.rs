@@ -223,6 +223,8 @@ fn arb_message() -> impl Strategy<Value = Message> {
                     key,
                     request: req,
                     fetch: flag,
+                    lease: !flag,
+                    release: flag && dt % 2 == 0,
                 }),
                 3 => Message::LookupReply(if flag {
                     LookupReply::Found(Box::new(Announce::of(&e)))
@@ -235,10 +237,10 @@ fn arb_message() -> impl Strategy<Value = Message> {
                     cid: e.meta.cid,
                 }),
                 5 => Message::Hello(addressing(dt)),
-                6 => Message::LookupReply(if flag {
-                    LookupReply::Redirect(ByteBuf::from(vec![7u8; 38]))
-                } else {
-                    LookupReply::Busy
+                6 => Message::LookupReply(match dt % 3 {
+                    0 => LookupReply::Redirect(ByteBuf::from(vec![7u8; 38])),
+                    1 => LookupReply::Busy,
+                    _ => LookupReply::Lease,
                 }),
                 7 => Message::MemberList(MemberList {
                     members: vec![MemberAddr {

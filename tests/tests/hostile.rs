@@ -94,6 +94,8 @@ fn lookup(rogue: &Rogue, to: PeerId, path: &str, nonce: u64, fetch: bool) -> Mes
         key: r.key(),
         request: r,
         fetch,
+        lease: false,
+        release: false,
     })
 }
 

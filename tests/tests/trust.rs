@@ -346,6 +346,105 @@ async fn in_a_fleet_a_clients_miss_is_fetched_with_its_token_and_only_successes_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_without_node_tokens_coalesces_its_clients_misses_through_leases() {
+    // Runners whose tools all bring their own token (an Actions job's GITHUB_TOKEN) and
+    // nodes with no token at all: the key's owner cannot fetch for anyone, so it leases
+    // the fetch to the first asker and holds everyone else to that.
+    let gh = FakeGithub::start().await.unwrap();
+    gh.set_latency(std::time::Duration::from_millis(100));
+    let dir = tempfile::tempdir().unwrap();
+    let start = |name: &str, boot: Option<String>| {
+        let mut args = vec!["--upstream".to_string(), gh.url()];
+        if let Some(b) = boot {
+            args.extend(["--bootstrap".to_string(), b]);
+        }
+        let env = HashMap::from([("GHMESH_SECRET".to_string(), "lease-fleet".to_string())]);
+        let data = dir.path().join(name);
+        async move { start_daemon(data, &args, &env).await.unwrap() }
+    };
+    let a = start("a", None).await;
+    let boot = Some(a.ready.listen[0].clone());
+    let b = start("b", boot.clone()).await;
+    let c = start("c", boot).await;
+    wait_members(&[&a, &b, &c], 2).await;
+
+    // Only a and b have readers: the keys c owns (about a third of 30) can only be
+    // fetched through a lease.
+    let keys: Vec<String> = (0..30).map(|i| format!("/repos/acme/leased{i}")).collect();
+    let nodes = [(&a, "ghp_job_a"), (&b, "ghp_job_b")];
+    let reads = nodes.iter().flat_map(|(n, token)| {
+        keys.iter().flat_map(move |p| {
+            (0..3).map(move |_| async move { get_with(n, p, Some(token)).await.0 })
+        })
+    });
+    let statuses = futures::future::join_all(reads).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(
+        gh.total_requests(),
+        keys.len() as u64,
+        "one upstream call per key for the fleet"
+    );
+    for r in gh.requests() {
+        let who = r.authorization.as_deref().unwrap_or("none");
+        assert!(who.starts_with("Bearer ghp_job_"), "{}: {who}", r.path_and_query);
+    }
+    let (mut granted, mut taken) = (0, 0);
+    for n in [&a, &b, &c] {
+        let s = n.stats().await.unwrap();
+        granted += s["leases_granted"].as_u64().unwrap();
+        taken += s["leases_taken"].as_u64().unwrap();
+    }
+    let by_c = c.stats().await.unwrap()["leases_granted"].as_u64().unwrap();
+    assert!(by_c > 0, "c owns some keys and can fetch none itself");
+    assert!(taken > 0 && taken <= granted, "taken {taken}, granted {granted}");
+    assert_eq!(c.stats().await.unwrap()["upstream_calls"], 0, "c has no token to lend");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_whose_fetch_fails_passes_to_the_next_asker() {
+    let gh = FakeGithub::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let start = |name: &str, boot: Option<String>| {
+        let mut args = vec!["--upstream".to_string(), gh.url()];
+        if let Some(b) = boot {
+            args.extend(["--bootstrap".to_string(), b]);
+        }
+        let env = HashMap::from([("GHMESH_SECRET".to_string(), "release-fleet".to_string())]);
+        let data = dir.path().join(name);
+        async move { start_daemon(data, &args, &env).await.unwrap() }
+    };
+    let a = start("a", None).await;
+    let boot = Some(a.ready.listen[0].clone());
+    let b = start("b", boot.clone()).await;
+    let c = start("c", boot).await;
+    wait_members(&[&a, &b, &c], 2).await;
+    // A path c owns, readable only with b's client token.
+    let ids: Vec<libp2p::PeerId> = [&a, &b, &c]
+        .iter()
+        .map(|n| n.ready.peer_id.parse().unwrap())
+        .collect();
+    let path = (0..)
+        .map(|i| format!("/repos/acme/secret{i}"))
+        .find(|p| {
+            let key = ghmesh_protocol::CanonicalRequest::get(p).unwrap().key();
+            ghmesh_node::placement::owner(&key, ids.iter().copied()) == Some(ids[2])
+        })
+        .unwrap();
+    gh.set_private(&path, "ghp_job_b");
+
+    // a's reader gets the lease and GitHub's 404, which is never shared: a hands the
+    // lease back, so b's reader gets it at once instead of waiting on a for nothing.
+    assert_eq!(get_with(&a, &path, Some("ghp_job_a")).await.0, 404);
+    let (status, headers, _) = get_with(&b, &path, Some("ghp_job_b")).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "x-ghmesh-cache"), Some("miss"));
+    let c_stats = c.stats().await.unwrap();
+    assert_eq!(c_stats["leases_granted"], 2, "granted to a, then to b");
+    assert_eq!(b.stats().await.unwrap()["leases_taken"], 1);
+    assert_eq!(sent_for(&gh, &path), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_without_a_token_reads_anonymously() {
     let gh = FakeGithub::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -44,6 +44,8 @@ impl Node {
     pub(super) fn on_disconnected(&self, peer: PeerId) {
         let now = self.now_ms();
         self.book(|b| b.disconnected(&peer, now));
+        // A holder that left fetches nothing more: its leases pass to the next askers.
+        self.leases(|l| l.forget_holder(&peer));
     }
 
     /// A node that has just started, and whose view of the fleet is still changing

@@ -265,6 +265,12 @@ impl Node {
     }
 
     fn answer_lookup(&self, asker: PeerId, l: Lookup) -> LookupReply {
+        if l.release {
+            self.leases(|ls| ls.release(&l.key, &asker));
+            return LookupReply::NotFound;
+        }
+        let now = self.now_ms();
+        let holder = self.leases(|ls| ls.holder(&l.key, now)).flatten();
         let local = self.local(&l.key);
         let me = self.inner.peer_id;
         let owner = placement::owner(&l.key, self.candidates().into_iter().chain([me]))
@@ -277,6 +283,8 @@ impl Node {
             in_flight: self.inner.flights.contains(&l.key),
             fetching: self.inner.flights.fetching(&l.key),
             fetch_asked: l.fetch,
+            lease_asked: l.lease,
+            leased_to_other: holder.is_some_and(|h| h != asker),
             mode: self.inner.cfg.mode,
             room: self.inner.flights.has_room(),
             owner,
@@ -286,6 +294,18 @@ impl Node {
             (LookupAnswer::Found, Some(e)) => LookupReply::Found(Box::new(Announce::of(&e))),
             (LookupAnswer::Pending, _) => LookupReply::Pending,
             (LookupAnswer::Redirect(p), _) => LookupReply::Redirect(p.to_bytes().into()),
+            (LookupAnswer::GrantLease, _) => {
+                // As long as a waiter waits: by then the holder has announced, released,
+                // or is presumed dead and the next asker takes over.
+                let until = now.saturating_add(self.inner.deadlines.pending_wait.as_millis() as u64);
+                match self.leases(|ls| ls.grant(l.key, asker, now, until)) {
+                    Some(true) => {
+                        self.inner.counters.leases_granted.inc();
+                        LookupReply::Lease
+                    }
+                    _ => LookupReply::Pending,
+                }
+            }
             (LookupAnswer::Busy, _) => {
                 self.inner.counters.peer_busy.inc();
                 LookupReply::Busy

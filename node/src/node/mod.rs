@@ -106,6 +106,8 @@ struct Mesh {
     keys: MeshKeys,
     /// Admission, standing, budgets and nonces of every connected peer.
     book: Mutex<PeerBook>,
+    /// Leases granted on keys we own: which member fetches each for the fleet.
+    leases: Mutex<crate::policy::lease::Leases>,
 }
 
 /// State the writer shares with readers: who waits for which key, what was announced
@@ -237,6 +239,7 @@ impl Node {
                     net,
                     keys: keys.clone(),
                     book: Mutex::new(PeerBook::default()),
+                    leases: Mutex::default(),
                 };
                 (Some(mesh), Some(events))
             }

@@ -21,15 +21,66 @@ use crate::limits::{MAX_BODY_FRAME, MAX_OWNER_ASKS, MAX_SMALL_FRAME};
 use crate::network::Channel;
 use crate::policy::{self, OwnerStep, RepollStep};
 
+/// What a lookup asks of its receiver besides "do you have it".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Ask {
+    /// Fetch it for us on a miss (we read with the node's token: the owner's serves).
+    pub fetch: bool,
+    /// Let us fetch it for the fleet (we read with a local client's own token).
+    pub lease: bool,
+    /// We held the lease and got nothing to share: pass it on.
+    pub release: bool,
+}
+
+impl Ask {
+    /// Whether the receiver has (or is fetching) the entry, nothing more.
+    pub const HAVE: Self = Self {
+        fetch: false,
+        lease: false,
+        release: false,
+    };
+    /// Fetch it for us on a miss.
+    pub const FETCH: Self = Self {
+        fetch: true,
+        ..Self::HAVE
+    };
+    /// Grant us the lease on a miss.
+    pub const LEASE: Self = Self {
+        lease: true,
+        ..Self::HAVE
+    };
+    /// Give the lease back.
+    const RELEASE: Self = Self {
+        release: true,
+        ..Self::HAVE
+    };
+}
+
+/// How the peer phase of a miss ended.
+pub(super) enum PeerPhase {
+    /// A peer's entry (or the one we waited for).
+    Served(Served),
+    /// Nothing from peers: go upstream.
+    Upstream,
+    /// This owner leased the key to us: go upstream now, for the fleet, and release
+    /// the lease if the answer cannot be shared.
+    Leased(PeerId),
+}
+
+impl From<Option<Served>> for PeerPhase {
+    fn from(s: Option<Served>) -> Self {
+        s.map_or(Self::Upstream, Self::Served)
+    }
+}
+
 impl Node {
-    /// The peer phase of a miss. `None`: go upstream. `owner_fetches`: the owner is
-    /// asked to fetch on a miss (else only whether it has, or is fetching, the entry).
+    /// The peer phase of a miss; `ask` is what the key's owner is asked for.
     pub(super) async fn ask_peers(
         &self,
         req: &CanonicalRequest,
         key: CacheKey,
-        owner_fetches: bool,
-    ) -> Option<Served> {
+        ask: Ask,
+    ) -> PeerPhase {
         let deadline = Instant::now() + self.inner.deadlines.lookup;
 
         // Announced without its body: we know who has it, fetch the body by CID.
@@ -42,7 +93,7 @@ impl Node {
                     .lookup
                     .max(self.inner.deadlines.body_fetch);
                 if let Some(entry) = self.fetch_body(from, &meta, budget).await {
-                    return self.store_from_peer(entry).await;
+                    return self.store_from_peer(entry).await.into();
                 }
             }
         }
@@ -54,34 +105,44 @@ impl Node {
             self.settle_view(deadline).await;
             plan = policy::plan_peer_phase(&key, me, &self.candidates());
         }
-        let plan = plan?;
+        let Some(plan) = plan else {
+            return PeerPhase::Upstream;
+        };
 
+        if plan.owner.is_none() {
+            // We own the key: a member we leased it to is fetching it for everyone.
+            if let Some(waited) = self.wait_for_lease_holder(req, key).await {
+                return waited;
+            }
+        }
         let mut asked: Vec<PeerId> = Vec::new();
         let mut next = plan.owner;
         while let Some(owner) = next.take() {
             if owner == me {
                 // We own the key in our view now (the owner before us did not answer,
-                // or redirected to us): fetch it ourselves, at once.
-                return None;
+                // or redirected to us): fetch it ourselves, at once, unless we leased it
+                // to a member that is fetching it for everyone.
+                let waited = self.wait_for_lease_holder(req, key).await;
+                return waited.unwrap_or(PeerPhase::Upstream);
             }
             asked.push(owner);
             let budget = self.budget_for(owner);
-            let reply = self.lookup(owner, req, key, owner_fetches, budget).await;
+            let reply = self.lookup(owner, req, key, ask, budget).await;
             tracing::debug!(%key, %owner, reply = reply_kind(&reply), "owner lookup");
             let step = policy::after_owner_reply(reply);
             match &step {
                 OwnerStep::Accept(ann) => {
                     if let Some(served) = self.accept_found((**ann).clone(), owner).await {
-                        return Some(served);
+                        return PeerPhase::Served(served);
                     }
                 }
-                OwnerStep::Wait => {
-                    if let Some(served) = self.wait_for_owner(owner, req, key, owner_fetches).await
-                    {
-                        return Some(served);
+                OwnerStep::Wait => match self.wait_for_owner(owner, req, key, ask).await {
+                    PeerPhase::Upstream => {
+                        tracing::debug!(%key, "owner's fetch failed or took too long")
                     }
-                    tracing::debug!(%key, "owner's fetch failed or took too long");
-                }
+                    done => return done,
+                },
+                OwnerStep::Fetch => return PeerPhase::Leased(owner),
                 OwnerStep::Redirect(_) => {
                     self.inner.counters.redirects.inc();
                 }
@@ -99,18 +160,18 @@ impl Node {
             .filter(|p| !asked.contains(p))
             .collect();
         if others.is_empty() || left.is_zero() {
-            return None;
+            return PeerPhase::Upstream;
         }
         let asks = others.iter().map(|p| {
             let p = *p;
-            async move { (p, self.lookup(p, req, key, false, left).await) }
+            async move { (p, self.lookup(p, req, key, Ask::HAVE, left).await) }
         });
         let mut fetching = None;
         for (peer, reply) in futures::future::join_all(asks).await {
             match reply {
                 Some(LookupReply::Found(ann)) => {
                     if let Some(served) = self.accept_found(*ann, peer).await {
-                        return Some(served);
+                        return PeerPhase::Served(served);
                     }
                 }
                 // It is asking GitHub right now (a member whose view put the owner
@@ -120,9 +181,34 @@ impl Node {
             }
         }
         match fetching {
-            Some(peer) => self.wait_for_owner(peer, req, key, true).await,
-            None => None,
+            Some(peer) => self.wait_for_owner(peer, req, key, Ask::FETCH).await,
+            None => PeerPhase::Upstream,
         }
+    }
+
+    /// We own `key`: if we leased it to a member, that member is fetching it for the
+    /// fleet, so we wait for it as any asker would (binding, like `Pending`); a holder
+    /// that fails answers a re-poll with a redirect to us, and we fetch.
+    /// `None`: no lease is held on it.
+    async fn wait_for_lease_holder(
+        &self,
+        req: &CanonicalRequest,
+        key: CacheKey,
+    ) -> Option<PeerPhase> {
+        let now = self.now_ms();
+        let holder = self.leases(|l| l.holder(&key, now)).flatten()?;
+        Some(self.wait_for_owner(holder, req, key, Ask::FETCH).await)
+    }
+
+    /// Gives back a lease `owner` granted us (our fetch gave nothing to share), so that
+    /// the next asker gets it at once. Best effort: otherwise it expires.
+    pub(super) fn release_lease(&self, owner: PeerId, req: &CanonicalRequest, key: CacheKey) {
+        let node = self.clone();
+        let req = req.clone();
+        let budget = self.budget_for(owner);
+        self.spawn(async move {
+            let _ = node.lookup(owner, &req, key, Ask::RELEASE, budget).await;
+        });
     }
 
     /// How long `peer` gets to answer a lookup (adapts to its latency).
@@ -148,7 +234,7 @@ impl Node {
         peer: PeerId,
         req: &CanonicalRequest,
         key: CacheKey,
-        fetch: bool,
+        ask: Ask,
         timeout: Duration,
     ) -> Option<LookupReply> {
         if timeout.is_zero() {
@@ -158,7 +244,9 @@ impl Node {
             addr: self.address(peer),
             key,
             request: req.clone(),
-            fetch,
+            fetch: ask.fetch,
+            lease: ask.lease,
+            release: ask.release,
         });
         self.inner.counters.lookups_sent.inc();
         let started = Instant::now();
@@ -200,8 +288,8 @@ impl Node {
         owner: PeerId,
         req: &CanonicalRequest,
         key: CacheKey,
-        fetch: bool,
-    ) -> Option<Served> {
+        ask: Ask,
+    ) -> PeerPhase {
         let d = self.inner.deadlines;
         let deadline = Instant::now() + d.pending_wait;
         let mut poll = d.repoll_first;
@@ -213,12 +301,12 @@ impl Node {
             notified.as_mut().enable();
             if let Some(e) = self.local_fresh(&key) {
                 self.done_waiting(&key, &notify);
-                return Some(Served::entry(e, CacheStatus::Coalesced));
+                return PeerPhase::Served(Served::entry(e, CacheStatus::Coalesced));
             }
             let now = Instant::now();
             if now >= deadline {
                 self.done_waiting(&key, &notify);
-                return None;
+                return PeerPhase::Upstream;
             }
             let woke = tokio::select! {
                 _ = &mut notified => true,
@@ -231,14 +319,18 @@ impl Node {
             poll = policy::next_repoll(poll, d.repoll_max);
             let budget = d.lookup.max(d.repoll_lookup_min);
             // Asked as the first time: a resolution of ours is what it waits for.
-            match policy::after_repoll(self.lookup(owner, req, key, fetch, budget).await) {
+            match policy::after_repoll(self.lookup(owner, req, key, ask, budget).await) {
                 RepollStep::Accept(ann) => {
-                    let mut served = self.accept_found(*ann, owner).await?;
+                    let Some(mut served) = self.accept_found(*ann, owner).await else {
+                        return PeerPhase::Upstream;
+                    };
                     served.status = CacheStatus::Coalesced;
-                    return Some(served);
+                    return PeerPhase::Served(served);
                 }
                 RepollStep::KeepWaiting => {}
-                RepollStep::GiveUp => return None,
+                RepollStep::GiveUp => return PeerPhase::Upstream,
+                // The lease passed to us: its holder failed, left, or ran out of time.
+                RepollStep::Fetch => return PeerPhase::Leased(owner),
             }
         }
     }
@@ -348,6 +440,7 @@ fn reply_kind(reply: &Option<LookupReply>) -> &'static str {
         Some(LookupReply::NotFound) => "not found",
         Some(LookupReply::Redirect(_)) => "redirect",
         Some(LookupReply::Busy) => "busy",
+        Some(LookupReply::Lease) => "lease",
         None => "no answer in time",
     }
 }

@@ -14,6 +14,7 @@ use super::{GetError, Node, Served};
 use crate::config::MeshMode;
 use crate::limits::MAX_INFLIGHT;
 use crate::policy;
+use super::peers::{Ask, PeerPhase};
 use crate::upstream::{Conditional, Credential, UpstreamError, UpstreamResponse};
 
 use super::served::CacheStatus;
@@ -302,17 +303,34 @@ impl Node {
     }
 
     async fn resolve(&self, r: Resolution) -> Result<Served, GetError> {
+        let mut leased = None;
         if r.ask_peers && self.inner.cfg.mode == MeshMode::Mesh && self.inner.mesh.is_some() {
-            // A client's own token pays for its misses (contract §4): the owner is asked
-            // whether it has the entry or is fetching it, never to fetch it with its
-            // own token for this client.
-            let owner_fetches = matches!(r.cred, Credential::Node);
-            if let Some(served) = self.ask_peers(&r.req, r.key, owner_fetches).await {
-                return Ok(served);
+            // A client's own token pays for its misses (contract §4): the owner is never
+            // asked to fetch with its own token for this client; it is asked for the
+            // lease, so that this node fetches once for the whole fleet.
+            let ask = match r.cred {
+                Credential::Node => Ask::FETCH,
+                Credential::Client(_) => Ask::LEASE,
+            };
+            match self.ask_peers(&r.req, r.key, ask).await {
+                PeerPhase::Served(served) => return Ok(served),
+                PeerPhase::Leased(owner) => {
+                    self.inner.counters.leases_taken.inc();
+                    leased = Some((owner, r.req.clone()));
+                }
+                PeerPhase::Upstream => {}
             }
         }
         let _upstreaming = Upstreaming::start(&self.inner.flights, r.key);
-        self.fetch_upstream(r.req, r.key, r.local, r.cred).await
+        let res = self.fetch_upstream(r.req, r.key, r.local, r.cred).await;
+        if let Some((owner, req)) = leased {
+            // Stored entries are announced; anything else (an error, a failed write)
+            // leaves the fleet waiting on us: hand the lease on.
+            if !res.as_ref().is_ok_and(|s| s.stored) {
+                self.release_lease(owner, &req, r.key);
+            }
+        }
+        res
     }
 }
 

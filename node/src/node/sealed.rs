@@ -130,6 +130,16 @@ impl Node {
         Some(f(&mut book))
     }
 
+    /// Runs `f` on the leases we granted as owner (`None` without a mesh).
+    pub(super) fn leases<R>(
+        &self,
+        f: impl FnOnce(&mut crate::policy::lease::Leases) -> R,
+    ) -> Option<R> {
+        let mesh = self.inner.mesh.as_ref()?;
+        let mut leases = mesh.leases.lock().ok()?;
+        Some(f(&mut leases))
+    }
+
     /// Counts a message that failed its checks and lowers its sender's standing.
     pub(super) fn violated(&self, peer: PeerId) {
         self.inner.counters.rejected_messages.inc();

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 pub mod book;
+pub mod lease;
 
 use ghmesh_protocol::entry::{MAX_BODY_LEN, MAX_CLOCK_SKEW_MS};
 use ghmesh_protocol::request::MAX_PATH_LEN;
@@ -28,12 +29,16 @@ pub const EXTRA_ASKS: usize = 2;
 /// first read): one transfer per node, instead of gossip's push to every mesh peer.
 pub const PREFETCH_MAX_BODY: u64 = 512 * 1024;
 
-/// Serve this local copy without asking anyone? When it is fresh, or, for a request
-/// that accepts older copies (`ghmesh api --cache`, header `x-ghmesh-max-age`), when it
-/// was fetched within `max_age_ms`.
+/// Serve this local copy without asking anyone? Without a per-request limit, when it
+/// is fresh. A request that names a maximum age (`ghmesh api --cache`, header
+/// `x-ghmesh-max-age`) sets its own freshness both ways, as gh's flag does: a copy
+/// fetched at most `max_age_ms` ago is served even if expired, and an older one is not
+/// served even if still fresh (it is revalidated or fetched again).
 pub fn servable_locally(meta: &EntryMeta, now_ms: u64, max_age_ms: Option<u64>) -> bool {
-    meta.is_fresh(now_ms)
-        || max_age_ms.is_some_and(|age| now_ms.saturating_sub(meta.fetched_at_ms) < age)
+    match max_age_ms {
+        None => meta.is_fresh(now_ms),
+        Some(max_age) => now_ms.saturating_sub(meta.fetched_at_ms) <= max_age,
+    }
 }
 
 /// How a fresh local entry is reported: `hit` when this node fetched it, else `peer`.
@@ -114,6 +119,9 @@ pub enum OwnerStep {
     NextOwner,
     /// It has nothing, or is too busy for us: ask the others, then upstream.
     AskOthers,
+    /// It granted us the lease: fetch upstream now (with our reader's token) and
+    /// announce; the fleet waits for us.
+    Fetch,
 }
 
 /// Decides what follows the owner's reply (`None`: no answer within the budget).
@@ -127,6 +135,7 @@ pub fn after_owner_reply(reply: Option<LookupReply>) -> OwnerStep {
             Err(_) => OwnerStep::AskOthers,
         },
         None => OwnerStep::NextOwner,
+        Some(LookupReply::Lease) => OwnerStep::Fetch,
         Some(LookupReply::NotFound | LookupReply::Busy) => OwnerStep::AskOthers,
     }
 }
@@ -165,6 +174,9 @@ pub enum RepollStep {
     KeepWaiting,
     /// It finished without a cacheable answer (an error, a failure): stop waiting.
     GiveUp,
+    /// The lease we waited on passed to us (its holder failed, left or ran out of
+    /// time): fetch now.
+    Fetch,
 }
 
 /// Decides what follows a re-poll of a `Pending` owner.
@@ -172,6 +184,7 @@ pub fn after_repoll(reply: Option<LookupReply>) -> RepollStep {
     match reply {
         Some(LookupReply::Found(ann)) => RepollStep::Accept(ann),
         Some(LookupReply::Pending) | None => RepollStep::KeepWaiting,
+        Some(LookupReply::Lease) => RepollStep::Fetch,
         Some(LookupReply::NotFound | LookupReply::Redirect(_) | LookupReply::Busy) => {
             RepollStep::GiveUp
         }
@@ -195,6 +208,8 @@ pub enum LookupAnswer {
     StartFetch,
     /// We do not own the key in our view: this member does.
     Redirect(PeerId),
+    /// Grant the asker the lease: it fetches with its own credential and announces.
+    GrantLease,
     /// No room to resolve another key now.
     Busy,
     /// Nothing to offer.
@@ -214,6 +229,10 @@ pub struct LookupView {
     pub fetching: bool,
     /// The asker wants us to fetch on a miss (we are its owner).
     pub fetch_asked: bool,
+    /// The asker can fetch with its own credential and asks for the lease.
+    pub lease_asked: bool,
+    /// Another member holds the lease on the key: it is fetching for the fleet.
+    pub leased_to_other: bool,
     /// Mesh or broadcast (broadcast never fetches for others).
     pub mode: MeshMode,
     /// Room for one more resolution in the in-flight table.
@@ -228,17 +247,22 @@ pub fn answer_lookup(v: LookupView) -> LookupAnswer {
         LookupAnswer::NotFound
     } else if v.fresh_local {
         LookupAnswer::Found
-    } else if v.in_flight && (v.fetch_asked || v.fetching) {
-        // To a member that asks us to fetch, any resolution of ours is the one it
-        // waits for; to one that only asks whether we have it, only an upstream fetch
-        // (a resolution still asking peers might be waiting for the asker).
+    } else if v.in_flight && (v.fetch_asked || v.lease_asked || v.fetching) {
+        // To a member that asks us to fetch (or for the lease), any resolution of ours
+        // is the one it waits for; to one that only asks whether we have it, only an
+        // upstream fetch (a resolution still asking peers might be waiting for it).
         LookupAnswer::Pending
-    } else if !v.fetch_asked || v.mode != MeshMode::Mesh {
+    } else if v.leased_to_other && (v.fetch_asked || v.lease_asked) {
+        // Binding: the lease holder fetches for everyone.
+        LookupAnswer::Pending
+    } else if !(v.fetch_asked || v.lease_asked) || v.mode != MeshMode::Mesh {
         LookupAnswer::NotFound
     } else if let Some(owner) = v.owner {
         // Fetching keys we do not own would let any member make us spend quota on
         // anything; the asker tries the owner we see.
         LookupAnswer::Redirect(owner)
+    } else if v.lease_asked {
+        LookupAnswer::GrantLease
     } else if !v.room {
         LookupAnswer::Busy
     } else {

@@ -190,6 +190,8 @@ fn lookup_answers() {
         in_flight: false,
         fetching: false,
         fetch_asked: true,
+        lease_asked: false,
+        leased_to_other: false,
         mode: MeshMode::Mesh,
         room: true,
         owner: None,
@@ -507,6 +509,34 @@ fn a_request_may_accept_older_copies() {
     assert!(
         !servable_locally(&e.meta, 4_500, Some(3_000)),
         "fetched 3.5 s ago"
+    );
+    assert!(
+        servable_locally(&e.meta, 4_000, Some(3_000)),
+        "fetched exactly 3 s ago: within"
+    );
+}
+
+#[test]
+fn a_requests_max_age_also_refuses_fresh_copies_that_are_older() {
+    // Fresh for 10 minutes after it was fetched at 1 s.
+    let e = entry(b"{}", 1_000, 601_000);
+    let five_minutes_later = 301_000;
+    assert!(servable_locally(&e.meta, five_minutes_later, None), "fresh");
+    assert!(
+        !servable_locally(&e.meta, five_minutes_later, Some(10_000)),
+        "fresh, but 5 minutes old where 10 s was asked for"
+    );
+    assert!(
+        servable_locally(&e.meta, five_minutes_later, Some(3_600_000)),
+        "an hour accepted"
+    );
+    assert!(
+        !servable_locally(&e.meta, five_minutes_later, Some(0)),
+        "no age accepted: always asks"
+    );
+    assert!(
+        servable_locally(&e.meta, 500, Some(0)),
+        "dated after now (clock skew): age 0"
     );
 }
 
