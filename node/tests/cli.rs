@@ -62,6 +62,8 @@ fn help_names_every_flag_and_its_env_vars() {
         "GHMESH_CLIENT_TOKENS",
         "--upstream-concurrency",
         "GHMESH_UPSTREAM_CONCURRENCY",
+        "--no-rewrite-bodies",
+        "GHMESH_REWRITE_BODIES",
         "Trust model",
     ] {
         assert!(help.contains(needle), "node --help lacks {needle}");
@@ -76,6 +78,7 @@ fn help_names_every_flag_and_its_env_vars() {
         "--jq",
         "--paginate",
         "--include",
+        "--cache",
         "GHMESH_API",
     ] {
         assert!(help.contains(needle), "api --help lacks {needle}");

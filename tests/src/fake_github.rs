@@ -103,6 +103,17 @@ pub struct FakeGithub {
 }
 
 impl FakeGithub {
+    /// Successful writes change no content from now on (`true`): reads afterwards get
+    /// the same bodies and ETags, so a revalidation gets `304`.
+    pub fn set_noop_writes(&self, noop: bool) {
+        self.shared.noop_writes.store(noop, Ordering::SeqCst);
+    }
+
+    /// A successful write to `path` answers `Location: <this fake's URL><location>`.
+    pub fn set_write_location(&self, path: &str, location: &str) {
+        lock(&self.shared.write_locations).insert(path.to_string(), location.to_string());
+    }
+
     /// Binds `127.0.0.1:0` and serves in a background tokio task.
     pub async fn start() -> anyhow::Result<FakeGithub> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
@@ -284,6 +295,12 @@ struct Shared {
     private: Mutex<HashMap<String, Identity>>,
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
+    /// Writes succeed without changing any content (a write that sets what is already
+    /// set), so reads afterwards are answered as before (set by `set_noop_writes`).
+    noop_writes: std::sync::atomic::AtomicBool,
+    /// `Location` (a path under this fake's URL) answered to a successful write to a
+    /// path, as GitHub names what a `POST` created (set by `set_write_location`).
+    write_locations: Mutex<HashMap<String, String>>,
 }
 
 /// Requests kept in the log.
@@ -298,6 +315,10 @@ pub struct Logged {
     pub path_and_query: String,
     /// The `Authorization` header, if any.
     pub authorization: Option<String>,
+    /// The `If-None-Match` header, if any.
+    pub if_none_match: Option<String>,
+    /// The `If-Modified-Since` header, if any.
+    pub if_modified_since: Option<String>,
 }
 
 impl Shared {
@@ -320,6 +341,8 @@ impl Shared {
             self_referencing: std::sync::atomic::AtomicBool::new(false),
             in_flight: AtomicU64::new(0),
             max_in_flight: AtomicU64::new(0),
+            noop_writes: std::sync::atomic::AtomicBool::new(false),
+            write_locations: Mutex::new(HashMap::new()),
         }
     }
 
@@ -488,6 +511,8 @@ type Headers = Vec<(&'static str, String)>;
 const JSON_CONTENT_TYPE: &str = "application/json; charset=utf-8";
 const CACHE_CONTROL: &str = "private, max-age=60, s-maxage=60";
 const VARY: &str = "Accept, Authorization, Cookie, X-GitHub-OTP";
+/// The REST API version GitHub answers with when the request names none.
+const API_VERSION: &str = "2022-11-28";
 
 fn build(status: StatusCode, headers: Headers, body: Bytes) -> Response {
     let mut builder = Response::builder().status(status);
@@ -581,6 +606,16 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
+            if_none_match: req
+                .headers()
+                .get(header::IF_NONE_MATCH)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            if_modified_since: req
+                .headers()
+                .get(header::IF_MODIFIED_SINCE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
         });
     }
 
@@ -634,8 +669,16 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         // of the GET body, which is what GitHub does too.
         serve_get(&shared, &parts)
     } else {
-        let answer = echo(&parts, body).await;
-        if answer.status().is_success() {
+        let mut answer = echo(&parts, body).await;
+        let location = lock(&shared.write_locations)
+            .get(parts.uri.path())
+            .map(|l| format!("{}{l}", shared.base_url));
+        if let Some(value) = location.and_then(|l| http::HeaderValue::from_str(&l).ok()) {
+            if answer.status().is_success() {
+                answer.headers_mut().insert(header::LOCATION, value);
+            }
+        }
+        if answer.status().is_success() && !shared.noop_writes.load(Ordering::SeqCst) {
             // What a write changes reads differently afterwards: the target and the
             // collection it belongs to.
             let path = parts.uri.path().trim_end_matches('/').to_string();
@@ -729,6 +772,7 @@ fn serve_get(shared: &Shared, parts: &Parts) -> Response {
         ("last-modified", http_date(modified)),
         ("cache-control", CACHE_CONTROL.to_string()),
         ("vary", VARY.to_string()),
+        ("x-github-api-version-selected", API_VERSION.to_string()),
     ];
 
     // Checked before the quota: GitHub does not charge for a 304, so a

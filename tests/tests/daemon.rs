@@ -348,6 +348,124 @@ async fn ghmesh_api_like_gh() {
     assert_eq!(gh.full_responses(), before + 1);
 }
 
+/// `ghmesh api` against what `gh api` prints when its output is not a terminal
+/// (gh's pkg/cmd/api): bodies as received with no newline added, `--jq` per page,
+/// object pages back to back, `-i --paginate` with each page's headers before its own
+/// body, and `--cache` as a per-request freshness both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ghmesh_api_prints_what_gh_prints() {
+    let gh = FakeGithub::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let args: Vec<String> = vec!["--upstream".into(), gh.url(), "--no-p2p".into()];
+    let node = start_daemon(dir.path().join("n"), &args, &env("g"))
+        .await
+        .unwrap();
+    let e = vec![("GHMESH_API", node.ready.api.clone())];
+    let run = |args: &[&str]| {
+        let o = tokio::task::block_in_place(|| api_cmd(args, &e));
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o.stdout
+    };
+
+    // A body exactly as the API sent it: no newline added.
+    let out = run(&["repos/acme/widgets"]);
+    let (_, _, body) = get(&node, "/repos/acme/widgets").await;
+    assert_eq!(out, body);
+    assert!(!out.ends_with(b"\n"));
+
+    // --jq runs on each page: one number per page (3 pages of 40), not the total.
+    let out = run(&[
+        "repos/acme/widgets/issues?per_page=40",
+        "--paginate",
+        "--jq",
+        "length",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out), "40\n40\n40\n");
+    assert!(gh
+        .requests()
+        .iter()
+        .any(|r| r.path_and_query == "/repos/acme/widgets/issues?per_page=40"));
+
+    // Object pages are written back to back, each as received, as gh does.
+    let mut pages = Vec::new();
+    let mut next = Some("/repos/acme/widgets/actions/runs?per_page=2".to_string());
+    while let Some(path) = next.take() {
+        let (s, h, body) = get(&node, &path).await;
+        assert_eq!(s, 200);
+        pages.extend_from_slice(&body);
+        next = header(&h, "link").and_then(|l| {
+            l.split(',')
+                .find(|p| p.contains("rel=\"next\""))
+                .and_then(|p| p.split_once('<')?.1.split_once('>'))
+                .and_then(|(url, _)| url.strip_prefix(&node.base()))
+                .map(str::to_string)
+        });
+    }
+    assert!(pages.starts_with(b"{\"total_count\""));
+    let out = run(&["repos/acme/widgets/actions/runs?per_page=2", "--paginate"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        String::from_utf8_lossy(&pages)
+    );
+
+    // -i --paginate: no merging; each page's status line and headers, then that
+    // page's body; pages separated by one newline.
+    let out = run(&["-i", "--paginate", "repos/acme/widgets/issues?per_page=50"]);
+    let out = String::from_utf8(out).unwrap();
+    let blocks: Vec<&str> = out.split("HTTP/1.1 200 OK\n").collect();
+    assert_eq!(blocks[0], "", "starts with a status line: {out}");
+    assert_eq!(blocks.len(), 4, "3 pages, each with its headers: {out}");
+    for (i, block) in blocks[1..].iter().enumerate() {
+        let (head, body) = block.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains("X-Ghmesh-Cache: "), "{head}");
+        assert!(head.contains("Link: "), "{head}");
+        let body = if i < 2 {
+            body.strip_suffix('\n').expect("a newline between pages")
+        } else {
+            body
+        };
+        let page: serde_json::Value = serde_json::from_str(body).expect("one page's array");
+        assert_eq!(page.as_array().unwrap().len(), 50, "page {}", i + 1);
+    }
+
+    // --cache limits how old a served copy may be, even a fresh one...
+    let before = gh.total_requests();
+    let out = run(&["-i", "--cache", "0s", "repos/acme/widgets"]);
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.contains("X-Ghmesh-Cache: revalidated\r\n"), "{out}");
+    assert_eq!(gh.total_requests(), before + 1);
+    let out = run(&["-i", "--cache", "1h", "repos/acme/widgets"]);
+    assert!(String::from_utf8_lossy(&out).contains("X-Ghmesh-Cache: hit\r\n"));
+
+    // ...and accepts an expired copy fetched within it (--ttl 0: nothing is fresh).
+    let args: Vec<String> = vec![
+        "--upstream".into(),
+        gh.url(),
+        "--no-p2p".into(),
+        "--ttl".into(),
+        "0".into(),
+    ];
+    let expiring = start_daemon(dir.path().join("t"), &args, &env("g"))
+        .await
+        .unwrap();
+    let e = vec![("GHMESH_API", expiring.ready.api.clone())];
+    let run_i = |args: &[&str]| {
+        let o = tokio::task::block_in_place(|| api_cmd(args, &e));
+        assert!(o.status.success());
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert!(run_i(&["-i", "repos/acme/gadgets"]).contains("X-Ghmesh-Cache: miss\r\n"));
+    assert!(run_i(&["-i", "repos/acme/gadgets"]).contains("X-Ghmesh-Cache: revalidated\r\n"));
+    let before = gh.total_requests();
+    let out = run_i(&["-i", "--cache", "1h", "repos/acme/gadgets"]);
+    assert!(out.contains("X-Ghmesh-Cache: hit\r\n"), "{out}");
+    assert_eq!(gh.total_requests(), before, "served locally, expired");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
     let gh = FakeGithub::start().await.unwrap();

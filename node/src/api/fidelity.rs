@@ -158,6 +158,18 @@ pub fn cache_status(how: CacheStatus, status: u16, stored: bool) -> String {
     }
 }
 
+/// The RFC 9211 `Cache-Status` of an error the node answers itself (`502` upstream
+/// unreachable, `503` busy or the store failing): forwarded (`fwd=miss` for a read
+/// through the cache, `fwd=request` for one passed through), nothing stored, and why
+/// in `detail`.
+pub fn failed_cache_status(how: CacheStatus, detail: &str) -> String {
+    let fwd = match how {
+        CacheStatus::Bypass => "request",
+        _ => "miss",
+    };
+    format!("ghmesh; fwd={fwd}; detail={detail}")
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -270,5 +282,13 @@ mod tests {
         );
         assert!(cache_status(CacheStatus::Stale, 200, true).starts_with("ghmesh; fwd=stale"));
         assert!(cache_status(CacheStatus::Coalesced, 200, true).contains("collapsed"));
+        assert_eq!(
+            failed_cache_status(CacheStatus::Miss, "upstream-unreachable"),
+            "ghmesh; fwd=miss; detail=upstream-unreachable"
+        );
+        assert_eq!(
+            failed_cache_status(CacheStatus::Bypass, "busy"),
+            "ghmesh; fwd=request; detail=busy"
+        );
     }
 }

@@ -337,7 +337,11 @@ async fn proxy(State(s): State<ApiState>, req: Request) -> Response {
                 return json_error(StatusCode::PAYLOAD_TOO_LARGE, "request body is too large")
             }
         };
-        let forwarded = s.node.forward(method.as_str(), &pq, headers, body).await;
+        // A HEAD passed through is sent upstream as a GET: its answer carries no body,
+        // and the client is owed the length of the body it would get (rewritten URLs
+        // included), which only the GET's body gives.
+        let sent_method = if head { "GET" } else { method.as_str() };
+        let forwarded = s.node.forward(sent_method, &pq, headers, body).await;
         if let Ok(answer) = &forwarded {
             invalidate_after_write(&s, method.as_str(), &pq, answer).await;
         }
@@ -357,17 +361,35 @@ async fn proxy(State(s): State<ApiState>, req: Request) -> Response {
             );
             into_response(parts, head)
         }
-        Err(GetError::Upstream(e)) => json_error(
-            StatusCode::BAD_GATEWAY,
-            &format!("GitHub is unreachable: {e}"),
-        ),
-        Err(GetError::Busy) => {
-            let mut resp = json_error(StatusCode::SERVICE_UNAVAILABLE, &GetError::Busy.to_string());
-            resp.headers_mut()
-                .insert("retry-after", HeaderValue::from_static("1"));
+        Err(e) => {
+            let (status, message, detail) = match &e {
+                GetError::Upstream(e) => (
+                    StatusCode::BAD_GATEWAY,
+                    format!("GitHub is unreachable: {e}"),
+                    "upstream-unreachable",
+                ),
+                GetError::Busy => (StatusCode::SERVICE_UNAVAILABLE, e.to_string(), "busy"),
+                GetError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string(), "store"),
+                GetError::Closed => (StatusCode::SERVICE_UNAVAILABLE, e.to_string(), "closed"),
+            };
+            let mut resp = json_error(status, &message);
+            let h = resp.headers_mut();
+            if matches!(e, GetError::Busy) {
+                h.insert("retry-after", HeaderValue::from_static("1"));
+            }
+            // A proxied answer like any other: the client can tell a failed read
+            // through the cache from one passed through, and why nothing was served.
+            let how = if cacheable {
+                crate::node::CacheStatus::Miss
+            } else {
+                crate::node::CacheStatus::Bypass
+            };
+            h.insert("x-ghmesh-cache", HeaderValue::from_static(how.as_str()));
+            if let Ok(v) = HeaderValue::from_str(&fidelity::failed_cache_status(how, detail)) {
+                h.insert("cache-status", v);
+            }
             resp
         }
-        Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
 }
 

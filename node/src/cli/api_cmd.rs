@@ -329,6 +329,11 @@ pub async fn run(args: ApiArgs, env: EnvLookup<'_>) -> Result<(), CliError> {
     result
 }
 
+/// Sends the request (following `Link: rel="next"` with `--paginate`) and prints what
+/// `gh api` prints when its output is not a terminal: each body as received, with no
+/// newline added; with `--paginate`, JSON array pages joined into one array, unless
+/// `-i` shows each page's headers (then, as gh, every page is printed as it came, its
+/// headers first, pages separated by a newline); `--jq` runs on each page.
 async fn fetch_and_print(
     backend: &Backend,
     method: &str,
@@ -339,6 +344,8 @@ async fn fetch_and_print(
     filter: Option<&JqFilter>,
 ) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
+    // gh merges array pages only when nothing else is printed between them.
+    let merge_arrays = args.paginate && !args.include && filter.is_none();
     let mut next = Some(first);
     let mut array_pages: Vec<Bytes> = Vec::new();
     let mut pages = 0;
@@ -361,8 +368,11 @@ async fn fetch_and_print(
                         .map(str::to_string)
                 })
                 .unwrap_or_else(|| reason(resp.status).to_string());
+            // The pages that came before the error come first, as gh streams them.
+            if !array_pages.is_empty() {
+                let _ = out.write_all(&join_array_pages(&std::mem::take(&mut array_pages)));
+            }
             let _ = out.write_all(&resp.body);
-            let _ = writeln!(out);
             failure = Some(CliError::failed(format!("{msg} (HTTP {})", resp.status)));
             break;
         }
@@ -373,18 +383,12 @@ async fn fetch_and_print(
                 .render(&value)
                 .map_err(|e| CliError::failed(e.to_string()))?;
             let _ = out.write_all(rendered.as_bytes());
-        } else if args.paginate {
-            if resp.body.trim_ascii_start().starts_with(b"[") {
-                array_pages.push(resp.body.clone());
-            } else {
-                // Object pages are written one after another, as gh does.
-                let _ = out.write_all(&resp.body);
-            }
+        } else if merge_arrays && resp.body.trim_ascii_start().starts_with(b"[") {
+            array_pages.push(resp.body.clone());
         } else {
+            // Object pages are written one after another with nothing between them,
+            // as gh does.
             let _ = out.write_all(&resp.body);
-            if !resp.body.ends_with(b"\n") && !resp.body.is_empty() {
-                let _ = writeln!(out);
-            }
         }
         if args.paginate && pages < MAX_PAGES {
             next = resp
@@ -396,9 +400,6 @@ async fn fetch_and_print(
     }
     if !array_pages.is_empty() {
         let _ = out.write_all(&join_array_pages(&array_pages));
-    }
-    if args.paginate && filter.is_none() && pages > 0 {
-        let _ = writeln!(out);
     }
     let _ = out.flush();
     match failure {
