@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use ghmesh_simulations::{plot::plot, run, Report, SimConfig, Strategy, Workload};
+use ghmesh_simulations::{
+    plot::plot, run, run_simulated, NetParams, Report, SimConfig, Strategy, Workload,
+};
 
 /// Runs many real ghmesh nodes in one process against an in-process fake GitHub that
 /// counts calls, replays a workload, and reports what the fleet spent.
@@ -35,6 +37,29 @@ struct Args {
     /// then it adapts to twice the member's recent slowest answer, 50 ms to 1 s
     #[arg(long, default_value_t = 1000)]
     lookup_timeout_ms: u64,
+    /// wall: real nodes on loopback, timed by the wall clock (figures depend on this
+    /// machine's cores); simulated: the node's decision layer on a seeded discrete-event
+    /// network in simulated time (figures do not; mesh strategy only)
+    #[arg(long, value_enum, default_value = "wall")]
+    time: TimeMode,
+    /// Simulated time: one-way latency between nodes, ms
+    #[arg(long, default_value_t = 2.0)]
+    latency_ms: f64,
+    /// Simulated time: each delay is the mean times a uniform factor in 1 ± jitter
+    #[arg(long, default_value_t = 0.5)]
+    jitter: f64,
+    /// Simulated time: probability that a message is lost
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// Simulated time: GitHub's answer time, ms
+    #[arg(long, default_value_t = 100.0)]
+    upstream_ms: f64,
+    /// Simulated time: fraction of the other nodes each node can ever reach (partial views)
+    #[arg(long, default_value_t = 1.0)]
+    view: f64,
+    /// Simulated time: nodes start this far apart, ms
+    #[arg(long, default_value_t = 20.0)]
+    join_gap_ms: f64,
     /// Named workload (burst, autoscaler, churn) or a TOML file
     #[arg(long)]
     workload: Option<String>,
@@ -50,6 +75,43 @@ struct Args {
     /// Draw --plot from a JSON report written earlier (one report or an array) instead of running
     #[arg(long, requires = "plot")]
     replot: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TimeMode {
+    Wall,
+    Simulated,
+}
+
+fn net_params(args: &Args) -> anyhow::Result<NetParams> {
+    let ms = |v: f64, what: &str| {
+        anyhow::ensure!(
+            v.is_finite() && v >= 0.0,
+            "--{what} must be a non-negative number"
+        );
+        Ok(std::time::Duration::from_secs_f64(v / 1000.0))
+    };
+    Ok(NetParams {
+        latency: ms(args.latency_ms, "latency-ms")?,
+        jitter: args.jitter,
+        loss: args.loss,
+        upstream: ms(args.upstream_ms, "upstream-ms")?,
+        view: args.view,
+        join_gap: ms(args.join_gap_ms, "join-gap-ms")?,
+    })
+}
+
+async fn run_one(args: &Args, cfg: SimConfig) -> anyhow::Result<Report> {
+    match args.time {
+        TimeMode::Wall => run(cfg).await,
+        TimeMode::Simulated => {
+            anyhow::ensure!(
+                cfg.strategy == Strategy::Mesh,
+                "--time simulated models the mesh strategy only"
+            );
+            run_simulated(cfg, net_params(args)?)
+        }
+    }
 }
 
 fn config(args: &Args, workload: &Workload, nodes: Option<usize>, strategy: Strategy) -> SimConfig {
@@ -96,13 +158,17 @@ async fn main() -> anyhow::Result<()> {
             Err(_) => vec![serde_json::from_str::<Report>(&text)?],
         };
     } else if args.sweep.is_empty() {
-        let r = run(config(&args, &workload, None, args.strategy)).await?;
+        let r = run_one(&args, config(&args, &workload, None, args.strategy)).await?;
         print!("{}", r.summary());
         reports.push(r);
     } else {
         for &n in &args.sweep {
-            for strategy in [Strategy::Local, Strategy::Broadcast, Strategy::Mesh] {
-                let r = run(config(&args, &workload, Some(n), strategy)).await?;
+            let strategies: &[Strategy] = match args.time {
+                TimeMode::Wall => &[Strategy::Local, Strategy::Broadcast, Strategy::Mesh],
+                TimeMode::Simulated => &[Strategy::Mesh],
+            };
+            for &strategy in strategies {
+                let r = run_one(&args, config(&args, &workload, Some(n), strategy)).await?;
                 println!("{}", r.summary());
                 reports.push(r);
             }

@@ -35,10 +35,39 @@ pub struct LateJoiners {
     pub misses: u64,
 }
 
+/// The network a simulated-time run modelled.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Network {
+    /// One-way latency between two nodes, mean, ms.
+    pub latency_ms: f64,
+    /// Each delay is the mean times a uniform factor in `1 ± jitter`.
+    pub jitter: f64,
+    /// Probability that one message is lost.
+    pub loss: f64,
+    /// GitHub's answer time, ms.
+    pub upstream_ms: f64,
+    /// Fraction of the other nodes each node can ever reach (1: everyone).
+    pub view: f64,
+    /// Nodes start this far apart, ms.
+    pub join_gap_ms: f64,
+}
+
 /// A run's report.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Report {
+    /// `wall`: real nodes on loopback, timed by the wall clock (figures depend on the
+    /// machine's cores); `simulated`: the node's decision layer on a seeded
+    /// discrete-event network, timed by simulated time (they do not).
+    pub time: String,
+    /// The modelled network (simulated time only).
+    pub network: Option<Network>,
+    /// Messages between nodes (lookups, replies, gossip deliveries, hellos, member
+    /// lists); counted in simulated time only.
+    pub messages: u64,
+    /// messages / requests.
+    pub messages_per_request: f64,
     pub workload: String,
     pub nodes: usize,
     pub keys: usize,
@@ -90,7 +119,7 @@ impl Report {
     /// One-paragraph summary for the terminal.
     pub fn summary(&self) -> String {
         format!(
-            "{workload} / {strategy}: {nodes} nodes x {keys} keys x {rounds} rounds = {requests} requests\n\
+            "{workload} / {strategy} ({time} time): {nodes} nodes x {keys} keys x {rounds} rounds = {requests} requests\n\
              upstream: {up} full calls ({upk:.2} per key), {nm} free 304s\n\
              served: {local} local, {peer} peer, {co} coalesced, {rv} revalidated, {miss} miss, {err} errors\n\
              propagation ms: p50 {pp50:.1} p95 {pp95:.1} p99 {pp99:.1} max {pmax:.1} ({ps} keys)\n\
@@ -98,6 +127,7 @@ impl Report {
              mesh formed in {mf:.2}s (full views {vc:.2}s after the first start), workload {wall:.2}s, peak RSS {rss:.0} MB ({rssn:.1} MB/node)\n",
             workload = self.workload,
             strategy = self.strategy,
+            time = if self.time.is_empty() { "wall" } else { &self.time },
             nodes = self.nodes,
             keys = self.keys,
             rounds = self.rounds,
@@ -124,7 +154,14 @@ impl Report {
             wall = self.wall_s,
             rss = self.peak_rss_mb,
             rssn = self.peak_rss_mb_per_node,
-        ) + &self
+        ) + &(if self.time == "simulated" {
+            format!(
+                "messages: {} ({:.1} per request)\n",
+                self.messages, self.messages_per_request
+            )
+        } else {
+            String::new()
+        }) + &self
             .late_joiners
             .as_ref()
             .map(|l| {

@@ -430,6 +430,7 @@ pub async fn run(cfg: SimConfig) -> anyhow::Result<Report> {
     let [requests_n, local, peer, coalesced, revalidated, miss, errors] = counts;
     let rss = peak_rss_mb();
     let report = Report {
+        time: "wall".into(),
         workload: cfg.workload.name.clone(),
         nodes: cfg.nodes,
         keys: cfg.keys,
@@ -472,6 +473,7 @@ pub async fn run(cfg: SimConfig) -> anyhow::Result<Report> {
         peak_rss_mb_per_node: rss / cfg.nodes as f64,
         late_joiners,
         propagation_samples: prop,
+        ..Default::default()
     };
     for n in nodes.iter().chain(retired.iter()) {
         n.node.shutdown().await;

@@ -198,14 +198,15 @@ pub struct ApiArgs {
     /// Filter the response with a jq expression (built in, no external jq)
     #[arg(short = 'q', long, value_name = "EXPR")]
     pub jq: Option<String>,
-    /// Fetch every page (following Link: rel="next"); JSON arrays are merged
+    /// Fetch every page (following Link: rel="next", per_page=100 unless given); JSON
+    /// arrays are merged, except with -i, where each page prints after its headers
     #[arg(long)]
     pub paginate: bool,
     /// Print the HTTP status line and headers before the body
     #[arg(short = 'i', long)]
     pub include: bool,
-    /// Accept a cached answer fetched within this long, even if expired, as gh's flag
-    /// of that name (e.g. 3600s, 60m, 1h30m)
+    /// Serve a cached answer only if fetched within this long, and then even if expired,
+    /// as gh's flag of that name (e.g. 3600s, 60m, 1h30m; 0s always asks again)
     #[arg(long, value_name = "DURATION")]
     pub cache: Option<String>,
 }

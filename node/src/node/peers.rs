@@ -102,7 +102,10 @@ impl Node {
         let mut plan = policy::plan_peer_phase(&key, me, &self.candidates());
         if plan.as_ref().is_none_or(|p| p.owner.is_none()) {
             // We would own it (or know nobody): unless our view is still filling in.
-            self.settle_view(deadline).await;
+            // At most half the budget: the members that heard the key announced before
+            // we came still need the rest to answer us.
+            self.settle_view(deadline - self.inner.deadlines.lookup / 2)
+                .await;
             plan = policy::plan_peer_phase(&key, me, &self.candidates());
         }
         let Some(plan) = plan else {

@@ -10,11 +10,11 @@ use std::sync::Mutex;
 use ghmesh_protocol::{varies_by_identity, CacheKey, CanonicalRequest, Entry};
 use tokio::sync::watch;
 
+use super::peers::{Ask, PeerPhase};
 use super::{GetError, Node, Served};
 use crate::config::MeshMode;
 use crate::limits::MAX_INFLIGHT;
 use crate::policy;
-use super::peers::{Ask, PeerPhase};
 use crate::upstream::{Conditional, Credential, UpstreamError, UpstreamResponse};
 
 use super::served::CacheStatus;
@@ -155,11 +155,14 @@ impl Node {
                 return Ok(Served::entry(e.clone(), status));
             }
         }
+        // A copy refused for its age (`--cache`) is fetched again: a peer's copy may be
+        // as old as ours.
+        let ask_peers = max_age.is_none() || local.is_none();
         let (flight, leader) = self.join_or_start(Resolution {
             req,
             key,
             local,
-            ask_peers: true,
+            ask_peers,
             cred,
         });
         let mut served = self.await_flight(flight).await?;
