@@ -297,7 +297,8 @@ impl Node {
             (LookupAnswer::GrantLease, _) => {
                 // As long as a waiter waits: by then the holder has announced, released,
                 // or is presumed dead and the next asker takes over.
-                let until = now.saturating_add(self.inner.deadlines.pending_wait.as_millis() as u64);
+                let until =
+                    now.saturating_add(self.inner.deadlines.pending_wait.as_millis() as u64);
                 match self.leases(|ls| ls.grant(l.key, asker, now, until)) {
                     Some(true) => {
                         self.inner.counters.leases_granted.inc();

@@ -157,11 +157,15 @@ impl Node {
         }
 
         let left = deadline.saturating_duration_since(Instant::now());
-        let others: Vec<PeerId> = plan
-            .others
-            .into_iter()
-            .filter(|p| !asked.contains(p))
-            .collect();
+        let now = self.now_ms();
+        let mut others = plan.others;
+        if policy::starting(now, self.inner.started_ms) {
+            let eldest = self
+                .book(|b| b.eldest(now, crate::policy::EXTRA_ASKS))
+                .unwrap_or_default();
+            others = policy::others_while_starting(&others, &eldest, plan.owner);
+        }
+        others.retain(|p| !asked.contains(p));
         if others.is_empty() || left.is_zero() {
             return PeerPhase::Upstream;
         }

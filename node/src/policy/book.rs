@@ -77,6 +77,8 @@ pub enum RequestVerdict {
 #[derive(Debug)]
 struct PeerState {
     admitted: bool,
+    /// When it was admitted (the order in which we learned the fleet).
+    admitted_ms: u64,
     introduced: bool,
     /// After a failed greeting, not before this (a keyless peer is not greeted on every
     /// sweep).
@@ -97,6 +99,7 @@ impl PeerState {
     fn new(now_ms: u64) -> Self {
         Self {
             admitted: false,
+            admitted_ms: 0,
             introduced: false,
             greet_after_ms: 0,
             greeting: false,
@@ -186,6 +189,9 @@ impl PeerBook {
         }
         let newly = proved && !st.admitted;
         st.admitted |= proved;
+        if newly {
+            st.admitted_ms = now_ms;
+        }
         self.last_change_ms = now_ms;
         newly
     }
@@ -236,6 +242,19 @@ impl PeerBook {
             .filter(|(_, s)| s.admitted && now_ms >= s.probation_until_ms)
             .map(|(p, _)| *p)
             .collect()
+    }
+
+    /// The `n` candidates we admitted first: the bootstrap and the members it introduced
+    /// us to, which were up before we came.
+    pub fn eldest(&self, now_ms: u64, n: usize) -> Vec<PeerId> {
+        let mut c: Vec<(u64, PeerId)> = self
+            .peers
+            .iter()
+            .filter(|(_, s)| s.admitted && now_ms >= s.probation_until_ms)
+            .map(|(p, s)| (s.admitted_ms, *p))
+            .collect();
+        c.sort();
+        c.into_iter().take(n).map(|(_, p)| p).collect()
     }
 
     /// Members on probation now.

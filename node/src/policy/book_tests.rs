@@ -156,6 +156,21 @@ fn nonces_are_used_once_and_requests_and_fetches_are_budgeted() {
 }
 
 #[test]
+fn eldest_members_come_in_admission_order() {
+    let mut book = PeerBook::default();
+    let first = admitted(&mut book, 10);
+    let second = admitted(&mut book, 20);
+    let third = admitted(&mut book, 30);
+    assert_eq!(book.eldest(40, 2), vec![first, second]);
+    book.timed_out(&first, Duration::from_secs(1), 40);
+    assert_eq!(
+        book.eldest(41, 2),
+        vec![second, third],
+        "not one on probation"
+    );
+}
+
+#[test]
 fn introductions_happen_once_per_member() {
     let mut book = PeerBook::default();
     let m = admitted(&mut book, 0);

@@ -43,12 +43,23 @@ impl Leases {
         if self.map.len() >= MAX_LEASES && !self.map.contains_key(&key) {
             self.map.retain(|_, l| now_ms < l.until_ms);
             if self.map.len() >= MAX_LEASES {
-                if let Some(k) = self.map.iter().min_by_key(|(_, l)| l.until_ms).map(|(k, _)| *k) {
+                if let Some(k) = self
+                    .map
+                    .iter()
+                    .min_by_key(|(_, l)| l.until_ms)
+                    .map(|(k, _)| *k)
+                {
                     self.map.remove(&k);
                 }
             }
         }
-        self.map.insert(key, Lease { holder: to, until_ms });
+        self.map.insert(
+            key,
+            Lease {
+                holder: to,
+                until_ms,
+            },
+        );
         true
     }
 
@@ -108,8 +119,8 @@ mod tests {
     #[test]
     fn owners_grant_leases_and_hold_everyone_else_to_them() {
         use crate::policy::{
-            after_owner_reply, after_repoll, answer_lookup, LookupAnswer, LookupView,
-            OwnerStep, RepollStep,
+            after_owner_reply, after_repoll, answer_lookup, LookupAnswer, LookupView, OwnerStep,
+            RepollStep,
         };
         use crate::MeshMode;
         use ghmesh_protocol::LookupReply;
@@ -175,7 +186,10 @@ mod tests {
         };
         assert_eq!(answer_lookup(mere_asker), LookupAnswer::NotFound);
 
-        assert_eq!(after_owner_reply(Some(LookupReply::Lease)), OwnerStep::Fetch);
+        assert_eq!(
+            after_owner_reply(Some(LookupReply::Lease)),
+            OwnerStep::Fetch
+        );
         assert_eq!(after_repoll(Some(LookupReply::Lease)), RepollStep::Fetch);
     }
 
@@ -187,7 +201,11 @@ mod tests {
             assert!(leases.grant(key(&format!("/r/{i}")), a, 0, 1_000 + i as u64));
         }
         assert!(leases.map.len() <= MAX_LEASES);
-        assert_eq!(leases.holder(&key("/r/0"), 1), None, "closest to expiry went");
+        assert_eq!(
+            leases.holder(&key("/r/0"), 1),
+            None,
+            "closest to expiry went"
+        );
         let last = key(&format!("/r/{}", MAX_LEASES + 9));
         assert_eq!(leases.holder(&last, 1), Some(a));
     }

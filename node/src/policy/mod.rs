@@ -105,6 +105,25 @@ pub fn plan_peer_phase(key: &CacheKey, me: PeerId, members: &[PeerId]) -> Option
     Some(PeerPlan { owner, others })
 }
 
+/// Whom a node still starting asks besides the next-ranked members: its eldest members
+/// (see [`book::PeerBook::eldest`]), which were up before it and heard what was
+/// announced before it came. In a fleet that is still growing, the next-ranked members
+/// are as likely as we are to have joined after the announce. At most [`EXTRA_ASKS`]
+/// more; never the owner, already asked.
+pub fn others_while_starting(
+    others: &[PeerId],
+    eldest: &[PeerId],
+    owner: Option<PeerId>,
+) -> Vec<PeerId> {
+    let mut all = others.to_vec();
+    let extra = eldest
+        .iter()
+        .filter(|p| !others.contains(p) && Some(**p) != owner)
+        .take(EXTRA_ASKS);
+    all.extend(extra);
+    all
+}
+
 /// The next step after the owner's answer to a lookup with `fetch: true`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OwnerStep {

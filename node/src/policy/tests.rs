@@ -50,6 +50,18 @@ fn local_and_joined_status() {
 }
 
 #[test]
+fn a_starting_node_also_asks_its_eldest_members() {
+    let [a, b, c, d, e] = [(); 5].map(|_| PeerId::random());
+    assert_eq!(
+        others_while_starting(&[a, b], &[c, a, d, e], Some(c)),
+        vec![a, b, d, e],
+        "not the owner, no one twice, at most EXTRA_ASKS more"
+    );
+    assert_eq!(others_while_starting(&[], &[c], None), vec![c]);
+    assert_eq!(others_while_starting(&[a], &[], None), vec![a]);
+}
+
+#[test]
 fn peer_plan() {
     let key = CanonicalRequest::get("/x").unwrap().key();
     let me = PeerId::random();

@@ -251,12 +251,13 @@ impl Des {
             return;
         };
         let left = f.deadline.saturating_sub(self.now);
-        let others: Vec<PeerId> = plan
-            .map(|p| p.others)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|p| !f.asked.contains(p))
-            .collect();
+        let (owner, mut others) = plan.map(|p| (p.owner, p.others)).unwrap_or_default();
+        let now_ms = self.now / 1000;
+        if policy::starting(now_ms, self.peers[n].started / 1000) {
+            let eldest = self.peers[n].book.eldest(now_ms, policy::EXTRA_ASKS);
+            others = policy::others_while_starting(&others, &eldest, owner);
+        }
+        others.retain(|p| !f.asked.contains(p));
         if others.is_empty() || left == 0 {
             return self.go_upstream(n, key);
         }
