@@ -333,8 +333,20 @@ async fn in_a_fleet_a_clients_miss_is_fetched_with_its_token_and_only_successes_
     }
     assert_eq!(gh.total_requests(), paths.len() as u64);
 
-    // A client's 404 stays with that client: the peer asks GitHub itself.
-    let missing = "/notfound/private";
+    // A client's 404 stays with that client: the peer asks GitHub itself. (A path b
+    // owns: a's client fetches it under b's lease, and b then reads it for itself.)
+    let ids: Vec<libp2p::PeerId> = [&a, &b]
+        .iter()
+        .map(|n| n.ready.peer_id.parse().unwrap())
+        .collect();
+    let missing = (0..)
+        .map(|i| format!("/notfound/private{i}"))
+        .find(|p| {
+            let key = ghmesh_protocol::CanonicalRequest::get(p).unwrap().key();
+            ghmesh_node::placement::owner(&key, ids.iter().copied()) == Some(ids[1])
+        })
+        .unwrap();
+    let missing = missing.as_str();
     assert_eq!(get_with(&a, missing, Some("ghp_client_c")).await.0, 404);
     assert_eq!(get_with(&b, missing, None).await.0, 404);
     assert_eq!(sent_for(&gh, missing), 2, "a 404 is never shared");
@@ -342,6 +354,22 @@ async fn in_a_fleet_a_clients_miss_is_fetched_with_its_token_and_only_successes_
     assert_eq!(
         last.authorization.as_deref(),
         Some(auth("ghp_token_b").as_str())
+    );
+
+    // A path a owns, read on b: a fetches it for b and gets a 404, which it keeps. b's
+    // re-polls must not make a fetch it again and again: b asks GitHub itself, once.
+    let owned_by_a = (0..)
+        .map(|i| format!("/notfound/gone{i}"))
+        .find(|p| {
+            let key = ghmesh_protocol::CanonicalRequest::get(p).unwrap().key();
+            ghmesh_node::placement::owner(&key, ids.iter().copied()) == Some(ids[0])
+        })
+        .unwrap();
+    assert_eq!(get_with(&b, &owned_by_a, None).await.0, 404);
+    assert_eq!(
+        sent_for(&gh, &owned_by_a),
+        2,
+        "the owner's try, then b's own"
     );
 }
 

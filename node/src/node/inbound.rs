@@ -285,6 +285,9 @@ impl Node {
             fetch_asked: l.fetch,
             lease_asked: l.lease,
             leased_to_other: holder.is_some_and(|h| h != asker),
+            failed_recently: self
+                .leases(|ls| ls.failed_recently(&l.key, now))
+                .unwrap_or(false),
             mode: self.inner.cfg.mode,
             room: self.inner.flights.has_room(),
             owner,
@@ -330,9 +333,15 @@ impl Node {
                     cred: Credential::Node,
                 });
                 let node = self.clone();
+                let key = l.key;
                 self.spawn(async move {
-                    let _ = node.await_flight(flight).await;
+                    let stored = node.await_flight(flight).await.is_ok_and(|s| s.stored);
                     node.book(|b| b.fetch_done(&asker));
+                    if !stored {
+                        let now = node.now_ms();
+                        let until = now + node.inner.deadlines.pending_wait.as_millis() as u64;
+                        node.leases(|ls| ls.fetch_failed(key, now, until));
+                    }
                 });
                 LookupReply::Pending
             }

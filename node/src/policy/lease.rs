@@ -18,10 +18,15 @@ struct Lease {
     until_ms: u64,
 }
 
-/// The leases this node has granted as owner.
+/// The leases this node has granted as owner, and the keys whose fetch it made for
+/// others just failed.
 #[derive(Debug, Default)]
 pub struct Leases {
     map: HashMap<CacheKey, Lease>,
+    /// Key → until when a fetch for others is not started again: its error is not
+    /// shared, so without this a waiter's re-poll would start the same failing fetch
+    /// again and again until the waiter gave up.
+    failed: HashMap<CacheKey, u64>,
 }
 
 impl Leases {
@@ -73,6 +78,22 @@ impl Leases {
     /// `peer` left the fleet: its leases pass to the next askers at once.
     pub fn forget_holder(&mut self, peer: &PeerId) {
         self.map.retain(|_, l| l.holder != *peer);
+    }
+
+    /// Our fetch of `key` for others ended without an entry to share.
+    pub fn fetch_failed(&mut self, key: CacheKey, now_ms: u64, until_ms: u64) {
+        if self.failed.len() >= MAX_LEASES && !self.failed.contains_key(&key) {
+            self.failed.retain(|_, u| now_ms < *u);
+            if self.failed.len() >= MAX_LEASES {
+                return; // a full table only costs a repeated fetch, never a wrong answer
+            }
+        }
+        self.failed.insert(key, until_ms);
+    }
+
+    /// Did our fetch of `key` for others fail a moment ago?
+    pub fn failed_recently(&self, key: &CacheKey, now_ms: u64) -> bool {
+        self.failed.get(key).is_some_and(|u| now_ms < *u)
     }
 
     /// Leases currently held.
@@ -132,6 +153,7 @@ mod tests {
             fetch_asked: false,
             lease_asked: true,
             leased_to_other: false,
+            failed_recently: true,
             mode: MeshMode::Mesh,
             room: false,
             owner: None,
@@ -191,6 +213,20 @@ mod tests {
             OwnerStep::Fetch
         );
         assert_eq!(after_repoll(Some(LookupReply::Lease)), RepollStep::Fetch);
+    }
+
+    #[test]
+    fn failed_fetches_are_remembered_for_a_while() {
+        let mut leases = Leases::default();
+        let k = key("/repos/o/private");
+        assert!(!leases.failed_recently(&k, 0));
+        leases.fetch_failed(k, 0, 1_000);
+        assert!(leases.failed_recently(&k, 999));
+        assert!(!leases.failed_recently(&k, 1_000));
+        for i in 0..MAX_LEASES + 5 {
+            leases.fetch_failed(key(&format!("/f/{i}")), 2_000, 3_000);
+        }
+        assert!(leases.failed.len() <= MAX_LEASES);
     }
 
     #[test]

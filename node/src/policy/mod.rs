@@ -252,6 +252,8 @@ pub struct LookupView {
     pub lease_asked: bool,
     /// Another member holds the lease on the key: it is fetching for the fleet.
     pub leased_to_other: bool,
+    /// Our last fetch of the key for others failed a moment ago (its error is ours).
+    pub failed_recently: bool,
     /// Mesh or broadcast (broadcast never fetches for others).
     pub mode: MeshMode,
     /// Room for one more resolution in the in-flight table.
@@ -282,6 +284,9 @@ pub fn answer_lookup(v: LookupView) -> LookupAnswer {
         LookupAnswer::Redirect(owner)
     } else if v.lease_asked {
         LookupAnswer::GrantLease
+    } else if v.failed_recently {
+        // Not again for every re-poll: the asker fetches with its own credential.
+        LookupAnswer::NotFound
     } else if !v.room {
         LookupAnswer::Busy
     } else {

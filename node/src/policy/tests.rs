@@ -204,6 +204,7 @@ fn lookup_answers() {
         fetch_asked: true,
         lease_asked: false,
         leased_to_other: false,
+        failed_recently: false,
         mode: MeshMode::Mesh,
         room: true,
         owner: None,
@@ -274,6 +275,23 @@ fn lookup_answers() {
         ..base
     };
     assert_eq!(answer_lookup(full), LookupAnswer::Busy);
+    let failed = LookupView {
+        failed_recently: true,
+        ..base
+    };
+    assert_eq!(
+        answer_lookup(failed),
+        LookupAnswer::NotFound,
+        "a re-poll does not restart a fetch that just failed"
+    );
+    assert_eq!(
+        answer_lookup(LookupView {
+            in_flight: true,
+            ..failed
+        }),
+        LookupAnswer::Pending,
+        "one under way is still waited for"
+    );
     let per_identity = LookupView {
         shareable: false,
         fresh_local: true,

@@ -174,7 +174,7 @@ pub(crate) struct Des {
     /// Pairs that can never reach each other (partial views).
     cut: std::collections::HashSet<(usize, usize)>,
     keys: Vec<CacheKey>,
-    announces: Vec<Box<Announce>>,
+    announces: Vec<Announce>,
     rule: BudgetRule,
     gen: u64,
     tally: Tally,
@@ -231,7 +231,7 @@ impl Des {
                     u64::MAX / 4,
                     "sim".into(),
                 );
-                Box::new(Announce::of(&e))
+                Announce::of(&e)
             })
             .collect();
         let mut cut = std::collections::HashSet::new();

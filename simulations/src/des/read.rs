@@ -308,6 +308,7 @@ impl Des {
             fetch_asked: ask.fetch,
             lease_asked: false,
             leased_to_other: false,
+            failed_recently: false,
             mode: MeshMode::Mesh,
             room: true,
             owner,
@@ -336,7 +337,7 @@ impl Des {
 
     fn as_reply(&self, key: usize, rep: Rep) -> LookupReply {
         match rep {
-            Rep::Found => LookupReply::Found(self.announces[key].clone()),
+            Rep::Found => LookupReply::Found(Box::new(self.announces[key].clone())),
             Rep::NotFound => LookupReply::NotFound,
             Rep::Pending => LookupReply::Pending,
             Rep::Redirect(p) => LookupReply::Redirect(p.to_bytes().into()),
@@ -549,11 +550,7 @@ impl Des {
     }
 
     pub(super) fn upstream_done(&mut self, n: usize, key: usize, gen: u64) {
-        if !self.peers[n]
-            .flights
-            .get(&key)
-            .is_some_and(|f| f.gen == gen)
-        {
+        if self.peers[n].flights.get(&key).is_none_or(|f| f.gen != gen) {
             return;
         }
         // The content never changes here: a copy held when the fetch began is
