@@ -471,3 +471,5 @@ pub fn predates_write(fetched_at_ms: u64, written_at: Option<u64>) -> bool {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod peer_tests;
