@@ -470,6 +470,6 @@ pub fn predates_write(fetched_at_ms: u64, written_at: Option<u64>) -> bool {
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod peer_tests;
+#[cfg(test)]
+mod tests;
