@@ -697,8 +697,11 @@ impl Des {
                 p99: quantile(&look, 0.99),
                 samples: look.len(),
             },
-            mesh_formation_s: self.view_converged.unwrap_or(0) as f64 / 1e6
-                - (cfg.nodes.saturating_sub(1) as Us * us(self.net.join_gap)) as f64 / 1e6,
+            // From the last node's start until full views (NaN: never).
+            mesh_formation_s: self.view_converged.map_or(f64::NAN, |v| {
+                let last_start = cfg.nodes.saturating_sub(1) as Us * us(self.net.join_gap);
+                v.saturating_sub(last_start) as f64 / 1e6
+            }),
             view_converged_s: self.view_converged.map_or(f64::NAN, |v| v as f64 / 1e6),
             wall_s: (end - self.workload_start) as f64 / 1e6,
             peak_rss_mb: rss,
