@@ -338,8 +338,11 @@ impl Node {
                     let stored = node.await_flight(flight).await.is_ok_and(|s| s.stored);
                     node.book(|b| b.fetch_done(&asker));
                     if !stored {
+                        // Long enough for every waiter's next re-poll (at most
+                        // `repoll_max` apart) to learn it; short enough that a later
+                        // asker, after a transient error, gets one fetch for all again.
                         let now = node.now_ms();
-                        let until = now + node.inner.deadlines.pending_wait.as_millis() as u64;
+                        let until = now + 2 * node.inner.deadlines.repoll_max.as_millis() as u64;
                         node.leases(|ls| ls.fetch_failed(key, now, until));
                     }
                 });
