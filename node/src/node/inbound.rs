@@ -298,10 +298,10 @@ impl Node {
             (LookupAnswer::Pending, _) => LookupReply::Pending,
             (LookupAnswer::Redirect(p), _) => LookupReply::Redirect(p.to_bytes().into()),
             (LookupAnswer::GrantLease, _) => {
-                // As long as a waiter waits: by then the holder has announced, released,
-                // or is presumed dead and the next asker takes over.
-                let until =
-                    now.saturating_add(self.inner.deadlines.pending_wait.as_millis() as u64);
+                // As long as the holder's resolution may take (its upstream call and the
+                // queue before it): a slow GitHub must not end the lease mid-fetch. A
+                // holder that fails releases it; one that leaves loses it.
+                let until = now.saturating_add(self.inner.deadlines.flight().as_millis() as u64);
                 match self.leases(|ls| ls.grant(l.key, asker, now, until)) {
                     Some(true) => {
                         self.inner.counters.leases_granted.inc();
@@ -335,7 +335,7 @@ impl Node {
                 let node = self.clone();
                 let key = l.key;
                 self.spawn(async move {
-                    let stored = node.await_flight(flight).await.is_ok_and(|s| s.stored);
+                    let stored = node.await_flight(flight).await.is_ok_and(|s| s.shared());
                     node.book(|b| b.fetch_done(&asker));
                     if !stored {
                         // Long enough for every waiter's next re-poll (at most

@@ -131,6 +131,11 @@ impl Node {
             asked.push(owner);
             let budget = self.budget_for(owner);
             let reply = self.lookup(owner, req, key, ask, budget).await;
+            if reply.is_none() && ask.lease {
+                // The owner may have granted a lease whose answer we lost: hand it back
+                // rather than leave the fleet waiting on a fetch we do not know we own.
+                self.release_lease(owner, req, key);
+            }
             tracing::debug!(%key, %owner, reply = reply_kind(&reply), "owner lookup");
             let step = policy::after_owner_reply(reply);
             match &step {
@@ -188,7 +193,11 @@ impl Node {
             }
         }
         match fetching {
-            Some(peer) => self.wait_for_owner(peer, req, key, Ask::FETCH).await,
+            // Re-polled as first asked: a client's miss never makes a peer fetch for it.
+            Some(peer) => {
+                let again = if ask.lease { Ask::LEASE } else { Ask::FETCH };
+                self.wait_for_owner(peer, req, key, again).await
+            }
             None => PeerPhase::Upstream,
         }
     }
@@ -204,7 +213,9 @@ impl Node {
     ) -> Option<PeerPhase> {
         let now = self.now_ms();
         let holder = self.leases(|l| l.holder(&key, now)).flatten()?;
-        Some(self.wait_for_owner(holder, req, key, Ask::FETCH).await)
+        // Only whether it has it or is asking GitHub now: a holder with another flight
+        // of the key that waits on us must not keep us waiting on it in turn.
+        Some(self.wait_for_owner(holder, req, key, Ask::HAVE).await)
     }
 
     /// Gives back a lease `owner` granted us (our fetch gave nothing to share), so that

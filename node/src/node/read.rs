@@ -329,7 +329,7 @@ impl Node {
         if let Some((owner, req)) = leased {
             // Stored entries are announced; anything else (an error, a failed write)
             // leaves the fleet waiting on us: hand the lease on.
-            if !res.as_ref().is_ok_and(|s| s.stored) {
+            if !res.as_ref().is_ok_and(Served::shared) {
                 self.release_lease(owner, &req, r.key);
             }
         }

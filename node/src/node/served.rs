@@ -63,6 +63,12 @@ pub struct Served {
 }
 
 impl Served {
+    /// A fresh answer now in the store and announced: what the fleet can have. A stale
+    /// copy served after an upstream failure is stored but shares nothing new.
+    pub(crate) fn shared(&self) -> bool {
+        self.stored && self.status != CacheStatus::Stale
+    }
+
     /// An entry from the store.
     pub(crate) fn entry(entry: Entry, status: CacheStatus) -> Self {
         Self {
