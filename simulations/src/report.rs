@@ -174,6 +174,30 @@ impl Report {
     }
 }
 
+impl Propagation {
+    /// Percentiles of sorted samples (ms).
+    pub fn of(sorted: &[f64]) -> Self {
+        Self {
+            p50: quantile(sorted, 0.5),
+            p95: quantile(sorted, 0.95),
+            p99: quantile(sorted, 0.99),
+            max: sorted.last().copied().unwrap_or(0.0),
+            samples: sorted.len(),
+        }
+    }
+}
+
+impl Lookup {
+    /// Percentiles of sorted samples (ms).
+    pub fn of(sorted: &[f64]) -> Self {
+        Self {
+            p50: quantile(sorted, 0.5),
+            p99: quantile(sorted, 0.99),
+            samples: sorted.len(),
+        }
+    }
+}
+
 /// The q-quantile (0..=1) of sorted samples; 0 when empty.
 pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {

@@ -12,7 +12,7 @@ use ghmesh_tests::fake_github::FakeGithub;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use crate::report::{peak_rss_mb, quantile, LateJoiners, Lookup, Propagation, Report};
+use crate::report::{peak_rss_mb, LateJoiners, Lookup, Propagation, Report};
 use crate::workload::{Churn, Workload};
 
 /// What the fleet does on a miss.
@@ -453,19 +453,9 @@ pub async fn run(cfg: SimConfig) -> anyhow::Result<Report> {
         propagation_ms: if cfg.strategy == Strategy::Local || prop.is_empty() {
             Propagation::default()
         } else {
-            Propagation {
-                p50: quantile(&prop, 0.5),
-                p95: quantile(&prop, 0.95),
-                p99: quantile(&prop, 0.99),
-                max: prop.last().copied().unwrap_or(0.0),
-                samples: prop.len(),
-            }
+            Propagation::of(&prop)
         },
-        lookup_ms: Lookup {
-            p50: quantile(&look, 0.5),
-            p99: quantile(&look, 0.99),
-            samples: look.len(),
-        },
+        lookup_ms: Lookup::of(&look),
         mesh_formation_s,
         view_converged_s,
         wall_s,

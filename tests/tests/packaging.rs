@@ -148,10 +148,11 @@ fn private_hosts_file_works(hosts: &std::path::Path) -> Result<(), String> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_mesh_through_one_dns_name_with_no_peer_ids() {
-    let dir = tempfile::tempdir().unwrap();
-    // One name, three hosts: what a headless Service's A records look like.
+/// A hosts file where one name, fleet.test, resolves to three loopback hosts (what a
+/// headless Service's A records look like), and a port free on them: every node listens
+/// on that port of its own address, as pods do. `None` (after one line saying why) where
+/// the nodes cannot be given their own /etc/hosts.
+fn fleet_hosts(dir: &tempfile::TempDir) -> Option<(std::path::PathBuf, u16)> {
     let hosts = dir.path().join("hosts");
     std::fs::write(
         &hosts,
@@ -162,14 +163,22 @@ async fn three_nodes_mesh_through_one_dns_name_with_no_peer_ids() {
         println!(
             "skipping DNS bootstrap test: needs root and unshare to give the nodes their own /etc/hosts ({why})"
         );
-        return;
+        return None;
     }
-    // Every node listens on the same port of its own address, as pods do.
     let port = std::net::TcpListener::bind("127.0.0.11:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
+    Some((hosts, port))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_mesh_through_one_dns_name_with_no_peer_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((hosts, port)) = fleet_hosts(&dir) else {
+        return;
+    };
     let bootstrap = format!("/dns4/fleet.test/tcp/{port}");
     let mut nodes = Vec::new();
     for i in 1..=3 {
@@ -231,23 +240,9 @@ async fn failed_seed_dials(node: &Daemon) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_that_comes_up_later_is_found_by_re_resolving_the_name() {
     let dir = tempfile::tempdir().unwrap();
-    let hosts = dir.path().join("hosts");
-    std::fs::write(
-        &hosts,
-        "127.0.0.1 localhost\n127.0.0.11 fleet.test\n127.0.0.12 fleet.test\n127.0.0.13 fleet.test\n",
-    )
-    .unwrap();
-    if let Err(why) = private_hosts_file_works(&hosts) {
-        println!(
-            "skipping DNS bootstrap test: needs root and unshare to give the nodes their own /etc/hosts ({why})"
-        );
+    let Some((hosts, port)) = fleet_hosts(&dir) else {
         return;
-    }
-    let port = std::net::TcpListener::bind("127.0.0.11:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    };
     let listen = |i: u8| format!("/ip4/127.0.0.1{i}/tcp/{port}");
     let first_args: Vec<String> = [
         "--listen",

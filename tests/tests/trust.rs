@@ -205,24 +205,51 @@ async fn wait_members(nodes: &[&Daemon], want: u64) {
     }
 }
 
+/// A fleet member on `secret`, with `token` as its own (none: no token), bootstrapped
+/// to `boot`.
+async fn member(
+    gh: &FakeGithub,
+    dir: &tempfile::TempDir,
+    name: &str,
+    secret: &str,
+    token: Option<&str>,
+    boot: Option<&Daemon>,
+) -> Daemon {
+    let mut args = vec!["--upstream".to_string(), gh.url()];
+    if let Some(b) = boot {
+        args.extend(["--bootstrap".to_string(), b.ready.listen[0].clone()]);
+    }
+    let mut env = HashMap::from([("GHMESH_SECRET".to_string(), secret.to_string())]);
+    if let Some(t) = token {
+        env.insert("GH_TOKEN".to_string(), t.to_string());
+    }
+    start_daemon(dir.path().join(name), &args, &env)
+        .await
+        .unwrap()
+}
+
+/// The first path `prefix{i}` whose key `nodes[owner]` owns among `nodes`.
+fn path_owned_by(prefix: &str, nodes: &[&Daemon], owner: usize) -> String {
+    let ids: Vec<libp2p::PeerId> = nodes
+        .iter()
+        .map(|n| n.ready.peer_id.parse().unwrap())
+        .collect();
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|p| {
+            let key = ghmesh_protocol::CanonicalRequest::get(p).unwrap().key();
+            ghmesh_node::placement::owner(&key, ids.iter().copied()) == Some(ids[owner])
+        })
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_answers_stay_with_their_token() {
     let gh = FakeGithub::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let start = |name: &str, token: &str, boot: Option<String>| {
-        let mut args = vec!["--upstream".to_string(), gh.url()];
-        if let Some(b) = boot {
-            args.extend(["--bootstrap".to_string(), b]);
-        }
-        let env = HashMap::from([
-            ("GHMESH_SECRET".to_string(), "identity-fleet".to_string()),
-            ("GH_TOKEN".to_string(), token.to_string()),
-        ]);
-        let data = dir.path().join(name);
-        async move { start_daemon(data, &args, &env).await.unwrap() }
-    };
-    let a = start("a", "ghp_token_a", None).await;
-    let b = start("b", "ghp_token_b", Some(a.ready.listen[0].clone())).await;
+    let secret = "identity-fleet";
+    let a = member(&gh, &dir, "a", secret, Some("ghp_token_a"), None).await;
+    let b = member(&gh, &dir, "b", secret, Some("ghp_token_b"), Some(&a)).await;
     wait_members(&[&a, &b], 1).await;
 
     for (node, token) in [
@@ -288,20 +315,9 @@ async fn a_clients_own_token_fetches_misses_and_shares_only_successes() {
 async fn in_a_fleet_a_clients_miss_is_fetched_with_its_token_and_only_successes_reach_peers() {
     let gh = FakeGithub::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let start = |name: &str, token: &str, boot: Option<String>| {
-        let mut args = vec!["--upstream".to_string(), gh.url()];
-        if let Some(b) = boot {
-            args.extend(["--bootstrap".to_string(), b]);
-        }
-        let env = HashMap::from([
-            ("GHMESH_SECRET".to_string(), "client-fleet".to_string()),
-            ("GH_TOKEN".to_string(), token.to_string()),
-        ]);
-        let data = dir.path().join(name);
-        async move { start_daemon(data, &args, &env).await.unwrap() }
-    };
-    let a = start("a", "ghp_token_a", None).await;
-    let b = start("b", "ghp_token_b", Some(a.ready.listen[0].clone())).await;
+    let secret = "client-fleet";
+    let a = member(&gh, &dir, "a", secret, Some("ghp_token_a"), None).await;
+    let b = member(&gh, &dir, "b", secret, Some("ghp_token_b"), Some(&a)).await;
     wait_members(&[&a, &b], 1).await;
 
     // Enough keys that some are owned by each node: the owner must not fetch a
@@ -335,17 +351,7 @@ async fn in_a_fleet_a_clients_miss_is_fetched_with_its_token_and_only_successes_
 
     // A client's 404 stays with that client: the peer asks GitHub itself. (A path b
     // owns: a's client fetches it under b's lease, and b then reads it for itself.)
-    let ids: Vec<libp2p::PeerId> = [&a, &b]
-        .iter()
-        .map(|n| n.ready.peer_id.parse().unwrap())
-        .collect();
-    let missing = (0..)
-        .map(|i| format!("/notfound/private{i}"))
-        .find(|p| {
-            let key = ghmesh_protocol::CanonicalRequest::get(p).unwrap().key();
-            ghmesh_node::placement::owner(&key, ids.iter().copied()) == Some(ids[1])
-        })
-        .unwrap();
+    let missing = path_owned_by("/notfound/private", &[&a, &b], 1);
     let missing = missing.as_str();
     assert_eq!(get_with(&a, missing, Some("ghp_client_c")).await.0, 404);
     assert_eq!(get_with(&b, missing, None).await.0, 404);
@@ -358,13 +364,7 @@ async fn in_a_fleet_a_clients_miss_is_fetched_with_its_token_and_only_successes_
 
     // A path a owns, read on b: a fetches it for b and gets a 404, which it keeps. b's
     // re-polls must not make a fetch it again and again: b asks GitHub itself, once.
-    let owned_by_a = (0..)
-        .map(|i| format!("/notfound/gone{i}"))
-        .find(|p| {
-            let key = ghmesh_protocol::CanonicalRequest::get(p).unwrap().key();
-            ghmesh_node::placement::owner(&key, ids.iter().copied()) == Some(ids[0])
-        })
-        .unwrap();
+    let owned_by_a = path_owned_by("/notfound/gone", &[&a, &b], 0);
     assert_eq!(get_with(&b, &owned_by_a, None).await.0, 404);
     assert_eq!(
         sent_for(&gh, &owned_by_a),
@@ -381,19 +381,9 @@ async fn a_fleet_without_node_tokens_coalesces_its_clients_misses_through_leases
     let gh = FakeGithub::start().await.unwrap();
     gh.set_latency(std::time::Duration::from_millis(100));
     let dir = tempfile::tempdir().unwrap();
-    let start = |name: &str, boot: Option<String>| {
-        let mut args = vec!["--upstream".to_string(), gh.url()];
-        if let Some(b) = boot {
-            args.extend(["--bootstrap".to_string(), b]);
-        }
-        let env = HashMap::from([("GHMESH_SECRET".to_string(), "lease-fleet".to_string())]);
-        let data = dir.path().join(name);
-        async move { start_daemon(data, &args, &env).await.unwrap() }
-    };
-    let a = start("a", None).await;
-    let boot = Some(a.ready.listen[0].clone());
-    let b = start("b", boot.clone()).await;
-    let c = start("c", boot).await;
+    let a = member(&gh, &dir, "a", "lease-fleet", None, None).await;
+    let b = member(&gh, &dir, "b", "lease-fleet", None, Some(&a)).await;
+    let c = member(&gh, &dir, "c", "lease-fleet", None, Some(&a)).await;
     wait_members(&[&a, &b, &c], 2).await;
 
     // Only a and b have readers: the keys c owns (about a third of 30) can only be
@@ -443,32 +433,12 @@ async fn a_fleet_without_node_tokens_coalesces_its_clients_misses_through_leases
 async fn a_lease_whose_fetch_fails_passes_to_the_next_asker() {
     let gh = FakeGithub::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let start = |name: &str, boot: Option<String>| {
-        let mut args = vec!["--upstream".to_string(), gh.url()];
-        if let Some(b) = boot {
-            args.extend(["--bootstrap".to_string(), b]);
-        }
-        let env = HashMap::from([("GHMESH_SECRET".to_string(), "release-fleet".to_string())]);
-        let data = dir.path().join(name);
-        async move { start_daemon(data, &args, &env).await.unwrap() }
-    };
-    let a = start("a", None).await;
-    let boot = Some(a.ready.listen[0].clone());
-    let b = start("b", boot.clone()).await;
-    let c = start("c", boot).await;
+    let a = member(&gh, &dir, "a", "release-fleet", None, None).await;
+    let b = member(&gh, &dir, "b", "release-fleet", None, Some(&a)).await;
+    let c = member(&gh, &dir, "c", "release-fleet", None, Some(&a)).await;
     wait_members(&[&a, &b, &c], 2).await;
     // A path c owns, readable only with b's client token.
-    let ids: Vec<libp2p::PeerId> = [&a, &b, &c]
-        .iter()
-        .map(|n| n.ready.peer_id.parse().unwrap())
-        .collect();
-    let path = (0..)
-        .map(|i| format!("/repos/acme/secret{i}"))
-        .find(|p| {
-            let key = ghmesh_protocol::CanonicalRequest::get(p).unwrap().key();
-            ghmesh_node::placement::owner(&key, ids.iter().copied()) == Some(ids[2])
-        })
-        .unwrap();
+    let path = path_owned_by("/repos/acme/secret", &[&a, &b, &c], 2);
     gh.set_private(&path, "ghp_job_b");
 
     // a's reader gets the lease and GitHub's 404, which is never shared: a hands the
@@ -487,11 +457,7 @@ async fn a_lease_whose_fetch_fails_passes_to_the_next_asker() {
 async fn a_node_without_a_token_reads_anonymously() {
     let gh = FakeGithub::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let env = HashMap::from([("GHMESH_SECRET".to_string(), "anon-fleet".to_string())]);
-    let args = vec!["--upstream".to_string(), gh.url()];
-    let n = start_daemon(dir.path().join("n"), &args, &env)
-        .await
-        .unwrap();
+    let n = member(&gh, &dir, "n", "anon-fleet", None, None).await;
     let (status, headers, _) = get_with(&n, "/repos/acme/widgets", None).await;
     assert_eq!(status, 200);
     assert_eq!(header(&headers, "x-ghmesh-cache"), Some("miss"));

@@ -21,7 +21,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use crate::report::{peak_rss_mb, quantile, LateJoiners, Lookup, Network, Propagation, Report};
+use crate::report::{peak_rss_mb, LateJoiners, Lookup, Network, Propagation, Report};
 use crate::sim::SimConfig;
 use read::{Ask, Flight, Rep};
 
@@ -427,7 +427,7 @@ impl Des {
             self.send(Ev::Members { to: a, from: b });
             self.send(Ev::Members { to: b, from: a });
         }
-        self.check_converged();
+        self.check_converged(a, b);
     }
 
     fn members(&mut self, to: usize, from: usize) {
@@ -435,11 +435,17 @@ impl Des {
             return;
         }
         self.messages += 1;
-        let known: Vec<PeerId> = self.peers[from].book.members();
-        for id in known {
-            if let Some(m) = self.peers.iter().position(|p| p.id == id) {
-                self.dial(to, m);
-            }
+        // In index order: the book's order is a hash map's, which differs between
+        // processes, and the same seed must give the same run.
+        let mut known: Vec<usize> = self.peers[from]
+            .book
+            .members()
+            .iter()
+            .filter_map(|id| self.index.get(id).copied())
+            .collect();
+        known.sort_unstable();
+        for m in known {
+            self.dial(to, m);
         }
     }
 
@@ -494,7 +500,9 @@ impl Des {
         }
     }
 
-    fn check_converged(&mut self) {
+    /// After `a` and `b` admitted each other: do all views agree now? Only their views
+    /// changed, so unless both are full nothing else needs a look.
+    fn check_converged(&mut self, a: usize, b: usize) {
         if self.view_converged.is_some() {
             return;
         }
@@ -504,11 +512,12 @@ impl Des {
         }
         // A node keeps at most MAX_PEERS peers (the daemon's bound): beyond that size a
         // view is as full as it gets at that bound.
-        let full = up.iter().all(|&a| {
-            let reachable = up.iter().filter(|&&b| self.reachable(a, b)).count();
+        let is_full = |n: usize| {
+            let reachable = up.iter().filter(|&&m| self.reachable(n, m)).count();
             let want = reachable.min(ghmesh_node::limits::MAX_PEERS);
-            self.peers[a].book.members().len() >= want
-        });
+            self.peers[n].book.members().len() >= want
+        };
+        let full = is_full(a) && is_full(b) && up.iter().all(|&n| is_full(n));
         if full {
             self.view_converged = Some(self.now);
             if !self.cfg.workload.coldstart {
@@ -599,7 +608,8 @@ impl Des {
     /// Publishes an announce: flood-published to every member we are connected to,
     /// relayed one more hop to the rest.
     fn announce(&mut self, from: usize, key: usize, fetched: Us) {
-        let members = self.peers[from].book.members();
+        let members: std::collections::HashSet<PeerId> =
+            self.peers[from].book.members().into_iter().collect();
         for to in 0..self.peers.len() {
             if to == from || !self.peers[to].up || self.peers[to].book.members().is_empty() {
                 continue;
@@ -685,18 +695,8 @@ impl Des {
             served_revalidated: t.revalidated + l.revalidated,
             served_miss: t.miss + l.miss,
             errors: 0,
-            propagation_ms: Propagation {
-                p50: quantile(&prop, 0.5),
-                p95: quantile(&prop, 0.95),
-                p99: quantile(&prop, 0.99),
-                max: prop.last().copied().unwrap_or(0.0),
-                samples: prop.len(),
-            },
-            lookup_ms: Lookup {
-                p50: quantile(&look, 0.5),
-                p99: quantile(&look, 0.99),
-                samples: look.len(),
-            },
+            propagation_ms: Propagation::of(&prop),
+            lookup_ms: Lookup::of(&look),
             // From the last node's start until full views (NaN: never).
             mesh_formation_s: self.view_converged.map_or(f64::NAN, |v| {
                 let last_start = cfg.nodes.saturating_sub(1) as Us * us(self.net.join_gap);
