@@ -82,6 +82,16 @@ pub const VIOLATION_WEIGHT: u32 = 4;
 
 // --- Memory ---
 
+/// Sealed body replies kept for the other members pulling the same body (node
+/// `reply_cache`): how many, their total size, and how long one is reused. The age is
+/// far inside every receiver's window ([`GOSSIP_MAX_AGE_SECS`]), and short enough that
+/// a body replaced or evicted here is soon no longer served.
+pub const REPLY_CACHE_MAX_ENTRIES: usize = 256;
+/// See [`REPLY_CACHE_MAX_ENTRIES`].
+pub const REPLY_CACHE_MAX_BYTES: usize = 32 * 1024 * 1024;
+/// See [`REPLY_CACHE_MAX_ENTRIES`].
+pub const REPLY_CACHE_MAX_AGE_SECS: u64 = 10;
+
 /// Entries announced without their body, remembered (with who has them).
 pub const BODYLESS_MAX_ENTRIES: usize = 8192;
 /// Their total size (metadata as sent), least recently announced dropped first.

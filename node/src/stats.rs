@@ -79,6 +79,8 @@ counters! {
     dropped_writes: "Peer announces dropped while the writer was behind",
     /// Cached reads made stale by a write (here or on a peer).
     invalidated: "Cached reads made stale by writes",
+    /// Store transactions committed: writes per commit is how well group commit groups.
+    store_commits: "Store transactions committed",
     /// Store writes that failed (the entries they carried were not acknowledged).
     store_errors: "Store writes that failed",
     /// Peers admitted after proving they hold the key.

@@ -269,8 +269,16 @@ pub(crate) struct Envelope {
     pub msg: Message,
 }
 
-/// Only the version, decoded first so that a message of another version is reported
-/// as such rather than as garbage.
+/// The same wrapper for sealing, borrowing the message: a body is not copied to be
+/// encoded.
+#[derive(Serialize)]
+pub(crate) struct EnvelopeRef<'a> {
+    pub v: u16,
+    pub msg: &'a Message,
+}
+
+/// Only the version, decoded when a message fails to decode so that a message of
+/// another version is reported as such rather than as garbage.
 #[derive(Deserialize)]
 pub(crate) struct VersionProbe {
     pub v: u16,

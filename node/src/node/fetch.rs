@@ -5,7 +5,7 @@ use ghmesh_protocol::Refresh;
 use ghmesh_protocol::{freshness_ttl_secs, Announce, CacheKey, CanonicalRequest, Entry, Message};
 
 use super::served::CacheStatus;
-use super::writer::WriteJob;
+use super::writer::{Urgency, WriteJob};
 use super::{GetError, Node, Served};
 use crate::policy::{self, UpstreamAction};
 use crate::upstream::{Conditional, Credential, UpstreamError, UpstreamResponse};
@@ -127,7 +127,12 @@ impl Node {
 
     /// Queues a write and waits until it is durable; a failure is the caller's error.
     pub(super) async fn write(&self, job: WriteJob) -> Result<(), GetError> {
-        self.inner.writer.write(job).await
+        self.inner.writer.write(job, Urgency::Now).await
+    }
+
+    /// The same for replication nobody reads yet: it may share a later transaction.
+    pub(super) async fn write_background(&self, job: WriteJob) -> Result<(), GetError> {
+        self.inner.writer.write(job, Urgency::Background).await
     }
 
     /// Queues a write from gossip without waiting. When the writer is behind, the write

@@ -5,17 +5,18 @@
 //! counts against the member that sent it (never for clock skew alone), and only
 //! members get anything but a hello answered.
 
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use ghmesh_protocol::{
-    varies_by_identity, Announce, BodyReply, Lookup, LookupReply, Message, Refresh,
+    varies_by_identity, Announce, BodyReply, FetchBody, Lookup, LookupReply, Message, Refresh,
 };
 use libp2p::gossipsub::MessageAcceptance;
 use libp2p::PeerId;
 use tokio::sync::mpsc;
 
 use super::read::Resolution;
+use super::reply_cache::ReplyCache;
 use super::writer::WriteJob;
 use super::{Inner, Node};
 use crate::network::{Channel, NetEvent};
@@ -229,14 +230,7 @@ impl Node {
                 }
                 Message::LookupReply(self.answer_lookup(peer, l))
             }
-            Message::FetchBody(f) => {
-                let body = self
-                    .local(&f.key)
-                    .filter(|e| e.meta.cid == f.cid)
-                    .map(|e| BodyReply::Found(e.body))
-                    .unwrap_or(BodyReply::NotFound);
-                Message::BodyReply(body)
-            }
+            Message::FetchBody(f) => return self.body_reply(&f),
             Message::Members(m) => {
                 if m.known.len() > ghmesh_protocol::wire::MAX_MEMBER_LIST {
                     self.violated(peer);
@@ -262,6 +256,25 @@ impl Node {
             }
         };
         self.seal(&reply)
+    }
+
+    /// The sealed reply to a body request: sealed once per body and reused for the
+    /// other members that pull it (see `reply_cache`).
+    fn body_reply(&self, f: &FetchBody) -> Option<Vec<u8>> {
+        let mesh = self.inner.mesh.as_ref()?;
+        let now = self.inner.clock.now_secs();
+        let cached = |c: &mut ReplyCache| c.get(&f.key, &f.cid, now);
+        if let Some(sealed) = mesh.replies.lock().ok().and_then(|mut c| cached(&mut c)) {
+            return Some(sealed.as_ref().clone());
+        }
+        let Some(entry) = self.local(&f.key).filter(|e| e.meta.cid == f.cid) else {
+            return self.seal(&Message::BodyReply(BodyReply::NotFound));
+        };
+        let sealed = Arc::new(self.seal(&Message::BodyReply(BodyReply::Found(entry.body)))?);
+        if let Ok(mut c) = mesh.replies.lock() {
+            c.insert(f.key, &f.cid, sealed.clone(), now);
+        }
+        Some(sealed.as_ref().clone())
     }
 
     fn answer_lookup(&self, asker: PeerId, l: Lookup) -> LookupReply {

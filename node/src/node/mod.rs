@@ -33,6 +33,7 @@ mod invalidate;
 mod peers;
 mod prefetch;
 mod read;
+mod reply_cache;
 mod sealed;
 mod served;
 mod writer;
@@ -108,6 +109,8 @@ struct Mesh {
     book: Mutex<PeerBook>,
     /// Leases granted on keys we own: which member fetches each for the fleet.
     leases: Mutex<crate::policy::lease::Leases>,
+    /// Body replies sealed recently, reused for the other members that pull the body.
+    replies: Mutex<reply_cache::ReplyCache>,
 }
 
 /// State the writer shares with readers: who waits for which key, what was announced
@@ -240,6 +243,7 @@ impl Node {
                     keys: keys.clone(),
                     book: Mutex::new(PeerBook::default()),
                     leases: Mutex::default(),
+                    replies: Mutex::default(),
                 };
                 (Some(mesh), Some(events))
             }

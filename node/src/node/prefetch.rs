@@ -37,7 +37,7 @@ pub(super) async fn run(node: Weak<Inner>, mut rx: mpsc::Receiver<(EntryMeta, Pe
             if puller.still_bodyless(&meta) {
                 let budget = puller.inner.deadlines.body_fetch;
                 if let Some(entry) = puller.fetch_body(from, &meta, budget).await {
-                    let _ = puller.write(WriteJob::Merge(entry)).await;
+                    let _ = puller.write_background(WriteJob::Merge(entry)).await;
                 }
             }
         });

@@ -37,9 +37,18 @@ pub(crate) enum WriteJob {
 
 type Ack = oneshot::Sender<Result<(), GetError>>;
 
+/// Whether a write may wait for others to share its transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Urgency {
+    /// A reader (or a client's response) waits for it: committed at once.
+    Now,
+    /// Replication nobody reads yet: may wait up to [`WRITE_LINGER`] for company.
+    Background,
+}
+
 pub(crate) enum WriterMsg {
     /// Boxed: entries are large, and the queue holds thousands of messages.
-    Job(Box<WriteJob>, Option<Ack>),
+    Job(Box<WriteJob>, Option<Ack>, Urgency),
     /// Commit what was queued before this, then end.
     Stop,
 }
@@ -68,19 +77,20 @@ impl Writer {
     }
 
     /// Queues a write and waits until it is durable (or failed).
-    pub(crate) async fn write(&self, job: WriteJob) -> Result<(), GetError> {
+    pub(crate) async fn write(&self, job: WriteJob, urgency: Urgency) -> Result<(), GetError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(WriterMsg::Job(Box::new(job), Some(tx)))
+            .send(WriterMsg::Job(Box::new(job), Some(tx), urgency))
             .await
             .map_err(|_| GetError::Closed)?;
         rx.await.unwrap_or(Err(GetError::Closed))
     }
 
-    /// Queues a write without waiting; false when the queue is full or closed.
+    /// Queues a background write without waiting; false when the queue is full or
+    /// closed.
     pub(crate) fn write_behind(&self, job: WriteJob) -> bool {
         self.tx
-            .try_send(WriterMsg::Job(Box::new(job), None))
+            .try_send(WriterMsg::Job(Box::new(job), None, Urgency::Background))
             .is_ok()
     }
 
@@ -126,21 +136,26 @@ pub(crate) async fn run(parts: WriterParts, mut rx: mpsc::Receiver<WriterMsg>) {
     let mut stop = false;
     while !stop {
         let Some(first) = rx.recv().await else { break };
-        let mut jobs = Vec::new();
-        let mut acks = Vec::new();
-        let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                WriterMsg::Job(job, ack) => {
-                    jobs.push(*job);
-                    acks.push(ack);
-                }
-                WriterMsg::Stop => stop = true,
-            }
-            if !stop && acks.len() < MAX_WRITE_BATCH {
-                next = rx.try_recv().ok();
+        let mut batch = Gathered::default();
+        stop = batch.add(first);
+        while !stop && batch.len() < MAX_WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(msg) => stop = batch.add(msg),
+                Err(_) => break,
             }
         }
+        // Replication arrives one entry at a time, and a transaction per entry is most
+        // of what storing it costs: background writes wait a moment for company. A
+        // reader waiting for one of the keys ends the wait, as does any urgent write.
+        let lingering = tokio::time::Instant::now() + WRITE_LINGER;
+        while !stop && batch.may_linger(&signals) {
+            match tokio::time::timeout_at(lingering, rx.recv()).await {
+                Ok(Some(msg)) => stop = batch.add(msg),
+                Ok(None) => stop = true,
+                Err(_) => break,
+            }
+        }
+        let Gathered { jobs, acks, .. } = batch;
         if jobs.is_empty() {
             continue;
         }
@@ -157,6 +172,7 @@ pub(crate) async fn run(parts: WriterParts, mut rx: mpsc::Receiver<WriterMsg>) {
         .unwrap_or_else(|e| Err(Failed::Other(format!("store writer panicked: {e}"))));
         let answer = match &result {
             Ok(changed) => {
+                counters.store_commits.inc();
                 health.healthy();
                 signals.changed(changed);
                 Ok(())
@@ -181,6 +197,72 @@ pub(crate) async fn run(parts: WriterParts, mut rx: mpsc::Receiver<WriterMsg>) {
         }
     }
     tracing::debug!("store writer stopped");
+}
+
+/// How long background writes wait for others to share their transaction; what an
+/// entry replicated in the background may take longer to become readable.
+pub(crate) const WRITE_LINGER: Duration = Duration::from_millis(20);
+
+/// The writes of the next transaction, as they are taken off the queue.
+#[derive(Default)]
+struct Gathered {
+    jobs: Vec<WriteJob>,
+    acks: Vec<Option<Ack>>,
+    urgent: bool,
+}
+
+impl Gathered {
+    /// Takes one message; true when it says to stop.
+    fn add(&mut self, msg: WriterMsg) -> bool {
+        match msg {
+            WriterMsg::Job(job, ack, urgency) => {
+                self.urgent |= urgency == Urgency::Now || !job.may_linger();
+                self.jobs.push(*job);
+                self.acks.push(ack);
+                false
+            }
+            WriterMsg::Stop => true,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.acks.len()
+    }
+
+    /// Whether to wait for more writes before committing.
+    fn may_linger(&self, signals: &Signals) -> bool {
+        let awaited = |key: &CacheKey| signals.awaited(key);
+        lingers(
+            self.urgent,
+            self.len(),
+            self.jobs
+                .iter()
+                .filter_map(WriteJob::key)
+                .any(|k| awaited(&k)),
+        )
+    }
+}
+
+/// The decision: background writes only, room in the batch, and nobody reading any of
+/// their keys.
+fn lingers(urgent: bool, queued: usize, awaited: bool) -> bool {
+    !urgent && queued > 0 && queued < MAX_WRITE_BATCH && !awaited
+}
+
+impl WriteJob {
+    /// Writes that change what readers must not see any longer are never delayed.
+    fn may_linger(&self) -> bool {
+        matches!(self, WriteJob::Merge(_) | WriteJob::Refresh(_))
+    }
+
+    /// The entry a job writes, when it writes one.
+    fn key(&self) -> Option<CacheKey> {
+        match self {
+            WriteJob::Put(e) | WriteJob::Merge(e) => Some(e.meta.key()),
+            WriteJob::Refresh(r) => Some(r.key),
+            WriteJob::Expire(..) | WriteJob::Flush => None,
+        }
+    }
 }
 
 /// Why a batch failed.
@@ -236,6 +318,11 @@ async fn recover(store: &Arc<Store>, health: &Health, counters: &Counters, windo
 }
 
 impl Signals {
+    /// Whether a reader waits for this key to arrive.
+    fn awaited(&self, key: &CacheKey) -> bool {
+        self.arrivals.lock().is_ok_and(|a| a.contains_key(key))
+    }
+
     /// After a commit: wake readers waiting for these keys, forget their body-less
     /// announces, tell subscribers.
     fn changed(&self, keys: &[CacheKey]) {
@@ -492,5 +579,82 @@ mod tests {
         let newer = entry("/b", b"4", 2_100, 9_000);
         let jobs = vec![WriteJob::Merge(newer)];
         assert_eq!(apply_batch(&store, jobs, 0, &written).unwrap(), vec![key]);
+    }
+
+    fn parts(store: Arc<Store>, signals: Arc<Signals>, counters: Counters) -> WriterParts {
+        WriterParts {
+            store,
+            signals,
+            counters,
+            clock: crate::clock::system(),
+            health: Arc::new(Health::default()),
+            reopen_window: Duration::from_secs(1),
+        }
+    }
+
+    fn signals() -> Arc<Signals> {
+        Arc::new(Signals {
+            arrivals: Mutex::new(HashMap::new()),
+            bodyless: Mutex::new(super::super::bodyless::Bodyless::default()),
+            stored: tokio::sync::broadcast::channel(16).0,
+            written: Mutex::new(HashMap::new()),
+        })
+    }
+
+    #[test]
+    fn only_background_writes_nobody_awaits_linger() {
+        assert!(lingers(false, 1, false));
+        assert!(!lingers(true, 1, false), "an urgent write in the batch");
+        assert!(
+            !lingers(false, 1, true),
+            "a reader waits for one of the keys"
+        );
+        assert!(!lingers(false, MAX_WRITE_BATCH, false), "the batch is full");
+        assert!(!lingers(false, 0, false), "nothing to wait with");
+        let e = entry("/a", b"1", 1, 2);
+        assert!(WriteJob::Merge(e.clone()).may_linger());
+        assert!(WriteJob::Refresh(refresh(&e, 1, 3)).may_linger());
+        assert!(!WriteJob::Put(e).may_linger());
+        assert!(!WriteJob::Expire(vec![], 1).may_linger());
+        assert!(!WriteJob::Flush.may_linger());
+    }
+
+    #[tokio::test]
+    async fn background_writes_share_a_transaction_and_an_urgent_one_ends_the_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path().join("c.redb"), Limits::default()).unwrap());
+        let counters = Counters::default();
+        let signals = signals();
+        let (writer, rx) = Writer::channel(64);
+        writer.set_task(tokio::spawn(run(
+            parts(store.clone(), signals.clone(), counters.clone()),
+            rx,
+        )));
+        // Ten replicated entries, queued one by one as a prefetcher would, then a
+        // reader's own write: one transaction for all eleven.
+        let entries: Vec<Entry> = (0..10)
+            .map(|i| entry(&format!("/r{i}"), b"x", 1, 9))
+            .collect();
+        for e in &entries {
+            assert!(writer.write_behind(WriteJob::Merge(e.clone())));
+        }
+        let own = entry("/own", b"y", 1, 9);
+        writer
+            .write(WriteJob::Put(own.clone()), Urgency::Now)
+            .await
+            .unwrap();
+        assert_eq!(counters.store_commits.get(), 1);
+        for e in entries.iter().chain([&own]) {
+            assert!(store.get_meta(&e.meta.key()).unwrap().is_some());
+        }
+        // A background write alone is committed once its wait is over, and answered.
+        let late = entry("/late", b"z", 1, 9);
+        writer
+            .write(WriteJob::Merge(late.clone()), Urgency::Background)
+            .await
+            .unwrap();
+        assert_eq!(counters.store_commits.get(), 2);
+        assert!(store.get_meta(&late.meta.key()).unwrap().is_some());
+        assert!(writer.stop(Duration::from_secs(5)).await);
     }
 }

@@ -1,0 +1,157 @@
+//! Sealed body replies kept for reuse. A body announced to the fleet is pulled by every
+//! member at about the same moment; sealing it once (CBOR, AES, HMAC and base64 over
+//! the whole body) instead of once per member is most of what answering costs. Bounded
+//! by count, by bytes and by age: a reply must still be inside every receiver's age
+//! window, and an entry replaced or evicted here stops being served after the age bound.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use ghmesh_protocol::CacheKey;
+
+use crate::limits::{REPLY_CACHE_MAX_AGE_SECS, REPLY_CACHE_MAX_BYTES, REPLY_CACHE_MAX_ENTRIES};
+
+/// Which body: the entry and the content it had when sealed.
+type Id = (CacheKey, Vec<u8>);
+
+struct Sealed {
+    bytes: Arc<Vec<u8>>,
+    sealed_at_secs: u64,
+}
+
+/// The cache; see the module docs.
+pub(super) struct ReplyCache {
+    replies: HashMap<Id, Sealed>,
+    /// Insertion order, oldest first: eviction and expiry both take from the front.
+    order: VecDeque<Id>,
+    bytes: usize,
+    max_entries: usize,
+    max_bytes: usize,
+}
+
+impl Default for ReplyCache {
+    fn default() -> Self {
+        Self::with_limits(REPLY_CACHE_MAX_ENTRIES, REPLY_CACHE_MAX_BYTES)
+    }
+}
+
+impl ReplyCache {
+    fn with_limits(max_entries: usize, max_bytes: usize) -> Self {
+        Self {
+            replies: HashMap::new(),
+            order: VecDeque::new(),
+            bytes: 0,
+            max_entries,
+            max_bytes,
+        }
+    }
+
+    /// The reply sealed for this body, when it was sealed recently enough.
+    pub(super) fn get(
+        &mut self,
+        key: &CacheKey,
+        cid: &[u8],
+        now_secs: u64,
+    ) -> Option<Arc<Vec<u8>>> {
+        self.expire(now_secs);
+        let id = (*key, cid.to_vec());
+        self.replies.get(&id).map(|s| s.bytes.clone())
+    }
+
+    /// Keeps a freshly sealed reply, evicting the oldest over the bounds.
+    pub(super) fn insert(&mut self, key: CacheKey, cid: &[u8], bytes: Arc<Vec<u8>>, now_secs: u64) {
+        let len = bytes.len();
+        if len > self.max_bytes {
+            return;
+        }
+        let id = (key, cid.to_vec());
+        if self.replies.contains_key(&id) {
+            return;
+        }
+        while self.replies.len() >= self.max_entries || self.bytes + len > self.max_bytes {
+            if !self.pop_oldest() {
+                break;
+            }
+        }
+        self.bytes += len;
+        self.order.push_back(id.clone());
+        self.replies.insert(
+            id,
+            Sealed {
+                bytes,
+                sealed_at_secs: now_secs,
+            },
+        );
+    }
+
+    fn expire(&mut self, now_secs: u64) {
+        while let Some(oldest) = self.order.front() {
+            let old = self.replies.get(oldest).is_none_or(|s| {
+                now_secs.saturating_sub(s.sealed_at_secs) > REPLY_CACHE_MAX_AGE_SECS
+            });
+            if !old || !self.pop_oldest() {
+                break;
+            }
+        }
+    }
+
+    fn pop_oldest(&mut self) -> bool {
+        let Some(id) = self.order.pop_front() else {
+            return false;
+        };
+        if let Some(s) = self.replies.remove(&id) {
+            self.bytes -= s.bytes.len();
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u8) -> CacheKey {
+        CacheKey([n; 32])
+    }
+
+    #[test]
+    fn a_reply_is_reused_until_it_is_too_old_and_only_for_its_body() {
+        let mut c = ReplyCache::default();
+        c.insert(key(1), b"cid-a", Arc::new(vec![7; 10]), 100);
+        assert_eq!(c.get(&key(1), b"cid-a", 100).as_deref(), Some(&vec![7; 10]));
+        assert!(
+            c.get(&key(1), b"cid-b", 100).is_none(),
+            "another body of the key"
+        );
+        assert!(
+            c.get(&key(2), b"cid-a", 100).is_none(),
+            "the same body under another key"
+        );
+        let last = 100 + REPLY_CACHE_MAX_AGE_SECS;
+        assert!(c.get(&key(1), b"cid-a", last).is_some());
+        assert!(c.get(&key(1), b"cid-a", last + 1).is_none());
+        assert_eq!((c.replies.len(), c.order.len(), c.bytes), (0, 0, 0));
+    }
+
+    #[test]
+    fn count_and_bytes_are_bounded_and_the_oldest_go_first() {
+        let mut c = ReplyCache::with_limits(3, 100);
+        for n in 0..4 {
+            c.insert(key(n), b"c", Arc::new(vec![0; 10]), 0);
+        }
+        assert!(
+            c.get(&key(0), b"c", 0).is_none(),
+            "over the count, the oldest went"
+        );
+        assert!(c.get(&key(3), b"c", 0).is_some());
+        c.insert(key(9), b"c", Arc::new(vec![0; 85]), 0);
+        assert!(c.bytes <= 100, "{}", c.bytes);
+        assert!(c.get(&key(9), b"c", 0).is_some());
+        assert!(c.get(&key(1), b"c", 0).is_none());
+        c.insert(key(8), b"c", Arc::new(vec![0; 101]), 0);
+        assert!(
+            c.get(&key(8), b"c", 0).is_none(),
+            "larger than the whole cache"
+        );
+    }
+}
