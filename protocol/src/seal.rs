@@ -137,24 +137,24 @@ pub fn open(
 }
 
 /// The token's version and timestamp bytes, and its decoded length, from its text
-/// without decoding all of it. A character outside the alphabet anywhere is garbage; a
-/// misplaced `=` is left to the full decode, which then fails as tampering.
+/// without decoding all of it: a bad character further on fails the crate's own decode,
+/// and the message is then refused as tampered with.
 fn token_stamp(token: &str) -> Result<([u8; 9], usize), OpenError> {
-    let b64 = |c: &u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'=');
-    if !token.as_bytes().iter().all(b64) {
-        return Err(OpenError::Garbage);
-    }
     // Padded URL-safe base64 always has a length that is a multiple of 4.
-    if !token.len().is_multiple_of(4) || token.len() < STAMP_CHARS {
+    if !token.len().is_multiple_of(4) {
+        return Err(OpenError::Truncated);
+    }
+    let mut stamp = [0u8; 9];
+    // Bytes, not text: a cut inside a multi-byte character must not panic.
+    let head = &token.as_bytes()[..token.len().min(STAMP_CHARS)];
+    let decoded = base64::engine::general_purpose::URL_SAFE
+        .decode_slice(head, &mut stamp)
+        .map_err(|_| OpenError::Garbage)?;
+    if decoded < stamp.len() {
         return Err(OpenError::Truncated);
     }
     let padding = token.bytes().rev().take_while(|c| *c == b'=').count();
-    let len = token.len() / 4 * 3 - padding;
-    let mut stamp = [0u8; 9];
-    base64::engine::general_purpose::URL_SAFE
-        .decode_slice(&token[..STAMP_CHARS], &mut stamp)
-        .map_err(|_| OpenError::Garbage)?;
-    Ok((stamp, len))
+    Ok((stamp, token.len() / 4 * 3 - padding))
 }
 
 /// Decodes the CBOR inside a seal (what [`open`] does after decrypting). The version is

@@ -128,6 +128,21 @@ fn every_bad_input_has_its_own_error() {
     let mut not_b64 = good[..11].to_vec();
     not_b64.extend_from_slice(b"!!!!????");
     assert_eq!(open(keys(), &not_b64, LIMITS, NOW), Err(OpenError::Garbage));
+    // Text that is not base64, with a multi-byte character across the stamp's end.
+    let mut multibyte = good[..11].to_vec();
+    multibyte.extend_from_slice("gAAAAABpAAAéAAAAAAAAAAA".as_bytes());
+    assert_eq!(
+        open(keys(), &multibyte, LIMITS, NOW),
+        Err(OpenError::Garbage)
+    );
+    // A bad character after the stamp: only the full decode sees it.
+    let mut late_junk = good.clone();
+    let at = late_junk.len() - 8;
+    late_junk[at] = b'!';
+    assert_eq!(
+        open(keys(), &late_junk, LIMITS, NOW),
+        Err(OpenError::Tampered)
+    );
 
     // Unknown versions: the envelope byte, and the message schema.
     let mut v2 = good.clone();

@@ -70,6 +70,8 @@ pub const MESH_N: usize = 6;
 pub const MESH_N_LOW: usize = 4;
 /// Upper mesh bound.
 pub const MESH_N_HIGH: usize = 12;
+/// Smallest gossip message a receiver tells its mesh peers not to send again.
+const IDONTWANT_MIN_MESSAGE: usize = 8 * 1024;
 /// Outbound peers kept in the mesh.
 pub const MESH_OUTBOUND_MIN: usize = 2;
 
@@ -104,6 +106,11 @@ impl Behaviour {
             .mesh_outbound_min(MESH_OUTBOUND_MIN)
             // Small fleets: publish straight to every subscribed peer for latency.
             .flood_publish(true)
+            // An IDONTWANT costs a peer as much as a small message it saves (a frame, a
+            // timer, a syscall: per-message costs dominate below a few KiB), and every
+            // receiver sends one to each mesh peer: only worth it for announces that
+            // carry a body.
+            .idontwant_message_size_threshold(IDONTWANT_MIN_MESSAGE)
             .build()
             .map_err(|e| anyhow::anyhow!("gossipsub config: {e}"))?;
         let gossipsub =
