@@ -231,15 +231,8 @@ impl Gathered {
 
     /// Whether to wait for more writes before committing.
     fn may_linger(&self, signals: &Signals) -> bool {
-        let awaited = |key: &CacheKey| signals.awaited(key);
-        lingers(
-            self.urgent,
-            self.len(),
-            self.jobs
-                .iter()
-                .filter_map(WriteJob::key)
-                .any(|k| awaited(&k)),
-        )
+        let awaited = signals.awaits_any(self.jobs.iter().filter_map(WriteJob::key));
+        lingers(self.urgent, self.len(), awaited)
     }
 }
 
@@ -318,9 +311,11 @@ async fn recover(store: &Arc<Store>, health: &Health, counters: &Counters, windo
 }
 
 impl Signals {
-    /// Whether a reader waits for this key to arrive.
-    fn awaited(&self, key: &CacheKey) -> bool {
-        self.arrivals.lock().is_ok_and(|a| a.contains_key(key))
+    /// Whether a reader waits for one of these keys to arrive.
+    fn awaits_any(&self, mut keys: impl Iterator<Item = CacheKey>) -> bool {
+        self.arrivals
+            .lock()
+            .is_ok_and(|a| keys.any(|k| a.contains_key(&k)))
     }
 
     /// After a commit: wake readers waiting for these keys, forget their body-less
@@ -617,6 +612,18 @@ mod tests {
         assert!(!WriteJob::Put(e).may_linger());
         assert!(!WriteJob::Expire(vec![], 1).may_linger());
         assert!(!WriteJob::Flush.may_linger());
+
+        // A reader that starts waiting for a key in the batch ends the wait.
+        let sig = signals();
+        let e = entry("/b", b"1", 1, 2);
+        let mut batch = Gathered::default();
+        let job = Box::new(WriteJob::Merge(e.clone()));
+        assert!(!batch.add(WriterMsg::Job(job, None, Urgency::Background)));
+        assert!(batch.may_linger(&sig));
+        let notify = Arc::new(tokio::sync::Notify::new());
+        sig.arrivals.lock().unwrap().insert(e.meta.key(), notify);
+        assert!(!batch.may_linger(&sig));
+        assert!(batch.add(WriterMsg::Stop), "stop ends the batch");
     }
 
     #[tokio::test]
