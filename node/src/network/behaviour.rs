@@ -124,6 +124,14 @@ impl Behaviour {
         // The event loop bootstraps once it has a connection; kad's own timer would only
         // warn "no known peers" on a node that starts alone.
         kad_cfg.set_periodic_bootstrap_interval(None);
+        // The routing table holds rendezvous points only: bootstrap addresses and the
+        // peers DNS seeds resolve to. Members find each other through the provider record
+        // those points hold, then through member lists. Inserting every connected member
+        // made Kademlia bootstrap on each node start (libp2p-kad does so whenever a peer
+        // joins a table of fewer than 20, with a query per bucket sent to every known
+        // peer): more than a quarter of a 20-node burst's CPU, and at 50 nodes the queueing
+        // that made members fetch instead of waiting.
+        kad_cfg.set_kbucket_inserts(kad::BucketInserts::Manual);
         let mut kad =
             kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_cfg);
         // Runners of one fleet can reach each other; without an explicitly confirmed

@@ -15,7 +15,7 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{identify, kad, mdns, ping, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 
-use super::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
+use super::behaviour::{Behaviour, BehaviourEvent};
 use super::discovery::next_seeds;
 use super::{Channel, Command, NetError, NetEvent, NetStats, PeerInfo};
 use crate::limits::MAX_PROVIDER_DIALS;
@@ -256,6 +256,11 @@ impl EventLoop {
                 let addr = endpoint.get_remote_address().clone();
                 if let Some(seed) = self.seed_peers.get_mut(&addr) {
                     *seed = Some(peer_id);
+                    // A peer a DNS seed resolved to is a rendezvous point, learned only now.
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer_id, addr.clone());
                 }
                 let known = self.addrs.entry(peer_id).or_default();
                 if !known.contains(&addr) && known.len() < 8 {
@@ -337,10 +342,8 @@ impl EventLoop {
                     for (peer, addr) in found {
                         by_peer.entry(peer).or_default().push(addr);
                     }
+                    // Dialled, not put in the DHT's routing table: see `Behaviour::new`.
                     for (peer, addrs) in by_peer {
-                        for a in &addrs {
-                            self.swarm.behaviour_mut().kad.add_address(&peer, a.clone());
-                        }
                         self.dial_peer(peer, addrs);
                     }
                 }
@@ -349,16 +352,6 @@ impl EventLoop {
                 self.metrics.record(&ev);
                 if let identify::Event::Received { peer_id, info, .. } = ev {
                     let addrs: Vec<Multiaddr> = info.listen_addrs.into_iter().take(8).collect();
-                    // Kademlia does not learn addresses from identify by itself: feed it
-                    // the peer's listen addresses when the peer speaks our DHT.
-                    if info.protocols.contains(&KAD_PROTOCOL) {
-                        for addr in &addrs {
-                            self.swarm
-                                .behaviour_mut()
-                                .kad
-                                .add_address(&peer_id, addr.clone());
-                        }
-                    }
                     if self.swarm.is_connected(&peer_id) {
                         self.listen_of.insert(peer_id, addrs);
                     }
