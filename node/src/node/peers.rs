@@ -392,17 +392,21 @@ impl Node {
             self.violated(from);
             return None;
         }
+        // Each body is hashed once: one pulled by CID was checked against the (validated)
+        // metadata as it arrived; an inline one is checked here.
         let entry = match ann.into_entry() {
-            Ok(e) => e,
+            Ok(e) => {
+                if e.validate(&key, self.now_ms()).is_err() {
+                    self.violated(from);
+                    return None;
+                }
+                e
+            }
             Err(meta) => {
                 let budget = self.inner.deadlines.body_fetch;
                 self.fetch_body(from, &meta, budget).await?
             }
         };
-        if entry.validate(&key, self.now_ms()).is_err() {
-            self.violated(from);
-            return None;
-        }
         self.inner.counters.lookups_found.inc();
         self.store_from_peer(entry).await
     }
