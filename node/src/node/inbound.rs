@@ -16,7 +16,6 @@ use libp2p::PeerId;
 use tokio::sync::mpsc;
 
 use super::read::Resolution;
-use super::reply_cache::ReplyCache;
 use super::writer::WriteJob;
 use super::{Inner, Node};
 use crate::network::{Channel, NetEvent};
@@ -263,8 +262,12 @@ impl Node {
     fn body_reply(&self, f: &FetchBody) -> Option<Vec<u8>> {
         let mesh = self.inner.mesh.as_ref()?;
         let now = self.inner.clock.now_secs();
-        let cached = |c: &mut ReplyCache| c.get(&f.key, &f.cid, now);
-        if let Some(sealed) = mesh.replies.lock().ok().and_then(|mut c| cached(&mut c)) {
+        let cached = mesh
+            .replies
+            .lock()
+            .ok()
+            .and_then(|mut c| c.get(&f.key, &f.cid, now));
+        if let Some(sealed) = cached {
             return Some(sealed.as_ref().clone());
         }
         let Some(entry) = self.local(&f.key).filter(|e| e.meta.cid == f.cid) else {
