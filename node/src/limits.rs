@@ -112,6 +112,9 @@ pub const WRITE_QUEUE: usize = 4096;
 pub const PREFETCH_QUEUE: usize = 1024;
 /// Most written-to paths remembered (see `Signals::written`).
 pub const MAX_WRITTEN_PATHS: usize = 4096;
+/// Keys stored while no peer was subscribed to the topic, announced when one is; beyond
+/// it the oldest are forgotten (members still find them by lookup while starting).
+pub const MAX_UNANNOUNCED: usize = 1024;
 /// Store notifications buffered for slow subscribers (they miss events, never block).
 pub const STORED_EVENTS: usize = 4096;
 /// Body pulls in flight at once.

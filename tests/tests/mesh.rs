@@ -65,32 +65,86 @@ fn owner_first<'a>(nodes: &'a [TestNode], r: &CanonicalRequest) -> (&'a TestNode
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_joiner_finds_earlier_entries_by_lookup() {
     let (up, dynup) = upstream();
-    let first = start_node(Some(test_keys()), vec![], dynup.clone())
-        .await
-        .unwrap();
+    let pair = start_mesh(2, dynup.clone()).await.unwrap();
+    wait_gossip_mesh(&pair, T).await.unwrap();
     let keys: Vec<CanonicalRequest> = (0..5)
         .map(|i| req(&format!("/repos/acme/widgets/pulls/{i}")))
         .collect();
     for r in &keys {
-        assert_eq!(
-            first.node.get(r.clone()).await.unwrap().status,
-            CacheStatus::Miss
-        );
+        pair[0].node.get(r.clone()).await.unwrap();
     }
-    // Joins after the announces were sent (gossip keeps no history).
-    let late = start_node(Some(test_keys()), vec![first.addr()], dynup)
+    assert_eq!(up.full(), 5);
+    // Joins after the announces were heard (gossip keeps no history).
+    let late = start_node(Some(test_keys()), vec![pair[0].addr()], dynup)
         .await
         .unwrap();
-    let pair = [first, late];
-    wait_full_membership(&pair, T).await.unwrap();
+    let mut trio = pair;
+    trio.push(late);
+    wait_full_membership(&trio, T).await.unwrap();
     for r in &keys {
         let started = Instant::now();
-        let got = pair[1].node.get(r.clone()).await.unwrap();
+        let got = trio[2].node.get(r.clone()).await.unwrap();
         assert_eq!(got.status, CacheStatus::Peer, "lookup on a miss finds it");
         println!("lookup on a miss: {:?}", started.elapsed());
     }
     assert_eq!(up.full(), 5, "no upstream call for the late joiner");
-    assert_eq!(pair[1].node.stats().await.counters.peer_hits, 5);
+    let late = trio[2].node.stats().await.counters;
+    assert_eq!(late.peer_hits, 5);
+    assert!(late.lookups_found >= 5, "found by lookup, not by gossip");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_first_node_stored_alone_is_announced_when_a_peer_subscribes() {
+    let (up, dynup) = upstream();
+    let first = start_node(Some(test_keys()), vec![], dynup.clone())
+        .await
+        .unwrap();
+    let keys: Vec<CanonicalRequest> = (0..3)
+        .map(|i| req(&format!("/repos/acme/widgets/pulls/{i}")))
+        .collect();
+    for r in &keys {
+        first.node.get(r.clone()).await.unwrap();
+    }
+    // Nobody heard those announces. The next node does not read them: whoever owns a
+    // key in the full view would not know to ask the first node, so it must hear them.
+    let second = start_node(Some(test_keys()), vec![first.addr()], dynup)
+        .await
+        .unwrap();
+    wait_until(
+        T,
+        "the entries stored alone to reach the new peer",
+        || async { keys.iter().all(|r| holds(&second.node, &r.key())) },
+    )
+    .await
+    .unwrap();
+    assert_eq!(up.full(), 3);
+    assert_eq!(
+        second.node.stats().await.counters.lookups_sent,
+        0,
+        "heard, not asked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reading_the_moment_it_starts_waits_for_its_first_member() {
+    let (up, dynup) = upstream();
+    let pair = start_mesh(2, dynup.clone()).await.unwrap();
+    wait_gossip_mesh(&pair, T).await.unwrap();
+    let r = req("/repos/acme/widgets/pulls/7");
+    pair[0].node.get(r.clone()).await.unwrap();
+    wait_until(T, "the announce to reach the other", || async {
+        holds(&pair[1].node, &r.key())
+    })
+    .await
+    .unwrap();
+    // An ephemeral runner: it reads before it has met anyone. Alone in its own view it
+    // would fetch the key itself; it waits for its bootstrap peer and finds it there.
+    let runner = start_node(Some(test_keys()), vec![pair[0].addr()], dynup)
+        .await
+        .unwrap();
+    let got = runner.node.get(r.clone()).await.unwrap();
+    assert_eq!(got.status, CacheStatus::Peer);
+    assert_eq!(up.full(), 1, "no second upstream call");
 }
 
 /// An outsider that learned the topic name but not the key: it hears everything and

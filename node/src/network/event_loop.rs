@@ -287,8 +287,15 @@ impl EventLoop {
         match ev {
             BehaviourEvent::Gossipsub(ev) => {
                 self.metrics.record(&ev);
-                // Subscriptions are ignored: they prove nothing (anyone connected sees
-                // the topic name); membership is the node's sealed hello.
+                // Subscriptions prove nothing (anyone connected sees the topic name;
+                // membership is the node's sealed hello): passed on only as the moment
+                // a publish would reach someone.
+                if let gossipsub::Event::Subscribed { peer_id, topic, .. } = &ev {
+                    if *topic == self.topic {
+                        self.send_event(NetEvent::Subscribed(*peer_id));
+                    }
+                    return;
+                }
                 if let gossipsub::Event::Message {
                     propagation_source,
                     message_id,

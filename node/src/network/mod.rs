@@ -82,6 +82,9 @@ pub enum NetEvent {
     Connected(PeerId),
     /// The last connection to a peer closed.
     Disconnected(PeerId),
+    /// A peer subscribed to our topic: a publish would now reach someone. A hint only
+    /// (subscribing proves nothing; membership is the sealed hello).
+    Subscribed(PeerId),
     /// A gossip message on our topic; the node must answer with
     /// [`NetworkHandle::report`] (the message is not forwarded before that).
     Gossip {

@@ -69,6 +69,36 @@ impl Node {
         }
     }
 
+    /// A node that has just started, knows where the fleet is and has no member yet
+    /// waits for its first one (bounded from its start, see
+    /// [`policy::awaiting_first_member`]) before it reads as if alone.
+    pub(super) async fn await_first_member(&self) {
+        let Some(mesh) = &self.inner.mesh else {
+            return;
+        };
+        let cfg = &self.inner.cfg;
+        let until = self.inner.started_at + Duration::from_millis(policy::FIRST_MEMBER_WAIT_MS);
+        loop {
+            // Registered before the book is read: an admission in between still wakes us.
+            let admitted = mesh.admitted.notified();
+            tokio::pin!(admitted);
+            admitted.as_mut().enable();
+            let Some((members, greeting)) = self.book(|b| (b.members().len(), b.greeting())) else {
+                return;
+            };
+            let rendezvous = !cfg.bootstrap.is_empty() || cfg.mdns || greeting > 0;
+            let since_start = self.inner.started_at.elapsed().as_millis() as u64;
+            if !policy::awaiting_first_member(since_start, members, rendezvous) {
+                return;
+            }
+            tokio::select! {
+                _ = &mut admitted => {}
+                _ = tokio::time::sleep_until(until) => return,
+                _ = self.inner.stopping.cancelled() => return,
+            }
+        }
+    }
+
     /// Sends our hello and admits `peer` when its reply proves the key.
     async fn greet(&self, peer: PeerId) {
         let proved = self.hello(peer).await;
@@ -80,6 +110,9 @@ impl Node {
             return;
         }
         if newly {
+            if let Some(mesh) = &self.inner.mesh {
+                mesh.admitted.notify_waiters();
+            }
             self.inner.counters.members_admitted.inc();
             tracing::debug!(%peer, "member admitted");
             if let Some(net) = self.network() {

@@ -111,18 +111,27 @@ impl Node {
             return;
         }
         let node = self.clone();
-        self.spawn(async move {
-            let (Some(net), Some(data)) = (node.network(), node.seal(&msg)) else {
-                return;
-            };
-            match net.publish(data).await {
-                Ok(true) => {
-                    node.inner.counters.announces_sent.inc();
-                }
-                Ok(false) => tracing::trace!("no subscribed peers yet; peers will look it up"),
-                Err(e) => tracing::debug!("publish failed: {e}"),
+        self.spawn(async move { node.publish_now(&msg).await });
+    }
+
+    /// Seals and publishes `msg`. An announce no peer was subscribed to hear is kept
+    /// for the first one that subscribes (see `reannounce`): the members that come
+    /// later need not own the key, and would not know to ask us for it.
+    pub(super) async fn publish_now(&self, msg: &Message) {
+        let (Some(net), Some(data)) = (self.network(), self.seal(msg)) else {
+            return;
+        };
+        match net.publish(data).await {
+            Ok(true) => {
+                self.inner.counters.announces_sent.inc();
             }
-        });
+            Ok(false) => {
+                if let Message::Announce(ann) = msg {
+                    self.keep_unannounced(ann.meta.key());
+                }
+            }
+            Err(e) => tracing::debug!("publish failed: {e}"),
+        }
     }
 
     /// Queues a write and waits until it is durable; a failure is the caller's error.

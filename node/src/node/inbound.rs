@@ -41,6 +41,7 @@ pub(super) async fn run(node: Weak<Inner>, mut events: mpsc::Receiver<NetEvent>)
         match ev {
             NetEvent::Connected(peer) => node.on_connected(peer),
             NetEvent::Disconnected(peer) => node.on_disconnected(peer),
+            NetEvent::Subscribed(_) => node.reannounce(),
             NetEvent::Gossip {
                 id,
                 source,

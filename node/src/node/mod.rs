@@ -33,6 +33,7 @@ mod invalidate;
 mod peers;
 mod prefetch;
 mod read;
+mod reannounce;
 mod reply_cache;
 mod sealed;
 mod served;
@@ -111,6 +112,10 @@ struct Mesh {
     leases: Mutex<crate::policy::lease::Leases>,
     /// Body replies sealed recently, reused for the other members that pull the body.
     replies: Mutex<reply_cache::ReplyCache>,
+    /// Woken when a member is admitted (a node's first reads wait for its first one).
+    admitted: tokio::sync::Notify,
+    /// Keys stored while nobody was subscribed to hear their announce.
+    unannounced: Mutex<reannounce::Unannounced>,
 }
 
 /// State the writer shares with readers: who waits for which key, what was announced
@@ -156,6 +161,9 @@ struct Inner {
     /// When the node started (unix ms): a node still learning the fleet waits a moment
     /// before it claims a key.
     started_ms: u64,
+    /// The same moment on the monotonic clock: bounds the wait for a first member
+    /// whatever the injected clock does.
+    started_at: tokio::time::Instant,
     health: Arc<Health>,
     deadlines: Deadlines,
     clock: SharedClock,
@@ -244,6 +252,8 @@ impl Node {
                     book: Mutex::new(PeerBook::default()),
                     leases: Mutex::default(),
                     replies: Mutex::default(),
+                    admitted: tokio::sync::Notify::new(),
+                    unannounced: Mutex::default(),
                 };
                 (Some(mesh), Some(events))
             }
@@ -265,6 +275,7 @@ impl Node {
                 clock: cfg.clock.clone(),
                 me: peer_id.to_string(),
                 started_ms: cfg.clock.now_ms(),
+                started_at: tokio::time::Instant::now(),
                 health: health.clone(),
                 cfg,
                 deadlines,

@@ -81,6 +81,7 @@ impl Node {
         key: CacheKey,
         ask: Ask,
     ) -> PeerPhase {
+        self.await_first_member().await;
         let deadline = Instant::now() + self.inner.deadlines.lookup;
 
         // Announced without its body: we know who has it, fetch the body by CID.

@@ -279,3 +279,16 @@ fn only_a_starting_node_with_a_changing_view_waits() {
     // Alone: nothing ever changed, nothing to wait for.
     assert!(!view_settling(start + 10, start, 0, 0));
 }
+
+#[test]
+fn only_a_node_just_started_with_somewhere_to_look_waits_for_its_first_member() {
+    // Just started, a bootstrap address (or mDNS, or a greeting) and nobody yet: wait.
+    assert!(awaiting_first_member(0, 0, true));
+    assert!(awaiting_first_member(FIRST_MEMBER_WAIT_MS - 1, 0, true));
+    // The wait is bounded from the start: a dead bootstrap costs it once.
+    assert!(!awaiting_first_member(FIRST_MEMBER_WAIT_MS, 0, true));
+    // A member is enough: the rest is `view_settling`'s.
+    assert!(!awaiting_first_member(0, 1, true));
+    // The fleet's first node, or one with nowhere to look, reads at once.
+    assert!(!awaiting_first_member(0, 0, false));
+}

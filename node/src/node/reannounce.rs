@@ -1,0 +1,107 @@
+//! Announces nobody heard. The fleet's first node reads before anyone has joined, and
+//! gossipsub drops a publish that no peer is subscribed to. Whoever later owns such a
+//! key in the full view would not know to ask us, and would fetch it again. So the keys
+//! are kept (bounded) and announced from the store when the first peer subscribes.
+
+use std::collections::VecDeque;
+
+use ghmesh_protocol::{Announce, CacheKey, Message};
+
+use super::Node;
+use crate::limits::MAX_UNANNOUNCED;
+
+/// Keys stored while no peer was subscribed, oldest first, each once.
+#[derive(Debug, Default)]
+pub(super) struct Unannounced {
+    keys: VecDeque<CacheKey>,
+}
+
+impl Unannounced {
+    /// Keeps `key`; beyond [`MAX_UNANNOUNCED`] the oldest is forgotten.
+    pub(super) fn keep(&mut self, key: CacheKey) {
+        if self.keys.contains(&key) {
+            return;
+        }
+        if self.keys.len() >= MAX_UNANNOUNCED {
+            self.keys.pop_front();
+        }
+        self.keys.push_back(key);
+    }
+
+    /// Every key kept, oldest first; none are left.
+    pub(super) fn take(&mut self) -> Vec<CacheKey> {
+        self.keys.drain(..).collect()
+    }
+}
+
+impl Node {
+    /// Keeps `key` for the next peer that subscribes.
+    pub(super) fn keep_unannounced(&self, key: CacheKey) {
+        if let Some(mut u) = self
+            .inner
+            .mesh
+            .as_ref()
+            .and_then(|m| m.unannounced.lock().ok())
+        {
+            u.keep(key);
+        }
+    }
+
+    /// A peer subscribed to the topic: announce what nobody heard, as it is stored now
+    /// (an entry since expired or evicted is not announced; one still unheard is kept
+    /// again by `publish_now`).
+    pub(super) fn reannounce(&self) {
+        let keys = self
+            .inner
+            .mesh
+            .as_ref()
+            .and_then(|m| m.unannounced.lock().ok())
+            .map(|mut u| u.take())
+            .unwrap_or_default();
+        if keys.is_empty() {
+            return;
+        }
+        tracing::debug!(
+            keys = keys.len(),
+            "announcing what was stored before any peer"
+        );
+        let node = self.clone();
+        self.spawn(async move {
+            for key in keys {
+                if let Some(e) = node.local_fresh(&key) {
+                    node.publish_now(&Message::Announce(Announce::of(&e))).await;
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u8) -> CacheKey {
+        CacheKey([i; 32])
+    }
+
+    #[test]
+    fn keeps_each_key_once_and_forgets_the_oldest_beyond_the_bound() {
+        let mut u = Unannounced::default();
+        u.keep(key(1));
+        u.keep(key(2));
+        u.keep(key(1));
+        assert_eq!(u.take(), vec![key(1), key(2)]);
+        assert!(u.take().is_empty(), "taking leaves nothing");
+
+        for i in 0..=MAX_UNANNOUNCED {
+            let mut b = [0u8; 32];
+            b[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            u.keep(CacheKey(b));
+        }
+        let kept = u.take();
+        assert_eq!(kept.len(), MAX_UNANNOUNCED);
+        let mut first = [0u8; 32];
+        first[..8].copy_from_slice(&1u64.to_le_bytes());
+        assert_eq!(kept[0], CacheKey(first), "key 0 was forgotten");
+    }
+}
