@@ -42,6 +42,17 @@ fn seal_open(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("open", size), &sealed, |b, s| {
             b.iter(|| open(&keys, s, limits, 1_800_000_000))
         });
+        // What a member pulling an announced body gets.
+        let reply = Message::BodyReply(BodyReply::Found(entry.body.clone()));
+        let sealed = seal(&keys, &reply, 1_800_000_000);
+        g.bench_with_input(BenchmarkId::new("seal_body_reply", size), &reply, |b, m| {
+            b.iter(|| seal(&keys, m, 1_800_000_000))
+        });
+        g.bench_with_input(
+            BenchmarkId::new("open_body_reply", size),
+            &sealed,
+            |b, s| b.iter(|| open(&keys, s, limits, 1_800_000_000)),
+        );
     }
     g.finish();
 }

@@ -1,6 +1,7 @@
 //! Cache entries: a GitHub response with its content id, validation, and the rule
 //! that decides which of two versions of one key wins.
 
+use bytes::Bytes;
 use cid::Cid;
 use multihash::Multihash;
 use serde::{Deserialize, Serialize};
@@ -238,8 +239,9 @@ fn link_points_at(value: &str, base: Option<&str>) -> bool {
 pub struct Entry {
     /// Everything but the body.
     pub meta: EntryMeta,
-    /// The response body.
-    pub body: ByteBuf,
+    /// The response body: shared, not copied, from the upstream response or the store
+    /// to every reader and peer it goes to (same CBOR byte string as before).
+    pub body: Bytes,
 }
 
 impl Entry {
@@ -248,12 +250,13 @@ impl Entry {
     pub fn new(
         request: CanonicalRequest,
         headers: Vec<(String, String)>,
-        body: Vec<u8>,
+        body: impl Into<Bytes>,
         etag_token: Option<[u8; 8]>,
         fetched_at_ms: u64,
         fresh_until_ms: u64,
         origin: String,
     ) -> Self {
+        let body = body.into();
         let etag = headers
             .iter()
             .find(|(k, _)| k == "etag")
@@ -278,10 +281,7 @@ impl Entry {
             fresh_until_ms,
             origin,
         };
-        Self {
-            meta,
-            body: ByteBuf::from(body),
-        }
+        Self { meta, body }
     }
 
     /// Full validation: [`EntryMeta::validate`] plus the body against its CID.
@@ -371,7 +371,7 @@ mod tests {
         assert_eq!(e.meta.etag.as_deref(), Some("\"abc\""));
 
         let mut body = e.clone();
-        body.body = ByteBuf::from(b"{\"x\":1}".to_vec());
+        body.body = Bytes::from_static(b"{\"x\":1}");
         assert_eq!(body.validate(&key, now), Err(ValidationError::CidMismatch));
 
         let other = CanonicalRequest::get("/repos/o/other").unwrap().key();

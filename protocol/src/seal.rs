@@ -8,7 +8,9 @@
 use base64::Engine as _;
 
 use crate::keys::MeshKeys;
-use crate::wire::{Envelope, EnvelopeRef, Message, VersionProbe, MESSAGE_VERSION};
+use crate::wire::{
+    BodyReply, Envelope, EnvelopeRef, LookupReply, Message, VersionProbe, MESSAGE_VERSION,
+};
 
 const MAGIC: &[u8; 2] = b"GM";
 /// Version of the outer envelope layout.
@@ -72,8 +74,22 @@ pub fn seal(keys: &MeshKeys, msg: &Message, now_secs: u64) -> Vec<u8> {
     seal_envelope(keys, &envelope, now_secs)
 }
 
+/// Room for a message's CBOR: a body is written once into a buffer that fits it,
+/// instead of through a vector that doubles (and copies) as it grows.
+fn cbor_capacity(msg: &Message) -> usize {
+    const OVERHEAD: usize = 1024;
+    match msg {
+        Message::BodyReply(BodyReply::Found(body)) => body.len() + OVERHEAD,
+        Message::Announce(a) => a.body.as_ref().map_or(0, |b| b.len()) + OVERHEAD,
+        Message::LookupReply(LookupReply::Found(a)) => {
+            a.body.as_ref().map_or(0, |b| b.len()) + OVERHEAD
+        }
+        _ => OVERHEAD,
+    }
+}
+
 fn seal_envelope(keys: &MeshKeys, envelope: &EnvelopeRef<'_>, now_secs: u64) -> Vec<u8> {
-    let mut cbor = Vec::new();
+    let mut cbor = Vec::with_capacity(cbor_capacity(envelope.msg));
     // Serialising plain structs into a Vec cannot fail.
     let _ = ciborium::into_writer(envelope, &mut cbor);
     frame(keys, &keys.fernet().encrypt_at_time(&cbor, now_secs))

@@ -8,6 +8,7 @@
 //! ([`Addressing`]): a captured request is refused by anyone but its recipient, and by
 //! the recipient when replayed.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
@@ -91,7 +92,7 @@ pub struct Announce {
     /// The entry's metadata.
     pub meta: EntryMeta,
     /// The body, when at most [`INLINE_BODY_LIMIT`] bytes.
-    pub body: Option<ByteBuf>,
+    pub body: Option<Bytes>,
 }
 
 impl Announce {
@@ -196,7 +197,7 @@ pub struct FetchBody {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BodyReply {
     /// The body; the receiver verifies it against the CID it asked for.
-    Found(ByteBuf),
+    Found(Bytes),
     /// Not held (evicted, or replaced by a newer version).
     NotFound,
 }

@@ -264,7 +264,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
                     }],
                 }),
                 _ => Message::BodyReply(if flag {
-                    BodyReply::Found(ByteBuf::from(body))
+                    BodyReply::Found(bytes::Bytes::from(body))
                 } else {
                     BodyReply::NotFound
                 }),

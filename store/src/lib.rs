@@ -25,7 +25,6 @@ use std::sync::{Arc, Mutex};
 use ghmesh_protocol::{CacheKey, Entry, EntryMeta};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
-use serde_bytes::ByteBuf;
 
 mod faults;
 mod txn;
@@ -450,12 +449,10 @@ impl Store {
                 detail: "metadata without body".into(),
             });
         };
-        let body = body.value().to_vec();
+        // The one copy a read makes: out of redb's page.
+        let body = bytes::Bytes::copy_from_slice(body.value());
         self.touch(key);
-        Ok(Some(Entry {
-            meta,
-            body: ByteBuf::from(body),
-        }))
+        Ok(Some(Entry { meta, body }))
     }
 
     /// Only the metadata for `key` (cheap: no body read). Does not count as a use.
@@ -530,7 +527,7 @@ impl Store {
                 let seq = w.next_seq();
                 let k = key.as_bytes().as_slice();
                 w.meta.insert(k, meta.as_slice())?;
-                w.body.insert(k, entry.body.as_slice())?;
+                w.body.insert(k, entry.body.as_ref())?;
                 w.index.insert(k, (seq, size, entry.meta.fresh_until_ms))?;
                 w.lru.insert((seq, k), ())?;
                 w.expiry.insert((entry.meta.fresh_until_ms, k), ())?;

@@ -24,6 +24,7 @@ pub struct MemoryUpstream {
     version: AtomicU64,
     sizes: Mutex<HashMap<String, usize>>,
     per_path: Mutex<HashMap<String, u64>>,
+    last_body: Mutex<Option<Bytes>>,
 }
 
 impl MemoryUpstream {
@@ -53,6 +54,11 @@ impl MemoryUpstream {
             .lock()
             .map(|m| m.get(path).copied().unwrap_or(0))
             .unwrap_or(0)
+    }
+
+    /// The body of the last full answer, as it was handed to the node.
+    pub fn last_body(&self) -> Option<Bytes> {
+        self.last_body.lock().ok().and_then(|b| b.clone())
     }
 
     /// Delay before every answer.
@@ -142,10 +148,14 @@ impl Upstream for MemoryUpstream {
             if let Ok(mut m) = self.per_path.lock() {
                 *m.entry(path).or_insert(0) += 1;
             }
+            let body = Bytes::from(body);
+            if let Ok(mut last) = self.last_body.lock() {
+                *last = Some(body.clone());
+            }
             Ok(UpstreamResponse {
                 status: 200,
                 headers,
-                body: Bytes::from(body),
+                body,
             })
         })
     }

@@ -321,3 +321,26 @@ async fn a_read_may_accept_an_older_copy_as_ghs_cache_flag_does() {
     assert_eq!(served.status, CacheStatus::Revalidated, "too old for 60 s");
     assert_eq!(up.calls(), 2);
 }
+
+#[tokio::test]
+async fn a_miss_reaches_its_reader_and_the_http_response_as_githubs_bytes_uncopied() {
+    let (_clock, up, n) = local_node_on_a_manual_clock().await;
+    let r = req("/repos/acme/widgets/issues/1");
+    let served = n.node.get(r.clone()).await.unwrap();
+    assert_eq!(served.status, CacheStatus::Miss);
+    let sent = up.last_body().unwrap();
+    assert_eq!(served.bytes(), &sent[..]);
+    assert_eq!(
+        served.bytes().as_ptr(),
+        sent.as_ptr(),
+        "the body the reader gets is the one upstream returned, not a copy"
+    );
+    let parts = ghmesh_node::api::response_parts(&n.node, &served, "", "", false);
+    assert_eq!(parts.body.as_ptr(), sent.as_ptr(), "nor is the response's");
+    // A hit reads the store: one copy out of redb's page, then shared the same way.
+    let hit = n.node.get(r).await.unwrap();
+    assert_eq!(hit.status, CacheStatus::Hit);
+    assert_eq!(hit.bytes(), &sent[..]);
+    let parts = ghmesh_node::api::response_parts(&n.node, &hit, "", "", false);
+    assert_eq!(parts.body.as_ptr(), hit.bytes().as_ptr());
+}

@@ -94,11 +94,7 @@ pub fn response_parts(
     rewrite_bodies: bool,
 ) -> ResponseParts {
     let (status, src_headers, mut body) = match &served.body {
-        Answer::Entry(e) => (
-            e.meta.status,
-            e.meta.headers.clone(),
-            Bytes::from(e.body.to_vec()),
-        ),
+        Answer::Entry(e) => (e.meta.status, e.meta.headers.clone(), e.body.clone()),
         Answer::Upstream(r) => (r.status, r.headers.clone(), r.body.clone()),
     };
     let content_type = src_headers

@@ -73,7 +73,8 @@ async fn write_frame<T: AsyncWrite + Unpin + Send>(
 impl libp2p::request_response::Codec for SealedCodec {
     type Protocol = StreamProtocol;
     type Request = Vec<u8>;
-    type Response = Vec<u8>;
+    /// Shared: a sealed body reply is sent to every member that pulls it, uncopied.
+    type Response = bytes::Bytes;
 
     async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
     where
@@ -82,11 +83,13 @@ impl libp2p::request_response::Codec for SealedCodec {
         read_frame(io, self.request_max).await
     }
 
-    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<bytes::Bytes>
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io, self.response_max).await
+        read_frame(io, self.response_max)
+            .await
+            .map(bytes::Bytes::from)
     }
 
     async fn write_request<T>(
@@ -105,7 +108,7 @@ impl libp2p::request_response::Codec for SealedCodec {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        res: Vec<u8>,
+        res: bytes::Bytes,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,

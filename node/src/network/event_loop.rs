@@ -6,6 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::StreamExt;
 use libp2p::gossipsub::{self, MessageAcceptance, TopicHash};
 use libp2p::metrics::{Metrics, Recorder};
@@ -22,12 +23,12 @@ use crate::limits::MAX_PROVIDER_DIALS;
 use crate::limits::{MAX_PENDING_INBOUND, MAX_PENDING_INBOUND_PER_PEER};
 
 /// Where the answer to one of our requests goes.
-pub(super) type ReplyTo = oneshot::Sender<Result<Vec<u8>, NetError>>;
+pub(super) type ReplyTo = oneshot::Sender<Result<Bytes, NetError>>;
 
 /// An inbound request waiting for the node's answer.
 pub(super) struct PendingInbound {
     peer: PeerId,
-    reply: ResponseChannel<Vec<u8>>,
+    reply: ResponseChannel<Bytes>,
 }
 
 /// Which listen addresses to advertise to the DHT: real interfaces always; loopback
@@ -206,7 +207,7 @@ impl EventLoop {
     }
 
     /// Answers (or, with `None`, refuses) a pending inbound request.
-    fn respond(&mut self, channel: Channel, id: InboundRequestId, data: Option<Vec<u8>>) {
+    fn respond(&mut self, channel: Channel, id: InboundRequestId, data: Option<Bytes>) {
         let Some(p) = self.inbound.remove(&(channel, id)) else {
             return;
         };
@@ -382,7 +383,7 @@ impl EventLoop {
         }
     }
 
-    fn on_rr_event(&mut self, kind: Channel, ev: request_response::Event<Vec<u8>, Vec<u8>>) {
+    fn on_rr_event(&mut self, kind: Channel, ev: request_response::Event<Vec<u8>, Bytes>) {
         match ev {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {

@@ -13,6 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::StreamExt;
 use libp2p::gossipsub::{IdentTopic, MessageAcceptance, MessageId};
 use libp2p::metrics::Metrics;
@@ -145,12 +146,12 @@ pub(crate) enum Command {
         peer: PeerId,
         channel: Channel,
         data: Vec<u8>,
-        reply: oneshot::Sender<Result<Vec<u8>, NetError>>,
+        reply: oneshot::Sender<Result<Bytes, NetError>>,
     },
     Respond {
         channel: Channel,
         id: InboundRequestId,
-        data: Option<Vec<u8>>,
+        data: Option<Bytes>,
     },
     DiscoverSoon,
     DialPeer(PeerId, Vec<Multiaddr>),
@@ -222,7 +223,7 @@ impl NetworkHandle {
         channel: Channel,
         data: Vec<u8>,
         timeout: Duration,
-    ) -> Result<Vec<u8>, NetError> {
+    ) -> Result<Bytes, NetError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Command::Request {
@@ -241,7 +242,7 @@ impl NetworkHandle {
     }
 
     /// Answers an inbound request.
-    pub async fn respond(&self, channel: Channel, id: InboundRequestId, data: Vec<u8>) {
+    pub async fn respond(&self, channel: Channel, id: InboundRequestId, data: Bytes) {
         let _ = self
             .tx
             .send(Command::Respond {

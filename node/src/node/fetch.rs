@@ -34,7 +34,7 @@ impl Node {
                 let entry = Entry::new(
                     req,
                     policy::kept_headers(&resp.headers),
-                    resp.body.to_vec(),
+                    resp.body.clone(),
                     token,
                     now,
                     now + ttl * 1000,

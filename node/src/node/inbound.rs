@@ -5,9 +5,10 @@
 //! counts against the member that sent it (never for clock skew alone), and only
 //! members get anything but a hello answered.
 
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 use std::time::Duration;
 
+use bytes::Bytes;
 use ghmesh_protocol::{
     varies_by_identity, Announce, BodyReply, FetchBody, Lookup, LookupReply, Message, Refresh,
 };
@@ -184,7 +185,7 @@ impl Node {
 
     /// Answers a peer's request; `None` refuses it (it failed to open, was not
     /// addressed to us, came from a non-member, was a replay, or made no sense).
-    async fn on_request(&self, peer: PeerId, channel: Channel, data: &[u8]) -> Option<Vec<u8>> {
+    async fn on_request(&self, peer: PeerId, channel: Channel, data: &[u8]) -> Option<Bytes> {
         let msg = self.open_request(peer, data)?;
         let nonce = msg.addressing()?.nonce;
         let hello = matches!(msg, Message::Hello(_));
@@ -208,7 +209,9 @@ impl Node {
             RequestVerdict::Busy => {
                 self.inner.counters.peer_busy.inc();
                 return match msg {
-                    Message::Lookup(_) => self.seal(&Message::LookupReply(LookupReply::Busy)),
+                    Message::Lookup(_) => self
+                        .seal(&Message::LookupReply(LookupReply::Busy))
+                        .map(Bytes::from),
                     _ => None,
                 };
             }
@@ -255,12 +258,12 @@ impl Node {
                 return None;
             }
         };
-        self.seal(&reply)
+        self.seal(&reply).map(Bytes::from)
     }
 
     /// The sealed reply to a body request: sealed once per body and reused for the
     /// other members that pull it (see `reply_cache`).
-    fn body_reply(&self, f: &FetchBody) -> Option<Vec<u8>> {
+    fn body_reply(&self, f: &FetchBody) -> Option<Bytes> {
         let mesh = self.inner.mesh.as_ref()?;
         let now = self.inner.clock.now_secs();
         let cached = mesh
@@ -268,17 +271,19 @@ impl Node {
             .lock()
             .ok()
             .and_then(|mut c| c.get(&f.key, &f.cid, now));
-        if let Some(sealed) = cached {
-            return Some(sealed.as_ref().clone());
+        if cached.is_some() {
+            return cached;
         }
         let Some(entry) = self.local(&f.key).filter(|e| e.meta.cid == f.cid) else {
-            return self.seal(&Message::BodyReply(BodyReply::NotFound));
+            return self
+                .seal(&Message::BodyReply(BodyReply::NotFound))
+                .map(Bytes::from);
         };
-        let sealed = Arc::new(self.seal(&Message::BodyReply(BodyReply::Found(entry.body)))?);
+        let sealed = Bytes::from(self.seal(&Message::BodyReply(BodyReply::Found(entry.body)))?);
         if let Ok(mut c) = mesh.replies.lock() {
             c.insert(f.key, &f.cid, sealed.clone(), now);
         }
-        Some(sealed.as_ref().clone())
+        Some(sealed)
     }
 
     fn answer_lookup(&self, asker: PeerId, l: Lookup) -> LookupReply {

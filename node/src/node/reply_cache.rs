@@ -4,10 +4,9 @@
 //! by count, by bytes and by age: a reply must still be inside every receiver's age
 //! window, and an entry replaced or evicted here stops being served after the age bound.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
-
+use bytes::Bytes;
 use ghmesh_protocol::CacheKey;
+use std::collections::{HashMap, VecDeque};
 
 use crate::limits::{REPLY_CACHE_MAX_AGE_SECS, REPLY_CACHE_MAX_BYTES, REPLY_CACHE_MAX_ENTRIES};
 
@@ -15,7 +14,7 @@ use crate::limits::{REPLY_CACHE_MAX_AGE_SECS, REPLY_CACHE_MAX_BYTES, REPLY_CACHE
 type Id = (CacheKey, Vec<u8>);
 
 struct Sealed {
-    bytes: Arc<Vec<u8>>,
+    bytes: Bytes,
     sealed_at_secs: u64,
 }
 
@@ -47,19 +46,14 @@ impl ReplyCache {
     }
 
     /// The reply sealed for this body, when it was sealed recently enough.
-    pub(super) fn get(
-        &mut self,
-        key: &CacheKey,
-        cid: &[u8],
-        now_secs: u64,
-    ) -> Option<Arc<Vec<u8>>> {
+    pub(super) fn get(&mut self, key: &CacheKey, cid: &[u8], now_secs: u64) -> Option<Bytes> {
         self.expire(now_secs);
         let id = (*key, cid.to_vec());
         self.replies.get(&id).map(|s| s.bytes.clone())
     }
 
     /// Keeps a freshly sealed reply, evicting the oldest over the bounds.
-    pub(super) fn insert(&mut self, key: CacheKey, cid: &[u8], bytes: Arc<Vec<u8>>, now_secs: u64) {
+    pub(super) fn insert(&mut self, key: CacheKey, cid: &[u8], bytes: Bytes, now_secs: u64) {
         let len = bytes.len();
         if len > self.max_bytes {
             return;
@@ -117,8 +111,14 @@ mod tests {
     #[test]
     fn a_reply_is_reused_until_it_is_too_old_and_only_for_its_body() {
         let mut c = ReplyCache::default();
-        c.insert(key(1), b"cid-a", Arc::new(vec![7; 10]), 100);
-        assert_eq!(c.get(&key(1), b"cid-a", 100).as_deref(), Some(&vec![7; 10]));
+        let sealed = Bytes::from(vec![7; 10]);
+        c.insert(key(1), b"cid-a", sealed.clone(), 100);
+        let again = c.get(&key(1), b"cid-a", 100).unwrap();
+        assert_eq!(
+            again.as_ptr(),
+            sealed.as_ptr(),
+            "the same bytes, not a copy"
+        );
         assert!(
             c.get(&key(1), b"cid-b", 100).is_none(),
             "another body of the key"
@@ -137,18 +137,18 @@ mod tests {
     fn count_and_bytes_are_bounded_and_the_oldest_go_first() {
         let mut c = ReplyCache::with_limits(3, 100);
         for n in 0..4 {
-            c.insert(key(n), b"c", Arc::new(vec![0; 10]), 0);
+            c.insert(key(n), b"c", Bytes::from(vec![0; 10]), 0);
         }
         assert!(
             c.get(&key(0), b"c", 0).is_none(),
             "over the count, the oldest went"
         );
         assert!(c.get(&key(3), b"c", 0).is_some());
-        c.insert(key(9), b"c", Arc::new(vec![0; 85]), 0);
+        c.insert(key(9), b"c", Bytes::from(vec![0; 85]), 0);
         assert!(c.bytes <= 100, "{}", c.bytes);
         assert!(c.get(&key(9), b"c", 0).is_some());
         assert!(c.get(&key(1), b"c", 0).is_none());
-        c.insert(key(8), b"c", Arc::new(vec![0; 101]), 0);
+        c.insert(key(8), b"c", Bytes::from(vec![0; 101]), 0);
         assert!(
             c.get(&key(8), b"c", 0).is_none(),
             "larger than the whole cache"
