@@ -65,11 +65,16 @@ pub(crate) struct Behaviour {
 
 /// Gossipsub mesh sizes for fleets from two runners to a few hundred. `build()` no
 /// longer validates these (a regression since gossipsub 0.49), so [`check_mesh_params`] does.
-pub const MESH_N: usize = 6;
+/// Smaller than gossipsub's 6: an author floods its own messages to every subscribed
+/// peer, so the mesh only relays to peers it is not connected to and repairs lost sends,
+/// while every receiver forwards each message to all its mesh peers. At 6 those
+/// duplicates were about 115 transmissions per announce in a 20-node fleet; at 4 the
+/// 20-node burst took 6 % less CPU and the 50-node one 20 % less (BENCHMARKS.md).
+pub const MESH_N: usize = 4;
 /// Lower mesh bound.
-pub const MESH_N_LOW: usize = 4;
+pub const MESH_N_LOW: usize = 3;
 /// Upper mesh bound.
-pub const MESH_N_HIGH: usize = 12;
+pub const MESH_N_HIGH: usize = 8;
 /// Smallest gossip message a receiver tells its mesh peers not to send again.
 const IDONTWANT_MIN_MESSAGE: usize = 8 * 1024;
 /// Outbound peers kept in the mesh.
