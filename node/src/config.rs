@@ -107,6 +107,10 @@ pub struct Deadlines {
     pub ping_interval: Duration,
     /// A ping unanswered this long closes the connection.
     pub ping_timeout: Duration,
+    /// How long after its start a node with a bootstrap address (or a connection being
+    /// greeted) and no member yet waits for its first member before it reads as if
+    /// alone (see [`crate::policy::awaiting_first_member`]).
+    pub first_member: Duration,
     /// How long a peer has to answer our hello before it is left unadmitted (it is
     /// greeted again when it reconnects).
     pub hello: Duration,
@@ -147,6 +151,7 @@ impl Default for Deadlines {
             lookup_ceiling: Duration::from_secs(1),
             ping_interval: Duration::from_secs(10),
             ping_timeout: Duration::from_secs(10),
+            first_member: Duration::from_secs(1),
             hello: Duration::from_secs(5),
             pending_wait: Duration::from_secs(15),
             upstream: Duration::from_secs(20),
@@ -172,7 +177,12 @@ impl Deadlines {
 
     /// The longest a reader waits on a flight it joined.
     pub fn flight(&self) -> Duration {
-        self.upstream + self.pending_wait + self.peer_asks() + self.lookup + self.flight_slack
+        self.first_member
+            + self.upstream
+            + self.pending_wait
+            + self.peer_asks()
+            + self.lookup
+            + self.flight_slack
     }
 
     /// How lookup budgets adapt.

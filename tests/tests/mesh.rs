@@ -126,6 +126,48 @@ async fn what_the_first_node_stored_alone_is_announced_when_a_peer_subscribes() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outsider_subscribing_does_not_take_what_was_kept_for_members() {
+    let (up, dynup) = upstream();
+    let first = start_node(Some(test_keys()), vec![], dynup.clone())
+        .await
+        .unwrap();
+    let keys: Vec<CanonicalRequest> = (0..2)
+        .map(|i| req(&format!("/repos/acme/widgets/pulls/{i}")))
+        .collect();
+    for r in &keys {
+        first.node.get(r.clone()).await.unwrap();
+    }
+    // It knows the topic name, not the key: it subscribes, and is never admitted.
+    let (_out_up, out_dynup) = upstream();
+    let outsider = start_node(
+        Some(other_secret_keys().impersonating(&test_keys())),
+        vec![first.addr()],
+        out_dynup,
+    )
+    .await
+    .unwrap();
+    wait_until(
+        T,
+        "the outsider in the first node's gossip mesh",
+        || async {
+            first.node.stats().await.mesh_peers >= 1 && outsider.node.stats().await.mesh_peers >= 1
+        },
+    )
+    .await
+    .unwrap();
+    let member = start_node(Some(test_keys()), vec![first.addr()], dynup)
+        .await
+        .unwrap();
+    wait_until(T, "the kept announces to reach the member", || async {
+        keys.iter().all(|r| holds(&member.node, &r.key()))
+    })
+    .await
+    .unwrap();
+    assert_eq!(up.full(), 2);
+    assert_eq!(outsider.node.store().len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_reading_the_moment_it_starts_waits_for_its_first_member() {
     let (up, dynup) = upstream();
     let pair = start_mesh(2, dynup.clone()).await.unwrap();
@@ -139,9 +181,12 @@ async fn a_node_reading_the_moment_it_starts_waits_for_its_first_member() {
     .unwrap();
     // An ephemeral runner: it reads before it has met anyone. Alone in its own view it
     // would fetch the key itself; it waits for its bootstrap peer and finds it there.
-    let runner = start_node(Some(test_keys()), vec![pair[0].addr()], dynup)
-        .await
-        .unwrap();
+    // A generous bound: a loaded test machine must not make the first member late.
+    let runner = start_node_with(Some(test_keys()), vec![pair[0].addr()], dynup, |c| {
+        c.deadlines.first_member = Duration::from_secs(15)
+    })
+    .await
+    .unwrap();
     let got = runner.node.get(r.clone()).await.unwrap();
     assert_eq!(got.status, CacheStatus::Peer);
     assert_eq!(up.full(), 1, "no second upstream call");

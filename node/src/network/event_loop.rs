@@ -67,6 +67,10 @@ pub(super) struct EventLoop {
     pub(super) listen_of: HashMap<PeerId, Vec<Multiaddr>>,
     pub(super) addrs: HashMap<PeerId, Vec<Multiaddr>>,
     pub(super) providing: bool,
+    /// A publish found nobody subscribed since the last subscription was passed on:
+    /// only then is a subscription worth telling the node about. Gossipsub reports
+    /// every subscribe message, and anyone connected may send them in a loop.
+    pub(super) refused_publish: bool,
     pub(super) dropped_events: u64,
     pub(super) metrics: Metrics,
     /// Resolved DNS bootstrap addresses, from `dns_seeds::run`.
@@ -129,7 +133,10 @@ impl EventLoop {
                     Ok(_) => Ok(true),
                     // Identical bytes already published: the mesh has them.
                     Err(gossipsub::PublishError::Duplicate) => Ok(true),
-                    Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => Ok(false),
+                    Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
+                        self.refused_publish = true;
+                        Ok(false)
+                    }
                     Err(e) => Err(NetError::Publish(e.to_string())),
                 };
                 let _ = reply.send(r);
@@ -290,9 +297,10 @@ impl EventLoop {
                 self.metrics.record(&ev);
                 // Subscriptions prove nothing (anyone connected sees the topic name;
                 // membership is the node's sealed hello): passed on only as the moment
-                // a publish would reach someone.
+                // a publish refused for want of subscribers would reach someone.
                 if let gossipsub::Event::Subscribed { peer_id, topic, .. } = &ev {
-                    if *topic == self.topic {
+                    if *topic == self.topic && self.refused_publish {
+                        self.refused_publish = false;
                         self.send_event(NetEvent::Subscribed(*peer_id));
                     }
                     return;

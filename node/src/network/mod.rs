@@ -83,8 +83,9 @@ pub enum NetEvent {
     Connected(PeerId),
     /// The last connection to a peer closed.
     Disconnected(PeerId),
-    /// A peer subscribed to our topic: a publish would now reach someone. A hint only
-    /// (subscribing proves nothing; membership is the sealed hello).
+    /// A peer subscribed to our topic after a publish found nobody subscribed: it
+    /// would reach someone now. A hint only (subscribing proves nothing; membership is
+    /// the sealed hello).
     Subscribed(PeerId),
     /// A gossip message on our topic; the node must answer with
     /// [`NetworkHandle::report`] (the message is not forwarded before that).
@@ -457,6 +458,7 @@ pub async fn start(
         listen_of: HashMap::new(),
         addrs: HashMap::new(),
         providing: false,
+        refused_publish: false,
         dropped_events: 0,
         metrics,
         seeds,

@@ -76,8 +76,8 @@ impl Node {
         let Some(mesh) = &self.inner.mesh else {
             return;
         };
-        let cfg = &self.inner.cfg;
-        let until = self.inner.started_at + Duration::from_millis(policy::FIRST_MEMBER_WAIT_MS);
+        let wait = self.inner.deadlines.first_member;
+        let until = self.inner.started_at + wait;
         loop {
             // Registered before the book is read: an admission in between still wakes us.
             let admitted = mesh.admitted.notified();
@@ -86,9 +86,12 @@ impl Node {
             let Some((members, greeting)) = self.book(|b| (b.members().len(), b.greeting())) else {
                 return;
             };
-            let rendezvous = !cfg.bootstrap.is_empty() || cfg.mdns || greeting > 0;
+            // mDNS alone does not count: a node that listens for a LAN fleet and has
+            // heard nobody may well be alone, and would pay the wait on every start.
+            let rendezvous = !self.inner.cfg.bootstrap.is_empty() || greeting > 0;
             let since_start = self.inner.started_at.elapsed().as_millis() as u64;
-            if !policy::awaiting_first_member(since_start, members, rendezvous) {
+            let wait_ms = wait.as_millis() as u64;
+            if !policy::awaiting_first_member(since_start, wait_ms, members, rendezvous) {
                 return;
             }
             tokio::select! {
@@ -113,6 +116,9 @@ impl Node {
             if let Some(mesh) = &self.inner.mesh {
                 mesh.admitted.notify_waiters();
             }
+            // A member to tell what we stored while nobody listened (it may have
+            // subscribed before we knew it was a member, or the hint was dropped).
+            self.reannounce();
             self.inner.counters.members_admitted.inc();
             tracing::debug!(%peer, "member admitted");
             if let Some(net) = self.network() {

@@ -1,7 +1,10 @@
 //! Announces nobody heard. The fleet's first node reads before anyone has joined, and
 //! gossipsub drops a publish that no peer is subscribed to. Whoever later owns such a
 //! key in the full view would not know to ask us, and would fetch it again. So the keys
-//! are kept (bounded) and announced from the store when the first peer subscribes.
+//! are kept (bounded) and announced from the store once there is a member to hear them:
+//! when one is admitted, and when a peer subscribes while we have one (whichever comes
+//! second). A peer that subscribes without being a member takes nothing away: with no
+//! member known the keys stay kept.
 
 use std::collections::VecDeque;
 
@@ -47,10 +50,13 @@ impl Node {
         }
     }
 
-    /// A peer subscribed to the topic: announce what nobody heard, as it is stored now
-    /// (an entry since expired or evicted is not announced; one still unheard is kept
-    /// again by `publish_now`).
+    /// Announces what nobody heard, as it is stored now (an entry since expired or
+    /// evicted is not announced; one still unheard is kept again by `publish_now`).
+    /// Nothing while we know no member.
     pub(super) fn reannounce(&self) {
+        if self.members().is_empty() {
+            return;
+        }
         let keys = self
             .inner
             .mesh

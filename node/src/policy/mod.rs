@@ -79,18 +79,20 @@ pub fn view_settling(now_ms: u64, started_ms: u64, last_change_ms: u64, greeting
         && (greetings > 0 || now_ms.saturating_sub(last_change_ms) < VIEW_SETTLE_MS)
 }
 
-/// How long after its start a node that knows where the fleet is waits for its first
-/// member before it reads as if alone (see [`awaiting_first_member`]).
-pub const FIRST_MEMBER_WAIT_MS: u64 = 1_000;
-
-/// Should a miss wait for this node's first member? Only in the node's first
-/// [`FIRST_MEMBER_WAIT_MS`], with no member yet, and with somewhere the fleet is to be
-/// found (a bootstrap address, mDNS, a greeting under way). A runner reads the moment
-/// it starts: a fetch made alone is a second fetch of whatever a member was fetching,
-/// and what it stores reaches nobody until it has a peer. A node with nowhere to look
-/// (the fleet's first, a local-only one) never waits.
-pub fn awaiting_first_member(since_start_ms: u64, members: usize, rendezvous: bool) -> bool {
-    members == 0 && rendezvous && since_start_ms < FIRST_MEMBER_WAIT_MS
+/// Should a miss wait for this node's first member? Only within `wait_ms` of the
+/// node's start (`Deadlines::first_member`), with no member yet, and with the fleet
+/// known to be somewhere (`rendezvous`: a bootstrap address, or a connection being
+/// greeted). A runner reads the moment it starts: a fetch made alone is a second fetch
+/// of whatever a member was fetching, and what it stores reaches nobody until it has a
+/// peer. A node with nowhere to look (the fleet's first, one that only listens for
+/// mDNS and has heard nobody yet, a local-only one) never waits.
+pub fn awaiting_first_member(
+    since_start_ms: u64,
+    wait_ms: u64,
+    members: usize,
+    rendezvous: bool,
+) -> bool {
+    members == 0 && rendezvous && since_start_ms < wait_ms
 }
 
 /// Whom to ask on a miss.

@@ -282,13 +282,14 @@ fn only_a_starting_node_with_a_changing_view_waits() {
 
 #[test]
 fn only_a_node_just_started_with_somewhere_to_look_waits_for_its_first_member() {
-    // Just started, a bootstrap address (or mDNS, or a greeting) and nobody yet: wait.
-    assert!(awaiting_first_member(0, 0, true));
-    assert!(awaiting_first_member(FIRST_MEMBER_WAIT_MS - 1, 0, true));
+    let wait = 1_000;
+    // Just started, a bootstrap address (or a greeting) and nobody yet: wait.
+    assert!(awaiting_first_member(0, wait, 0, true));
+    assert!(awaiting_first_member(wait - 1, wait, 0, true));
     // The wait is bounded from the start: a dead bootstrap costs it once.
-    assert!(!awaiting_first_member(FIRST_MEMBER_WAIT_MS, 0, true));
+    assert!(!awaiting_first_member(wait, wait, 0, true));
     // A member is enough: the rest is `view_settling`'s.
-    assert!(!awaiting_first_member(0, 1, true));
+    assert!(!awaiting_first_member(0, wait, 1, true));
     // The fleet's first node, or one with nowhere to look, reads at once.
-    assert!(!awaiting_first_member(0, 0, false));
+    assert!(!awaiting_first_member(0, wait, 0, false));
 }
