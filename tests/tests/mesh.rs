@@ -93,18 +93,27 @@ async fn a_late_joiner_finds_earlier_entries_by_lookup() {
     assert!(late.lookups_found >= 5, "found by lookup, not by gossip");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn what_the_first_node_stored_alone_is_announced_when_a_peer_subscribes() {
-    let (up, dynup) = upstream();
-    let first = start_node(Some(test_keys()), vec![], dynup.clone())
+/// The fleet's first node, alone, after reading `n` keys: announces nobody heard.
+async fn first_node_after_reading_alone(
+    n: usize,
+    upstream: Arc<dyn Upstream>,
+) -> (TestNode, Vec<CanonicalRequest>) {
+    let first = start_node(Some(test_keys()), vec![], upstream)
         .await
         .unwrap();
-    let keys: Vec<CanonicalRequest> = (0..3)
+    let keys: Vec<CanonicalRequest> = (0..n)
         .map(|i| req(&format!("/repos/acme/widgets/pulls/{i}")))
         .collect();
     for r in &keys {
         first.node.get(r.clone()).await.unwrap();
     }
+    (first, keys)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_first_node_stored_alone_is_announced_when_a_member_joins() {
+    let (up, dynup) = upstream();
+    let (first, keys) = first_node_after_reading_alone(3, dynup.clone()).await;
     // Nobody heard those announces. The next node does not read them: whoever owns a
     // key in the full view would not know to ask the first node, so it must hear them.
     let second = start_node(Some(test_keys()), vec![first.addr()], dynup)
@@ -128,15 +137,7 @@ async fn what_the_first_node_stored_alone_is_announced_when_a_peer_subscribes() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outsider_subscribing_does_not_take_what_was_kept_for_members() {
     let (up, dynup) = upstream();
-    let first = start_node(Some(test_keys()), vec![], dynup.clone())
-        .await
-        .unwrap();
-    let keys: Vec<CanonicalRequest> = (0..2)
-        .map(|i| req(&format!("/repos/acme/widgets/pulls/{i}")))
-        .collect();
-    for r in &keys {
-        first.node.get(r.clone()).await.unwrap();
-    }
+    let (first, keys) = first_node_after_reading_alone(2, dynup.clone()).await;
     // It knows the topic name, not the key: it subscribes, and is never admitted.
     let (_out_up, out_dynup) = upstream();
     let outsider = start_node(
