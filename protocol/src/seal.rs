@@ -78,14 +78,13 @@ pub fn seal(keys: &MeshKeys, msg: &Message, now_secs: u64) -> Vec<u8> {
 /// instead of through a vector that doubles (and copies) as it grows.
 fn cbor_capacity(msg: &Message) -> usize {
     const OVERHEAD: usize = 1024;
-    match msg {
-        Message::BodyReply(BodyReply::Found(body)) => body.len() + OVERHEAD,
-        Message::Announce(a) => a.body.as_ref().map_or(0, |b| b.len()) + OVERHEAD,
-        Message::LookupReply(LookupReply::Found(a)) => {
-            a.body.as_ref().map_or(0, |b| b.len()) + OVERHEAD
-        }
-        _ => OVERHEAD,
-    }
+    let body = match msg {
+        Message::BodyReply(BodyReply::Found(body)) => Some(body),
+        Message::Announce(a) => a.body.as_ref(),
+        Message::LookupReply(LookupReply::Found(a)) => a.body.as_ref(),
+        _ => None,
+    };
+    body.map_or(0, |b| b.len()) + OVERHEAD
 }
 
 fn seal_envelope(keys: &MeshKeys, envelope: &EnvelopeRef<'_>, now_secs: u64) -> Vec<u8> {

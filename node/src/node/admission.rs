@@ -78,6 +78,10 @@ impl Node {
         };
         let wait = self.inner.deadlines.first_member;
         let until = self.inner.started_at + wait;
+        // Every miss passes here: past the window, not even the book is looked at.
+        if tokio::time::Instant::now() >= until {
+            return;
+        }
         loop {
             // Registered before the book is read: an admission in between still wakes us.
             let admitted = mesh.admitted.notified();

@@ -1,12 +1,10 @@
-//! Entries announced without their body, with who has them: a least-recently-announced
-//! map bounded by count and by bytes, so a flood of announces evicts the oldest ones
-//! instead of growing memory or wiping everything at once.
-
-use std::collections::{BTreeMap, HashMap};
+//! Entries announced without their body, with who has them: least recently announced
+//! first out, within a count and a byte bound (see `bounded`).
 
 use ghmesh_protocol::{CacheKey, EntryMeta};
 use libp2p::PeerId;
 
+use super::bounded::Bounded;
 use crate::limits::{BODYLESS_MAX_BYTES, BODYLESS_MAX_ENTRIES};
 
 /// What a remembered announce costs: its metadata as it travelled, roughly.
@@ -27,21 +25,9 @@ fn cost(meta: &EntryMeta) -> usize {
         + meta.origin.len()
 }
 
-struct Slot {
-    meta: EntryMeta,
-    from: PeerId,
-    seq: u64,
-    cost: usize,
-}
-
 /// The map; see the module docs.
 pub(super) struct Bodyless {
-    slots: HashMap<CacheKey, Slot>,
-    order: BTreeMap<u64, CacheKey>,
-    next: u64,
-    bytes: usize,
-    max_entries: usize,
-    max_bytes: usize,
+    map: Bounded<(EntryMeta, PeerId)>,
 }
 
 impl Default for Bodyless {
@@ -53,66 +39,34 @@ impl Default for Bodyless {
 impl Bodyless {
     fn with_limits(max_entries: usize, max_bytes: usize) -> Self {
         Self {
-            slots: HashMap::new(),
-            order: BTreeMap::new(),
-            next: 0,
-            bytes: 0,
-            max_entries,
-            max_bytes,
+            map: Bounded::new(max_entries, max_bytes),
         }
     }
 
     /// Remembers (or refreshes) an announce, evicting the least recent ones over the
     /// bounds.
     pub(super) fn insert(&mut self, key: CacheKey, meta: EntryMeta, from: PeerId) {
-        self.remove(&key);
         let cost = cost(&meta);
-        if cost > self.max_bytes {
-            return;
-        }
-        while self.slots.len() >= self.max_entries || self.bytes + cost > self.max_bytes {
-            let Some((_, oldest)) = self.order.pop_first() else {
-                break;
-            };
-            if let Some(s) = self.slots.remove(&oldest) {
-                self.bytes -= s.cost;
-            }
-        }
-        let seq = self.next;
-        self.next += 1;
-        self.order.insert(seq, key);
-        self.bytes += cost;
-        self.slots.insert(
-            key,
-            Slot {
-                meta,
-                from,
-                seq,
-                cost,
-            },
-        );
+        self.map.insert(key, (meta, from), cost);
     }
 
     /// Forgets an announce (its entry was stored).
     pub(super) fn remove(&mut self, key: &CacheKey) {
-        if let Some(s) = self.slots.remove(key) {
-            self.order.remove(&s.seq);
-            self.bytes -= s.cost;
-        }
+        self.map.remove(key);
     }
 
     /// The announce for `key` and who sent it.
     pub(super) fn get(&self, key: &CacheKey) -> Option<(EntryMeta, PeerId)> {
-        self.slots.get(key).map(|s| (s.meta.clone(), s.from))
+        self.map.get(key).cloned()
     }
 
     pub(super) fn contains_key(&self, key: &CacheKey) -> bool {
-        self.slots.contains_key(key)
+        self.map.contains_key(key)
     }
 
     #[cfg(test)]
     fn bytes(&self) -> usize {
-        self.bytes
+        self.map.bytes()
     }
 }
 
@@ -154,7 +108,7 @@ mod tests {
             b.insert(meta(i).key(), meta(i), p);
             assert!(b.bytes() <= one * 2);
         }
-        assert_eq!(b.slots.len(), 2);
+        assert_eq!(b.map.len(), 2);
         b.remove(&meta(9).key());
         assert_eq!(b.bytes(), one);
     }

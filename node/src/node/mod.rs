@@ -24,6 +24,7 @@
 
 mod admission;
 mod bodyless;
+mod bounded;
 mod fetch;
 mod gate;
 mod health;
@@ -133,6 +134,15 @@ struct Signals {
 }
 
 impl Signals {
+    fn new() -> Self {
+        Self {
+            arrivals: Mutex::new(HashMap::new()),
+            bodyless: Mutex::new(bodyless::Bodyless::default()),
+            stored: broadcast::channel(STORED_EVENTS).0,
+            written: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// When `path` was last written to (as far as this node knows).
     fn written_at(&self, path: &str) -> Option<u64> {
         self.written.lock().ok()?.get(path).copied()
@@ -260,12 +270,7 @@ impl Node {
             None => (None, None),
         };
 
-        let signals = Arc::new(Signals {
-            arrivals: Mutex::new(HashMap::new()),
-            bodyless: Mutex::new(bodyless::Bodyless::default()),
-            stored: broadcast::channel(STORED_EVENTS).0,
-            written: Mutex::new(HashMap::new()),
-        });
+        let signals = Arc::new(Signals::new());
         let tasks = TaskTracker::new();
         let health = Arc::new(Health::default());
         let (writer, writer_rx) = Writer::channel(WRITE_QUEUE);

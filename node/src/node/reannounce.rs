@@ -6,34 +6,37 @@
 //! second). A peer that subscribes without being a member takes nothing away: with no
 //! member known the keys stay kept.
 
-use std::collections::VecDeque;
-
 use ghmesh_protocol::{Announce, CacheKey, Message};
 
+use super::bounded::Bounded;
 use super::Node;
 use crate::limits::MAX_UNANNOUNCED;
 
 /// Keys stored while no peer was subscribed, oldest first, each once.
-#[derive(Debug, Default)]
 pub(super) struct Unannounced {
-    keys: VecDeque<CacheKey>,
+    keys: Bounded<()>,
+}
+
+impl Default for Unannounced {
+    fn default() -> Self {
+        Self {
+            keys: Bounded::new(MAX_UNANNOUNCED, usize::MAX),
+        }
+    }
 }
 
 impl Unannounced {
-    /// Keeps `key`; beyond [`MAX_UNANNOUNCED`] the oldest is forgotten.
+    /// Keeps `key` (where it was, if kept already); beyond [`MAX_UNANNOUNCED`] the
+    /// oldest is forgotten.
     pub(super) fn keep(&mut self, key: CacheKey) {
-        if self.keys.contains(&key) {
-            return;
+        if !self.keys.contains_key(&key) {
+            self.keys.insert(key, (), 0);
         }
-        if self.keys.len() >= MAX_UNANNOUNCED {
-            self.keys.pop_front();
-        }
-        self.keys.push_back(key);
     }
 
     /// Every key kept, oldest first; none are left.
     pub(super) fn take(&mut self) -> Vec<CacheKey> {
-        self.keys.drain(..).collect()
+        self.keys.take_keys()
     }
 }
 

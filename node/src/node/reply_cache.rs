@@ -6,26 +6,20 @@
 
 use bytes::Bytes;
 use ghmesh_protocol::CacheKey;
-use std::collections::{HashMap, VecDeque};
 
+use super::bounded::Bounded;
 use crate::limits::{REPLY_CACHE_MAX_AGE_SECS, REPLY_CACHE_MAX_BYTES, REPLY_CACHE_MAX_ENTRIES};
 
-/// Which body: the entry and the content it had when sealed.
-type Id = (CacheKey, Vec<u8>);
-
+/// One sealed reply: the body it carries (its CID) and when it was sealed.
 struct Sealed {
+    cid: Vec<u8>,
     bytes: Bytes,
     sealed_at_secs: u64,
 }
 
-/// The cache; see the module docs.
+/// The cache, one reply per key (a new body replaces the old); see the module docs.
 pub(super) struct ReplyCache {
-    replies: HashMap<Id, Sealed>,
-    /// Insertion order, oldest first: eviction and expiry both take from the front.
-    order: VecDeque<Id>,
-    bytes: usize,
-    max_entries: usize,
-    max_bytes: usize,
+    map: Bounded<Sealed>,
 }
 
 impl Default for ReplyCache {
@@ -37,66 +31,40 @@ impl Default for ReplyCache {
 impl ReplyCache {
     fn with_limits(max_entries: usize, max_bytes: usize) -> Self {
         Self {
-            replies: HashMap::new(),
-            order: VecDeque::new(),
-            bytes: 0,
-            max_entries,
-            max_bytes,
+            map: Bounded::new(max_entries, max_bytes),
         }
     }
 
     /// The reply sealed for this body, when it was sealed recently enough.
     pub(super) fn get(&mut self, key: &CacheKey, cid: &[u8], now_secs: u64) -> Option<Bytes> {
         self.expire(now_secs);
-        let id = (*key, cid.to_vec());
-        self.replies.get(&id).map(|s| s.bytes.clone())
+        let s = self.map.get(key)?;
+        (s.cid == cid).then(|| s.bytes.clone())
     }
 
     /// Keeps a freshly sealed reply, evicting the oldest over the bounds.
     pub(super) fn insert(&mut self, key: CacheKey, cid: &[u8], bytes: Bytes, now_secs: u64) {
-        let len = bytes.len();
-        if len > self.max_bytes {
+        if self.map.get(&key).is_some_and(|s| s.cid == cid) {
             return;
         }
-        let id = (key, cid.to_vec());
-        if self.replies.contains_key(&id) {
-            return;
-        }
-        while self.replies.len() >= self.max_entries || self.bytes + len > self.max_bytes {
-            if !self.pop_oldest() {
-                break;
-            }
-        }
-        self.bytes += len;
-        self.order.push_back(id.clone());
-        self.replies.insert(
-            id,
-            Sealed {
-                bytes,
-                sealed_at_secs: now_secs,
-            },
-        );
-    }
-
-    fn expire(&mut self, now_secs: u64) {
-        while let Some(oldest) = self.order.front() {
-            let old = self.replies.get(oldest).is_none_or(|s| {
-                now_secs.saturating_sub(s.sealed_at_secs) > REPLY_CACHE_MAX_AGE_SECS
-            });
-            if !old || !self.pop_oldest() {
-                break;
-            }
-        }
-    }
-
-    fn pop_oldest(&mut self) -> bool {
-        let Some(id) = self.order.pop_front() else {
-            return false;
+        let cost = bytes.len();
+        let sealed = Sealed {
+            cid: cid.to_vec(),
+            bytes,
+            sealed_at_secs: now_secs,
         };
-        if let Some(s) = self.replies.remove(&id) {
-            self.bytes -= s.bytes.len();
+        self.map.insert(key, sealed, cost);
+    }
+
+    /// Inserted in order of sealing: the too old are all at the front.
+    fn expire(&mut self, now_secs: u64) {
+        while self
+            .map
+            .oldest()
+            .is_some_and(|s| now_secs.saturating_sub(s.sealed_at_secs) > REPLY_CACHE_MAX_AGE_SECS)
+        {
+            self.map.pop_oldest();
         }
-        true
     }
 }
 
@@ -130,7 +98,7 @@ mod tests {
         let last = 100 + REPLY_CACHE_MAX_AGE_SECS;
         assert!(c.get(&key(1), b"cid-a", last).is_some());
         assert!(c.get(&key(1), b"cid-a", last + 1).is_none());
-        assert_eq!((c.replies.len(), c.order.len(), c.bytes), (0, 0, 0));
+        assert_eq!((c.map.len(), c.map.bytes()), (0, 0));
     }
 
     #[test]
@@ -145,7 +113,7 @@ mod tests {
         );
         assert!(c.get(&key(3), b"c", 0).is_some());
         c.insert(key(9), b"c", Bytes::from(vec![0; 85]), 0);
-        assert!(c.bytes <= 100, "{}", c.bytes);
+        assert!(c.map.bytes() <= 100, "{}", c.map.bytes());
         assert!(c.get(&key(9), b"c", 0).is_some());
         assert!(c.get(&key(1), b"c", 0).is_none());
         c.insert(key(8), b"c", Bytes::from(vec![0; 101]), 0);

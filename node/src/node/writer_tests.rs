@@ -100,12 +100,7 @@ fn parts(store: Arc<Store>, signals: Arc<Signals>, counters: Counters) -> Writer
 }
 
 fn signals() -> Arc<Signals> {
-    Arc::new(Signals {
-        arrivals: Mutex::new(HashMap::new()),
-        bodyless: Mutex::new(super::super::bodyless::Bodyless::default()),
-        stored: tokio::sync::broadcast::channel(16).0,
-        written: Mutex::new(HashMap::new()),
-    })
+    Arc::new(Signals::new())
 }
 
 #[test]
