@@ -12,6 +12,7 @@ pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod history;
 pub mod limits;
 pub mod network;
 pub mod node;

@@ -5,7 +5,10 @@
 //! the line that increments it: the struct field, the metric registration and the
 //! stats field are all generated from that list.
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
@@ -111,6 +114,86 @@ impl Counters {
             + self.revalidated.get()
             + self.coalesced.get()
             + self.stale_served.get()
+    }
+}
+
+/// Labels of a rate-limit gauge (contract §10's `{budget,resource}`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BudgetLabels {
+    /// Whose budget: `node` for the node's own token (the only one it reports today;
+    /// never a token or anything derived from one without a key).
+    pub budget: String,
+    /// GitHub's rate-limit resource (`core`, `search`, …, `other`).
+    pub resource: String,
+}
+
+/// The node's state as Prometheus gauges, set from [`Stats`] when the metrics are
+/// read, so that a dashboard can chart what `/_ghmesh/stats` shows.
+#[derive(Debug, Default, Clone)]
+pub struct Gauges {
+    members: Gauge,
+    connected_peers: Gauge,
+    mesh_peers: Gauge,
+    entries: Gauge,
+    store_bytes: Gauge,
+    ratelimit_remaining: Family<BudgetLabels, Gauge>,
+    ratelimit_limit: Family<BudgetLabels, Gauge>,
+}
+
+impl Gauges {
+    /// Registers every gauge under `ghmesh_`.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("ghmesh");
+        r.register("members", "Peers admitted as members", self.members.clone());
+        r.register(
+            "connected_peers",
+            "Peers with an open connection",
+            self.connected_peers.clone(),
+        );
+        r.register(
+            "mesh_peers",
+            "Peers in the gossipsub mesh",
+            self.mesh_peers.clone(),
+        );
+        r.register("entries", "Entries in the store", self.entries.clone());
+        r.register(
+            "store_bytes",
+            "Bytes in the store",
+            self.store_bytes.clone(),
+        );
+        r.register(
+            "ratelimit_remaining",
+            "Requests left in a rate-limit budget, as GitHub last said",
+            self.ratelimit_remaining.clone(),
+        );
+        r.register(
+            "ratelimit_limit",
+            "Size of a rate-limit budget, as GitHub last said",
+            self.ratelimit_limit.clone(),
+        );
+    }
+
+    /// Sets every gauge from `stats`.
+    pub fn set(&self, stats: &Stats) {
+        let g = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.members.set(g(stats.members as u64));
+        self.connected_peers.set(g(stats.connected_peers as u64));
+        self.mesh_peers.set(g(stats.mesh_peers as u64));
+        self.entries.set(g(stats.entries));
+        self.store_bytes.set(g(stats.bytes));
+        let rl = &stats.rate_limit;
+        let labels = BudgetLabels {
+            budget: "node".into(),
+            resource: rl.resource.unwrap_or("core").into(),
+        };
+        if let Some(remaining) = rl.remaining {
+            self.ratelimit_remaining
+                .get_or_create(&labels)
+                .set(g(remaining));
+        }
+        if let Some(limit) = rl.limit {
+            self.ratelimit_limit.get_or_create(&labels).set(g(limit));
+        }
     }
 }
 

@@ -348,6 +348,87 @@ async fn ghmesh_api_like_gh() {
     assert_eq!(gh.full_responses(), before + 1);
 }
 
+/// Contract §5: like gh, `ghmesh api` sends the caller's token (`GH_TOKEN`, else
+/// `GITHUB_TOKEN`; `-H Authorization` wins), so a write through the node acts as the
+/// caller instead of getting the node's 401; a write's `Location` points at the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ghmesh_api_sends_the_callers_token_as_gh_does() {
+    let gh = FakeGithub::start().await.unwrap();
+    gh.set_write_location(
+        "/repos/acme/widgets/issues/3/comments",
+        "/repos/acme/widgets/issues/comments/77",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let args: Vec<String> = vec!["--upstream".into(), gh.url(), "--no-p2p".into()];
+    let node = start_daemon(dir.path().join("n"), &args, &env("a"))
+        .await
+        .unwrap();
+    let api = ("GHMESH_API", node.ready.api.clone());
+    let comment = [
+        "-i",
+        "repos/acme/widgets/issues/3/comments",
+        "-f",
+        "body=hi",
+    ];
+    let last_post = || {
+        gh.requests()
+            .into_iter()
+            .rev()
+            .find(|r| r.method == "POST")
+            .and_then(|r| r.authorization)
+    };
+
+    // No token of the caller's: the node does not lend its own to a write.
+    let o = tokio::task::block_in_place(|| api_cmd(&comment, std::slice::from_ref(&api)));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("HTTP 401"));
+    assert_eq!(last_post(), None, "nothing went upstream");
+
+    let caller = vec![api.clone(), ("GH_TOKEN", "ghp_caller".to_string())];
+    let o = tokio::task::block_in_place(|| api_cmd(&comment, &caller));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.starts_with("HTTP/1.1 201"), "{out}");
+    assert_eq!(last_post().as_deref(), Some("token ghp_caller"));
+    assert!(
+        out.contains(&format!(
+            "Location: http://{}/repos/acme/widgets/issues/comments/77\r\n",
+            node.ready.api
+        )),
+        "the new comment's URL points at the node: {out}"
+    );
+
+    let second = vec![api.clone(), ("GITHUB_TOKEN", "ghp_second".to_string())];
+    let o = tokio::task::block_in_place(|| api_cmd(&comment, &second));
+    assert!(o.status.success());
+    assert_eq!(last_post().as_deref(), Some("token ghp_second"));
+
+    let mut explicit = comment.to_vec();
+    explicit.extend(["-H", "Authorization: Bearer ghp_explicit"]);
+    let o = tokio::task::block_in_place(|| api_cmd(&explicit, &caller));
+    assert!(o.status.success());
+    assert_eq!(
+        last_post().as_deref(),
+        Some("Bearer ghp_explicit"),
+        "-H wins"
+    );
+
+    // A read with the caller's token is still served through the fleet cache: fetched
+    // once with that token, then a hit.
+    let read = ["-i", "repos/acme/widgets/pulls"];
+    let o = tokio::task::block_in_place(|| api_cmd(&read, &caller));
+    assert!(o.status.success());
+    let o = tokio::task::block_in_place(|| api_cmd(&read, &caller));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("X-Ghmesh-Cache: hit"));
+    let reads: Vec<_> = gh
+        .requests()
+        .into_iter()
+        .filter(|r| r.path_and_query == "/repos/acme/widgets/pulls")
+        .collect();
+    assert_eq!(reads.len(), 1);
+    assert_eq!(reads[0].authorization.as_deref(), Some("token ghp_caller"));
+}
+
 /// `ghmesh api` against what `gh api` prints when its output is not a terminal
 /// (gh's pkg/cmd/api): bodies as received with no newline added, `--jq` per page,
 /// object pages back to back, `-i --paginate` with each page's headers before its own

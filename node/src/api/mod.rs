@@ -1,5 +1,6 @@
 //! The local HTTP API (contract §4): a GitHub REST reverse proxy through the cache,
-//! plus `/_ghmesh/{health,stats,peers,metrics}`.
+//! plus `/_ghmesh/{health,stats,peers,metrics,history}` and the operators' page at
+//! `/_ghmesh/` (contract §11).
 //!
 //! Every request first passes [`guard`]: a `Host` we do not answer to gets `421`, a
 //! foreign `Origin` gets `403`. Writes are the client's own business: without its own
@@ -7,6 +8,7 @@
 //! is forwarded with exactly that header (the node's token is lent only to cacheable
 //! reads).
 
+mod dashboard;
 pub mod fidelity;
 pub mod guard;
 mod respond;
@@ -159,6 +161,9 @@ fn router(node: Node, cfg: &ApiConfig, local_addr: SocketAddr) -> Router {
         .route("/_ghmesh/stats", get(stats))
         .route("/_ghmesh/peers", get(peers))
         .route("/_ghmesh/metrics", get(metrics))
+        .route("/_ghmesh/", get(dashboard::status_page))
+        .route("/_ghmesh", get(dashboard::status_page))
+        .route("/_ghmesh/history", get(dashboard::history))
         .fallback(proxy)
         .layer(middleware::from_fn_with_state(state.clone(), admit))
         .with_state(state)
@@ -216,7 +221,7 @@ async fn metrics(State(s): State<ApiState>) -> Response {
             axum::http::header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        s.node.metrics_text(),
+        s.node.metrics().await,
     )
         .into_response()
 }

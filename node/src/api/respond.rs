@@ -116,12 +116,12 @@ pub fn response_parts(
         .filter(|(k, _)| PASS_HEADERS.contains(&k.as_str()))
         .filter(|(k, _)| !stale_quota(k))
         .map(|(k, v)| {
-            if k == "link" {
-                let v = rewrite_link(&v, upstream_base, local_base);
-                (k, v)
-            } else {
-                (k, v)
-            }
+            let v = match k.as_str() {
+                "link" => rewrite_link(&v, upstream_base, local_base),
+                "location" => rewrite_location(&v, upstream_base, local_base),
+                _ => v,
+            };
+            (k, v)
         })
         .collect();
     if matches!(served.body, Answer::Entry(_)) {
@@ -183,9 +183,46 @@ pub fn rewrite_link(link: &str, upstream_base: &str, local_base: &str) -> String
     link.replace(&format!("<{upstream_base}"), &format!("<{local_base}"))
 }
 
+/// Points a `Location` on GitHub (a write's new resource, a redirect) at this API, as
+/// `Link` URLs are, so that a client following it reads through the cache. Only a URL
+/// under the upstream base is changed: `https://api.github.com.example/` is not.
+pub fn rewrite_location(location: &str, upstream_base: &str, local_base: &str) -> String {
+    match location.strip_prefix(upstream_base) {
+        Some(rest)
+            if !upstream_base.is_empty()
+                && (rest.is_empty() || rest.starts_with(['/', '?', '#'])) =>
+        {
+            format!("{local_base}{rest}")
+        }
+        _ => location.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_location_on_github_points_back_at_the_api() {
+        let gh = "https://api.github.com";
+        let local = "http://127.0.0.1:7711";
+        assert_eq!(
+            rewrite_location(
+                "https://api.github.com/repos/o/r/issues/comments/7",
+                gh,
+                local
+            ),
+            "http://127.0.0.1:7711/repos/o/r/issues/comments/7"
+        );
+        for elsewhere in [
+            "https://api.github.com.example/x",
+            "https://github.com/o/r/issues/7",
+            "/relative/path",
+        ] {
+            assert_eq!(rewrite_location(elsewhere, gh, local), elsewhere);
+        }
+        assert_eq!(rewrite_location("https://x/y", "", local), "https://x/y");
+    }
 
     #[test]
     fn links_point_back_at_the_api() {

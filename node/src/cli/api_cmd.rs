@@ -315,6 +315,12 @@ pub async fn run(args: ApiArgs, env: EnvLookup<'_>) -> Result<(), CliError> {
     };
 
     let backend = Backend::connect(env).await?;
+    if let Backend::Http { .. } = backend {
+        // Alone, the caller's token is already the node's own (the same environment).
+        if let Some(auth) = caller_authorization(&headers, env) {
+            headers.push(("authorization".into(), auth));
+        }
+    }
     let result = fetch_and_print(
         &backend,
         &method,
@@ -327,6 +333,20 @@ pub async fn run(args: ApiArgs, env: EnvLookup<'_>) -> Result<(), CliError> {
     .await;
     backend.close().await;
     result
+}
+
+/// The `Authorization` gh would send for the caller: `token <GH_TOKEN>`, else
+/// `GITHUB_TOKEN`'s; `None` when the caller gave one with `-H` (it wins) or has none.
+/// The node answers writes and per-token reads (`user`) as that caller, and serves
+/// other reads from the fleet cache as for any client with its own token.
+fn caller_authorization(headers: &[(String, String)], env: EnvLookup<'_>) -> Option<String> {
+    if headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+    {
+        return None;
+    }
+    settings::upstream_token(env).map(|token| format!("token {token}"))
 }
 
 /// Sends the request (following `Link: rel="next"` with `--paginate`) and prints what
@@ -447,6 +467,30 @@ mod tests {
         assert_eq!(with_query("/a", &f), "/a?state=open&per_page=5&draft=false");
         assert_eq!(with_query("/a?x=1", &f[..1]), "/a?x=1&state=open");
         assert_eq!(fields(&["novalue".into()], &[]).unwrap_err().code, 2);
+    }
+
+    #[test]
+    fn the_callers_token_goes_as_gh_sends_it_unless_given_with_h() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let both = env(&[("GH_TOKEN", "ghp_gh"), ("GITHUB_TOKEN", "ghp_github")]);
+        assert_eq!(
+            caller_authorization(&[], &both).as_deref(),
+            Some("token ghp_gh")
+        );
+        let second = env(&[("GITHUB_TOKEN", "ghp_github")]);
+        assert_eq!(
+            caller_authorization(&[], &second).as_deref(),
+            Some("token ghp_github")
+        );
+        let given = [("Authorization".to_string(), "Bearer mine".to_string())];
+        assert_eq!(caller_authorization(&given, &both), None, "-H wins");
+        assert_eq!(caller_authorization(&[], &env(&[])), None, "anonymous");
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! `ghmesh stats`, `ghmesh peers`, `ghmesh id` and `ghmesh monitor`: what the running
-//! node says about itself.
+//! `ghmesh stats`, `ghmesh peers`, `ghmesh id`, `ghmesh monitor` and `ghmesh
+//! dashboard`: what the running node says about itself.
 
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
@@ -8,9 +8,9 @@ use super::api_cmd::http_client;
 use super::settings::{self, EnvLookup};
 use super::{CliError, IdArgs, StatsArgs};
 
-async fn get_json(path: &str, env: EnvLookup<'_>) -> Result<serde_json::Value, CliError> {
+async fn get(path: &str, env: EnvLookup<'_>) -> Result<reqwest::Response, CliError> {
     let api = settings::api_addr(None, env);
-    let resp = http_client()?
+    http_client()?
         .get(format!("http://{api}{path}"))
         .send()
         .await
@@ -18,7 +18,12 @@ async fn get_json(path: &str, env: EnvLookup<'_>) -> Result<serde_json::Value, C
             CliError::failed(format!(
                 "no ghmesh node answers at {api}; start one with `ghmesh node` or set GHMESH_API"
             ))
-        })?;
+        })
+}
+
+async fn get_json(path: &str, env: EnvLookup<'_>) -> Result<serde_json::Value, CliError> {
+    let api = settings::api_addr(None, env);
+    let resp = get(path, env).await?;
     resp.json()
         .await
         .map_err(|e| CliError::failed(format!("bad answer from the node at {api}: {e}")))
@@ -171,4 +176,60 @@ pub async fn monitor(interval: Duration, once: bool, env: EnvLookup<'_>) -> Resu
         let _ = std::io::stdout().flush();
         tokio::time::sleep(interval).await;
     }
+}
+
+/// Programs that open a URL in the desktop's browser, tried in this order.
+const OPENERS: &[&str] = &["xdg-open", "open", "sensible-browser", "wslview"];
+
+/// `ghmesh dashboard`: prints the status page's URL once the node answers there, and
+/// with `open` hands it to the first browser opener on `PATH`.
+pub async fn dashboard(open: bool, env: EnvLookup<'_>) -> Result<(), CliError> {
+    let api = settings::api_addr(None, env);
+    let resp = get("/_ghmesh/", env).await?;
+    if !resp.status().is_success() {
+        return Err(CliError::failed(format!(
+            "the node at {api} answered {} for its status page; is it a ghmesh node of this version?",
+            resp.status()
+        )));
+    }
+    let url = format!("http://{api}/_ghmesh/");
+    println!("{url}");
+    if open {
+        let path = env("PATH").unwrap_or_default();
+        let opener = OPENERS.iter().find_map(|name| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(name))
+                .find(|p| p.is_file())
+        });
+        match opener {
+            Some(program) => {
+                // Openers hand the URL to a browser and return; one that lingers is
+                // left to run, not waited on.
+                let run = tokio::process::Command::new(&program)
+                    .arg(&url)
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status();
+                match tokio::time::timeout(Duration::from_secs(10), run).await {
+                    Ok(Err(e)) => {
+                        return Err(CliError::failed(format!(
+                            "cannot run {}: {e}",
+                            program.display()
+                        )))
+                    }
+                    Ok(Ok(status)) if !status.success() => eprintln!(
+                        "{} could not open the page ({status}): open the URL above yourself",
+                        program.display()
+                    ),
+                    _ => {}
+                }
+            }
+            None => eprintln!(
+                "no browser opener ({}) on PATH: open the URL above yourself",
+                OPENERS.join(", ")
+            ),
+        }
+    }
+    Ok(())
 }

@@ -86,6 +86,9 @@ enum Command {
     Id(IdArgs),
     /// Watch the node's counters live.
     Monitor(MonitorArgs),
+    /// Print the URL of the node's status page (members, requests by outcome, calls
+    /// saved, rate-limit budgets, the last hour).
+    Dashboard(DashboardArgs),
 }
 
 /// Log output format.
@@ -239,6 +242,15 @@ pub struct MonitorArgs {
     pub once: bool,
 }
 
+/// Flags of `ghmesh dashboard`.
+#[derive(Args, Debug, Clone)]
+pub struct DashboardArgs {
+    /// Also open the page in a browser (with xdg-open, open or sensible-browser, where
+    /// one is installed)
+    #[arg(long)]
+    pub open: bool,
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -267,6 +279,7 @@ pub fn main() -> ExitCode {
             Command::Stats(args) => info::stats(args, &env).await,
             Command::Peers(args) => info::peers(args, &env).await,
             Command::Id(args) => info::id(args, &env).await,
+            Command::Dashboard(args) => info::dashboard(args.open, &env).await,
             Command::Monitor(args) => {
                 if !(args.interval.is_finite() && args.interval >= 0.1) {
                     return Err(CliError::usage("--interval must be at least 0.1 seconds"));

@@ -190,6 +190,11 @@ struct Inner {
     writer: Writer,
     counters: Counters,
     registry: Mutex<Registry>,
+    /// Gauges set from the stats as `/_ghmesh/metrics` is read.
+    gauges: crate::stats::Gauges,
+    /// The last hour of figures. A `std::sync::Mutex`: held only to push or copy
+    /// samples, never across an await.
+    history: Mutex<crate::history::History>,
     prefetch: mpsc::Sender<(EntryMeta, PeerId)>,
     /// Every task the node spawns; `shutdown` waits for them.
     tasks: TaskTracker,
@@ -236,6 +241,8 @@ impl Node {
         let mut registry = Registry::default();
         let counters = Counters::default();
         counters.register(&mut registry);
+        let gauges = crate::stats::Gauges::default();
+        gauges.register(&mut registry);
 
         let (mesh, events) = match &cfg.keys {
             Some(keys) => {
@@ -294,6 +301,8 @@ impl Node {
                 writer,
                 counters: counters.clone(),
                 registry: Mutex::new(registry),
+                gauges,
+                history: Mutex::default(),
                 prefetch: prefetch_tx,
                 tasks: tasks.clone(),
                 stopping: CancellationToken::new(),
@@ -322,6 +331,7 @@ impl Node {
             tasks.spawn(prefetch::run(weak.clone(), prefetch_rx));
             tasks.spawn(admission::sweep(weak.clone()));
         }
+        tasks.spawn(history_sampler(weak.clone()));
         tasks.spawn(recency_flusher(weak));
         Ok(node)
     }
@@ -443,7 +453,32 @@ impl Node {
         peers
     }
 
-    /// Prometheus text exposition of our counters and libp2p's metrics.
+    /// Adds the figures of now to the history.
+    async fn record_sample(&self) {
+        let sample = crate::history::Sample::of(&self.stats().await, self.now_ms());
+        if let Ok(mut h) = self.inner.history.lock() {
+            h.record(sample);
+        }
+    }
+
+    /// The last hour of figures, ending with the figures of now.
+    pub async fn history(&self) -> crate::history::HistoryReport {
+        let now = crate::history::Sample::of(&self.stats().await, self.now_ms());
+        match self.inner.history.lock() {
+            Ok(h) => crate::history::HistoryReport::new(&h, now),
+            Err(_) => crate::history::HistoryReport::new(&Default::default(), now),
+        }
+    }
+
+    /// Prometheus text exposition of our counters and gauges (read from the stats at
+    /// this moment) and libp2p's metrics.
+    pub async fn metrics(&self) -> String {
+        self.inner.gauges.set(&self.stats().await);
+        self.metrics_text()
+    }
+
+    /// Prometheus text exposition of our counters and libp2p's metrics, with gauges as
+    /// last set by [`Node::metrics`].
     pub fn metrics_text(&self) -> String {
         let mut out = String::new();
         if let Ok(reg) = self.inner.registry.lock() {
@@ -513,6 +548,25 @@ async fn periodically<F, Fut>(
             break;
         }
     }
+}
+
+/// Samples the node's figures for `/_ghmesh/history` every
+/// [`crate::history::SAMPLE_EVERY`].
+async fn history_sampler(node: std::sync::Weak<Inner>) {
+    // The start is a sample too: the chart's first step is then the node's first
+    // interval, not nothing.
+    if let Some(inner) = node.upgrade() {
+        Node { inner }.record_sample().await;
+    }
+    periodically(
+        node,
+        |_| crate::history::SAMPLE_EVERY,
+        |node| async move {
+            node.record_sample().await;
+            true
+        },
+    )
+    .await;
 }
 
 /// Recency of reads is applied with writes; an idle node still records it now and

@@ -224,7 +224,29 @@ pub struct RateLimit {
     pub reset: Option<u64>,
     /// `x-ratelimit-used`.
     pub used: Option<u64>,
+    /// `x-ratelimit-resource` (`core`, `search`, `graphql`, …), when GitHub named one
+    /// it documents; any other name reads as `other`.
+    pub resource: Option<&'static str>,
 }
+
+/// The rate-limit resources GitHub documents (`GET /rate_limit`). Kept as a closed set
+/// so that a header can never add a label value of its own to the metrics.
+const RESOURCES: &[&str] = &[
+    "core",
+    "search",
+    "code_search",
+    "graphql",
+    "integration_manifest",
+    "source_import",
+    "code_scanning_upload",
+    "code_scanning_autofix",
+    "actions_runner_registration",
+    "scim",
+    "dependency_snapshots",
+    "dependency_sbom",
+    "audit_log",
+    "audit_log_streaming",
+];
 
 impl RateLimit {
     /// Reads the `x-ratelimit-*` headers; `None` when the response had none.
@@ -240,8 +262,22 @@ impl RateLimit {
             remaining: num("x-ratelimit-remaining"),
             reset: num("x-ratelimit-reset"),
             used: num("x-ratelimit-used"),
+            resource: None,
         };
-        (rl != Self::default()).then_some(rl)
+        (rl != Self::default()).then_some(Self {
+            resource: headers
+                .iter()
+                .find(|(k, _)| k == "x-ratelimit-resource")
+                .map(|(_, v)| {
+                    let v = v.trim();
+                    RESOURCES
+                        .iter()
+                        .find(|r| **r == v)
+                        .copied()
+                        .unwrap_or("other")
+                }),
+            ..rl
+        })
     }
 }
 
@@ -359,8 +395,23 @@ mod tests {
                 remaining: Some(4999),
                 reset: Some(1_700_000_000),
                 used: None,
+                resource: None,
             }
         );
         assert_eq!(RateLimit::from_headers(&[]), None);
+        let named = |r: &str| {
+            RateLimit::from_headers(&h(&[
+                ("x-ratelimit-remaining", "1"),
+                ("x-ratelimit-resource", r),
+            ]))
+            .and_then(|rl| rl.resource)
+        };
+        assert_eq!(named("search"), Some("search"));
+        assert_eq!(named(" graphql "), Some("graphql"));
+        assert_eq!(
+            named("made-up\"\n"),
+            Some("other"),
+            "a header adds no label of its own"
+        );
     }
 }
