@@ -185,6 +185,20 @@ impl Deadlines {
             + self.flight_slack
     }
 
+    /// The timers of a miss's peer phase ([`crate::policy::resolve`]).
+    pub fn timers(&self) -> crate::policy::resolve::Timers {
+        crate::policy::resolve::Timers {
+            lookup: self.lookup,
+            body_fetch: self.body_fetch,
+            pending_wait: self.pending_wait,
+            repoll_first: self.repoll_first,
+            repoll_max: self.repoll_max,
+            repoll_lookup_min: self.repoll_lookup_min,
+            first_member: self.first_member,
+            budget: self.budget_rule(),
+        }
+    }
+
     /// How lookup budgets adapt.
     pub fn budget_rule(&self) -> crate::policy::book::BudgetRule {
         crate::policy::book::BudgetRule {

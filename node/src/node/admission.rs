@@ -19,7 +19,6 @@ use libp2p::{Multiaddr, PeerId};
 use super::{Inner, Node};
 use crate::limits::MAX_SMALL_FRAME;
 use crate::network::Channel;
-use crate::policy;
 
 /// A node pulls member lists from the members it admits while it has at most this
 /// many: enough to learn the fleet from more than one point of view, without every
@@ -46,64 +45,6 @@ impl Node {
         self.book(|b| b.disconnected(&peer, now));
         // A holder that left fetches nothing more: its leases pass to the next askers.
         self.leases(|l| l.forget_holder(&peer));
-    }
-
-    /// A node that has just started, and whose view of the fleet is still changing
-    /// (greetings under way, members admitted a moment ago, introductions landing),
-    /// waits for it to settle before it claims to own a key: otherwise two runners that
-    /// joined through one bootstrap at once each think they own the key the other owns,
-    /// and both fetch it. Bounded by `until`; costs nothing once the node has settled.
-    pub(super) async fn settle_view(&self, until: tokio::time::Instant) {
-        loop {
-            let now = self.now_ms();
-            let Some((greeting, changed)) = self.book(|b| (b.greeting(), b.last_change_ms()))
-            else {
-                return;
-            };
-            if !policy::view_settling(now, self.inner.started_ms, changed, greeting)
-                || tokio::time::Instant::now() >= until
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// A node that has just started, knows where the fleet is and has no member yet
-    /// waits for its first one (bounded from its start, see
-    /// [`policy::awaiting_first_member`]) before it reads as if alone.
-    pub(super) async fn await_first_member(&self) {
-        let Some(mesh) = &self.inner.mesh else {
-            return;
-        };
-        let wait = self.inner.deadlines.first_member;
-        let until = self.inner.started_at + wait;
-        // Every miss passes here: past the window, not even the book is looked at.
-        if tokio::time::Instant::now() >= until {
-            return;
-        }
-        loop {
-            // Registered before the book is read: an admission in between still wakes us.
-            let admitted = mesh.admitted.notified();
-            tokio::pin!(admitted);
-            admitted.as_mut().enable();
-            let Some((members, greeting)) = self.book(|b| (b.members().len(), b.greeting())) else {
-                return;
-            };
-            // mDNS alone does not count: a node that listens for a LAN fleet and has
-            // heard nobody may well be alone, and would pay the wait on every start.
-            let rendezvous = !self.inner.cfg.bootstrap.is_empty() || greeting > 0;
-            let since_start = self.inner.started_at.elapsed().as_millis() as u64;
-            let wait_ms = wait.as_millis() as u64;
-            if !policy::awaiting_first_member(since_start, wait_ms, members, rendezvous) {
-                return;
-            }
-            tokio::select! {
-                _ = &mut admitted => {}
-                _ = tokio::time::sleep_until(until) => return,
-                _ = self.inner.stopping.cancelled() => return,
-            }
-        }
     }
 
     /// Sends our hello and admits `peer` when its reply proves the key.

@@ -17,44 +17,13 @@ use tokio::time::Instant;
 use super::served::CacheStatus;
 use super::writer::WriteJob;
 use super::{Node, Served};
-use crate::limits::{MAX_BODY_FRAME, MAX_OWNER_ASKS, MAX_SMALL_FRAME};
+use crate::limits::{MAX_BODY_FRAME, MAX_SMALL_FRAME};
 use crate::network::Channel;
-use crate::policy::{self, OwnerStep, RepollStep};
+use crate::policy;
+use crate::policy::book::PeerBook;
+use crate::policy::resolve::{End, Input, Resolution, Start, Step, View};
 
-/// What a lookup asks of its receiver besides "do you have it".
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Ask {
-    /// Fetch it for us on a miss (we read with the node's token: the owner's serves).
-    pub fetch: bool,
-    /// Let us fetch it for the fleet (we read with a local client's own token).
-    pub lease: bool,
-    /// We held the lease and got nothing to share: pass it on.
-    pub release: bool,
-}
-
-impl Ask {
-    /// Whether the receiver has (or is fetching) the entry, nothing more.
-    pub const HAVE: Self = Self {
-        fetch: false,
-        lease: false,
-        release: false,
-    };
-    /// Fetch it for us on a miss.
-    pub const FETCH: Self = Self {
-        fetch: true,
-        ..Self::HAVE
-    };
-    /// Grant us the lease on a miss.
-    pub const LEASE: Self = Self {
-        lease: true,
-        ..Self::HAVE
-    };
-    /// Give the lease back.
-    const RELEASE: Self = Self {
-        release: true,
-        ..Self::HAVE
-    };
-}
+pub(super) use crate::policy::resolve::Ask;
 
 /// How the peer phase of a miss ended.
 pub(super) enum PeerPhase {
@@ -67,156 +36,179 @@ pub(super) enum PeerPhase {
     Leased(PeerId),
 }
 
-impl From<Option<Served>> for PeerPhase {
-    fn from(s: Option<Served>) -> Self {
-        s.map_or(Self::Upstream, Self::Served)
-    }
-}
-
 impl Node {
-    /// The peer phase of a miss; `ask` is what the key's owner is asked for.
+    /// The peer phase of a miss; `ask` is what the key's owner is asked for. Every
+    /// decision is [`Resolution`]'s; this carries its steps out with the network, the
+    /// store and tokio's clock.
     pub(super) async fn ask_peers(
         &self,
         req: &CanonicalRequest,
         key: CacheKey,
         ask: Ask,
     ) -> PeerPhase {
-        self.await_first_member().await;
-        let deadline = Instant::now() + self.inner.deadlines.lookup;
-
-        // Announced without its body: we know who has it, fetch the body by CID.
-        if let Some((meta, from)) = self.bodyless(&key) {
-            if meta.is_fresh(self.now_ms()) {
-                // A large body takes longer than a lookup; its size is known and bounded.
-                let budget = self
-                    .inner
-                    .deadlines
-                    .lookup
-                    .max(self.inner.deadlines.body_fetch);
-                if let Some(entry) = self.fetch_body(from, &meta, budget).await {
-                    return self.store_from_peer(entry).await.into();
-                }
-            }
-        }
-
-        let me = self.inner.peer_id;
-        let mut plan = policy::plan_peer_phase(&key, me, &self.candidates());
-        if plan.as_ref().is_none_or(|p| p.owner.is_none()) {
-            // We would own it (or know nobody): unless our view is still filling in.
-            // At most half the budget: the members that heard the key announced before
-            // we came still need the rest to answer us.
-            self.settle_view(deadline - self.inner.deadlines.lookup / 2)
-                .await;
-            plan = policy::plan_peer_phase(&key, me, &self.candidates());
-        }
-        let Some(plan) = plan else {
-            return PeerPhase::Upstream;
+        let bodyless = self
+            .bodyless(&key)
+            .filter(|(meta, _)| meta.is_fresh(self.now_ms()));
+        let start = Start {
+            key,
+            me: self.inner.peer_id,
+            ask,
+            node_started: Duration::ZERO,
+            node_started_ms: self.inner.started_ms,
+            has_bootstrap: !self.inner.cfg.bootstrap.is_empty(),
+            bodyless_from: bodyless.as_ref().map(|(_, from)| *from),
+            timers: self.inner.deadlines.timers(),
         };
-
-        if plan.owner.is_none() {
-            // We own the key: a member we leased it to is fetching it for everyone.
-            if let Some(waited) = self.wait_for_lease_holder(req, key).await {
-                return waited;
-            }
-        }
-        let mut asked: Vec<PeerId> = Vec::new();
-        let mut next = plan.owner;
-        while let Some(owner) = next.take() {
-            if owner == me {
-                // We own the key in our view now (the owner before us did not answer,
-                // or redirected to us): fetch it ourselves, at once, unless we leased it
-                // to a member that is fetching it for everyone.
-                let waited = self.wait_for_lease_holder(req, key).await;
-                return waited.unwrap_or(PeerPhase::Upstream);
-            }
-            asked.push(owner);
-            let budget = self.budget_for(owner);
-            let reply = self.lookup(owner, req, key, ask, budget).await;
-            if reply.is_none() && ask.lease {
-                // The owner may have granted a lease whose answer we lost: hand it back
-                // rather than leave the fleet waiting on a fetch we do not know we own.
-                self.release_lease(owner, req, key);
-            }
-            tracing::debug!(%key, %owner, reply = reply_kind(&reply), "owner lookup");
-            let step = policy::after_owner_reply(reply);
-            match &step {
-                OwnerStep::Accept(ann) => {
-                    if let Some(served) = self.accept_found((**ann).clone(), owner).await {
-                        return PeerPhase::Served(served);
-                    }
+        let (mut machine, mut step) = self.with_view(&key, |v| Resolution::start(start, v));
+        // The entry accepted last: what `End::Peer` and `End::Coalesced` serve.
+        let mut accepted: Option<Served> = None;
+        let end = loop {
+            let input = match step {
+                Step::Done(end) => break end,
+                Step::AwaitMember { until } => self.await_member(until).await,
+                Step::FetchBody { from, budget } => {
+                    let Some((meta, _)) = &bodyless else {
+                        break End::Upstream;
+                    };
+                    accepted = match self.fetch_body(from, meta, budget).await {
+                        Some(entry) => self.store_from_peer(entry).await,
+                        None => None,
+                    };
+                    Input::Body(accepted.is_some())
                 }
-                OwnerStep::Wait => match self.wait_for_owner(owner, req, key, ask).await {
-                    PeerPhase::Upstream => {
-                        tracing::debug!(%key, "owner's fetch failed or took too long")
+                Step::Sleep { until } => {
+                    tokio::time::sleep_until(self.instant(until)).await;
+                    Input::Tick
+                }
+                Step::Ask {
+                    peer,
+                    ask,
+                    budget,
+                    repoll,
+                } => {
+                    let reply = self.lookup(peer, req, key, ask, budget).await;
+                    tracing::debug!(%key, %peer, repoll, reply = reply_kind(&reply), "lookup");
+                    Input::Reply(reply)
+                }
+                Step::AskAll { peers, budget } => {
+                    let asks = peers.iter().map(|p| {
+                        let p = *p;
+                        async move { (p, self.lookup(p, req, key, Ask::HAVE, budget).await) }
+                    });
+                    Input::Replies(futures::future::join_all(asks).await)
+                }
+                Step::Accept { from, announce } => {
+                    accepted = self.accept_found(*announce, from).await;
+                    Input::Accepted(accepted.is_some())
+                }
+                Step::Wait { until, .. } => match self.wait_for_arrival(&key, until).await {
+                    Some(entry) => {
+                        accepted = Some(Served::entry(entry, CacheStatus::Coalesced));
+                        Input::Arrived
                     }
-                    done => return done,
+                    None => Input::Tick,
                 },
-                OwnerStep::Fetch => return PeerPhase::Leased(owner),
-                OwnerStep::Redirect(_) => {
-                    self.inner.counters.redirects.inc();
+                Step::Release { owner } => {
+                    self.release_lease(owner, req, key);
+                    Input::Released
                 }
-                OwnerStep::NextOwner | OwnerStep::AskOthers => {}
+            };
+            step = self.with_view(&key, |v| machine.handle(input, v));
+        };
+        self.inner
+            .counters
+            .redirects
+            .inc_by(u64::from(machine.redirects));
+        match (end, accepted) {
+            (End::Peer, Some(served)) => PeerPhase::Served(served),
+            (End::Coalesced, Some(mut served)) => {
+                served.status = CacheStatus::Coalesced;
+                PeerPhase::Served(served)
             }
-            let candidates = self.candidates();
-            let left = MAX_OWNER_ASKS.saturating_sub(asked.len());
-            next = policy::next_owner(&step, &key, me, &asked, &candidates, left);
-        }
-
-        let left = deadline.saturating_duration_since(Instant::now());
-        let now = self.now_ms();
-        let mut others = plan.others;
-        if policy::starting(now, self.inner.started_ms) {
-            let eldest = self
-                .book(|b| b.eldest(now, crate::policy::EXTRA_ASKS))
-                .unwrap_or_default();
-            others = policy::others_while_starting(&others, &eldest, plan.owner);
-        }
-        others.retain(|p| !asked.contains(p));
-        if others.is_empty() || left.is_zero() {
-            return PeerPhase::Upstream;
-        }
-        let asks = others.iter().map(|p| {
-            let p = *p;
-            async move { (p, self.lookup(p, req, key, Ask::HAVE, left).await) }
-        });
-        let mut fetching = None;
-        for (peer, reply) in futures::future::join_all(asks).await {
-            match reply {
-                Some(LookupReply::Found(ann)) => {
-                    if let Some(served) = self.accept_found(*ann, peer).await {
-                        return PeerPhase::Served(served);
-                    }
-                }
-                // It is asking GitHub right now (a member whose view put the owner
-                // elsewhere): wait for it rather than ask GitHub too.
-                Some(LookupReply::Pending) => fetching = fetching.or(Some(peer)),
-                _ => {}
-            }
-        }
-        match fetching {
-            // Re-polled as first asked: a client's miss never makes a peer fetch for it.
-            Some(peer) => {
-                let again = if ask.lease { Ask::LEASE } else { Ask::FETCH };
-                self.wait_for_owner(peer, req, key, again).await
-            }
-            None => PeerPhase::Upstream,
+            (End::Leased(owner), _) => PeerPhase::Leased(owner),
+            _ => PeerPhase::Upstream,
         }
     }
 
-    /// We own `key`: if we leased it to a member, that member is fetching it for the
-    /// fleet, so we wait for it as any asker would (binding, like `Pending`); a holder
-    /// that fails answers a re-poll with a redirect to us, and we fetch.
-    /// `None`: no lease is held on it.
-    async fn wait_for_lease_holder(
-        &self,
-        req: &CanonicalRequest,
-        key: CacheKey,
-    ) -> Option<PeerPhase> {
-        let now = self.now_ms();
-        let holder = self.leases(|l| l.holder(&key, now)).flatten()?;
-        // Only whether it has it or is asking GitHub now: a holder with another flight
-        // of the key that waits on us must not keep us waiting on it in turn.
-        Some(self.wait_for_owner(holder, req, key, Ask::HAVE).await)
+    /// Calls `f` with the node as the resolution sees it now.
+    fn with_view<R>(&self, key: &CacheKey, f: impl FnOnce(&View<'_>) -> R) -> R {
+        let now_ms = self.now_ms();
+        let lease_holder = self.leases(|l| l.holder(key, now_ms)).flatten();
+        let now = self.inner.started_at.elapsed();
+        let mut f = Some(f);
+        let seen = self.book(|book| {
+            let view = View {
+                now,
+                now_ms,
+                book,
+                lease_holder,
+            };
+            f.take().map(|f| f(&view))
+        });
+        match (seen.flatten(), f) {
+            (Some(r), _) => r,
+            // No book (no mesh, or its lock poisoned): an empty one.
+            (None, Some(f)) => f(&View {
+                now,
+                now_ms,
+                book: &PeerBook::default(),
+                lease_holder,
+            }),
+            (None, None) => unreachable!("f runs once, in the book or here"),
+        }
+    }
+
+    /// The moment `at` on the resolution's time axis (from the node's start).
+    fn instant(&self, at: Duration) -> Instant {
+        self.inner
+            .started_at
+            .checked_add(at)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
+    }
+
+    /// Waits for a member to be admitted, at most until `until`.
+    async fn await_member(&self, until: Duration) -> Input {
+        let Some(mesh) = &self.inner.mesh else {
+            return Input::Tick;
+        };
+        // Registered before the book is read: an admission in between still wakes us.
+        let admitted = mesh.admitted.notified();
+        tokio::pin!(admitted);
+        admitted.as_mut().enable();
+        if !self.members().is_empty() {
+            return Input::Admitted;
+        }
+        tokio::select! {
+            _ = &mut admitted => Input::Admitted,
+            _ = tokio::time::sleep_until(self.instant(until)) => Input::Tick,
+            // Shutting down: stop waiting (the machine then sees the window over or a
+            // member, and goes on).
+            _ = self.inner.stopping.cancelled() => Input::Tick,
+        }
+    }
+
+    /// A fresh copy of `key` held now or arriving before `until` (the writer wakes us).
+    async fn wait_for_arrival(&self, key: &CacheKey, until: Duration) -> Option<Entry> {
+        let deadline = self.instant(until);
+        loop {
+            let notify = self.arrival(key);
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            // Registered before the store is read: an arrival in between still wakes us.
+            notified.as_mut().enable();
+            if let Some(e) = self.local_fresh(key) {
+                self.done_waiting(key, &notify);
+                return Some(e);
+            }
+            let woke = tokio::select! {
+                _ = &mut notified => true,
+                _ = tokio::time::sleep_until(deadline) => false,
+            };
+            self.done_waiting(key, &notify);
+            if !woke {
+                return None;
+            }
+        }
     }
 
     /// Gives back a lease `owner` granted us (our fetch gave nothing to share), so that
@@ -296,60 +288,6 @@ impl Node {
             _ => {
                 self.violated(peer);
                 None
-            }
-        }
-    }
-
-    /// Waits for an owner that said `Pending`: the entry arrives by gossip (the writer
-    /// wakes us), or a re-poll finds it.
-    async fn wait_for_owner(
-        &self,
-        owner: PeerId,
-        req: &CanonicalRequest,
-        key: CacheKey,
-        ask: Ask,
-    ) -> PeerPhase {
-        let d = self.inner.deadlines;
-        let deadline = Instant::now() + d.pending_wait;
-        let mut poll = d.repoll_first;
-        loop {
-            let notify = self.arrival(&key);
-            let notified = notify.notified();
-            tokio::pin!(notified);
-            // Registered before the store is read: an arrival in between still wakes us.
-            notified.as_mut().enable();
-            if let Some(e) = self.local_fresh(&key) {
-                self.done_waiting(&key, &notify);
-                return PeerPhase::Served(Served::entry(e, CacheStatus::Coalesced));
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                self.done_waiting(&key, &notify);
-                return PeerPhase::Upstream;
-            }
-            let woke = tokio::select! {
-                _ = &mut notified => true,
-                _ = tokio::time::sleep(poll.min(deadline - now)) => false,
-            };
-            self.done_waiting(&key, &notify);
-            if woke {
-                continue;
-            }
-            poll = policy::next_repoll(poll, d.repoll_max);
-            let budget = d.lookup.max(d.repoll_lookup_min);
-            // Asked as the first time: a resolution of ours is what it waits for.
-            match policy::after_repoll(self.lookup(owner, req, key, ask, budget).await) {
-                RepollStep::Accept(ann) => {
-                    let Some(mut served) = self.accept_found(*ann, owner).await else {
-                        return PeerPhase::Upstream;
-                    };
-                    served.status = CacheStatus::Coalesced;
-                    return PeerPhase::Served(served);
-                }
-                RepollStep::KeepWaiting => {}
-                RepollStep::GiveUp => return PeerPhase::Upstream,
-                // The lease passed to us: its holder failed, left, or ran out of time.
-                RepollStep::Fetch => return PeerPhase::Leased(owner),
             }
         }
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 pub mod book;
 pub mod lease;
+pub mod resolve;
 
 use ghmesh_protocol::entry::{MAX_BODY_LEN, MAX_CLOCK_SKEW_MS};
 use ghmesh_protocol::request::MAX_PATH_LEN;
