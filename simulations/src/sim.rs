@@ -122,22 +122,28 @@ fn sim_keys() -> MeshKeys {
         .clone()
 }
 
+/// The configuration of every simulated node, in both modes: the daemon's timers (not
+/// the test ones, which heartbeat 5x as often: at 50 nodes on two cores that alone is
+/// 250 heartbeats a second), the run's TTL and lookup budget, and rendezvous every 3 s
+/// instead of 10 s, so that a fleet meshes within seconds.
+pub(crate) fn node_config(cfg: &SimConfig, dir: &std::path::Path) -> NodeConfig {
+    let mut nc = NodeConfig::new(dir);
+    nc.ttl = Some(cfg.ttl);
+    nc.discovery_interval = Duration::from_secs(3);
+    nc.deadlines.lookup = cfg.lookup_timeout;
+    nc
+}
+
 async fn start_node(
     cfg: &SimConfig,
     gh: &FakeGithub,
     bootstrap: Vec<libp2p::Multiaddr>,
 ) -> anyhow::Result<SimNode> {
     let dir = tempfile::tempdir()?;
-    // The daemon's timers (the test ones heartbeat 5x as often: at 50 nodes on two
-    // cores that alone is 250 heartbeats a second).
-    let mut nc = NodeConfig::new(dir.path());
+    let mut nc = node_config(cfg, dir.path());
     nc.listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
     nc.bootstrap = bootstrap;
     nc.mdns = false;
-    nc.ttl = Some(cfg.ttl);
-    // Rendezvous every 3 s instead of 10 s, so that a fleet meshes within seconds.
-    nc.discovery_interval = Duration::from_secs(3);
-    nc.deadlines.lookup = cfg.lookup_timeout;
     nc.keys = (cfg.strategy != Strategy::Local).then(sim_keys);
     nc.mode = if cfg.strategy == Strategy::Broadcast {
         MeshMode::Broadcast

@@ -13,9 +13,9 @@ use crate::limits::MAX_PEERS;
 /// Discovery runs this soon after the first connection and after each newly admitted
 /// member, then backs off to the steady interval: nodes that joined through one
 /// bootstrap find each other in about a second instead of one interval.
-const DISCOVERY_SOON: Duration = Duration::from_millis(200);
+pub const DISCOVERY_SOON: Duration = Duration::from_millis(200);
 /// Least time between two discovery rounds brought forward.
-const DISCOVERY_MIN_GAP: Duration = Duration::from_secs(2);
+pub const DISCOVERY_MIN_GAP: Duration = Duration::from_secs(2);
 
 impl EventLoop {
     /// Provide the rendezvous key and look up its providers. Re-provide every 30

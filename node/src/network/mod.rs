@@ -6,6 +6,7 @@
 pub mod behaviour;
 pub mod codec;
 mod discovery;
+pub use discovery::{DISCOVERY_MIN_GAP, DISCOVERY_SOON};
 mod dns_seeds;
 mod event_loop;
 

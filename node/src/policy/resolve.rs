@@ -287,6 +287,10 @@ pub struct Resolution {
     owner: Option<PeerId>,
     others: Vec<PeerId>,
     asked: Vec<PeerId>,
+    /// Owners that did not answer in time.
+    silent: Vec<PeerId>,
+    /// One of them was asked again (at most one is).
+    asked_again: bool,
     state: State,
     /// The step the machine waits on, returned again for an input it did not ask for.
     last: Step,
@@ -303,6 +307,8 @@ impl Resolution {
             owner: None,
             others: Vec::new(),
             asked: Vec::new(),
+            silent: Vec::new(),
+            asked_again: false,
             state: State::AwaitMember,
             last: Step::Done(End::Upstream),
             redirects: 0,
@@ -480,6 +486,9 @@ impl Resolution {
         view: &View<'_>,
     ) -> Step {
         let lost_lease = reply.is_none() && self.start.ask.lease;
+        if reply.is_none() {
+            self.silent.push(owner);
+        }
         let step = after_owner_reply(reply);
         if let OwnerStep::Redirect(_) = step {
             self.redirects += 1;
@@ -511,6 +520,16 @@ impl Resolution {
 
     /// After the owner's answer (or our failure to use it): the next owner, if any.
     fn after_owner(&mut self, step: OwnerStep, view: &View<'_>) -> Step {
+        if let OwnerStep::Redirect(p) = step {
+            if self.silent.contains(&p) && !self.asked_again {
+                // A member that did not answer us is the owner in another member's
+                // view too: it is up, and our lookup or its answer was lost. Asked
+                // again once (not one of the owner asks: the same ask, sent again).
+                self.asked_again = true;
+                self.asked.retain(|a| *a != p);
+                return self.ask_owner(Some(p), view);
+            }
+        }
         let left = MAX_OWNER_ASKS.saturating_sub(self.asked.len());
         let candidates = self.candidates(view);
         let next = next_owner(

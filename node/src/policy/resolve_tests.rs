@@ -348,3 +348,27 @@ fn a_node_whose_view_is_still_filling_in_settles_before_claiming_a_key() {
     assert_eq!(now, 500 * MS, "at most half the budget");
     assert!(matches!(step, Step::AskAll { .. }), "{step:?}");
 }
+
+#[test]
+fn a_silent_owner_that_another_member_names_is_asked_again_once() {
+    let f = Fleet::of(4);
+    let owner = f.members[0];
+    let key = f.key_owned_by(owner);
+    let next = placement::ranked(&key, f.everyone())[1];
+    if next == f.me {
+        return; // we would fetch at once: nobody to redirect us
+    }
+    let (mut r, _) = Resolution::start(f.start(key, Ask::FETCH), &f.view(Duration::ZERO));
+    let step = r.handle(Input::Reply(None), &f.view(1000 * MS));
+    assert!(is_ask(&step, next, Ask::FETCH), "{step:?}");
+    let back = LookupReply::Redirect(owner.to_bytes().into());
+    let step = r.handle(Input::Reply(Some(back.clone())), &f.view(1002 * MS));
+    assert!(
+        is_ask(&step, owner, Ask::FETCH),
+        "our lookup or its answer was lost: {step:?}"
+    );
+    // Silent again: no third time; the others are asked, with what is left (nothing).
+    let step = r.handle(Input::Reply(None), &f.view(2002 * MS));
+    assert_eq!(step, Step::Done(End::Upstream));
+    assert_eq!(r.redirects, 1);
+}

@@ -14,7 +14,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::time::Duration;
 
-use ghmesh_node::policy::book::{BudgetRule, PeerBook};
+use ghmesh_node::policy::book::PeerBook;
 use ghmesh_protocol::{Announce, CacheKey, CanonicalRequest, Entry};
 use libp2p::PeerId;
 use rand::rngs::StdRng;
@@ -23,7 +23,9 @@ use rand::{Rng, SeedableRng};
 
 use crate::report::{peak_rss_mb, LateJoiners, Lookup, Network, Propagation, Report};
 use crate::sim::SimConfig;
-use read::{Ask, Flight, Rep};
+use ghmesh_node::network::{DISCOVERY_MIN_GAP, DISCOVERY_SOON};
+use ghmesh_node::policy::resolve::{Ask, Timers};
+use read::{Flight, Rep};
 
 /// Simulated microseconds since the run began.
 type Us = u64;
@@ -62,17 +64,12 @@ impl Default for NetParams {
     }
 }
 
-/// The daemon's timers that matter here (its defaults).
-const HELLO_RTTS: u64 = 3; // TCP + noise + yamux, then the sealed hello and its reply
-const DISCOVERY_SOON: Us = 200_000;
-const DISCOVERY_MIN_GAP: Us = 2_000_000;
-const DISCOVERY_INTERVAL: Us = 10_000_000;
-const GOSSIP_REPAIR: Us = 1_000_000; // a lost gossip is repaired by IHAVE/IWANT on a heartbeat
-const PENDING_WAIT: Us = 15_000_000;
-const REPOLL_FIRST: Us = 50_000;
-const REPOLL_MAX: Us = 1_000_000;
-const SETTLE_TICK: Us = 20_000;
-const MAX_OWNER_ASKS: usize = 3;
+/// Round trips before a dialled peer is a member: TCP + noise + yamux, then the
+/// sealed hello and its reply. A property of the modelled network, not a timer.
+const HELLO_RTTS: u64 = 3;
+/// A lost gossip is repaired by IHAVE/IWANT on a later heartbeat (the daemon's
+/// gossipsub heartbeat is a second).
+const GOSSIP_REPAIR: Us = 1_000_000;
 /// After the last read, events still run this long (announces landing).
 const LINGER: Us = 20_000_000;
 
@@ -175,7 +172,10 @@ pub(crate) struct Des {
     cut: std::collections::HashSet<(usize, usize)>,
     keys: Vec<CacheKey>,
     announces: Vec<Announce>,
-    rule: BudgetRule,
+    /// The daemon's timers, as `ghmesh-sim --time wall` configures its nodes.
+    timers: Timers,
+    /// Rendezvous rounds this often, as there.
+    discovery_interval: Us,
     gen: u64,
     tally: Tally,
     late: Tally,
@@ -244,11 +244,7 @@ impl Des {
                 }
             }
         }
-        let rule = BudgetRule {
-            initial: cfg.lookup_timeout,
-            floor: Duration::from_millis(50),
-            ceiling: Duration::from_secs(1),
-        };
+        let node = crate::sim::node_config(&cfg, std::path::Path::new("."));
         let mut des = Self {
             rng,
             now: 0,
@@ -260,7 +256,8 @@ impl Des {
             cut,
             keys,
             announces,
-            rule,
+            timers: node.deadlines.timers(),
+            discovery_interval: us(node.discovery_interval),
             gen: 0,
             tally: Tally::default(),
             late: Tally::default(),
@@ -419,6 +416,7 @@ impl Des {
         for (n, new) in [(a, new_a), (b, new_b)] {
             if new {
                 self.schedule_discovery(n);
+                self.admitted(n);
             }
         }
         // A newcomer pulls the member lists of its first members (the daemon pulls from
@@ -466,8 +464,8 @@ impl Des {
     fn schedule_discovery(&mut self, n: usize) {
         let now = self.now;
         let p = &mut self.peers[n];
-        let earliest = p.last_discovery.map_or(now, |l| l + DISCOVERY_MIN_GAP);
-        let at = (now + DISCOVERY_SOON).max(earliest);
+        let earliest = p.last_discovery.map_or(now, |l| l + us(DISCOVERY_MIN_GAP));
+        let at = (now + us(DISCOVERY_SOON)).max(earliest);
         if p.discover_at.is_none_or(|t| at < t) {
             p.discover_at = Some(at);
             self.at(at, Ev::Discover(n));
@@ -492,11 +490,12 @@ impl Des {
         for m in ready {
             self.dial(n, m);
         }
+        let interval = self.discovery_interval;
         if first {
-            self.at(now + DISCOVERY_INTERVAL, Ev::Discover(n));
+            self.at(now + interval, Ev::Discover(n));
         } else if self.peers[n].discover_at.is_none() {
-            self.peers[n].discover_at = Some(now + DISCOVERY_INTERVAL);
-            self.at(now + DISCOVERY_INTERVAL, Ev::Discover(n));
+            self.peers[n].discover_at = Some(now + interval);
+            self.at(now + interval, Ev::Discover(n));
         }
     }
 

@@ -1,26 +1,22 @@
-//! One node's resolution of a missed key, step by step, as `node/src/node/peers.rs`
-//! does it, with each decision taken by the node's own policy functions.
+//! One node's resolution of a missed key in simulated time. The decisions are the
+//! daemon's own state machine ([`Resolution`], which `ghmesh node` drives in
+//! `node/src/node/peers.rs`); this only carries its steps out on the event queue:
+//! lookups become messages and timeouts, waits become ticks, gossip arriving becomes
+//! [`Input::Arrived`]. The owner's side answers by the daemon's rule
+//! ([`policy::answer_lookup`]).
+
+use std::time::Duration;
 
 use ghmesh_node::placement;
-use ghmesh_node::policy::{self, LookupAnswer, LookupView, OwnerStep, RepollStep};
+use ghmesh_node::policy::resolve::{Ask, End, Input, Resolution, Start, Step, View};
+use ghmesh_node::policy::{self, LookupAnswer, LookupView};
 use ghmesh_node::MeshMode;
 use ghmesh_protocol::LookupReply;
 use libp2p::PeerId;
 use rand::seq::SliceRandom;
 use rand::Rng;
 
-use super::{
-    us, Des, Ev, FlightRef, Us, MAX_OWNER_ASKS, PENDING_WAIT, REPOLL_FIRST, REPOLL_MAX, SETTLE_TICK,
-};
-
-/// What a lookup asks: fetch on a miss (sent to the owner) or only "do you have it".
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Ask {
-    fetch: bool,
-}
-
-const FETCH: Ask = Ask { fetch: true };
-const HAVE: Ask = Ask { fetch: false };
+use super::{us, Des, Ev, FlightRef, Us};
 
 /// A lookup answer on the simulated wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,23 +26,7 @@ pub(super) enum Rep {
     Pending,
     Redirect(PeerId),
     Busy,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Settle,
-    Owner(PeerId),
-    Waiting {
-        peer: PeerId,
-        until: Us,
-        poll: Us,
-        from_others: bool,
-    },
-    Others {
-        left: usize,
-        pending: Option<PeerId>,
-    },
-    Upstream,
+    Lease,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,23 +37,42 @@ enum Outcome {
     Revalidated,
 }
 
+/// What a flight's current step waits for, besides its own timer and replies.
+#[derive(Debug, Clone, PartialEq)]
+enum Awaiting {
+    /// Nothing from outside.
+    Nothing,
+    /// A member admitted ([`Step::AwaitMember`]).
+    Member,
+    /// The key arriving by gossip ([`Step::Wait`]).
+    Arrival,
+    /// The answer of one member ([`Step::Ask`]), asked with this budget.
+    Reply { peer: PeerId, budget: Us },
+    /// The answers of several ([`Step::AskAll`]): each slot filled as it comes.
+    Replies {
+        slots: Vec<(PeerId, Option<LookupReply>)>,
+        left: usize,
+        budget: Us,
+    },
+}
+
 /// A resolution in flight on one node.
 pub(super) struct Flight {
     gen: u64,
+    /// Bumped at every step: events of an earlier step are dropped.
     attempt: u64,
     started: Us,
-    deadline: Us,
-    phase: Phase,
-    settled: bool,
-    asked: Vec<PeerId>,
+    /// The peer phase, while it runs (`None`: fetching upstream, or never asked).
+    machine: Option<Box<Resolution>>,
+    awaiting: Awaiting,
+    /// Fetching upstream now.
+    upstream: bool,
     /// The node's own read waits on it.
     reader: bool,
     /// ... having joined it after it started (for a peer): coalesced.
     joined: bool,
     /// The step in progress went out at.
     sent: Us,
-    /// The budget it was given.
-    budget: Us,
     /// A copy was held when the upstream fetch began (a conditional request).
     held: bool,
 }
@@ -94,21 +93,18 @@ impl Des {
             .filter(|f| f.gen == at.gen && f.attempt == at.attempt)
     }
 
-    fn cur(&self, n: usize, key: usize) -> Option<FlightRef> {
-        let f = self.peers[n].flights.get(&key)?;
+    fn next_step(&mut self, n: usize, key: usize, awaiting: Awaiting) -> Option<FlightRef> {
+        let now = self.now;
+        let f = self.peers[n].flights.get_mut(&key)?;
+        f.attempt += 1;
+        f.sent = now;
+        f.awaiting = awaiting;
         Some(FlightRef {
             node: n,
             key,
             gen: f.gen,
             attempt: f.attempt,
         })
-    }
-
-    fn next_step(&mut self, n: usize, key: usize) -> Option<FlightRef> {
-        let f = self.peers[n].flights.get_mut(&key)?;
-        f.attempt += 1;
-        f.sent = self.now;
-        self.cur(n, key)
     }
 
     /// The node's next read, in its shuffled order, round after round.
@@ -135,18 +131,14 @@ impl Des {
         let key = p.order[p.next];
         p.next += 1;
         let late = p.late;
+        let fresh = self.fresh(n, key);
         let tally = if late {
             &mut self.late
         } else {
             &mut self.tally
         };
         tally.requests += 1;
-        if self.fresh(n, key) {
-            let tally = if late {
-                &mut self.late
-            } else {
-                &mut self.tally
-            };
+        if fresh {
             tally.local += 1;
             self.at(self.now, Ev::Read(n));
             return;
@@ -167,128 +159,151 @@ impl Des {
             gen: self.gen,
             attempt: 0,
             started: self.now,
-            deadline: self.now + us(self.cfg.lookup_timeout),
-            phase: Phase::Settle,
-            settled: false,
-            asked: Vec::new(),
+            machine: None,
+            awaiting: Awaiting::Nothing,
+            upstream: false,
             reader,
             joined: false,
             sent: self.now,
-            budget: 0,
             held: false,
         };
         self.peers[n].flights.insert(key, f);
-        if ask_peers {
-            self.plan(n, key);
-        } else {
-            self.go_upstream(n, key);
+        if !ask_peers {
+            return self.go_upstream(n, key);
         }
-    }
-
-    fn plan(&mut self, n: usize, key: usize) {
-        let me = self.peers[n].id;
-        let plan = policy::plan_peer_phase(&self.keys[key], me, &self.candidates(n));
-        let settled = self.peers[n].flights.get(&key).is_some_and(|f| f.settled);
-        if !settled && plan.as_ref().is_none_or(|p| p.owner.is_none()) {
-            let b = &self.peers[n].book;
-            let now_ms = self.now / 1000;
-            let started_ms = self.peers[n].started / 1000;
-            let settling =
-                policy::view_settling(now_ms, started_ms, b.last_change_ms(), b.greeting());
-            // As the daemon: settling takes at most half the peer budget.
-            let half = us(self.cfg.lookup_timeout) / 2;
-            let deadline = self.peers[n]
-                .flights
-                .get(&key)
-                .map_or(0, |f| f.deadline - half);
-            if settling && self.now < deadline {
-                if let Some(f) = self.peers[n].flights.get_mut(&key) {
-                    f.phase = Phase::Settle;
-                }
-                if let Some(at) = self.next_step(n, key) {
-                    self.at(self.now + SETTLE_TICK, Ev::Tick(at));
-                }
-                return;
-            }
-        }
-        match plan {
-            None => self.go_upstream(n, key),
-            Some(p) => match p.owner {
-                Some(o) => self.ask_owner(n, key, o),
-                None => self.ask_others(n, key),
-            },
-        }
-    }
-
-    fn ask_owner(&mut self, n: usize, key: usize, owner: PeerId) {
-        let budget = us(self.peers[n].book.budget(&owner, self.rule));
+        let p = &self.peers[n];
+        let start = Start {
+            key: self.keys[key],
+            me: p.id,
+            // The simulated fleet reads with the node's token, as `ghmesh-sim` does.
+            ask: Ask::FETCH,
+            node_started: Duration::from_micros(p.started),
+            node_started_ms: p.started / 1000,
+            // Every node but the first is started with the first as its bootstrap.
+            has_bootstrap: n != 0,
+            bodyless_from: None,
+            timers: self.timers,
+        };
+        let view = View {
+            now: Duration::from_micros(self.now),
+            now_ms: self.now / 1000,
+            book: &p.book,
+            lease_holder: None,
+        };
+        let (machine, step) = Resolution::start(start, &view);
         if let Some(f) = self.peers[n].flights.get_mut(&key) {
-            f.asked.push(owner);
-            f.phase = Phase::Owner(owner);
-            f.budget = budget;
+            f.machine = Some(Box::new(machine));
         }
-        self.lookup(n, key, owner, FETCH, budget);
+        self.carry_out(n, key, step);
     }
 
-    fn lookup(&mut self, n: usize, key: usize, to: PeerId, ask: Ask, budget: Us) {
-        let (Some(at), Some(to_idx)) = (self.next_step(n, key), self.idx(&to)) else {
+    /// Feeds `input` to the flight's machine; its next step is carried out.
+    fn feed(&mut self, n: usize, key: usize, input: Input) {
+        let now = self.now;
+        let p = &mut self.peers[n];
+        let Some(machine) = p.flights.get_mut(&key).and_then(|f| f.machine.as_mut()) else {
             return;
         };
-        self.at(self.now + budget, Ev::Timeout { peer: to_idx, at });
+        let view = View {
+            now: Duration::from_micros(now),
+            now_ms: now / 1000,
+            book: &p.book,
+            lease_holder: None,
+        };
+        let step = machine.handle(input, &view);
+        self.carry_out(n, key, step);
+    }
+
+    /// Carries out one step: at once where the simulated world answers at once, else
+    /// by scheduling what answers it.
+    fn carry_out(&mut self, n: usize, key: usize, step: Step) {
+        match step {
+            Step::Done(End::Peer) => self.complete(n, key, Outcome::Peer),
+            Step::Done(End::Coalesced) => self.complete(n, key, Outcome::Coalesced),
+            // No client tokens here, so no lease is ever granted; a lease would fetch
+            // upstream like this.
+            Step::Done(End::Upstream | End::Leased(_)) => self.go_upstream(n, key),
+            Step::AwaitMember { until } => {
+                if let Some(at) = self.next_step(n, key, Awaiting::Member) {
+                    self.at(us(until), Ev::Tick(at));
+                }
+            }
+            // Never asked: no announce goes out without its body here.
+            Step::FetchBody { .. } => self.feed(n, key, Input::Body(false)),
+            Step::Sleep { until } => {
+                if let Some(at) = self.next_step(n, key, Awaiting::Nothing) {
+                    self.at(us(until), Ev::Tick(at));
+                }
+            }
+            Step::Ask {
+                peer, ask, budget, ..
+            } => {
+                let budget = us(budget);
+                let awaiting = Awaiting::Reply { peer, budget };
+                if let (Some(at), Some(to)) = (self.next_step(n, key, awaiting), self.idx(&peer)) {
+                    self.lookup(n, to, key, ask, budget, at);
+                }
+            }
+            Step::AskAll { peers, budget } => {
+                let budget = us(budget);
+                let slots: Vec<_> = peers.iter().map(|p| (*p, None)).collect();
+                let awaiting = Awaiting::Replies {
+                    left: slots.len(),
+                    slots,
+                    budget,
+                };
+                let Some(at) = self.next_step(n, key, awaiting) else {
+                    return;
+                };
+                self.at(
+                    self.now + budget,
+                    Ev::Timeout {
+                        peer: usize::MAX,
+                        at,
+                    },
+                );
+                for p in peers {
+                    if let Some(to) = self.idx(&p) {
+                        self.send(Ev::Lookup {
+                            from: n,
+                            to,
+                            key,
+                            ask: Ask::HAVE,
+                            at,
+                        });
+                    }
+                }
+            }
+            Step::Accept { from, .. } => {
+                let fetched = self
+                    .idx(&from)
+                    .and_then(|i| self.peers[i].store.get(&key).copied())
+                    .unwrap_or(self.now);
+                self.store(n, key, fetched);
+                self.feed(n, key, Input::Accepted(true));
+            }
+            Step::Wait { until, .. } => {
+                if self.fresh(n, key) {
+                    return self.feed(n, key, Input::Arrived);
+                }
+                if let Some(at) = self.next_step(n, key, Awaiting::Arrival) {
+                    self.at(us(until), Ev::Tick(at));
+                }
+            }
+            // No leases here (see above): nothing to hand back.
+            Step::Release { .. } => self.feed(n, key, Input::Released),
+        }
+    }
+
+    fn lookup(&mut self, n: usize, to: usize, key: usize, ask: Ask, budget: Us, at: FlightRef) {
+        self.at(self.now + budget, Ev::Timeout { peer: to, at });
         self.send(Ev::Lookup {
             from: n,
-            to: to_idx,
+            to,
             key,
             ask,
             at,
         });
-    }
-
-    fn ask_others(&mut self, n: usize, key: usize) {
-        let me = self.peers[n].id;
-        let plan = policy::plan_peer_phase(&self.keys[key], me, &self.candidates(n));
-        let Some(f) = self.peers[n].flights.get(&key) else {
-            return;
-        };
-        let left = f.deadline.saturating_sub(self.now);
-        let (owner, mut others) = plan.map(|p| (p.owner, p.others)).unwrap_or_default();
-        let now_ms = self.now / 1000;
-        if policy::starting(now_ms, self.peers[n].started / 1000) {
-            let eldest = self.peers[n].book.eldest(now_ms, policy::EXTRA_ASKS);
-            others = policy::others_while_starting(&others, &eldest, owner);
-        }
-        others.retain(|p| !f.asked.contains(p));
-        if others.is_empty() || left == 0 {
-            return self.go_upstream(n, key);
-        }
-        let Some(at) = self.next_step(n, key) else {
-            return;
-        };
-        if let Some(f) = self.peers[n].flights.get_mut(&key) {
-            f.phase = Phase::Others {
-                left: others.len(),
-                pending: None,
-            };
-            f.budget = left;
-        }
-        self.at(
-            self.now + left,
-            Ev::Timeout {
-                peer: usize::MAX,
-                at,
-            },
-        );
-        for p in others {
-            if let Some(to) = self.idx(&p) {
-                self.send(Ev::Lookup {
-                    from: n,
-                    to,
-                    key,
-                    ask: HAVE,
-                    at,
-                });
-            }
-        }
     }
 
     /// A lookup reaches `to`: it answers by the node's own rule.
@@ -304,9 +319,9 @@ impl Des {
             shareable: true,
             fresh_local: self.fresh(to, key),
             in_flight: flight.is_some(),
-            fetching: flight.is_some_and(|f| f.phase == Phase::Upstream),
+            fetching: flight.is_some_and(|f| f.upstream),
             fetch_asked: ask.fetch,
-            lease_asked: false,
+            lease_asked: ask.lease,
             leased_to_other: false,
             failed_recently: false,
             mode: MeshMode::Mesh,
@@ -324,7 +339,8 @@ impl Des {
             }
             LookupAnswer::Redirect(p) => Rep::Redirect(p),
             LookupAnswer::Busy => Rep::Busy,
-            LookupAnswer::GrantLease | LookupAnswer::NotFound => Rep::NotFound,
+            LookupAnswer::GrantLease => Rep::Lease,
+            LookupAnswer::NotFound => Rep::NotFound,
         };
         self.send(Ev::Reply {
             to: from,
@@ -342,174 +358,73 @@ impl Des {
             Rep::Pending => LookupReply::Pending,
             Rep::Redirect(p) => LookupReply::Redirect(p.to_bytes().into()),
             Rep::Busy => LookupReply::Busy,
+            Rep::Lease => LookupReply::Lease,
         }
     }
 
     pub(super) fn on_reply(&mut self, n: usize, from: usize, key: usize, rep: Rep, at: FlightRef) {
         let now = self.now;
+        let reply = self.as_reply(key, rep);
+        let from_id = self.peers[from].id;
         let Some(f) = self.flight(at) else {
             return;
         };
-        let (phase, sent) = (f.phase, f.sent);
-        let from_id = self.peers[from].id;
-        self.peers[n]
-            .book
-            .answered(&from_id, std::time::Duration::from_micros(now - sent));
-        match phase {
-            Phase::Owner(_) => {
-                let step = policy::after_owner_reply(Some(self.as_reply(key, rep)));
-                match step {
-                    OwnerStep::Accept(_) => self.accept(n, key, from, Outcome::Peer),
-                    OwnerStep::Wait => self.wait(n, key, from_id, false),
-                    OwnerStep::Fetch => self.go_upstream(n, key),
-                    other => self.after_owner(n, key, other),
+        let latency = Duration::from_micros(now - f.sent);
+        let input = match &mut f.awaiting {
+            Awaiting::Reply { peer, .. } if *peer == from_id => Some(Input::Reply(Some(reply))),
+            Awaiting::Replies { slots, left, .. } => {
+                if let Some(slot) = slots.iter_mut().find(|(p, r)| *p == from_id && r.is_none()) {
+                    slot.1 = Some(reply);
+                    *left -= 1;
                 }
+                (*left == 0).then(|| Input::Replies(std::mem::take(slots)))
             }
-            Phase::Waiting {
-                peer,
-                until,
-                poll,
-                from_others,
-            } => match policy::after_repoll(Some(self.as_reply(key, rep))) {
-                RepollStep::Accept(_) => self.accept(n, key, from, Outcome::Coalesced),
-                RepollStep::KeepWaiting => {
-                    self.keep_waiting(n, key, peer, until, poll, from_others)
-                }
-                RepollStep::GiveUp | RepollStep::Fetch => self.stop_waiting(n, key, from_others),
-            },
-            Phase::Others { left, pending } => {
-                if rep == Rep::Found {
-                    return self.accept(n, key, from, Outcome::Peer);
-                }
-                let pending = pending.or((rep == Rep::Pending).then_some(from_id));
-                if left <= 1 {
-                    return self.others_done(n, key, pending);
-                }
-                if let Some(f) = self.peers[n].flights.get_mut(&key) {
-                    f.phase = Phase::Others {
-                        left: left - 1,
-                        pending,
-                    };
-                }
-            }
-            Phase::Settle | Phase::Upstream => {}
+            _ => return,
+        };
+        self.peers[n].book.answered(&from_id, latency);
+        if let Some(input) = input {
+            self.feed(n, key, input);
         }
     }
 
     pub(super) fn on_timeout(&mut self, peer: usize, at: FlightRef) {
         let (n, key) = (at.node, at.key);
         let now_ms = self.now / 1000;
+        let rule = self.timers.budget;
         let Some(f) = self.flight(at) else {
             return;
         };
-        let (phase, budget) = (f.phase, f.budget);
-        match phase {
-            Phase::Owner(owner) => {
-                if peer != usize::MAX {
-                    let b = std::time::Duration::from_micros(budget);
-                    self.peers[n].book.timed_out(&owner, b, now_ms);
+        let input = match &mut f.awaiting {
+            Awaiting::Reply { peer: id, budget } => {
+                let (id, budget) = (*id, Duration::from_micros(*budget));
+                // As the daemon: only a member given its whole budget failed it.
+                if peer != usize::MAX && budget >= self.peers[n].book.budget(&id, rule) {
+                    self.peers[n].book.timed_out(&id, budget, now_ms);
                 }
-                self.after_owner(n, key, policy::after_owner_reply(None));
+                Input::Reply(None)
             }
-            Phase::Waiting {
-                peer,
-                until,
-                poll,
-                from_others,
-            } => self.keep_waiting(n, key, peer, until, poll, from_others),
-            Phase::Others { pending, .. } => self.others_done(n, key, pending),
-            Phase::Settle | Phase::Upstream => {}
-        }
-    }
-
-    fn after_owner(&mut self, n: usize, key: usize, step: OwnerStep) {
-        let me = self.peers[n].id;
-        let candidates = self.candidates(n);
-        let Some(f) = self.peers[n].flights.get(&key) else {
-            return;
+            Awaiting::Replies { slots, .. } => Input::Replies(std::mem::take(slots)),
+            _ => return,
         };
-        let left = MAX_OWNER_ASKS.saturating_sub(f.asked.len());
-        let next = policy::next_owner(&step, &self.keys[key], me, &f.asked, &candidates, left);
-        match next {
-            Some(p) if p == me => self.go_upstream(n, key),
-            Some(p) => self.ask_owner(n, key, p),
-            None => self.ask_others(n, key),
-        }
-    }
-
-    fn others_done(&mut self, n: usize, key: usize, pending: Option<PeerId>) {
-        match pending {
-            Some(p) => self.wait(n, key, p, true),
-            None => self.go_upstream(n, key),
-        }
-    }
-
-    fn wait(&mut self, n: usize, key: usize, peer: PeerId, from_others: bool) {
-        let until = self.now + PENDING_WAIT;
-        self.keep_waiting(n, key, peer, until, REPOLL_FIRST / 2, from_others);
-    }
-
-    fn keep_waiting(
-        &mut self,
-        n: usize,
-        key: usize,
-        peer: PeerId,
-        until: Us,
-        poll: Us,
-        from_others: bool,
-    ) {
-        if self.now >= until {
-            return self.stop_waiting(n, key, from_others);
-        }
-        let poll = policy::next_repoll(
-            std::time::Duration::from_micros(poll),
-            std::time::Duration::from_micros(REPOLL_MAX),
-        );
-        let poll = us(poll);
-        if let Some(f) = self.peers[n].flights.get_mut(&key) {
-            f.phase = Phase::Waiting {
-                peer,
-                until,
-                poll,
-                from_others,
-            };
-        }
-        if let Some(at) = self.next_step(n, key) {
-            self.at((self.now + poll).min(until), Ev::Tick(at));
-        }
-    }
-
-    fn stop_waiting(&mut self, n: usize, key: usize, from_others: bool) {
-        if from_others {
-            self.go_upstream(n, key)
-        } else {
-            self.after_owner(n, key, OwnerStep::Wait)
-        }
+        self.feed(n, key, input);
     }
 
     pub(super) fn on_tick(&mut self, at: FlightRef) {
-        let (n, key) = (at.node, at.key);
-        let now = self.now;
-        let half = us(self.cfg.lookup_timeout) / 2;
-        let Some(f) = self.flight(at) else {
-            return;
-        };
-        match f.phase {
-            Phase::Settle => {
-                f.settled = now + half >= f.deadline;
-                self.plan(n, key);
-            }
-            Phase::Waiting { peer, until, .. } => {
-                if self.now >= until {
-                    return self.on_timeout(usize::MAX, at);
-                }
-                let budget = us(self
-                    .cfg
-                    .lookup_timeout
-                    .max(std::time::Duration::from_millis(500)));
-                self.lookup(n, key, peer, FETCH, budget);
-            }
-            _ => {}
+        if self.flight(at).is_some() {
+            self.feed(at.node, at.key, Input::Tick);
+        }
+    }
+
+    /// `n` admitted a member: a flight waiting for its first one goes on.
+    pub(super) fn admitted(&mut self, n: usize) {
+        let waiting: Vec<usize> = self.peers[n]
+            .flights
+            .iter()
+            .filter(|(_, f)| f.awaiting == Awaiting::Member)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in waiting {
+            self.feed(n, key, Input::Admitted);
         }
     }
 
@@ -518,32 +433,22 @@ impl Des {
         let waiting = self.peers[n]
             .flights
             .get(&key)
-            .is_some_and(|f| matches!(f.phase, Phase::Waiting { .. }));
+            .is_some_and(|f| f.awaiting == Awaiting::Arrival);
         if waiting {
-            self.complete(n, key, Outcome::Coalesced);
+            self.feed(n, key, Input::Arrived);
         }
-    }
-
-    fn accept(&mut self, n: usize, key: usize, from: usize, outcome: Outcome) {
-        let fetched = self.peers[from]
-            .store
-            .get(&key)
-            .copied()
-            .unwrap_or(self.now);
-        self.store(n, key, fetched);
-        self.complete(n, key, outcome);
     }
 
     fn go_upstream(&mut self, n: usize, key: usize) {
+        let held = self.peers[n].store.contains_key(&key);
         let Some(f) = self.peers[n].flights.get_mut(&key) else {
             return;
         };
-        f.phase = Phase::Upstream;
+        f.machine = None;
+        f.awaiting = Awaiting::Nothing;
+        f.upstream = true;
+        f.held = held;
         let gen = f.gen;
-        let held = self.peers[n].store.contains_key(&key);
-        if let Some(f) = self.peers[n].flights.get_mut(&key) {
-            f.held = held;
-        }
         let jitter = 1.0 + self.net.jitter * (self.rng.gen::<f64>() * 2.0 - 1.0);
         let d = (us(self.net.upstream) as f64 * jitter) as Us;
         self.at(self.now + d, Ev::Upstream { node: n, key, gen });
