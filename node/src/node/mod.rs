@@ -25,6 +25,7 @@
 mod admission;
 mod bodyless;
 mod bounded;
+pub mod drive;
 mod fetch;
 mod gate;
 mod health;

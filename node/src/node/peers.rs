@@ -14,6 +14,7 @@ use libp2p::PeerId;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::drive::{drive, Carrier};
 use super::served::CacheStatus;
 use super::writer::WriteJob;
 use super::{Node, Served};
@@ -21,7 +22,7 @@ use crate::limits::{MAX_BODY_FRAME, MAX_SMALL_FRAME};
 use crate::network::Channel;
 use crate::policy;
 use crate::policy::book::PeerBook;
-use crate::policy::resolve::{End, Input, Resolution, Start, Step, View};
+use crate::policy::resolve::{End, Input, Start, View};
 
 pub(super) use crate::policy::resolve::Ask;
 
@@ -36,10 +37,127 @@ pub(super) enum PeerPhase {
     Leased(PeerId),
 }
 
+/// The daemon's world for a resolution: lookups over the network, entries into the
+/// store, waits on tokio's clock and the writer's arrivals.
+struct DaemonCarrier<'a> {
+    node: &'a Node,
+    req: &'a CanonicalRequest,
+    key: CacheKey,
+    /// The fresh announce without body, when there is one.
+    bodyless: Option<EntryMeta>,
+    /// The entry accepted last: what `End::Peer` and `End::Coalesced` serve.
+    accepted: Option<Served>,
+}
+
+impl Carrier for DaemonCarrier<'_> {
+    fn view<R>(&mut self, f: impl FnOnce(&View<'_>) -> R) -> R {
+        let node = self.node;
+        let now_ms = node.now_ms();
+        let lease_holder = node.leases(|l| l.holder(&self.key, now_ms)).flatten();
+        let now = node.inner.started_at.elapsed();
+        let mut f = Some(f);
+        let seen = node.book(|book| {
+            let view = View {
+                now,
+                now_ms,
+                book,
+                lease_holder,
+            };
+            f.take().map(|f| f(&view))
+        });
+        match (seen.flatten(), f) {
+            (Some(r), _) => r,
+            // No book (no mesh, or its lock poisoned): an empty one.
+            (_, Some(f)) => f(&View {
+                now,
+                now_ms,
+                book: &PeerBook::default(),
+                lease_holder,
+            }),
+            (None, None) => unreachable!("f runs once, in the book or here"),
+        }
+    }
+
+    async fn await_member(&mut self, until: Duration) -> Input {
+        let node = self.node;
+        let Some(mesh) = &node.inner.mesh else {
+            return Input::Tick;
+        };
+        // Registered before the book is read: an admission in between still wakes us.
+        let admitted = mesh.admitted.notified();
+        tokio::pin!(admitted);
+        admitted.as_mut().enable();
+        if !node.members().is_empty() {
+            return Input::Admitted;
+        }
+        tokio::select! {
+            _ = &mut admitted => Input::Admitted,
+            _ = tokio::time::sleep_until(node.instant(until)) => Input::Tick,
+            // Shutting down: stop waiting (the machine then sees the window over or a
+            // member, and goes on).
+            _ = node.inner.stopping.cancelled() => Input::Tick,
+        }
+    }
+
+    async fn fetch_body(&mut self, from: PeerId, budget: Duration) -> bool {
+        let Some(meta) = &self.bodyless else {
+            return false;
+        };
+        self.accepted = match self.node.fetch_body(from, meta, budget).await {
+            Some(entry) => self.node.store_from_peer(entry).await,
+            None => None,
+        };
+        self.accepted.is_some()
+    }
+
+    async fn sleep_until(&mut self, until: Duration) {
+        tokio::time::sleep_until(self.node.instant(until)).await;
+    }
+
+    async fn ask(&mut self, peer: PeerId, ask: Ask, budget: Duration) -> Option<LookupReply> {
+        let (node, req, key) = (self.node, self.req, self.key);
+        let reply = node.lookup(peer, req, key, ask, budget).await;
+        tracing::debug!(%key, %peer, reply = reply_kind(&reply), "lookup");
+        reply
+    }
+
+    async fn ask_all(
+        &mut self,
+        peers: &[PeerId],
+        budget: Duration,
+    ) -> Vec<(PeerId, Option<LookupReply>)> {
+        let (node, req, key) = (self.node, self.req, self.key);
+        let asks = peers.iter().map(|p| {
+            let p = *p;
+            async move { (p, node.lookup(p, req, key, Ask::HAVE, budget).await) }
+        });
+        futures::future::join_all(asks).await
+    }
+
+    async fn accept(&mut self, from: PeerId, announce: Announce) -> bool {
+        self.accepted = self.node.accept_found(announce, from).await;
+        self.accepted.is_some()
+    }
+
+    async fn wait(&mut self, _peer: PeerId, until: Duration) -> bool {
+        match self.node.wait_for_arrival(&self.key, until).await {
+            Some(entry) => {
+                self.accepted = Some(Served::entry(entry, CacheStatus::Coalesced));
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn release(&mut self, owner: PeerId) {
+        self.node.release_lease(owner, self.req, self.key);
+    }
+}
+
 impl Node {
     /// The peer phase of a miss; `ask` is what the key's owner is asked for. Every
-    /// decision is [`Resolution`]'s; this carries its steps out with the network, the
-    /// store and tokio's clock.
+    /// decision is [`crate::policy::resolve::Resolution`]'s; [`DaemonCarrier`] carries
+    /// its steps out.
     pub(super) async fn ask_peers(
         &self,
         req: &CanonicalRequest,
@@ -59,67 +177,16 @@ impl Node {
             bodyless_from: bodyless.as_ref().map(|(_, from)| *from),
             timers: self.inner.deadlines.timers(),
         };
-        let (mut machine, mut step) = self.with_view(&key, |v| Resolution::start(start, v));
-        // The entry accepted last: what `End::Peer` and `End::Coalesced` serve.
-        let mut accepted: Option<Served> = None;
-        let end = loop {
-            let input = match step {
-                Step::Done(end) => break end,
-                Step::AwaitMember { until } => self.await_member(until).await,
-                Step::FetchBody { from, budget } => {
-                    let Some((meta, _)) = &bodyless else {
-                        break End::Upstream;
-                    };
-                    accepted = match self.fetch_body(from, meta, budget).await {
-                        Some(entry) => self.store_from_peer(entry).await,
-                        None => None,
-                    };
-                    Input::Body(accepted.is_some())
-                }
-                Step::Sleep { until } => {
-                    tokio::time::sleep_until(self.instant(until)).await;
-                    Input::Tick
-                }
-                Step::Ask {
-                    peer,
-                    ask,
-                    budget,
-                    repoll,
-                } => {
-                    let reply = self.lookup(peer, req, key, ask, budget).await;
-                    tracing::debug!(%key, %peer, repoll, reply = reply_kind(&reply), "lookup");
-                    Input::Reply(reply)
-                }
-                Step::AskAll { peers, budget } => {
-                    let asks = peers.iter().map(|p| {
-                        let p = *p;
-                        async move { (p, self.lookup(p, req, key, Ask::HAVE, budget).await) }
-                    });
-                    Input::Replies(futures::future::join_all(asks).await)
-                }
-                Step::Accept { from, announce } => {
-                    accepted = self.accept_found(*announce, from).await;
-                    Input::Accepted(accepted.is_some())
-                }
-                Step::Wait { until, .. } => match self.wait_for_arrival(&key, until).await {
-                    Some(entry) => {
-                        accepted = Some(Served::entry(entry, CacheStatus::Coalesced));
-                        Input::Arrived
-                    }
-                    None => Input::Tick,
-                },
-                Step::Release { owner } => {
-                    self.release_lease(owner, req, key);
-                    Input::Released
-                }
-            };
-            step = self.with_view(&key, |v| machine.handle(input, v));
+        let mut carrier = DaemonCarrier {
+            node: self,
+            req,
+            key,
+            bodyless: bodyless.map(|(meta, _)| meta),
+            accepted: None,
         };
-        self.inner
-            .counters
-            .redirects
-            .inc_by(u64::from(machine.redirects));
-        match (end, accepted) {
+        let (end, redirects) = drive(&mut carrier, start).await;
+        self.inner.counters.redirects.inc_by(u64::from(redirects));
+        match (end, carrier.accepted) {
             (End::Peer, Some(served)) => PeerPhase::Served(served),
             (End::Coalesced, Some(mut served)) => {
                 served.status = CacheStatus::Coalesced;
@@ -130,61 +197,12 @@ impl Node {
         }
     }
 
-    /// Calls `f` with the node as the resolution sees it now.
-    fn with_view<R>(&self, key: &CacheKey, f: impl FnOnce(&View<'_>) -> R) -> R {
-        let now_ms = self.now_ms();
-        let lease_holder = self.leases(|l| l.holder(key, now_ms)).flatten();
-        let now = self.inner.started_at.elapsed();
-        let mut f = Some(f);
-        let seen = self.book(|book| {
-            let view = View {
-                now,
-                now_ms,
-                book,
-                lease_holder,
-            };
-            f.take().map(|f| f(&view))
-        });
-        match (seen.flatten(), f) {
-            (Some(r), _) => r,
-            // No book (no mesh, or its lock poisoned): an empty one.
-            (None, Some(f)) => f(&View {
-                now,
-                now_ms,
-                book: &PeerBook::default(),
-                lease_holder,
-            }),
-            (None, None) => unreachable!("f runs once, in the book or here"),
-        }
-    }
-
     /// The moment `at` on the resolution's time axis (from the node's start).
     fn instant(&self, at: Duration) -> Instant {
         self.inner
             .started_at
             .checked_add(at)
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
-    }
-
-    /// Waits for a member to be admitted, at most until `until`.
-    async fn await_member(&self, until: Duration) -> Input {
-        let Some(mesh) = &self.inner.mesh else {
-            return Input::Tick;
-        };
-        // Registered before the book is read: an admission in between still wakes us.
-        let admitted = mesh.admitted.notified();
-        tokio::pin!(admitted);
-        admitted.as_mut().enable();
-        if !self.members().is_empty() {
-            return Input::Admitted;
-        }
-        tokio::select! {
-            _ = &mut admitted => Input::Admitted,
-            _ = tokio::time::sleep_until(self.instant(until)) => Input::Tick,
-            // Shutting down: stop waiting (the machine then sees the window over or a
-            // member, and goes on).
-            _ = self.inner.stopping.cancelled() => Input::Tick,
-        }
     }
 
     /// A fresh copy of `key` held now or arriving before `until` (the writer wakes us).
@@ -266,12 +284,8 @@ impl Node {
             .await
         else {
             self.inner.counters.lookup_timeouts.inc();
-            // Only a peer given its whole budget failed it: one asked with what was
-            // left of ours (the others, late in the peer phase) did not.
-            if timeout >= self.budget_for(peer) {
-                let now = self.now_ms();
-                self.book(|b| b.timed_out(&peer, timeout, now));
-            }
+            let (now, rule) = (self.now_ms(), self.inner.deadlines.budget_rule());
+            self.book(|b| b.lookup_unanswered(&peer, timeout, rule, now));
             return None;
         };
         let elapsed = started.elapsed();

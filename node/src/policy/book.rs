@@ -275,6 +275,21 @@ impl PeerBook {
         }
     }
 
+    /// A lookup to `peer`, given `given`, got no answer. Only a member given its whole
+    /// budget failed it: one asked with what was left of ours (the others, late in the
+    /// peer phase) did not.
+    pub fn lookup_unanswered(
+        &mut self,
+        peer: &PeerId,
+        given: Duration,
+        rule: BudgetRule,
+        now_ms: u64,
+    ) {
+        if given >= self.budget(peer, rule) {
+            self.timed_out(peer, given, now_ms);
+        }
+    }
+
     /// `peer` sent something that failed its checks (never for clock skew alone).
     pub fn violated(&mut self, peer: &PeerId, now_ms: u64) {
         if let Some(st) = self.peers.get_mut(peer) {

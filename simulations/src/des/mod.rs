@@ -8,6 +8,8 @@
 //! process. The async plumbing of the daemon (sealing, streams, the store) is not run:
 //! the wall-clock mode (`sim.rs`) measures that.
 
+#[cfg(test)]
+mod differential;
 mod read;
 
 use std::cmp::Reverse;
@@ -176,6 +178,15 @@ pub(crate) struct Des {
     timers: Timers,
     /// Rendezvous rounds this often, as there.
     discovery_interval: Us,
+    /// What a miss asks the key's owner: the simulated fleet reads with the node's
+    /// token, as `ghmesh-sim` does.
+    ask: Ask,
+    /// A scripted world instead of the other nodes' answers (the differential test).
+    #[cfg(test)]
+    world: Option<differential::World>,
+    /// Every step carried out, with its time (the differential test).
+    #[cfg(test)]
+    trace: Vec<(Us, ghmesh_node::policy::resolve::Step)>,
     gen: u64,
     tally: Tally,
     late: Tally,
@@ -258,6 +269,11 @@ impl Des {
             announces,
             timers: node.deadlines.timers(),
             discovery_interval: us(node.discovery_interval),
+            ask: Ask::FETCH,
+            #[cfg(test)]
+            world: None,
+            #[cfg(test)]
+            trace: Vec::new(),
             gen: 0,
             tally: Tally::default(),
             late: Tally::default(),

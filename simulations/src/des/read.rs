@@ -20,7 +20,7 @@ use super::{us, Des, Ev, FlightRef, Us};
 
 /// A lookup answer on the simulated wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Rep {
+pub(crate) enum Rep {
     Found,
     NotFound,
     Pending,
@@ -153,7 +153,7 @@ impl Des {
         self.start_flight(n, key, true, true);
     }
 
-    fn start_flight(&mut self, n: usize, key: usize, reader: bool, ask_peers: bool) {
+    pub(super) fn start_flight(&mut self, n: usize, key: usize, reader: bool, ask_peers: bool) {
         self.gen += 1;
         let f = Flight {
             gen: self.gen,
@@ -175,8 +175,7 @@ impl Des {
         let start = Start {
             key: self.keys[key],
             me: p.id,
-            // The simulated fleet reads with the node's token, as `ghmesh-sim` does.
-            ask: Ask::FETCH,
+            ask: self.ask,
             node_started: Duration::from_micros(p.started),
             node_started_ms: p.started / 1000,
             // Every node but the first is started with the first as its bootstrap.
@@ -217,6 +216,8 @@ impl Des {
     /// Carries out one step: at once where the simulated world answers at once, else
     /// by scheduling what answers it.
     fn carry_out(&mut self, n: usize, key: usize, step: Step) {
+        #[cfg(test)]
+        self.trace.push((self.now, step.clone()));
         match step {
             Step::Done(End::Peer) => self.complete(n, key, Outcome::Peer),
             Step::Done(End::Coalesced) => self.complete(n, key, Outcome::Coalesced),
@@ -311,6 +312,25 @@ impl Des {
         if !self.peers[to].up {
             return;
         }
+        #[cfg(test)]
+        if let Some(world) = self.world.as_mut() {
+            let to_id = self.peers[to].id;
+            if let Some((delay, rep)) = world.answer(to_id) {
+                let sent = self.peers[from]
+                    .flights
+                    .get(&key)
+                    .map_or(self.now, |f| f.sent);
+                let reply = Ev::Reply {
+                    to: from,
+                    from: to,
+                    key,
+                    rep,
+                    at,
+                };
+                self.at(sent + us(delay), reply);
+            }
+            return;
+        }
         let me = self.peers[to].id;
         let owner = placement::owner(&self.keys[key], self.candidates(to).into_iter().chain([me]))
             .filter(|o| *o != me);
@@ -351,7 +371,7 @@ impl Des {
         });
     }
 
-    fn as_reply(&self, key: usize, rep: Rep) -> LookupReply {
+    pub(super) fn as_reply(&self, key: usize, rep: Rep) -> LookupReply {
         match rep {
             Rep::Found => LookupReply::Found(Box::new(self.announces[key].clone())),
             Rep::NotFound => LookupReply::NotFound,
@@ -397,13 +417,23 @@ impl Des {
         let input = match &mut f.awaiting {
             Awaiting::Reply { peer: id, budget } => {
                 let (id, budget) = (*id, Duration::from_micros(*budget));
-                // As the daemon: only a member given its whole budget failed it.
-                if peer != usize::MAX && budget >= self.peers[n].book.budget(&id, rule) {
-                    self.peers[n].book.timed_out(&id, budget, now_ms);
+                if peer != usize::MAX {
+                    self.peers[n]
+                        .book
+                        .lookup_unanswered(&id, budget, rule, now_ms);
                 }
                 Input::Reply(None)
             }
-            Awaiting::Replies { slots, .. } => Input::Replies(std::mem::take(slots)),
+            Awaiting::Replies { slots, budget, .. } => {
+                let (slots, budget) = (std::mem::take(slots), Duration::from_micros(*budget));
+                // As each of the daemon's lookups does for a member that did not answer.
+                for (id, _) in slots.iter().filter(|(_, r)| r.is_none()) {
+                    self.peers[n]
+                        .book
+                        .lookup_unanswered(id, budget, rule, now_ms);
+                }
+                Input::Replies(slots)
+            }
             _ => return,
         };
         self.feed(n, key, input);
