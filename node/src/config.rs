@@ -9,16 +9,7 @@ use libp2p::Multiaddr;
 
 use crate::clock::{self, SharedClock};
 
-/// How much of the mesh a node uses. `Mesh` is ghmesh; `Broadcast` reproduces the
-/// push-only design of the earlier tool (announce on fetch, no lookups, no coalescing
-/// across nodes) so simulations can compare the two with the same code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MeshMode {
-    /// Announce, look up peers on a miss, coalesce with the key's owner.
-    Mesh,
-    /// Announce only.
-    Broadcast,
-}
+pub use crate::policy::MeshMode;
 
 /// Everything a node needs to start.
 #[derive(Debug, Clone)]

@@ -6,40 +6,7 @@ use ghmesh_protocol::Entry;
 
 use crate::upstream::{UpstreamError, UpstreamResponse};
 
-/// How a response was produced: the `x-ghmesh-cache` header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CacheStatus {
-    /// Fresh, local, fetched by this node.
-    Hit,
-    /// Fresh, the entry came from a peer.
-    Peer,
-    /// Fetched upstream, quota spent.
-    Miss,
-    /// Expired, upstream answered 304.
-    Revalidated,
-    /// Joined an in-flight fetch here or on a peer.
-    Coalesced,
-    /// Expired, upstream failed, old copy served.
-    Stale,
-    /// Not cacheable, passed through.
-    Bypass,
-}
-
-impl CacheStatus {
-    /// Header value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Hit => "hit",
-            Self::Peer => "peer",
-            Self::Miss => "miss",
-            Self::Revalidated => "revalidated",
-            Self::Coalesced => "coalesced",
-            Self::Stale => "stale",
-            Self::Bypass => "bypass",
-        }
-    }
-}
+pub use crate::policy::CacheStatus;
 
 /// What answers a request.
 #[derive(Debug, Clone)]

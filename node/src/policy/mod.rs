@@ -9,7 +9,11 @@ use std::time::Duration;
 
 pub mod book;
 pub mod lease;
+mod outcome;
 pub mod resolve;
+pub mod upstream;
+
+pub use outcome::{CacheStatus, MeshMode};
 
 use ghmesh_protocol::entry::{MAX_BODY_LEN, MAX_CLOCK_SKEW_MS};
 use ghmesh_protocol::request::MAX_PATH_LEN;
@@ -19,10 +23,8 @@ use ghmesh_protocol::{
 };
 use libp2p::PeerId;
 
-use crate::config::MeshMode;
-use crate::node::CacheStatus;
 use crate::placement;
-use crate::upstream::{classify_response, UpstreamError, UpstreamResponse, Verdict};
+use upstream::{classify_response, UpstreamError, UpstreamResponse, Verdict};
 
 /// Members asked (besides the owner) on a miss, without asking them to fetch.
 pub const EXTRA_ASKS: usize = 2;
