@@ -42,6 +42,11 @@ pub struct DaemonSettings {
     pub log_format: LogFormat,
     /// Upstream config (holds the token; its Debug redacts it).
     pub github: GithubConfig,
+    /// P2P is on (`--no-p2p`, `CACHE_ENABLE_P2P=false` turn it off).
+    pub p2p: bool,
+    /// Leave URLs in JSON bodies as GitHub sent them (`--no-rewrite-bodies`,
+    /// `GHMESH_REWRITE_BODIES=false`).
+    pub no_rewrite_bodies: bool,
 }
 
 /// The one line on stdout that says the node is ready (contract §3), fields in the
@@ -115,6 +120,9 @@ pub fn resolve(args: &NodeArgs, env: EnvLookup<'_>) -> Result<DaemonSettings, Cl
         log_format,
         github,
         node,
+        p2p,
+        no_rewrite_bodies: args.no_rewrite_bodies
+            || settings::env_flag_off(env, "GHMESH_REWRITE_BODIES"),
     })
 }
 
@@ -153,13 +161,48 @@ pub async fn run(args: NodeArgs, env: EnvLookup<'_>) -> Result<(), CliError> {
     let node = Node::start(s.node.clone(), Arc::new(github))
         .await
         .map_err(start_error)?;
-    let shutdown = shutdown_signal()?;
+    let signal = shutdown_signal()?;
     // Said once the node is up, so that a start-up failure is the only line printed.
+    say_how_it_meshes(&s);
+    let listener = api::bind(&s.api).await.map_err(|e| {
+        CliError::usage(format!(
+            "cannot bind the API to {}: {e}; pick another --api address",
+            s.api
+        ))
+    })?;
+    let api_addr = listener
+        .local_addr()
+        .map_err(|e| CliError::usage(e.to_string()))?;
+    print_ready(&node, api_addr);
+    // Under systemd (Type=notify) the unit is "started" only now; elsewhere a no-op.
+    sd_notify(notify::READY);
+    let failure = Arc::new(std::sync::Mutex::new(None::<String>));
+    let served = api::serve(
+        node.clone(),
+        listener,
+        api::ApiConfig {
+            upstream_base: s.upstream.clone(),
+            hosts: s.api_hosts.clone(),
+            limits: api::ServerLimits::default(),
+            client_tokens: s.client_tokens,
+            no_rewrite_bodies: s.no_rewrite_bodies,
+        },
+        stop_on_signal_or_failure(signal, node.clone(), failure.clone()),
+    )
+    .await;
+    tracing::info!("shutting down: flushing the store");
+    node.shutdown().await;
+    if let Some(reason) = failure.lock().ok().and_then(|f| f.clone()) {
+        return Err(CliError::failed(reason));
+    }
+    served.map_err(|e| CliError::failed(format!("API server failed: {e}")))
+}
+
+/// Logs whether the node meshes and the warnings about its secret.
+fn say_how_it_meshes(s: &DaemonSettings) {
     match (&s.node.keys, &s.secret_source) {
         (Some(_), Some(src)) => tracing::info!("mesh enabled; secret from {src}"),
-        _ if args.no_p2p || settings::env_flag_off(env, "CACHE_ENABLE_P2P") => {
-            tracing::info!("P2P disabled: running local-only")
-        }
+        _ if !s.p2p => tracing::info!("P2P disabled: running local-only"),
         _ => tracing::warn!(
             "no mesh secret (--secret-file, GHMESH_SECRET, CACHE_P2P_SHARED_SECRET, GH_TOKEN, GITHUB_TOKEN): running local-only, no P2P"
         ),
@@ -174,68 +217,40 @@ pub async fn run(args: NodeArgs, env: EnvLookup<'_>) -> Result<(), CliError> {
             "the mesh secret looks like a per-job Actions token (ghs_…): it changes every job, so runners of different jobs will not share; set GHMESH_SECRET to a stable fleet secret (see README)"
         );
     }
-    let listener = api::bind(&s.api).await.map_err(|e| {
-        CliError::usage(format!(
-            "cannot bind the API to {}: {e}; pick another --api address",
-            s.api
-        ))
-    })?;
-    let api_addr = listener
-        .local_addr()
-        .map_err(|e| CliError::usage(e.to_string()))?;
+}
+
+/// The ready line on stdout (contract §3), flushed, and the same in the log.
+fn print_ready(node: &Node, api_addr: std::net::SocketAddr) {
     let ready = ReadyLine {
         event: "ready",
         peer_id: node.peer_id().to_string(),
         api: api_addr.to_string(),
         listen: node.listen_addrs().iter().map(|a| a.to_string()).collect(),
     };
-    {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{}", serde_json::to_string(&ready).unwrap_or_default());
-        let _ = out.flush();
-    }
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", serde_json::to_string(&ready).unwrap_or_default());
+    let _ = out.flush();
     tracing::info!(api = %api_addr, peer_id = %node.peer_id(), "ready");
-    // Under systemd (Type=notify) the unit is "started" only now; elsewhere a no-op.
-    sd_notify(notify::READY);
-    // A store that failed and could not be reopened ends the node like a signal does,
-    // but the exit is non-zero with the reason.
-    let failure = Arc::new(std::sync::Mutex::new(None::<String>));
-    let shutdown = {
-        let node = node.clone();
-        let failure = failure.clone();
-        async move {
-            tokio::select! {
-                _ = shutdown => {}
-                reason = node.failed() => {
-                    tracing::error!("{reason}");
-                    if let Ok(mut f) = failure.lock() {
-                        *f = Some(reason);
-                    }
-                }
+}
+
+/// Completes on SIGINT/SIGTERM, or when the node's store failed and could not be
+/// reopened: that ends the node like a signal does, but with the reason left in
+/// `failure` for a non-zero exit.
+async fn stop_on_signal_or_failure(
+    signal: impl std::future::Future<Output = ()>,
+    node: Node,
+    failure: Arc<std::sync::Mutex<Option<String>>>,
+) {
+    tokio::select! {
+        _ = signal => {}
+        reason = node.failed() => {
+            tracing::error!("{reason}");
+            if let Ok(mut f) = failure.lock() {
+                *f = Some(reason);
             }
-            sd_notify(notify::STOPPING);
         }
-    };
-    let served = api::serve(
-        node.clone(),
-        listener,
-        api::ApiConfig {
-            upstream_base: s.upstream.clone(),
-            hosts: s.api_hosts.clone(),
-            limits: api::ServerLimits::default(),
-            client_tokens: s.client_tokens,
-            no_rewrite_bodies: args.no_rewrite_bodies
-                || settings::env_flag_off(env, "GHMESH_REWRITE_BODIES"),
-        },
-        shutdown,
-    )
-    .await;
-    tracing::info!("shutting down: flushing the store");
-    node.shutdown().await;
-    if let Some(reason) = failure.lock().ok().and_then(|f| f.clone()) {
-        return Err(CliError::failed(reason));
     }
-    served.map_err(|e| CliError::failed(format!("API server failed: {e}")))
+    sd_notify(notify::STOPPING);
 }
 
 /// Tells systemd about our state when it supervises us; a failure is logged, never
@@ -285,6 +300,17 @@ mod tests {
         )
         .unwrap();
         assert!(s.node.keys.is_none());
+        assert!(
+            !s.p2p,
+            "resolved once, here: the start-up message reads this"
+        );
+        assert!(!s.no_rewrite_bodies);
+        let s = resolve(
+            &NodeArgs::default(),
+            &env(&[("GHMESH_REWRITE_BODIES", "false")]),
+        )
+        .unwrap();
+        assert!(s.no_rewrite_bodies && s.p2p);
     }
 
     #[test]
