@@ -247,7 +247,6 @@ pub fn hit_rate(saved: u64, misses: u64) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

@@ -172,7 +172,6 @@ pub fn failed_cache_status(how: CacheStatus, detail: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

@@ -66,7 +66,6 @@ fn host_of(authority: &str) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn hosts(bound: &str, names: &[&str]) -> AllowedHosts {

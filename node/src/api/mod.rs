@@ -248,7 +248,7 @@ fn own_authorization(
 }
 
 /// What a cacheable read with the client's own token does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ClientTokens {
     /// Served from the fleet cache; a miss is fetched with the client's token and a
     /// 200 is shared; errors go back to that client only.

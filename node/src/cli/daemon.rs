@@ -112,7 +112,7 @@ pub fn resolve(args: &NodeArgs, env: EnvLookup<'_>) -> Result<DaemonSettings, Cl
     Ok(DaemonSettings {
         api: settings::api_addr(args.api.as_deref(), env),
         api_hosts: settings::api_hosts(&args.api_host, env)?,
-        client_tokens: settings::client_tokens(args.client_tokens, env)?,
+        client_tokens: settings::client_tokens(args.client_tokens.map(Into::into), env)?,
         upstream,
         secret_source,
         job_token_secret,

@@ -124,7 +124,7 @@ pub struct NodeArgs {
     /// the fleet cache; a miss is fetched with the client's token and a 200 is shared)
     /// or bypass (passed through, never cached) [env: GHMESH_CLIENT_TOKENS] [default: share]
     #[arg(long, value_name = "MODE")]
-    pub client_tokens: Option<crate::api::ClientTokens>,
+    pub client_tokens: Option<ClientTokensArg>,
     /// Most requests in flight to GitHub at once; beyond 32 per slot waiting, requests
     /// get 503 and retry-after [env: GHMESH_UPSTREAM_CONCURRENCY] [default: 8]
     #[arg(long, value_name = "N")]
@@ -176,6 +176,25 @@ pub struct NodeArgs {
     /// Log format on stderr (filter with RUST_LOG) [env: GHMESH_LOG_FORMAT] [default: text]
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+}
+
+/// `--client-tokens`, as typed (the API's own type knows nothing of the command line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClientTokensArg {
+    /// Served from the fleet cache; a miss is fetched with the client's token and a
+    /// 200 is shared; errors go back to that client only.
+    Share,
+    /// Passed through untouched, never cached (`x-ghmesh-cache: bypass`).
+    Bypass,
+}
+
+impl From<ClientTokensArg> for crate::api::ClientTokens {
+    fn from(arg: ClientTokensArg) -> Self {
+        match arg {
+            ClientTokensArg::Share => Self::Share,
+            ClientTokensArg::Bypass => Self::Bypass,
+        }
+    }
 }
 
 /// Flags of `ghmesh api`.

@@ -89,7 +89,6 @@ fn send_abstract(_sock: &UnixDatagram, _name: &[u8], _message: &[u8]) -> io::Res
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
     use std::time::Duration;
 

@@ -113,7 +113,6 @@ pub(crate) async fn run(seeds: Vec<DnsSeed>, every: Duration, tx: mpsc::Sender<V
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn ma(s: &str) -> Multiaddr {

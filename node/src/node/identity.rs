@@ -88,7 +88,6 @@ pub(crate) fn create_private_dir(dir: &Path) -> Result<(), NodeError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 

@@ -1,5 +1,4 @@
 //! Tests of the writer: what a batch sees, and when background writes wait.
-#![allow(clippy::unwrap_used)]
 
 use super::*;
 use ghmesh_protocol::CanonicalRequest;

@@ -1,5 +1,4 @@
 //! The peer book's rules, on a clock the tests set.
-#![allow(clippy::unwrap_used)]
 use super::*;
 
 fn rule() -> BudgetRule {

@@ -104,7 +104,6 @@ impl Leases {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
     use ghmesh_protocol::CanonicalRequest;
 

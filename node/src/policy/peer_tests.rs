@@ -1,6 +1,5 @@
 //! Every branch of the peer phase's decisions: whom to ask, what follows each
 //! reply, how to answer a lookup, when a starting node waits.
-#![allow(clippy::unwrap_used)]
 use super::tests::entry;
 use super::*;
 use ghmesh_protocol::CanonicalRequest;

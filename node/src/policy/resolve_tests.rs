@@ -1,6 +1,5 @@
 //! The peer phase's state machine, scenario by scenario: each test scripts the inputs
 //! a driver would feed and checks every step the machine asks for.
-#![allow(clippy::unwrap_used)]
 use std::time::Duration;
 
 use ghmesh_protocol::{Announce, CacheKey, CanonicalRequest, LookupReply};

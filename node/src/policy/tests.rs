@@ -1,5 +1,4 @@
 //! Every branch of every decision in the policy module.
-#![allow(clippy::unwrap_used)]
 use super::*;
 use bytes::Bytes;
 use ghmesh_protocol::{CanonicalRequest, Entry};

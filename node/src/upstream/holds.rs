@@ -203,7 +203,6 @@ impl Holds {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
     use bytes::Bytes;
 

@@ -3,7 +3,6 @@
 //! event queue, in simulated time) and through the daemon's driver
 //! (`ghmesh_node::node::drive`, on tokio's paused clock). Both must carry out the same
 //! steps at the same moments: the simulator's figures are then the daemon's.
-#![allow(clippy::unwrap_used)]
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
