@@ -62,6 +62,7 @@ pub fn cid_string(cid_bytes: &[u8]) -> String {
 
 /// Why an entry from a peer (or from disk) is not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ValidationError {
     /// The body does not hash to the entry's CID (or has another length).
     #[error("body does not match its content id")]

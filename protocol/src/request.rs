@@ -14,6 +14,7 @@ pub const MAX_HEADER_VALUE_LEN: usize = 256;
 
 /// Why a request cannot be canonicalised.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RequestError {
     /// The path does not start with `/`.
     #[error("path must start with '/'")]

@@ -35,6 +35,7 @@ pub struct SealLimits {
 /// Why a sealed message was refused. Each cause is its own variant so that the node
 /// can count them separately.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum OpenError {
     /// Larger than [`SealLimits::max_len`].
     #[error("message larger than the limit")]

@@ -61,6 +61,7 @@ const MAX_PENDING_TOUCHES: usize = 65_536;
 
 /// Errors of store operations.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// Another process (another node) holds the database.
     #[error("the cache database {path} is in use by another process; is another ghmesh node running on this data dir?")]

@@ -374,8 +374,9 @@ async fn proxy(State(s): State<ApiState>, req: Request) -> Response {
                     "upstream-unreachable",
                 ),
                 GetError::Busy => (StatusCode::SERVICE_UNAVAILABLE, e.to_string(), "busy"),
-                GetError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string(), "store"),
-                GetError::Closed => (StatusCode::SERVICE_UNAVAILABLE, e.to_string(), "closed"),
+                GetError::Store { .. } => (StatusCode::SERVICE_UNAVAILABLE, e.to_string(), "store"),
+                // Closed, and whatever a later version adds: the node cannot answer.
+                _ => (StatusCode::SERVICE_UNAVAILABLE, e.to_string(), "closed"),
             };
             let mut resp = json_error(status, &message);
             let h = resp.headers_mut();

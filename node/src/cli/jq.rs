@@ -17,6 +17,7 @@ use super::jq_render::{render_json, render_top};
 
 /// Errors from compiling or running a `--jq` expression.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum JqError {
     /// The expression does not parse or names something undefined.
     #[error("invalid jq expression: {0}")]

@@ -435,7 +435,7 @@ impl EventLoop {
                 request_id, error, ..
             } => {
                 if let Some(reply) = self.outbound.remove(&(kind, request_id)) {
-                    let _ = reply.send(Err(NetError::Request(error.to_string())));
+                    let _ = reply.send(Err(NetError::from(&error)));
                 }
             }
             request_response::Event::InboundFailure { request_id, .. } => {

@@ -30,21 +30,51 @@ use crate::limits::{
 use behaviour::{Behaviour, BehaviourConfig};
 use event_loop::{advertise, EventLoop};
 
-/// Errors of network operations.
+/// Errors of network operations. What went wrong with a request is kept (a timeout is
+/// not a refused dial), so that callers can tell a slow peer from a gone one.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum NetError {
     /// The event loop has stopped.
     #[error("network is shut down")]
     Closed,
-    /// The peer did not answer, or the connection failed.
-    #[error("request failed: {0}")]
-    Request(String),
+    /// The event loop did not take or answer a command in time.
+    #[error("the network loop did not answer")]
+    Stalled,
+    /// No answer within the time given.
+    #[error("request timed out")]
+    Timeout,
+    /// The peer could not be dialled.
+    #[error("cannot dial the peer: {0}")]
+    Dial(String),
+    /// The peer does not speak the protocol (it refused the stream).
+    #[error("the peer refused the protocol")]
+    Refused,
+    /// The connection closed before the answer came.
+    #[error("the connection closed before the answer")]
+    ConnectionClosed,
+    /// The stream failed (I/O, a frame over its limit).
+    #[error("stream failed: {0}")]
+    Stream(String),
     /// Publishing failed.
     #[error("publish failed: {0}")]
     Publish(String),
     /// Listening or building the transport failed.
     #[error("network setup failed: {0}")]
     Setup(String),
+}
+
+impl From<&libp2p::request_response::OutboundFailure> for NetError {
+    fn from(f: &libp2p::request_response::OutboundFailure) -> Self {
+        use libp2p::request_response::OutboundFailure as F;
+        match f {
+            F::DialFailure => Self::Dial(f.to_string()),
+            F::Timeout => Self::Timeout,
+            F::ConnectionClosed => Self::ConnectionClosed,
+            F::UnsupportedProtocols => Self::Refused,
+            F::Io(e) => Self::Stream(e.to_string()),
+        }
+    }
 }
 
 /// Network configuration.
@@ -198,7 +228,7 @@ impl NetworkHandle {
         match tokio::time::timeout(HANDLE_TIMEOUT, rx).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(_)) => Err(NetError::Closed),
-            Err(_) => Err(NetError::Request("network loop did not answer".into())),
+            Err(_) => Err(NetError::Stalled),
         }
     }
 
@@ -239,7 +269,7 @@ impl NetworkHandle {
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(NetError::Closed),
-            Err(_) => Err(NetError::Request("timed out".into())),
+            Err(_) => Err(NetError::Timeout),
         }
     }
 
@@ -473,4 +503,34 @@ pub async fn start(
         *t = Some(running);
     }
     Ok((handle, ev_rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use libp2p::request_response::OutboundFailure;
+
+    #[test]
+    fn a_failed_request_says_how_it_failed() {
+        assert!(matches!(
+            NetError::from(&OutboundFailure::Timeout),
+            NetError::Timeout
+        ));
+        assert!(matches!(
+            NetError::from(&OutboundFailure::DialFailure),
+            NetError::Dial(_)
+        ));
+        assert!(matches!(
+            NetError::from(&OutboundFailure::UnsupportedProtocols),
+            NetError::Refused
+        ));
+        assert!(matches!(
+            NetError::from(&OutboundFailure::ConnectionClosed),
+            NetError::ConnectionClosed
+        ));
+        let io = std::io::Error::other("frame too large");
+        assert!(
+            matches!(NetError::from(&OutboundFailure::Io(io)), NetError::Stream(m) if m.contains("frame too large"))
+        );
+    }
 }

@@ -70,6 +70,7 @@ use writer::{WriteJob, Writer};
 
 /// Errors starting a node.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum NodeError {
     /// The store could not be opened (in use, corrupt, not writable).
     #[error(transparent)]

@@ -73,13 +73,19 @@ impl Served {
 
 /// Failures of a read that produced no response at all.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum GetError {
     /// Upstream unreachable or timed out and nothing cached.
     #[error("{0}")]
     Upstream(#[from] UpstreamError),
-    /// The store failed.
-    #[error("cache store: {0}")]
-    Store(String),
+    /// The store failed (the write carrying the answer, or the store itself).
+    #[error("cache store: {reason}")]
+    Store {
+        /// What failed, as the store said it.
+        reason: String,
+        /// It was the disk (the store is reopened), not the data.
+        io: bool,
+    },
     /// The node is shutting down.
     #[error("node is shutting down")]
     Closed,

@@ -182,7 +182,8 @@ pub(crate) async fn run(parts: WriterParts, mut rx: mpsc::Receiver<WriterMsg>) {
                 let reason = e.to_string();
                 tracing::error!("cache write failed: {reason}");
                 health.degrade(format!("store writes fail: {reason}"));
-                Err(GetError::Store(reason))
+                let io = matches!(e, Failed::Store(e) if e.is_io());
+                Err(GetError::Store { reason, io })
             }
         };
         // Answered before recovering: the writes failed either way, and their readers

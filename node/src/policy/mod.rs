@@ -378,6 +378,7 @@ pub fn kept_headers(headers: &[(String, String)]) -> Vec<(String, String)> {
 /// ([`EntryMeta::adopt_refresh`](ghmesh_protocol::EntryMeta::adopt_refresh)), so a
 /// peer with a skewed clock is never refused for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RefreshError {
     /// Fresh until before it was fetched.
     #[error("fresh before fetched")]
@@ -452,6 +453,7 @@ pub fn invalidated_paths(
 
 /// Why a peer's `Invalidate` is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum InvalidateError {
     /// No path, too many, or a path that is not a safe absolute path.
     #[error("bad paths")]

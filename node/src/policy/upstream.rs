@@ -40,6 +40,7 @@ impl UpstreamResponse {
 
 /// Failures that produced no HTTP response.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum UpstreamError {
     /// No answer within the request timeout.
     #[error("upstream timed out")]
