@@ -258,19 +258,33 @@ pub enum ClientTokens {
     Bypass,
 }
 
+/// A GitHub request through the node: checked, then read through the cache or passed
+/// through, then answered as GitHub would.
 async fn proxy(State(s): State<ApiState>, req: Request) -> Response {
-    let header_bytes: usize = req
-        .headers()
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len())
-        .sum();
-    if header_bytes > MAX_HEADER_BYTES {
-        return json_error(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "request headers are too large",
-        );
+    proxy_checked(&s, req)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The node's own refusal of a request, answered as a JSON error in GitHub's shape.
+struct Refusal(StatusCode, String);
+
+impl Refusal {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self(status, message.into())
     }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        json_error(self.0, &self.1)
+    }
+}
+
+async fn proxy_checked(s: &ApiState, req: Request) -> Result<Response, Refusal> {
+    check_header_size(req.headers())?;
     let method = req.method().clone();
+    let head = method == Method::HEAD;
     let sent = req
         .uri()
         .path_and_query()
@@ -278,125 +292,184 @@ async fn proxy(State(s): State<ApiState>, req: Request) -> Response {
         .unwrap_or("/");
     // `/api/v3/...` (GHES-style base URLs) is served as `...`; URLs handed back keep it.
     let (prefix, pq) = fidelity::split_prefix(sent);
-    let path = pq.split('?').next().unwrap_or("");
-    if !is_safe_path(path) {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "bad request: the path has an encoded '.', '/' or '\\', a backslash, or a dot segment",
-        );
-    }
+    let pq = pq.to_string();
+    check_path(&pq)?;
     let local_base = format!("{}{prefix}", local_base(req.headers(), s.local_addr));
     let client_validators = (
         header_string(req.headers(), "if-none-match"),
         header_string(req.headers(), "if-modified-since"),
     );
-    let head = method == Method::HEAD;
-    if !(method == Method::GET || head || req.headers().contains_key("authorization")) {
-        // The node's token is lent only for cacheable reads (contract §2).
-        return json_error(
+    let cred = credential(s, &method, req.headers())?;
+    let max_age = max_age(req.headers())?;
+    let cacheable = (method == Method::GET || head) && cred.is_some();
+    let served = match cred.filter(|_| cacheable) {
+        Some(cred) => {
+            // Body is not Sync: nothing borrowed from the request may live across an
+            // await, so the request is made canonical first.
+            let canonical = canonical_get(req.headers(), &pq)?;
+            s.node.get_within(canonical, cred, max_age).await
+        }
+        None => pass_through(s, req, &method, &pq).await?,
+    };
+    Ok(match served {
+        Ok(served) => match answer_conditional(&served, &client_validators) {
+            Some(not_modified) => not_modified,
+            None => {
+                let parts = response_parts(
+                    &s.node,
+                    &served,
+                    &s.upstream_base,
+                    &local_base,
+                    s.rewrite_bodies,
+                );
+                into_response(parts, head)
+            }
+        },
+        Err(e) => failed(&e, cacheable),
+    })
+}
+
+/// `431` when the request's headers are larger than [`MAX_HEADER_BYTES`] in total.
+fn check_header_size(headers: &HeaderMap) -> Result<(), Refusal> {
+    let header_bytes: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Err(Refusal::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request headers are too large",
+        ));
+    }
+    Ok(())
+}
+
+/// `400` for a path that could reach outside what it names.
+fn check_path(pq: &str) -> Result<(), Refusal> {
+    let path = pq.split('?').next().unwrap_or("");
+    if !is_safe_path(path) {
+        return Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "bad request: the path has an encoded '.', '/' or '\\', a backslash, or a dot segment",
+        ));
+    }
+    Ok(())
+}
+
+/// Whose token a read goes upstream with: the node's (`Some(Node)`), the client's own
+/// shared through the cache (`Some(Client)`), or none (passed through untouched). A
+/// write without the client's own token is refused: the node's token is lent only for
+/// cacheable reads (contract §2).
+fn credential(
+    s: &ApiState,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Option<Credential>, Refusal> {
+    let read = *method == Method::GET || *method == Method::HEAD;
+    if !(read || headers.contains_key("authorization")) {
+        return Err(Refusal::new(
             StatusCode::UNAUTHORIZED,
             "ghmesh forwards writes only with your own token: send Authorization: Bearer <token>",
-        );
+        ));
     }
-    let own = own_authorization(req.headers(), s.node.upstream().token_fingerprint());
-    let cred = match own {
-        None => Some(Credential::Node),
-        Some(token) if s.client_tokens == ClientTokens::Share => Some(Credential::Client(token)),
-        Some(_) => None,
-    };
-    let cacheable = (method == Method::GET || head) && cred.is_some();
-    let max_age = match req
-        .headers()
+    Ok(
+        match own_authorization(headers, s.node.upstream().token_fingerprint()) {
+            None => Some(Credential::Node),
+            Some(token) if s.client_tokens == ClientTokens::Share => {
+                Some(Credential::Client(token))
+            }
+            Some(_) => None,
+        },
+    )
+}
+
+/// The client's [`MAX_AGE_HEADER`], at most a year.
+fn max_age(headers: &HeaderMap) -> Result<Option<Duration>, Refusal> {
+    match headers
         .get(MAX_AGE_HEADER)
         .map(|v| v.to_str().map(str::parse::<u64>))
     {
-        None => None,
-        Some(Ok(Ok(secs))) if secs <= 366 * 24 * 3600 => Some(Duration::from_secs(secs)),
-        Some(_) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "x-ghmesh-max-age must be a number of seconds up to a year",
-            )
-        }
-    };
-
-    let served = if let (true, Some(cred)) = (cacheable, cred) {
-        // Body is not Sync: nothing borrowed from the request may live across an await.
-        let canonical = {
-            let header = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok());
-            CanonicalRequest::new("GET", &pq, header("accept"), header("x-github-api-version"))
-        };
-        match canonical {
-            Ok(c) => s.node.get_within(c, cred, max_age).await,
-            Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("bad request: {e}")),
-        }
-    } else {
-        let headers: Vec<(String, String)> = req
-            .headers()
-            .iter()
-            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
-            .collect();
-        let body = match axum::body::to_bytes(req.into_body(), MAX_REQUEST_BODY).await {
-            Ok(b) => b,
-            Err(_) => {
-                return json_error(StatusCode::PAYLOAD_TOO_LARGE, "request body is too large")
-            }
-        };
-        // A HEAD passed through is sent upstream as a GET: its answer carries no body,
-        // and the client is owed the length of the body it would get (rewritten URLs
-        // included), which only the GET's body gives.
-        let sent_method = if head { "GET" } else { method.as_str() };
-        let forwarded = s.node.forward(sent_method, &pq, headers, body).await;
-        if let Ok(answer) = &forwarded {
-            invalidate_after_write(&s, method.as_str(), &pq, answer).await;
-        }
-        forwarded
-    };
-    match served {
-        Ok(served) => {
-            if let Some(not_modified) = answer_conditional(&served, &client_validators) {
-                return not_modified;
-            }
-            let parts = response_parts(
-                &s.node,
-                &served,
-                &s.upstream_base,
-                &local_base,
-                s.rewrite_bodies,
-            );
-            into_response(parts, head)
-        }
-        Err(e) => {
-            let (status, message, detail) = match &e {
-                GetError::Upstream(e) => (
-                    StatusCode::BAD_GATEWAY,
-                    format!("GitHub is unreachable: {e}"),
-                    "upstream-unreachable",
-                ),
-                GetError::Busy => (StatusCode::SERVICE_UNAVAILABLE, e.to_string(), "busy"),
-                GetError::Store { .. } => (StatusCode::SERVICE_UNAVAILABLE, e.to_string(), "store"),
-                // Closed, and whatever a later version adds: the node cannot answer.
-                _ => (StatusCode::SERVICE_UNAVAILABLE, e.to_string(), "closed"),
-            };
-            let mut resp = json_error(status, &message);
-            let h = resp.headers_mut();
-            if matches!(e, GetError::Busy) {
-                h.insert("retry-after", HeaderValue::from_static("1"));
-            }
-            // A proxied answer like any other: the client can tell a failed read
-            // through the cache from one passed through, and why nothing was served.
-            let how = if cacheable {
-                crate::node::CacheStatus::Miss
-            } else {
-                crate::node::CacheStatus::Bypass
-            };
-            h.insert("x-ghmesh-cache", HeaderValue::from_static(how.as_str()));
-            if let Ok(v) = HeaderValue::from_str(&fidelity::failed_cache_status(how, detail)) {
-                h.insert("cache-status", v);
-            }
-            resp
-        }
+        None => Ok(None),
+        Some(Ok(Ok(secs))) if secs <= 366 * 24 * 3600 => Ok(Some(Duration::from_secs(secs))),
+        Some(_) => Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "x-ghmesh-max-age must be a number of seconds up to a year",
+        )),
     }
+}
+
+/// The cache's form of a read (`400` when it has none).
+fn canonical_get(headers: &HeaderMap, pq: &str) -> Result<CanonicalRequest, Refusal> {
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    CanonicalRequest::new("GET", pq, header("accept"), header("x-github-api-version"))
+        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("bad request: {e}")))
+}
+
+/// Anything else, forwarded upstream untouched with the client's own headers; a write
+/// that succeeded makes what it changed stale, here and fleet-wide, before the client
+/// hears back.
+async fn pass_through(
+    s: &ApiState,
+    req: Request,
+    method: &Method,
+    pq: &str,
+) -> Result<Result<Served, GetError>, Refusal> {
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let Ok(body) = axum::body::to_bytes(req.into_body(), MAX_REQUEST_BODY).await else {
+        return Err(Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body is too large",
+        ));
+    };
+    // A HEAD passed through is sent upstream as a GET: its answer carries no body, and
+    // the client is owed the length of the body it would get (rewritten URLs
+    // included), which only the GET's body gives.
+    let sent_method = if *method == Method::HEAD {
+        "GET"
+    } else {
+        method.as_str()
+    };
+    let forwarded = s.node.forward(sent_method, pq, headers, body).await;
+    if let Ok(answer) = &forwarded {
+        invalidate_after_write(s, method.as_str(), pq, answer).await;
+    }
+    Ok(forwarded)
+}
+
+/// The node's own answer when nothing was served: a JSON error in GitHub's shape,
+/// labelled like any proxied answer, so that the client can tell a failed read through
+/// the cache from one passed through, and why nothing was served.
+fn failed(e: &GetError, cacheable: bool) -> Response {
+    let (status, message, detail) = match e {
+        GetError::Upstream(e) => (
+            StatusCode::BAD_GATEWAY,
+            format!("GitHub is unreachable: {e}"),
+            "upstream-unreachable",
+        ),
+        GetError::Busy => (StatusCode::SERVICE_UNAVAILABLE, e.to_string(), "busy"),
+        GetError::Store { .. } => (StatusCode::SERVICE_UNAVAILABLE, e.to_string(), "store"),
+        // Closed, and whatever a later version adds: the node cannot answer.
+        _ => (StatusCode::SERVICE_UNAVAILABLE, e.to_string(), "closed"),
+    };
+    let mut resp = json_error(status, &message);
+    let h = resp.headers_mut();
+    if matches!(e, GetError::Busy) {
+        h.insert("retry-after", HeaderValue::from_static("1"));
+    }
+    let how = if cacheable {
+        crate::node::CacheStatus::Miss
+    } else {
+        crate::node::CacheStatus::Bypass
+    };
+    h.insert("x-ghmesh-cache", HeaderValue::from_static(how.as_str()));
+    if let Ok(v) = HeaderValue::from_str(&fidelity::failed_cache_status(how, detail)) {
+        h.insert("cache-status", v);
+    }
+    resp
 }
 
 /// After a successful write: what it changed is stale here and on every member
