@@ -248,32 +248,7 @@ impl Node {
 
         let (mesh, events) = match &cfg.keys {
             Some(keys) => {
-                let net_cfg = NetConfig {
-                    listen: cfg.listen.clone(),
-                    bootstrap: cfg.bootstrap.clone(),
-                    external: cfg.external.clone(),
-                    topic: keys.topic().to_string(),
-                    rendezvous: keys.rendezvous_key().to_vec(),
-                    discovery_interval: cfg.discovery_interval,
-                    behaviour: network::behaviour::BehaviourConfig {
-                        heartbeat: cfg.heartbeat,
-                        mdns: cfg.mdns,
-                        mdns_query_interval: cfg.mdns_query_interval,
-                        provider_ttl: deadlines.provider_ttl,
-                        ping_interval: deadlines.ping_interval,
-                        ping_timeout: deadlines.ping_timeout,
-                    },
-                };
-                let (net, events) = network::start(keypair, net_cfg, &mut registry).await?;
-                let mesh = Mesh {
-                    net,
-                    keys: keys.clone(),
-                    book: Mutex::new(PeerBook::default()),
-                    leases: Mutex::default(),
-                    replies: Mutex::default(),
-                    admitted: tokio::sync::Notify::new(),
-                    unannounced: Mutex::default(),
-                };
+                let (mesh, events) = start_mesh(&cfg, keys, keypair, &mut registry).await?;
                 (Some(mesh), Some(events))
             }
             None => (None, None),
@@ -523,6 +498,44 @@ impl Node {
             let _ = tokio::time::timeout(grace, net.shutdown()).await;
         }
     }
+}
+
+/// Starts the network with the mesh's keys, and the mesh state the node keeps about
+/// it; the events are the inbound loop's to read.
+async fn start_mesh(
+    cfg: &NodeConfig,
+    keys: &MeshKeys,
+    keypair: libp2p::identity::Keypair,
+    registry: &mut Registry,
+) -> Result<(Mesh, mpsc::Receiver<crate::network::NetEvent>), NodeError> {
+    let deadlines = cfg.deadlines;
+    let net_cfg = NetConfig {
+        listen: cfg.listen.clone(),
+        bootstrap: cfg.bootstrap.clone(),
+        external: cfg.external.clone(),
+        topic: keys.topic().to_string(),
+        rendezvous: keys.rendezvous_key().to_vec(),
+        discovery_interval: cfg.discovery_interval,
+        behaviour: network::behaviour::BehaviourConfig {
+            heartbeat: cfg.heartbeat,
+            mdns: cfg.mdns,
+            mdns_query_interval: cfg.mdns_query_interval,
+            provider_ttl: deadlines.provider_ttl,
+            ping_interval: deadlines.ping_interval,
+            ping_timeout: deadlines.ping_timeout,
+        },
+    };
+    let (net, events) = network::start(keypair, net_cfg, registry).await?;
+    let mesh = Mesh {
+        net,
+        keys: keys.clone(),
+        book: Mutex::new(PeerBook::default()),
+        leases: Mutex::default(),
+        replies: Mutex::default(),
+        admitted: tokio::sync::Notify::new(),
+        unannounced: Mutex::default(),
+    };
+    Ok((mesh, events))
 }
 
 /// Runs `work` every `period` (read from the node) until shutdown, until the node is
