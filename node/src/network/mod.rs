@@ -364,31 +364,7 @@ pub async fn start(
     cfg: NetConfig,
     registry: &mut prometheus_client::registry::Registry,
 ) -> Result<(NetworkHandle, mpsc::Receiver<NetEvent>), NetError> {
-    let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
-    let behaviour_cfg = cfg.behaviour.clone();
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            || {
-                let mut y = yamux::Config::default();
-                y.set_max_num_streams(crate::limits::MAX_STREAMS_PER_CONNECTION);
-                y
-            },
-        )
-        .map_err(|e| setup(&e))?
-        .with_dns()
-        .map_err(|e| setup(&e))?
-        .with_bandwidth_metrics(registry)
-        .with_behaviour(|key| {
-            Behaviour::new(key, &behaviour_cfg)
-                .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
-        })
-        .map_err(|e| setup(&e))?
-        // Lookups need connections to every member, not only gossip mesh peers.
-        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
-        .build();
+    let mut swarm = build_swarm(keypair, &cfg.behaviour, registry)?;
     let metrics = Metrics::new(registry);
     let peer_id = *swarm.local_peer_id();
     let topic = IdentTopic::new(cfg.topic.clone());
@@ -396,42 +372,8 @@ pub async fn start(
         .behaviour_mut()
         .gossipsub
         .subscribe(&topic)
-        .map_err(|e| setup(&e))?;
-
-    for addr in &cfg.listen {
-        swarm
-            .listen_on(addr.clone())
-            .map_err(|e| NetError::Setup(format!("cannot listen on {addr}: {e}")))?;
-    }
-    // Wait until every listener reports an address (port 0 becomes a real port).
-    let mut listen = Vec::new();
-    let mut pending: HashSet<_> = (0..cfg.listen.len()).collect();
-    let deadline = tokio::time::Instant::now() + LISTEN_WAIT;
-    while !pending.is_empty() {
-        let ev = tokio::time::timeout_at(deadline, swarm.select_next_some())
-            .await
-            .map_err(|_| NetError::Setup("listen addresses did not come up".into()))?;
-        match ev {
-            SwarmEvent::NewListenAddr { address, .. } => {
-                pending.clear();
-                listen.push(address);
-            }
-            SwarmEvent::ListenerError { error, .. } => {
-                return Err(NetError::Setup(format!("listener failed: {error}")))
-            }
-            SwarmEvent::ListenerClosed { reason: Err(e), .. } => {
-                return Err(NetError::Setup(format!("listener closed: {e}")))
-            }
-            _ => {}
-        }
-    }
-    // Give the OS a moment's worth of already-queued events (one listener may expand to
-    // several interface addresses) without waiting on the network.
-    while let Some(Some(ev)) = futures::FutureExt::now_or_never(swarm.next()) {
-        if let SwarmEvent::NewListenAddr { address, .. } = ev {
-            listen.push(address);
-        }
-    }
+        .map_err(|e| NetError::Setup(e.to_string()))?;
+    let listen = listen_on(&mut swarm, &cfg.listen).await?;
     for addr in &listen {
         if advertise(addr, &cfg.listen) {
             swarm.add_external_address(addr.clone());
@@ -440,21 +382,7 @@ pub async fn start(
     for addr in &cfg.external {
         swarm.add_external_address(addr.clone());
     }
-    let mut seeds = Vec::new();
-    for addr in &cfg.bootstrap {
-        if let Some(seed) = dns_seeds::DnsSeed::parse(addr) {
-            seeds.push(seed);
-            continue;
-        }
-        if let Some(Protocol::P2p(peer)) = addr.iter().last() {
-            let mut plain = addr.clone();
-            plain.pop();
-            swarm.behaviour_mut().kad.add_address(&peer, plain);
-        }
-        if let Err(e) = swarm.dial(addr.clone()) {
-            tracing::warn!(%addr, "cannot dial bootstrap address: {e}");
-        }
-    }
+    let seeds = dial_bootstrap(&mut swarm, &cfg.bootstrap);
 
     let with_id: Vec<Multiaddr> = listen
         .iter()
@@ -503,6 +431,104 @@ pub async fn start(
         *t = Some(running);
     }
     Ok((handle, ev_rx))
+}
+
+/// The swarm: TCP with noise and yamux, DNS, bandwidth metrics, our behaviour.
+fn build_swarm(
+    keypair: identity::Keypair,
+    behaviour_cfg: &behaviour::BehaviourConfig,
+    registry: &mut prometheus_client::registry::Registry,
+) -> Result<libp2p::Swarm<Behaviour>, NetError> {
+    let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
+    Ok(libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            || {
+                let mut y = yamux::Config::default();
+                y.set_max_num_streams(crate::limits::MAX_STREAMS_PER_CONNECTION);
+                y
+            },
+        )
+        .map_err(|e| setup(&e))?
+        .with_dns()
+        .map_err(|e| setup(&e))?
+        .with_bandwidth_metrics(registry)
+        .with_behaviour(|key| {
+            Behaviour::new(key, behaviour_cfg)
+                .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
+        })
+        .map_err(|e| setup(&e))?
+        // Lookups need connections to every member, not only gossip mesh peers.
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .build())
+}
+
+/// Listens on `addrs` and returns the addresses the listeners came up on (port 0
+/// becomes a real port), within [`LISTEN_WAIT`].
+async fn listen_on(
+    swarm: &mut libp2p::Swarm<Behaviour>,
+    addrs: &[Multiaddr],
+) -> Result<Vec<Multiaddr>, NetError> {
+    for addr in addrs {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NetError::Setup(format!("cannot listen on {addr}: {e}")))?;
+    }
+    let mut listen = Vec::new();
+    let mut pending: HashSet<_> = (0..addrs.len()).collect();
+    let deadline = tokio::time::Instant::now() + LISTEN_WAIT;
+    while !pending.is_empty() {
+        let ev = tokio::time::timeout_at(deadline, swarm.select_next_some())
+            .await
+            .map_err(|_| NetError::Setup("listen addresses did not come up".into()))?;
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                pending.clear();
+                listen.push(address);
+            }
+            SwarmEvent::ListenerError { error, .. } => {
+                return Err(NetError::Setup(format!("listener failed: {error}")))
+            }
+            SwarmEvent::ListenerClosed { reason: Err(e), .. } => {
+                return Err(NetError::Setup(format!("listener closed: {e}")))
+            }
+            _ => {}
+        }
+    }
+    // Give the OS a moment's worth of already-queued events (one listener may expand to
+    // several interface addresses) without waiting on the network.
+    while let Some(Some(ev)) = futures::FutureExt::now_or_never(swarm.next()) {
+        if let SwarmEvent::NewListenAddr { address, .. } = ev {
+            listen.push(address);
+        }
+    }
+    Ok(listen)
+}
+
+/// Dials every bootstrap address (a peer id's also seeds Kademlia); DNS names without
+/// a peer id are returned, for the resolver task.
+fn dial_bootstrap(
+    swarm: &mut libp2p::Swarm<Behaviour>,
+    bootstrap: &[Multiaddr],
+) -> Vec<dns_seeds::DnsSeed> {
+    let mut seeds = Vec::new();
+    for addr in bootstrap {
+        if let Some(seed) = dns_seeds::DnsSeed::parse(addr) {
+            seeds.push(seed);
+            continue;
+        }
+        if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+            let mut plain = addr.clone();
+            plain.pop();
+            swarm.behaviour_mut().kad.add_address(&peer, plain);
+        }
+        if let Err(e) = swarm.dial(addr.clone()) {
+            tracing::warn!(%addr, "cannot dial bootstrap address: {e}");
+        }
+    }
+    seeds
 }
 
 #[cfg(test)]
