@@ -13,6 +13,8 @@ use libp2p::{
 };
 use sha2::{Digest, Sha256};
 
+use super::NetError;
+
 use super::codec::{SealedCodec, BODY_PROTOCOL, RR_PROTOCOL};
 use crate::limits::{
     BODY_REQUEST_TIMEOUT, KAD_QUERY_TIMEOUT, MAX_BODY_STREAMS, MAX_CONNECTIONS_PER_PEER,
@@ -87,98 +89,11 @@ pub fn check_mesh_params(outbound_min: usize, low: usize, n: usize, high: usize)
 }
 
 impl Behaviour {
-    pub(crate) fn new(key: &identity::Keypair, cfg: &BehaviourConfig) -> anyhow::Result<Self> {
+    pub(crate) fn new(key: &identity::Keypair, cfg: &BehaviourConfig) -> Result<Self, NetError> {
         let peer_id = key.public().to_peer_id();
-        anyhow::ensure!(
-            check_mesh_params(MESH_OUTBOUND_MIN, MESH_N_LOW, MESH_N, MESH_N_HIGH),
-            "gossipsub mesh parameters are inconsistent"
-        );
-        let gossip_cfg = gossipsub::ConfigBuilder::default()
-            // No per-message signatures: a signature proves a peer id, not membership,
-            // and membership is proven by the sealed payload. Verifying ed25519 on every
-            // copy of every message was the largest single CPU cost at 20+ nodes.
-            .validation_mode(gossipsub::ValidationMode::Anonymous)
-            .validate_messages()
-            // Content-addressed ids: stable across builds, unlike DefaultHasher.
-            .message_id_fn(|m: &gossipsub::Message| {
-                gossipsub::MessageId::from(Sha256::digest(&m.data)[..20].to_vec())
-            })
-            .max_transmit_size(MAX_GOSSIP_MESSAGE + 4096)
-            .heartbeat_interval(cfg.heartbeat)
-            .heartbeat_initial_delay(Duration::from_millis(100))
-            .mesh_n(MESH_N)
-            .mesh_n_low(MESH_N_LOW)
-            .mesh_n_high(MESH_N_HIGH)
-            .mesh_outbound_min(MESH_OUTBOUND_MIN)
-            // Small fleets: publish straight to every subscribed peer for latency.
-            .flood_publish(true)
-            // An IDONTWANT costs a peer as much as a small message it saves (a frame, a
-            // timer, a syscall: per-message costs dominate below a few KiB), and every
-            // receiver sends one to each mesh peer: only worth it for announces that
-            // carry a body.
-            .idontwant_message_size_threshold(IDONTWANT_MIN_MESSAGE)
-            .build()
-            .map_err(|e| anyhow::anyhow!("gossipsub config: {e}"))?;
-        let gossipsub =
-            gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_cfg)
-                .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
-
-        let mut kad_cfg = kad::Config::new(KAD_PROTOCOL);
-        kad_cfg.set_query_timeout(KAD_QUERY_TIMEOUT);
-        kad_cfg.set_provider_record_ttl(Some(cfg.provider_ttl));
-        kad_cfg.set_provider_publication_interval(Some(cfg.provider_ttl / 3));
-        // The event loop bootstraps once it has a connection; kad's own timer would only
-        // warn "no known peers" on a node that starts alone.
-        kad_cfg.set_periodic_bootstrap_interval(None);
-        // The routing table holds rendezvous points only: bootstrap addresses and the
-        // peers DNS seeds resolve to. Members find each other through the provider record
-        // those points hold, then through member lists. Inserting every connected member
-        // made Kademlia bootstrap on each node start (libp2p-kad does so whenever a peer
-        // joins a table of fewer than 20, with a query per bucket sent to every known
-        // peer): more than a quarter of a 20-node burst's CPU, and at 50 nodes the queueing
-        // that made members fetch instead of waiting.
-        kad_cfg.set_kbucket_inserts(kad::BucketInserts::Manual);
-        let mut kad =
-            kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_cfg);
-        // Runners of one fleet can reach each other; without an explicitly confirmed
-        // external address Kademlia would stay a client and store no provider records
-        // (it waits for a confirmed external address, which LANs and tests never get).
-        // See README "Discovery".
-        kad.set_mode(Some(kad::Mode::Server));
-
-        let mdns = if cfg.mdns {
-            let mdns_cfg = mdns::Config {
-                query_interval: cfg.mdns_query_interval,
-                ..Default::default()
-            };
-            match mdns::tokio::Behaviour::new(mdns_cfg, peer_id) {
-                Ok(m) => Some(m),
-                Err(e) => {
-                    tracing::warn!("mDNS unavailable, continuing without it: {e}");
-                    None
-                }
-            }
-        } else {
-            None
-        };
-
         let identify = identify::Behaviour::new(
             identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
                 .with_agent_version(format!("ghmesh/{}", env!("CARGO_PKG_VERSION"))),
-        );
-        let rr = request_response::Behaviour::with_codec(
-            SealedCodec::SMALL,
-            [(RR_PROTOCOL, request_response::ProtocolSupport::Full)],
-            request_response::Config::default()
-                .with_request_timeout(SMALL_REQUEST_TIMEOUT)
-                .with_max_concurrent_streams(MAX_SMALL_STREAMS),
-        );
-        let body = request_response::Behaviour::with_codec(
-            SealedCodec::BODY,
-            [(BODY_PROTOCOL, request_response::ProtocolSupport::Full)],
-            request_response::Config::default()
-                .with_request_timeout(BODY_REQUEST_TIMEOUT)
-                .with_max_concurrent_streams(MAX_BODY_STREAMS),
         );
         let limits = connection_limits::Behaviour::new(
             connection_limits::ConnectionLimits::default()
@@ -188,18 +103,114 @@ impl Behaviour {
         );
         Ok(Self {
             limits,
-            gossipsub,
-            kad,
-            mdns: Toggle::from(mdns),
+            gossipsub: gossipsub(cfg)?,
+            kad: kademlia(peer_id, cfg),
+            mdns: Toggle::from(mdns(peer_id, cfg)),
             identify,
-            rr,
-            body,
+            rr: request_response::Behaviour::with_codec(
+                SealedCodec::SMALL,
+                [(RR_PROTOCOL, request_response::ProtocolSupport::Full)],
+                request_response::Config::default()
+                    .with_request_timeout(SMALL_REQUEST_TIMEOUT)
+                    .with_max_concurrent_streams(MAX_SMALL_STREAMS),
+            ),
+            body: request_response::Behaviour::with_codec(
+                SealedCodec::BODY,
+                [(BODY_PROTOCOL, request_response::ProtocolSupport::Full)],
+                request_response::Config::default()
+                    .with_request_timeout(BODY_REQUEST_TIMEOUT)
+                    .with_max_concurrent_streams(MAX_BODY_STREAMS),
+            ),
             ping: ping::Behaviour::new(
                 ping::Config::new()
                     .with_interval(cfg.ping_interval)
                     .with_timeout(cfg.ping_timeout),
             ),
         })
+    }
+}
+
+fn gossipsub(cfg: &BehaviourConfig) -> Result<gossipsub::Behaviour, NetError> {
+    let setup = |what: &str, e: &dyn std::fmt::Display| NetError::Setup(format!("{what}: {e}"));
+    if !check_mesh_params(MESH_OUTBOUND_MIN, MESH_N_LOW, MESH_N, MESH_N_HIGH) {
+        return Err(NetError::Setup(
+            "gossipsub mesh parameters are inconsistent".into(),
+        ));
+    }
+    let gossip_cfg = gossipsub::ConfigBuilder::default()
+        // No per-message signatures: a signature proves a peer id, not membership,
+        // and membership is proven by the sealed payload. Verifying ed25519 on every
+        // copy of every message was the largest single CPU cost at 20+ nodes.
+        .validation_mode(gossipsub::ValidationMode::Anonymous)
+        .validate_messages()
+        // Content-addressed ids: stable across builds, unlike DefaultHasher.
+        .message_id_fn(|m: &gossipsub::Message| {
+            gossipsub::MessageId::from(Sha256::digest(&m.data)[..20].to_vec())
+        })
+        .max_transmit_size(MAX_GOSSIP_MESSAGE + 4096)
+        .heartbeat_interval(cfg.heartbeat)
+        .heartbeat_initial_delay(Duration::from_millis(100))
+        .mesh_n(MESH_N)
+        .mesh_n_low(MESH_N_LOW)
+        .mesh_n_high(MESH_N_HIGH)
+        .mesh_outbound_min(MESH_OUTBOUND_MIN)
+        // Small fleets: publish straight to every subscribed peer for latency.
+        .flood_publish(true)
+        // An IDONTWANT costs a peer as much as a small message it saves (a frame, a
+        // timer, a syscall: per-message costs dominate below a few KiB), and every
+        // receiver sends one to each mesh peer: only worth it for announces that
+        // carry a body.
+        .idontwant_message_size_threshold(IDONTWANT_MIN_MESSAGE)
+        .build()
+        .map_err(|e| setup("gossipsub config", &e))?;
+    gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_cfg)
+        .map_err(|e| setup("gossipsub", &e))
+}
+
+fn kademlia(
+    peer_id: libp2p::PeerId,
+    cfg: &BehaviourConfig,
+) -> kad::Behaviour<kad::store::MemoryStore> {
+    let mut kad_cfg = kad::Config::new(KAD_PROTOCOL);
+    kad_cfg.set_query_timeout(KAD_QUERY_TIMEOUT);
+    kad_cfg.set_provider_record_ttl(Some(cfg.provider_ttl));
+    kad_cfg.set_provider_publication_interval(Some(cfg.provider_ttl / 3));
+    // The event loop bootstraps once it has a connection; kad's own timer would only
+    // warn "no known peers" on a node that starts alone.
+    kad_cfg.set_periodic_bootstrap_interval(None);
+    // The routing table holds rendezvous points only: bootstrap addresses and the
+    // peers DNS seeds resolve to. Members find each other through the provider record
+    // those points hold, then through member lists. Inserting every connected member
+    // made Kademlia bootstrap on each node start (libp2p-kad does so whenever a peer
+    // joins a table of fewer than 20, with a query per bucket sent to every known
+    // peer): more than a quarter of a 20-node burst's CPU, and at 50 nodes the queueing
+    // that made members fetch instead of waiting.
+    kad_cfg.set_kbucket_inserts(kad::BucketInserts::Manual);
+    let mut kad =
+        kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_cfg);
+    // Runners of one fleet can reach each other; without an explicitly confirmed
+    // external address Kademlia would stay a client and store no provider records
+    // (it waits for a confirmed external address, which LANs and tests never get).
+    // See README "Discovery".
+    kad.set_mode(Some(kad::Mode::Server));
+    kad
+}
+
+/// mDNS when asked for and the sandbox allows it; a node without it still runs.
+fn mdns(peer_id: libp2p::PeerId, cfg: &BehaviourConfig) -> Option<mdns::tokio::Behaviour> {
+    if !cfg.mdns {
+        return None;
+    }
+    let mdns_cfg = mdns::Config {
+        query_interval: cfg.mdns_query_interval,
+        ..Default::default()
+    };
+    match mdns::tokio::Behaviour::new(mdns_cfg, peer_id) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::warn!("mDNS unavailable, continuing without it: {e}");
+            None
+        }
     }
 }
 
