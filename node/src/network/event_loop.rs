@@ -295,62 +295,11 @@ impl EventLoop {
         match ev {
             BehaviourEvent::Gossipsub(ev) => {
                 self.metrics.record(&ev);
-                // Subscriptions prove nothing (anyone connected sees the topic name;
-                // membership is the node's sealed hello): passed on only as the moment
-                // a publish refused for want of subscribers would reach someone.
-                if let gossipsub::Event::Subscribed { peer_id, topic, .. } = &ev {
-                    if *topic == self.topic && self.refused_publish {
-                        self.refused_publish = false;
-                        self.send_event(NetEvent::Subscribed(*peer_id));
-                    }
-                    return;
-                }
-                if let gossipsub::Event::Message {
-                    propagation_source,
-                    message_id,
-                    message,
-                } = ev
-                {
-                    if message.topic != self.topic {
-                        let _ = self
-                            .swarm
-                            .behaviour_mut()
-                            .gossipsub
-                            .report_message_validation_result(
-                                &message_id,
-                                &propagation_source,
-                                MessageAcceptance::Reject,
-                            );
-                        return;
-                    }
-                    self.send_event(NetEvent::Gossip {
-                        id: message_id,
-                        source: propagation_source,
-                        author: message.source,
-                        data: message.data,
-                    });
-                }
+                self.on_gossipsub_event(ev);
             }
             BehaviourEvent::Kad(ev) => {
                 self.metrics.record(&ev);
-                if let kad::Event::OutboundQueryProgressed { result, .. } = ev {
-                    match result {
-                        kad::QueryResult::GetProviders(Ok(
-                            kad::GetProvidersOk::FoundProviders { providers, .. },
-                        )) => {
-                            for p in providers.into_iter().take(MAX_PROVIDER_DIALS) {
-                                // Only peer ids come back; their addresses live in the
-                                // running query, so dial now while it knows them.
-                                self.dial_peer(p, Vec::new());
-                            }
-                        }
-                        kad::QueryResult::StartProviding(Ok(_)) => self.providing = true,
-                        kad::QueryResult::StartProviding(Err(e)) => {
-                            tracing::debug!("providing the rendezvous key failed: {e}");
-                        }
-                        _ => {}
-                    }
-                }
+                self.on_kad_event(ev);
             }
             BehaviourEvent::Mdns(ev) => {
                 if let mdns::Event::Discovered(found) = ev {
@@ -388,6 +337,68 @@ impl EventLoop {
                 }
             }
             BehaviourEvent::Limits(ev) => match ev {},
+        }
+    }
+
+    fn on_gossipsub_event(&mut self, ev: gossipsub::Event) {
+        match ev {
+            // Subscriptions prove nothing (anyone connected sees the topic name;
+            // membership is the node's sealed hello): passed on only as the moment a
+            // publish refused for want of subscribers would reach someone.
+            gossipsub::Event::Subscribed { peer_id, topic } => {
+                if topic == self.topic && self.refused_publish {
+                    self.refused_publish = false;
+                    self.send_event(NetEvent::Subscribed(peer_id));
+                }
+            }
+            gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            } => {
+                if message.topic != self.topic {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .report_message_validation_result(
+                            &message_id,
+                            &propagation_source,
+                            MessageAcceptance::Reject,
+                        );
+                    return;
+                }
+                self.send_event(NetEvent::Gossip {
+                    id: message_id,
+                    source: propagation_source,
+                    author: message.source,
+                    data: message.data,
+                });
+            }
+            _ => {}
+        }
+    }
+
+    fn on_kad_event(&mut self, ev: kad::Event) {
+        let kad::Event::OutboundQueryProgressed { result, .. } = ev else {
+            return;
+        };
+        match result {
+            kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
+                providers,
+                ..
+            })) => {
+                for p in providers.into_iter().take(MAX_PROVIDER_DIALS) {
+                    // Only peer ids come back; their addresses live in the running
+                    // query, so dial now while it knows them.
+                    self.dial_peer(p, Vec::new());
+                }
+            }
+            kad::QueryResult::StartProviding(Ok(_)) => self.providing = true,
+            kad::QueryResult::StartProviding(Err(e)) => {
+                tracing::debug!("providing the rendezvous key failed: {e}");
+            }
+            _ => {}
         }
     }
 
