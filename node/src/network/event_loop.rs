@@ -345,11 +345,11 @@ impl EventLoop {
             // Subscriptions prove nothing (anyone connected sees the topic name;
             // membership is the node's sealed hello): passed on only as the moment a
             // publish refused for want of subscribers would reach someone.
-            gossipsub::Event::Subscribed { peer_id, topic } => {
-                if topic == self.topic && self.refused_publish {
-                    self.refused_publish = false;
-                    self.send_event(NetEvent::Subscribed(peer_id));
-                }
+            gossipsub::Event::Subscribed { peer_id, topic }
+                if topic == self.topic && self.refused_publish =>
+            {
+                self.refused_publish = false;
+                self.send_event(NetEvent::Subscribed(peer_id));
             }
             gossipsub::Event::Message {
                 propagation_source,
