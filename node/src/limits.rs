@@ -67,6 +67,8 @@ pub const MAX_INFLIGHT: usize = 4096;
 /// Owners asked to fetch on one miss (the first, and the next after a timeout or a
 /// redirect); then upstream.
 pub const MAX_OWNER_ASKS: usize = 2;
+/// Members asked (besides the owner) on a miss, without asking them to fetch.
+pub const EXTRA_ASKS: usize = 2;
 
 // --- Standing (liveness) ---
 
@@ -80,7 +82,18 @@ pub const STANDING_DECAY: Duration = Duration::from_secs(600);
 /// A protocol violation (a reply that fails its checks) counts as this many failures.
 pub const VIOLATION_WEIGHT: u32 = 4;
 
+// --- Client requests (the local HTTP API) ---
+
+/// Largest request body accepted (non-GET requests passed through).
+pub const MAX_REQUEST_BODY: usize = 10 * 1024 * 1024;
+/// Largest total size of request headers accepted.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
 // --- Memory ---
+
+/// Bodies announced without data are pulled at once up to this size (larger ones when
+/// first read): one transfer per node, instead of gossip's push to every mesh peer.
+pub const PREFETCH_MAX_BODY: u64 = 512 * 1024;
 
 /// Sealed body replies kept for the other members pulling the same body (node
 /// `reply_cache`): how many, their total size, and how long one is reused. The age is
@@ -117,6 +130,12 @@ pub const MAX_WRITTEN_PATHS: usize = 4096;
 pub const MAX_UNANNOUNCED: usize = 1024;
 /// Store notifications buffered for slow subscribers (they miss events, never block).
 pub const STORED_EVENTS: usize = 4096;
+/// Upstream requests that may wait for a slot, per request allowed in flight; beyond
+/// it a read gets `Busy` (503) at once instead of queueing without end.
+pub const UPSTREAM_QUEUE_PER_SLOT: usize = 32;
+/// Most addresses taken from one resolution of all DNS seeds (a huge record set must
+/// not turn into a dial storm).
+pub const MAX_SEED_ADDRS: usize = 64;
 /// Body pulls in flight at once.
 pub const PREFETCH_CONCURRENCY: usize = 8;
 /// Group commit: most writes per transaction.

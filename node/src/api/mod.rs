@@ -36,10 +36,7 @@ use crate::upstream::{ClientToken, Credential};
 /// (what `ghmesh api --cache DURATION` sends).
 pub const MAX_AGE_HEADER: &str = "x-ghmesh-max-age";
 
-/// Largest request body accepted (non-GET requests passed through).
-pub const MAX_REQUEST_BODY: usize = 10 * 1024 * 1024;
-/// Largest total size of request headers accepted.
-pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+pub use crate::limits::{MAX_HEADER_BYTES, MAX_REQUEST_BODY};
 
 #[derive(Clone)]
 struct ApiState {

@@ -235,7 +235,8 @@ fn print_ready(node: &Node, api_addr: std::net::SocketAddr) {
 
 /// Completes on SIGINT/SIGTERM, or when the node's store failed and could not be
 /// reopened: that ends the node like a signal does, but with the reason left in
-/// `failure` for a non-zero exit.
+/// `failure` for a non-zero exit (a `std::sync::Mutex`: set once, read after the
+/// server ends, never held across an await).
 async fn stop_on_signal_or_failure(
     signal: impl std::future::Future<Output = ()>,
     node: Node,

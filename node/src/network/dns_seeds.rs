@@ -14,9 +14,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::Multiaddr;
 use tokio::sync::mpsc;
 
-/// Most addresses taken from one resolution of all seeds (a huge record set must not
-/// turn into a dial storm).
-pub(crate) const MAX_SEED_ADDRS: usize = 64;
+pub(crate) use crate::limits::MAX_SEED_ADDRS;
 
 /// Which addresses a seed admits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -126,20 +126,9 @@ impl EventLoop {
     }
 
     fn on_command(&mut self, cmd: Command) {
-        let b = self.swarm.behaviour_mut();
         match cmd {
             Command::Publish { data, reply } => {
-                let r = match b.gossipsub.publish(self.topic.clone(), data) {
-                    Ok(_) => Ok(true),
-                    // Identical bytes already published: the mesh has them.
-                    Err(gossipsub::PublishError::Duplicate) => Ok(true),
-                    Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
-                        self.refused_publish = true;
-                        Ok(false)
-                    }
-                    Err(e) => Err(NetError::Publish(e.to_string())),
-                };
-                let _ = reply.send(r);
+                let _ = reply.send(self.publish(data));
             }
             Command::Request {
                 peer,
@@ -147,6 +136,7 @@ impl EventLoop {
                 data,
                 reply,
             } => {
+                let b = self.swarm.behaviour_mut();
                 let id = match channel {
                     Channel::Small => b.rr.send_request(&peer, data),
                     Channel::Body => b.body.send_request(&peer, data),
@@ -159,41 +149,17 @@ impl EventLoop {
                 source,
                 acceptance,
             } => {
-                let _ = b
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
                     .gossipsub
                     .report_message_validation_result(&id, &source, acceptance);
             }
             Command::Stats(reply) => {
-                let stats = NetStats {
-                    connected_peers: self.swarm.connected_peers().count(),
-                    mesh_peers: self
-                        .swarm
-                        .behaviour()
-                        .gossipsub
-                        .mesh_peers(&self.topic)
-                        .count(),
-                    listen: self.listen.iter().map(|a| a.to_string()).collect(),
-                    dropped_events: self.dropped_events,
-                };
-                let _ = reply.send(stats);
+                let _ = reply.send(self.stats());
             }
             Command::Peers(reply) => {
-                let mesh: HashSet<PeerId> = b.gossipsub.mesh_peers(&self.topic).copied().collect();
-                let peers = self
-                    .swarm
-                    .connected_peers()
-                    .map(|p| PeerInfo {
-                        peer_id: p.to_string(),
-                        addrs: self
-                            .addrs
-                            .get(p)
-                            .map(|a| a.iter().map(|a| a.to_string()).collect())
-                            .unwrap_or_default(),
-                        in_mesh: mesh.contains(p),
-                        member: false,
-                    })
-                    .collect();
-                let _ = reply.send(peers);
+                let _ = reply.send(self.peers());
             }
             Command::Dial(addr) => {
                 if let Err(e) = self.swarm.dial(addr.clone()) {
@@ -211,6 +177,60 @@ impl EventLoop {
             Command::DiscoverSoon => {}
             Command::Shutdown(_) => {}
         }
+    }
+
+    /// Publishes on the fleet's topic: `Ok(false)` when no peer is subscribed to hear
+    /// it (remembered, so the node can announce it again when one subscribes).
+    fn publish(&mut self, data: Vec<u8>) -> Result<bool, NetError> {
+        let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
+        match gossipsub.publish(self.topic.clone(), data) {
+            Ok(_) => Ok(true),
+            // Identical bytes already published: the mesh has them.
+            Err(gossipsub::PublishError::Duplicate) => Ok(true),
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
+                self.refused_publish = true;
+                Ok(false)
+            }
+            Err(e) => Err(NetError::Publish(e.to_string())),
+        }
+    }
+
+    fn stats(&self) -> NetStats {
+        NetStats {
+            connected_peers: self.swarm.connected_peers().count(),
+            mesh_peers: self
+                .swarm
+                .behaviour()
+                .gossipsub
+                .mesh_peers(&self.topic)
+                .count(),
+            listen: self.listen.iter().map(|a| a.to_string()).collect(),
+            dropped_events: self.dropped_events,
+        }
+    }
+
+    /// Connected peers, their addresses, and whether they are in our gossip mesh.
+    fn peers(&self) -> Vec<PeerInfo> {
+        let mesh: HashSet<PeerId> = self
+            .swarm
+            .behaviour()
+            .gossipsub
+            .mesh_peers(&self.topic)
+            .copied()
+            .collect();
+        self.swarm
+            .connected_peers()
+            .map(|p| PeerInfo {
+                peer_id: p.to_string(),
+                addrs: self
+                    .addrs
+                    .get(p)
+                    .map(|a| a.iter().map(|a| a.to_string()).collect())
+                    .unwrap_or_default(),
+                in_mesh: mesh.contains(p),
+                member: false,
+            })
+            .collect()
     }
 
     /// Answers (or, with `None`, refuses) a pending inbound request.

@@ -207,6 +207,7 @@ pub struct NetworkHandle {
     listen: Arc<Vec<Multiaddr>>,
     /// The event loop: awaited by [`NetworkHandle::shutdown`], so that the swarm (and
     /// with it every connection and the DNS resolver it feeds) is gone when it returns.
+    /// A `std::sync::Mutex`: the handle is taken out before it is awaited.
     task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 

@@ -53,7 +53,7 @@ impl Node {
         let now = self.now_ms();
         let newly = self.book(|b| b.greeted(peer, proved, now)).unwrap_or(false);
         if !proved {
-            self.inner.counters.hellos_failed.inc();
+            self.inner.telemetry.counters.hellos_failed.inc();
             tracing::debug!(%peer, "peer did not prove it holds the mesh key");
             return;
         }
@@ -64,7 +64,7 @@ impl Node {
             // A member to tell what we stored while nobody listened (it may have
             // subscribed before we knew it was a member, or the hint was dropped).
             self.reannounce();
-            self.inner.counters.members_admitted.inc();
+            self.inner.telemetry.counters.members_admitted.inc();
             tracing::debug!(%peer, "member admitted");
             if let Some(net) = self.network() {
                 net.discover_soon().await;
@@ -111,14 +111,14 @@ impl Node {
     async fn hello(&self, peer: PeerId) -> bool {
         let addr = self.address(peer);
         let nonce = addr.nonce;
-        let timeout = self.inner.deadlines.hello;
+        let timeout = self.deadlines().hello;
         let msg = Message::Hello(addr);
         match self
             .ask(peer, Channel::Small, &msg, timeout, MAX_SMALL_FRAME)
             .await
         {
             Ok(Some(Message::HelloReply(a))) => {
-                a.nonce == nonce && a.is_between(&peer.to_bytes(), &self.inner.peer_id.to_bytes())
+                a.nonce == nonce && a.is_between(&peer.to_bytes(), &self.inner.me.id.to_bytes())
             }
             Ok(Some(_)) => {
                 self.violated(peer);
@@ -135,7 +135,7 @@ impl Node {
             known,
             new,
         });
-        let timeout = self.inner.deadlines.hello;
+        let timeout = self.deadlines().hello;
         match self
             .ask(peer, Channel::Small, &request, timeout, MAX_SMALL_FRAME)
             .await
@@ -158,7 +158,7 @@ impl Node {
             let Ok(p) = PeerId::from_bytes(&m.peer) else {
                 continue;
             };
-            if p == self.inner.peer_id || known.contains(&p) {
+            if p == self.inner.me.id || known.contains(&p) {
                 continue;
             }
             let addrs: Vec<Multiaddr> = m

@@ -5,7 +5,7 @@ use ghmesh_protocol::Refresh;
 use ghmesh_protocol::{freshness_ttl_secs, Announce, CacheKey, CanonicalRequest, Entry, Message};
 
 use super::served::CacheStatus;
-use super::writer::{Urgency, WriteJob};
+use super::writer::WriteJob;
 use super::{GetError, Node, Served};
 use crate::policy::{self, UpstreamAction};
 use crate::upstream::{Conditional, Credential, UpstreamError, UpstreamResponse};
@@ -38,7 +38,7 @@ impl Node {
                     token,
                     now,
                     now + ttl * 1000,
-                    self.inner.me.clone(),
+                    self.inner.me.text.clone(),
                 );
                 // Durable before the response that carried it is sent (contract §6). A
                 // failed write is served to this client but neither acknowledged as
@@ -52,7 +52,7 @@ impl Node {
                 Ok(served)
             }
             (UpstreamAction::Refresh, Ok(resp), Some(mut entry)) => {
-                self.inner.counters.upstream_304.inc();
+                self.inner.telemetry.counters.upstream_304.inc();
                 let headers = policy::merge_304_headers(&entry.meta.headers, &resp.headers);
                 let ttl = freshness_ttl_secs(&entry.meta.request, &headers, self.inner.cfg.ttl);
                 entry.meta.headers = headers;
@@ -104,52 +104,27 @@ impl Node {
         (outcome, token)
     }
 
-    /// Seals and publishes a message in an owned task (sealing is off the reader's
-    /// path); without a mesh, nothing.
-    pub(super) fn publish(&self, msg: Message) {
-        if self.inner.mesh.is_none() {
-            return;
-        }
-        let node = self.clone();
-        self.spawn(async move { node.publish_now(&msg).await });
+    /// A place among the requests in flight to GitHub; `Busy` (counted) when the queue
+    /// is full. Held for the whole call.
+    pub(super) async fn upstream_slot(&self) -> Result<super::gate::Slot, GetError> {
+        self.inner.gate.enter().await.inspect_err(|_| {
+            self.inner.telemetry.counters.upstream_busy.inc();
+        })
     }
 
-    /// Seals and publishes `msg`. An announce no peer was subscribed to hear is kept
-    /// for the first one that subscribes (see `reannounce`): the members that come
-    /// later need not own the key, and would not know to ask us for it.
-    pub(super) async fn publish_now(&self, msg: &Message) {
-        let (Some(net), Some(data)) = (self.network(), self.seal(msg)) else {
-            return;
+    /// One upstream call within the upstream deadline, counted as sent or as refused
+    /// locally by a hold.
+    pub(super) async fn call_upstream(
+        &self,
+        call: impl std::future::Future<Output = Result<UpstreamResponse, UpstreamError>>,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let outcome = tokio::time::timeout(self.deadlines().upstream, call)
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout));
+        match &outcome {
+            Err(UpstreamError::Held(_)) => self.inner.telemetry.counters.upstream_held.inc(),
+            _ => self.inner.telemetry.counters.upstream_calls.inc(),
         };
-        match net.publish(data).await {
-            Ok(true) => {
-                self.inner.counters.announces_sent.inc();
-            }
-            Ok(false) => {
-                if let Message::Announce(ann) = msg {
-                    self.keep_unannounced(ann.meta.key());
-                }
-            }
-            Err(e) => tracing::debug!("publish failed: {e}"),
-        }
-    }
-
-    /// Queues a write and waits until it is durable; a failure is the caller's error.
-    pub(super) async fn write(&self, job: WriteJob) -> Result<(), GetError> {
-        self.inner.writer.write(job, Urgency::Now).await
-    }
-
-    /// The same for replication nobody reads yet: it may share a later transaction.
-    pub(super) async fn write_background(&self, job: WriteJob) -> Result<(), GetError> {
-        self.inner.writer.write(job, Urgency::Background).await
-    }
-
-    /// Queues a write from gossip without waiting. When the writer is behind, the write
-    /// is dropped (and counted): peers' announces must not pile up in memory, and a
-    /// dropped entry is simply looked up again on its next miss.
-    pub(super) fn write_behind(&self, job: WriteJob) {
-        if !self.inner.writer.write_behind(job) {
-            self.inner.counters.dropped_writes.inc();
-        }
+        outcome
     }
 }

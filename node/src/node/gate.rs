@@ -9,8 +9,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::GetError;
 
-/// Requests that may wait, per request allowed in flight.
-const QUEUE_PER_SLOT: usize = 32;
+use crate::limits::UPSTREAM_QUEUE_PER_SLOT as QUEUE_PER_SLOT;
 
 /// The upstream gate.
 pub(crate) struct Gate {

@@ -9,7 +9,8 @@ use tokio_util::sync::CancellationToken;
 /// `/_ghmesh/health` reports it.
 #[derive(Default)]
 pub(crate) struct Health {
-    /// Why writes fail now (cleared by the next commit that succeeds).
+    /// Why writes fail now (cleared by the next commit that succeeds). Both locks are
+    /// `std::sync::Mutex`es: set and read in one statement, never held across an await.
     degraded: Mutex<Option<String>>,
     /// Set once the store could not be reopened: the node must stop.
     failure: Mutex<Option<String>>,

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ghmesh_protocol::{
-    varies_by_identity, Announce, BodyReply, FetchBody, Lookup, LookupReply, Message, Refresh,
+    varies_by_identity, Announce, BodyReply, CacheKey, Entry, FetchBody, Lookup, LookupReply,
+    Message, Refresh,
 };
 use libp2p::gossipsub::MessageAcceptance;
 use libp2p::PeerId;
@@ -27,7 +28,7 @@ use crate::upstream::Credential;
 
 /// Handles network events until shutdown, or until the node or the network is gone.
 pub(super) async fn run(node: Weak<Inner>, mut events: mpsc::Receiver<NetEvent>) {
-    let Some(stopping) = node.upgrade().map(|i| i.stopping.clone()) else {
+    let Some(stopping) = node.upgrade().map(|i| i.tasks.stopping.clone()) else {
         return;
     };
     loop {
@@ -116,7 +117,7 @@ impl Node {
         } else {
             // Rejected (gossipsub does not forward it) and counted; nobody is blamed:
             // gossip is relayed, and the relaying peer may be honest.
-            self.inner.counters.rejected_messages.inc();
+            self.inner.telemetry.counters.rejected_messages.inc();
             MessageAcceptance::Reject
         }
     }
@@ -160,11 +161,11 @@ impl Node {
                 if entry.validate(&key, now).is_err() {
                     return false;
                 }
-                self.inner.counters.announces_received.inc();
+                self.inner.telemetry.counters.announces_received.inc();
                 self.write_behind(WriteJob::Merge(entry));
             }
             Err(meta) => {
-                self.inner.counters.announces_received.inc();
+                self.inner.telemetry.counters.announces_received.inc();
                 let held = self.inner.store.get_meta(&key).ok().flatten();
                 let action = policy::on_bodyless(held.as_ref(), &meta);
                 if action == BodylessAction::Ignore {
@@ -175,9 +176,7 @@ impl Node {
                     // Full queue: the body is fetched when first read.
                     let _ = self.inner.prefetch.try_send(((*meta).clone(), from));
                 }
-                if let Ok(mut b) = self.inner.signals.bodyless.lock() {
-                    b.insert(key, *meta, from);
-                }
+                self.inner.signals.bodyless_announced(key, *meta, from);
             }
         }
         true
@@ -202,12 +201,12 @@ impl Node {
         match self.book(|b| b.request(&peer, nonce, now))? {
             RequestVerdict::Handle => {}
             RequestVerdict::Replay => {
-                self.inner.counters.replays_refused.inc();
+                self.inner.telemetry.counters.replays_refused.inc();
                 self.violated(peer);
                 return None;
             }
             RequestVerdict::Busy => {
-                self.inner.counters.peer_busy.inc();
+                self.inner.telemetry.counters.peer_busy.inc();
                 return match msg {
                     Message::Lookup(_) => self
                         .seal(&Message::LookupReply(LookupReply::Busy))
@@ -265,14 +264,9 @@ impl Node {
     /// other members that pull it (see `reply_cache`).
     fn body_reply(&self, f: &FetchBody) -> Option<Bytes> {
         let mesh = self.inner.mesh.as_ref()?;
-        let now = self.inner.clock.now_secs();
-        let cached = mesh
-            .replies
-            .lock()
-            .ok()
-            .and_then(|mut c| c.get(&f.key, &f.cid, now));
-        if cached.is_some() {
-            return cached;
+        let now = self.clock().now_secs();
+        if let Some(cached) = mesh.cached_reply(&f.key, &f.cid, now) {
+            return Some(cached);
         }
         let Some(entry) = self.local(&f.key).filter(|e| e.meta.cid == f.cid) else {
             return self
@@ -280,28 +274,49 @@ impl Node {
                 .map(Bytes::from);
         };
         let sealed = Bytes::from(self.seal(&Message::BodyReply(BodyReply::Found(entry.body)))?);
-        if let Ok(mut c) = mesh.replies.lock() {
-            c.insert(f.key, &f.cid, sealed.clone(), now);
-        }
+        mesh.keep_reply(f.key, &f.cid, sealed.clone(), now);
         Some(sealed)
     }
 
+    /// Answers a member's lookup: what we hold, who fetches, or that we fetch for it.
     fn answer_lookup(&self, asker: PeerId, l: Lookup) -> LookupReply {
         if l.release {
             self.leases(|ls| ls.release(&l.key, &asker));
             return LookupReply::NotFound;
         }
         let now = self.now_ms();
-        let holder = self.leases(|ls| ls.holder(&l.key, now)).flatten();
         let local = self.local(&l.key);
-        let me = self.inner.peer_id;
+        let view = self.lookup_view(asker, &l, local.as_ref(), now);
+        match (policy::answer_lookup(view), local) {
+            // Large bodies go by CID on the body protocol: lookup replies stay small.
+            (LookupAnswer::Found, Some(e)) => LookupReply::Found(Box::new(Announce::of(&e))),
+            (LookupAnswer::Pending, _) => LookupReply::Pending,
+            (LookupAnswer::Redirect(p), _) => LookupReply::Redirect(p.to_bytes().into()),
+            (LookupAnswer::GrantLease, _) => self.grant_lease(asker, l.key, now),
+            (LookupAnswer::Busy, _) => {
+                self.inner.telemetry.counters.peer_busy.inc();
+                LookupReply::Busy
+            }
+            (LookupAnswer::StartFetch, local) => self.fetch_for(asker, l, local),
+            _ => LookupReply::NotFound,
+        }
+    }
+
+    /// What the lookup decision needs to know of `l` on this node at `now`.
+    fn lookup_view(
+        &self,
+        asker: PeerId,
+        l: &Lookup,
+        local: Option<&Entry>,
+        now: u64,
+    ) -> LookupView {
+        let holder = self.leases(|ls| ls.holder(&l.key, now)).flatten();
+        let me = self.inner.me.id;
         let owner = placement::owner(&l.key, self.candidates().into_iter().chain([me]))
             .filter(|o| *o != me);
-        let view = LookupView {
+        LookupView {
             shareable: !varies_by_identity(&l.request.path),
-            fresh_local: local
-                .as_ref()
-                .is_some_and(|e| e.meta.is_fresh(self.now_ms())),
+            fresh_local: local.is_some_and(|e| e.meta.is_fresh(now)),
             in_flight: self.inner.flights.contains(&l.key),
             fetching: self.inner.flights.fetching(&l.key),
             fetch_asked: l.fetch,
@@ -313,64 +328,59 @@ impl Node {
             mode: self.inner.cfg.mode,
             room: self.inner.flights.has_room(),
             owner,
-        };
-        match (policy::answer_lookup(view), local) {
-            // Large bodies go by CID on the body protocol: lookup replies stay small.
-            (LookupAnswer::Found, Some(e)) => LookupReply::Found(Box::new(Announce::of(&e))),
-            (LookupAnswer::Pending, _) => LookupReply::Pending,
-            (LookupAnswer::Redirect(p), _) => LookupReply::Redirect(p.to_bytes().into()),
-            (LookupAnswer::GrantLease, _) => {
-                // As long as the holder's resolution may take (its upstream call and the
-                // queue before it): a slow GitHub must not end the lease mid-fetch. A
-                // holder that fails releases it; one that leaves loses it.
-                let until = now.saturating_add(self.inner.deadlines.flight().as_millis() as u64);
-                match self.leases(|ls| ls.grant(l.key, asker, now, until)) {
-                    Some(true) => {
-                        self.inner.counters.leases_granted.inc();
-                        LookupReply::Lease
-                    }
-                    _ => LookupReply::Pending,
-                }
-            }
-            (LookupAnswer::Busy, _) => {
-                self.inner.counters.peer_busy.inc();
-                LookupReply::Busy
-            }
-            (LookupAnswer::StartFetch, local) => {
-                let now = self.now_ms();
-                if !self.book(|b| b.start_fetch(&asker, now)).unwrap_or(false) {
-                    self.inner.counters.peer_busy.inc();
-                    return LookupReply::Busy;
-                }
-                // An expired copy, if any, makes the owner's fetch a free revalidation.
-                // With our own token: an asker's token never leaves its node. An owner
-                // that has just joined may lack what older members heard announced
-                // before it came: it asks them first.
-                let starting = policy::starting(self.now_ms(), self.inner.started_ms);
-                let (flight, _) = self.join_or_start(Resolution {
-                    req: l.request,
-                    key: l.key,
-                    local,
-                    ask_peers: starting,
-                    cred: Credential::Node,
-                });
-                let node = self.clone();
-                let key = l.key;
-                self.spawn(async move {
-                    let stored = node.await_flight(flight).await.is_ok_and(|s| s.shared());
-                    node.book(|b| b.fetch_done(&asker));
-                    if !stored {
-                        // Long enough for every waiter's next re-poll (at most
-                        // `repoll_max` apart) to learn it; short enough that a later
-                        // asker, after a transient error, gets one fetch for all again.
-                        let now = node.now_ms();
-                        let until = now + 2 * node.inner.deadlines.repoll_max.as_millis() as u64;
-                        node.leases(|ls| ls.fetch_failed(key, now, until));
-                    }
-                });
-                LookupReply::Pending
-            }
-            _ => LookupReply::NotFound,
         }
+    }
+
+    /// Lets `asker` fetch `key` for the fleet (or says `Pending` when someone else
+    /// just took the lease).
+    fn grant_lease(&self, asker: PeerId, key: CacheKey, now: u64) -> LookupReply {
+        // As long as the holder's resolution may take (its upstream call and the queue
+        // before it): a slow GitHub must not end the lease mid-fetch. A holder that
+        // fails releases it; one that leaves loses it.
+        let until = now.saturating_add(self.deadlines().flight().as_millis() as u64);
+        match self.leases(|ls| ls.grant(key, asker, now, until)) {
+            Some(true) => {
+                self.inner.telemetry.counters.leases_granted.inc();
+                LookupReply::Lease
+            }
+            _ => LookupReply::Pending,
+        }
+    }
+
+    /// Fetches `l` for `asker` (and the fleet) as its owner, within the asker's share
+    /// of our fetches.
+    fn fetch_for(&self, asker: PeerId, l: Lookup, local: Option<Entry>) -> LookupReply {
+        let now = self.now_ms();
+        if !self.book(|b| b.start_fetch(&asker, now)).unwrap_or(false) {
+            self.inner.telemetry.counters.peer_busy.inc();
+            return LookupReply::Busy;
+        }
+        // An expired copy, if any, makes the owner's fetch a free revalidation. With
+        // our own token: an asker's token never leaves its node. An owner that has
+        // just joined may lack what older members heard announced before it came: it
+        // asks them first.
+        let starting = policy::starting(now, self.inner.started.unix_ms);
+        let (flight, _) = self.join_or_start(Resolution {
+            req: l.request,
+            key: l.key,
+            local,
+            ask_peers: starting,
+            cred: Credential::Node,
+        });
+        let node = self.clone();
+        let key = l.key;
+        self.spawn(async move {
+            let stored = node.await_flight(flight).await.is_ok_and(|s| s.shared());
+            node.book(|b| b.fetch_done(&asker));
+            if !stored {
+                // Long enough for every waiter's next re-poll (at most `repoll_max`
+                // apart) to learn it; short enough that a later asker, after a
+                // transient error, gets one fetch for all again.
+                let now = node.now_ms();
+                let until = now + 2 * node.deadlines().repoll_max.as_millis() as u64;
+                node.leases(|ls| ls.fetch_failed(key, now, until));
+            }
+        });
+        LookupReply::Pending
     }
 }

@@ -26,7 +26,11 @@ impl Node {
         let changed = keys.len();
         if !keys.is_empty() {
             self.write(WriteJob::Expire(keys, at_ms)).await?;
-            self.inner.counters.invalidated.inc_by(changed as u64);
+            self.inner
+                .telemetry
+                .counters
+                .invalidated
+                .inc_by(changed as u64);
         }
         if tell_peers {
             self.publish(Message::Invalidate(Invalidate { paths, at_ms }));

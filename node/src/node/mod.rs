@@ -17,56 +17,69 @@
 //! [`prefetch`] (bodies announced without data, pulled in the background). Every
 //! decision those rooms take is a plain function in [`crate::policy`].
 //!
+//! The parts each own one concern and its lock, in a file with their methods:
+//! [`flights`] (single flight), [`mesh`] (network, keys, peer book, leases, sealed
+//! replies), [`signals`] (arrivals, body-less announces, writes the writer shares),
+//! [`writer`], [`gate`] (the upstream cap), [`health`], [`telemetry`] (counters,
+//! gauges, history), [`tasks`] (owned work and shutdown). `impl Node` blocks are the
+//! steps that coordinate several parts; [`announce`] publishes, [`sealed`] seals and
+//! opens, [`admission`] greets.
+//!
 //! Where to add things: an endpoint rule goes in `api/` (what is cacheable) or
 //! `protocol::freshness` (how long); a wire message in `protocol::wire`, then its
 //! handling in [`inbound`] and its decision in `policy`; a discovery method in
 //! `network/`; a counter is one line in `stats.rs` plus the line that increments it.
 
 mod admission;
+mod announce;
 mod bodyless;
 mod bounded;
 pub mod drive;
 mod fetch;
+mod flights;
 mod gate;
 mod health;
 mod identity;
 mod inbound;
 mod invalidate;
+mod mesh;
 mod peers;
 mod prefetch;
 mod read;
-mod reannounce;
 mod reply_cache;
 mod sealed;
 mod served;
+mod signals;
+mod tasks;
+mod telemetry;
 mod writer;
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use ghmesh_protocol::{CacheKey, EntryMeta, MeshKeys};
+use ghmesh_protocol::{CacheKey, EntryMeta};
 use ghmesh_store::{Store, StoreError};
 use libp2p::PeerId;
-use prometheus_client::registry::Registry;
 use tokio::sync::{broadcast, mpsc};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::clock::SharedClock;
 use crate::config::{Deadlines, NodeConfig};
-use crate::network::{self, NetConfig, NetworkHandle, PeerInfo};
-use crate::policy::book::PeerBook;
+use crate::network::{self, NetworkHandle, PeerInfo};
 use crate::stats::{hit_rate, Counters, Stats};
 use crate::upstream::Upstream;
 
 pub use identity::load_or_create_identity;
 pub use served::{Body, CacheStatus, GetError, Served};
+pub use writer::WriteError;
 
-use crate::limits::{MAX_WRITTEN_PATHS, PREFETCH_QUEUE, STORED_EVENTS, WRITE_QUEUE};
+use crate::limits::{PREFETCH_QUEUE, WRITE_QUEUE};
+use flights::Flights;
 use health::Health;
-use read::Flights;
-use writer::{WriteJob, Writer};
+use mesh::Mesh;
+use signals::Signals;
+use tasks::Tasks;
+use telemetry::Telemetry;
+use writer::{Urgency, WriteJob, Writer};
 
 /// Errors starting a node.
 #[derive(Debug, thiserror::Error)]
@@ -104,106 +117,42 @@ pub enum NodeError {
     Network(#[from] network::NetError),
 }
 
-/// Everything that exists only with a secret: the network, the keys that seal what
-/// crosses it, and what we know and think of each peer.
-struct Mesh {
-    net: NetworkHandle,
-    keys: MeshKeys,
-    /// Admission, standing, budgets and nonces of every connected peer.
-    book: Mutex<PeerBook>,
-    /// Leases granted on keys we own: which member fetches each for the fleet.
-    leases: Mutex<crate::policy::lease::Leases>,
-    /// Body replies sealed recently, reused for the other members that pull the body.
-    replies: Mutex<reply_cache::ReplyCache>,
-    /// Woken when a member is admitted (a node's first reads wait for its first one).
-    admitted: tokio::sync::Notify,
-    /// Keys stored while nobody was subscribed to hear their announce.
-    unannounced: Mutex<reannounce::Unannounced>,
-}
-
-/// State the writer shares with readers: who waits for which key, what was announced
-/// without a body, and the stored-keys broadcast.
-struct Signals {
-    /// Readers waiting for a key's entry to arrive (from gossip or the writer).
-    arrivals: Mutex<HashMap<CacheKey, Arc<tokio::sync::Notify>>>,
-    /// Entries announced without body: who has them.
-    bodyless: Mutex<bodyless::Bodyless>,
-    /// Keys whose entry was stored or refreshed, after the commit.
-    stored: broadcast::Sender<CacheKey>,
-    /// Paths written to through a node's API, with when: copies fetched before are
-    /// the old answer, whoever offers them.
-    written: Mutex<HashMap<String, u64>>,
-}
-
-impl Signals {
-    fn new() -> Self {
-        Self {
-            arrivals: Mutex::new(HashMap::new()),
-            bodyless: Mutex::new(bodyless::Bodyless::default()),
-            stored: broadcast::channel(STORED_EVENTS).0,
-            written: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// When `path` was last written to (as far as this node knows).
-    fn written_at(&self, path: &str) -> Option<u64> {
-        self.written.lock().ok()?.get(path).copied()
-    }
-
-    /// Records writes to `paths` at `at_ms`, within [`MAX_WRITTEN_PATHS`] (the oldest
-    /// records go first: a day later every copy of them has expired anyway).
-    fn record_write(&self, paths: &[String], at_ms: u64) {
-        let Ok(mut w) = self.written.lock() else {
-            return;
-        };
-        for p in paths {
-            if w.len() >= MAX_WRITTEN_PATHS && !w.contains_key(p) {
-                if let Some(oldest) = w.iter().min_by_key(|(_, at)| **at).map(|(k, _)| k.clone()) {
-                    w.remove(&oldest);
-                }
-            }
-            let at = w.entry(p.clone()).or_insert(at_ms);
-            *at = (*at).max(at_ms);
-        }
-    }
-}
-
+/// The node's parts. Each owns one concern and its lock; `impl Node` coordinates them.
 struct Inner {
+    /// The settings, as resolved; deadlines and the clock are read from here.
     cfg: NodeConfig,
-    /// When the node started (unix ms): a node still learning the fleet waits a moment
-    /// before it claims a key.
-    started_ms: u64,
-    /// The same moment on the monotonic clock: bounds the wait for a first member
-    /// whatever the injected clock does.
-    started_at: tokio::time::Instant,
-    health: Arc<Health>,
-    deadlines: Deadlines,
-    clock: SharedClock,
-    peer_id: PeerId,
-    /// `peer_id` as text, as entries record their origin.
-    me: String,
+    started: Started,
+    me: Me,
     store: Arc<Store>,
     upstream: Arc<dyn Upstream>,
+    /// The network and what we know of peers (`None` without a secret).
     mesh: Option<Mesh>,
     flights: Flights,
     /// The cap on requests in flight to GitHub.
     gate: gate::Gate,
     signals: Arc<Signals>,
     writer: Writer,
-    counters: Counters,
-    registry: Mutex<Registry>,
-    /// Gauges set from the stats as `/_ghmesh/metrics` is read.
-    gauges: crate::stats::Gauges,
-    /// The last hour of figures. A `std::sync::Mutex`: held only to push or copy
-    /// samples, never across an await.
-    history: Mutex<crate::history::History>,
+    health: Arc<Health>,
+    telemetry: Telemetry,
     prefetch: mpsc::Sender<(EntryMeta, PeerId)>,
-    /// Every task the node spawns; `shutdown` waits for them.
-    tasks: TaskTracker,
-    /// Cancelled when shutdown starts: loops stop taking new work.
-    stopping: CancellationToken,
-    /// Cancelled when shutdown's grace period ends: tasks still running are dropped.
-    abort: CancellationToken,
+    tasks: Tasks,
+}
+
+/// When the node started, on both clocks.
+struct Started {
+    /// On the injected clock (unix ms): a node still learning the fleet waits a moment
+    /// before it claims a key.
+    unix_ms: u64,
+    /// On the monotonic clock: bounds the wait for a first member whatever the
+    /// injected clock does.
+    at: tokio::time::Instant,
+}
+
+/// This node's peer id, and its text form, made once: every local hit compares an
+/// entry's origin against it.
+struct Me {
+    id: PeerId,
+    text: String,
 }
 
 /// A running node. Cheap to clone.
@@ -215,7 +164,7 @@ pub struct Node {
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node")
-            .field("peer_id", &self.inner.peer_id)
+            .field("peer_id", &self.inner.me.id)
             .finish_non_exhaustive()
     }
 }
@@ -226,7 +175,7 @@ impl Node {
     pub async fn start(cfg: NodeConfig, upstream: Arc<dyn Upstream>) -> Result<Node, NodeError> {
         identity::create_private_dir(&cfg.data_dir)?;
         let store = Arc::new(Store::open(cfg.data_dir.join("cache.redb"), cfg.limits)?);
-        Self::start_with_store(cfg, store, upstream).await
+        Self::start_parts(cfg, store, upstream).await
     }
 
     /// [`Node::start`] on a store the caller opened (tests that inject disk faults).
@@ -236,86 +185,93 @@ impl Node {
         upstream: Arc<dyn Upstream>,
     ) -> Result<Node, NodeError> {
         identity::create_private_dir(&cfg.data_dir)?;
-        let keypair = load_or_create_identity(&cfg.data_dir.join("identity.key"))?;
-        let peer_id = keypair.public().to_peer_id();
-        let deadlines = cfg.deadlines;
-        let upstream_concurrency = cfg.upstream_concurrency;
-        let mut registry = Registry::default();
-        let counters = Counters::default();
-        counters.register(&mut registry);
-        let gauges = crate::stats::Gauges::default();
-        gauges.register(&mut registry);
+        Self::start_parts(cfg, store, upstream).await
+    }
 
+    /// Makes the parts in their order (the identity, the registry the network adds
+    /// its metrics to, the mesh), then the writer and the loops that serve them.
+    async fn start_parts(
+        cfg: NodeConfig,
+        store: Arc<Store>,
+        upstream: Arc<dyn Upstream>,
+    ) -> Result<Node, NodeError> {
+        let keypair = load_or_create_identity(&cfg.data_dir.join("identity.key"))?;
+        let id = keypair.public().to_peer_id();
+        let (mut registry, counters, gauges) = Telemetry::registry();
         let (mesh, events) = match &cfg.keys {
             Some(keys) => {
-                let (mesh, events) = start_mesh(&cfg, keys, keypair, &mut registry).await?;
+                let (mesh, events) = Mesh::start(&cfg, keys, keypair, &mut registry).await?;
                 (Some(mesh), Some(events))
             }
             None => (None, None),
         };
-
-        let signals = Arc::new(Signals::new());
-        let tasks = TaskTracker::new();
-        let health = Arc::new(Health::default());
         let (writer, writer_rx) = Writer::channel(WRITE_QUEUE);
         let (prefetch_tx, prefetch_rx) = mpsc::channel(PREFETCH_QUEUE);
         let node = Node {
             inner: Arc::new(Inner {
-                clock: cfg.clock.clone(),
-                me: peer_id.to_string(),
-                started_ms: cfg.clock.now_ms(),
-                started_at: tokio::time::Instant::now(),
-                health: health.clone(),
-                cfg,
-                deadlines,
-                peer_id,
-                store: store.clone(),
+                started: Started {
+                    unix_ms: cfg.clock.now_ms(),
+                    at: tokio::time::Instant::now(),
+                },
+                me: Me {
+                    id,
+                    text: id.to_string(),
+                },
+                store,
                 upstream,
                 mesh,
                 flights: Flights::default(),
-                gate: gate::Gate::new(upstream_concurrency),
-                signals: signals.clone(),
+                gate: gate::Gate::new(cfg.upstream_concurrency),
+                signals: Arc::new(Signals::new()),
                 writer,
-                counters: counters.clone(),
-                registry: Mutex::new(registry),
-                gauges,
-                history: Mutex::default(),
+                health: Arc::new(Health::default()),
+                telemetry: Telemetry::new(registry, counters, gauges),
                 prefetch: prefetch_tx,
-                tasks: tasks.clone(),
-                stopping: CancellationToken::new(),
-                abort: CancellationToken::new(),
+                tasks: Tasks::new(),
+                cfg,
             }),
         };
-        // The writer owns only what it writes to and signals: it ends when the last
-        // node handle is gone (its queue closes) or when shutdown asks it to stop.
-        let writer_task = writer::run(
-            writer::WriterParts {
-                store,
-                signals,
-                counters,
-                clock: node.inner.clock.clone(),
-                health,
-                reopen_window: deadlines.store_reopen,
-            },
-            writer_rx,
-        );
-        node.inner.writer.set_task(tokio::spawn(writer_task));
-        // The loops below hold only a weak reference, so that dropping every handle
-        // ends them too; `shutdown` ends them at once.
-        let weak = Arc::downgrade(&node.inner);
-        if let Some(events) = events {
-            tasks.spawn(inbound::run(weak.clone(), events));
-            tasks.spawn(prefetch::run(weak.clone(), prefetch_rx));
-            tasks.spawn(admission::sweep(weak.clone()));
-        }
-        tasks.spawn(history_sampler(weak.clone()));
-        tasks.spawn(recency_flusher(weak));
+        node.start_writer(writer_rx);
+        node.start_loops(events, prefetch_rx);
         Ok(node)
+    }
+
+    /// The writer owns only what it writes to and signals: it ends when the last node
+    /// handle is gone (its queue closes) or when shutdown asks it to stop.
+    fn start_writer(&self, rx: mpsc::Receiver<writer::WriterMsg>) {
+        let inner = &self.inner;
+        let parts = writer::WriterParts {
+            store: inner.store.clone(),
+            signals: inner.signals.clone(),
+            counters: inner.telemetry.counters.clone(),
+            clock: inner.cfg.clock.clone(),
+            health: inner.health.clone(),
+            reopen_window: inner.cfg.deadlines.store_reopen,
+        };
+        inner.writer.set_task(tokio::spawn(writer::run(parts, rx)));
+    }
+
+    /// The loops hold only a weak reference, so that dropping every handle ends them
+    /// too; `shutdown` ends them at once.
+    fn start_loops(
+        &self,
+        events: Option<mpsc::Receiver<crate::network::NetEvent>>,
+        prefetch_rx: mpsc::Receiver<(EntryMeta, PeerId)>,
+    ) {
+        let weak = Arc::downgrade(&self.inner);
+        let tasks = &self.inner.tasks;
+        if let Some(events) = events {
+            tasks.spawn_loop(inbound::run(weak.clone(), events));
+            tasks.spawn_loop(prefetch::run(weak.clone(), prefetch_rx));
+            tasks.spawn_loop(admission::sweep(weak.clone()));
+        }
+        tasks.spawn_loop(history_sampler(weak.clone()));
+        tasks.spawn_loop(recency_flusher(weak));
     }
 
     /// This node's peer id.
     pub fn peer_id(&self) -> PeerId {
-        self.inner.peer_id
+        self.inner.me.id
     }
 
     /// The network handle, when P2P is on.
@@ -335,7 +291,12 @@ impl Node {
 
     /// The clock this node reads the time from.
     pub fn clock(&self) -> &SharedClock {
-        &self.inner.clock
+        &self.inner.cfg.clock
+    }
+
+    /// The node's deadlines, as configured.
+    fn deadlines(&self) -> &Deadlines {
+        &self.inner.cfg.deadlines
     }
 
     /// Keys as their entries are durably stored or refreshed (a bounded broadcast: a
@@ -346,7 +307,7 @@ impl Node {
 
     /// The counters.
     pub fn counters(&self) -> &Counters {
-        &self.inner.counters
+        &self.inner.telemetry.counters
     }
 
     /// Listen addresses with `/p2p/<id>` (empty without P2P).
@@ -355,19 +316,13 @@ impl Node {
     }
 
     fn now_ms(&self) -> u64 {
-        self.inner.clock.now_ms()
+        self.clock().now_ms()
     }
 
     /// Spawns owned work: `shutdown` waits for it, then drops it after the grace
     /// period.
     fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
-        let abort = self.inner.abort.clone();
-        self.inner.tasks.spawn(async move {
-            tokio::select! {
-                _ = abort.cancelled() => {}
-                _ = work => {}
-            }
-        });
+        self.inner.tasks.spawn(work);
     }
 
     /// Why the node is degraded or failed (`None`: healthy).
@@ -384,7 +339,7 @@ impl Node {
 
     /// Stats snapshot.
     pub async fn stats(&self) -> Stats {
-        let c = &self.inner.counters;
+        let c = self.counters();
         let net = match self.network() {
             Some(n) => n.stats().await.unwrap_or_default(),
             None => Default::default(),
@@ -392,14 +347,14 @@ impl Node {
         let saved = c.saved();
         let now = self.now_ms();
         Stats {
-            peer_id: self.inner.me.clone(),
+            peer_id: self.inner.me.text.clone(),
             p2p: self.inner.mesh.is_some(),
             connected_peers: net.connected_peers,
             mesh_peers: net.mesh_peers,
             members: self.members().len(),
             members_on_probation: self.book(|b| b.on_probation(now)).unwrap_or(0),
             peer_budgets_ms: self
-                .book(|b| b.budgets(self.inner.deadlines.budget_rule()))
+                .book(|b| b.budgets(self.deadlines().budget_rule()))
                 .unwrap_or_default()
                 .into_iter()
                 .map(|(p, d)| (p.to_string(), d.as_millis() as u64))
@@ -430,43 +385,52 @@ impl Node {
         peers
     }
 
-    /// Adds the figures of now to the history.
-    async fn record_sample(&self) {
-        let sample = crate::history::Sample::of(&self.stats().await, self.now_ms());
-        if let Ok(mut h) = self.inner.history.lock() {
-            h.record(sample);
-        }
+    /// The figures of now, as a history sample.
+    async fn sample(&self) -> crate::history::Sample {
+        crate::history::Sample::of(&self.stats().await, self.now_ms())
     }
 
     /// The last hour of figures, ending with the figures of now.
     pub async fn history(&self) -> crate::history::HistoryReport {
-        let now = crate::history::Sample::of(&self.stats().await, self.now_ms());
-        match self.inner.history.lock() {
-            Ok(h) => crate::history::HistoryReport::new(&h, now),
-            Err(_) => crate::history::HistoryReport::new(&Default::default(), now),
-        }
+        let now = self.sample().await;
+        self.inner.telemetry.history(now)
     }
 
     /// Prometheus text exposition of our counters and gauges (read from the stats at
     /// this moment) and libp2p's metrics.
     pub async fn metrics(&self) -> String {
-        self.inner.gauges.set(&self.stats().await);
+        self.inner.telemetry.set_gauges(&self.stats().await);
         self.metrics_text()
     }
 
     /// Prometheus text exposition of our counters and libp2p's metrics, with gauges as
     /// last set by [`Node::metrics`].
     pub fn metrics_text(&self) -> String {
-        let mut out = String::new();
-        if let Ok(reg) = self.inner.registry.lock() {
-            let _ = prometheus_client::encoding::text::encode(&mut out, &reg);
-        }
-        out
+        self.inner.telemetry.text()
     }
 
     /// Makes every queued write durable and records read recency.
-    pub async fn flush(&self) -> Result<(), GetError> {
+    pub async fn flush(&self) -> Result<(), WriteError> {
         self.write(WriteJob::Flush).await
+    }
+
+    /// Queues a write and waits until it is durable; a failure is the caller's error.
+    async fn write(&self, job: WriteJob) -> Result<(), WriteError> {
+        self.inner.writer.write(job, Urgency::Now).await
+    }
+
+    /// The same for replication nobody reads yet: it may share a later transaction.
+    async fn write_background(&self, job: WriteJob) -> Result<(), WriteError> {
+        self.inner.writer.write(job, Urgency::Background).await
+    }
+
+    /// Queues a write from gossip without waiting. When the writer is behind, the write
+    /// is dropped (and counted): peers' announces must not pile up in memory, and a
+    /// dropped entry is simply looked up again on its next miss.
+    fn write_behind(&self, job: WriteJob) {
+        if !self.inner.writer.write_behind(job) {
+            self.counters().dropped_writes.inc();
+        }
     }
 
     /// Stops the node, returning within three times
@@ -477,20 +441,8 @@ impl Node {
     /// was told to stop (a second period); the network loop closes every connection
     /// and ends (a third). Reads after this fail with [`GetError::Closed`].
     pub async fn shutdown(&self) {
-        let grace = self.inner.deadlines.shutdown;
-        self.inner.stopping.cancel();
-        self.inner.tasks.close();
-        // Aborted tasks end at their next await: a fifth of the period is plenty, and
-        // keeps the whole within the bound stated above.
-        let polite = grace.mul_f64(0.8);
-        if tokio::time::timeout(polite, self.inner.tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::debug!("shutdown: dropping tasks still running after the grace period");
-            self.inner.abort.cancel();
-            let _ = tokio::time::timeout(grace - polite, self.inner.tasks.wait()).await;
-        }
+        let grace = self.deadlines().shutdown;
+        self.inner.tasks.wind_down(grace).await;
         if !self.inner.writer.stop(grace).await {
             tracing::warn!("shutdown: the store writer did not finish in time");
         }
@@ -498,44 +450,6 @@ impl Node {
             let _ = tokio::time::timeout(grace, net.shutdown()).await;
         }
     }
-}
-
-/// Starts the network with the mesh's keys, and the mesh state the node keeps about
-/// it; the events are the inbound loop's to read.
-async fn start_mesh(
-    cfg: &NodeConfig,
-    keys: &MeshKeys,
-    keypair: libp2p::identity::Keypair,
-    registry: &mut Registry,
-) -> Result<(Mesh, mpsc::Receiver<crate::network::NetEvent>), NodeError> {
-    let deadlines = cfg.deadlines;
-    let net_cfg = NetConfig {
-        listen: cfg.listen.clone(),
-        bootstrap: cfg.bootstrap.clone(),
-        external: cfg.external.clone(),
-        topic: keys.topic().to_string(),
-        rendezvous: keys.rendezvous_key().to_vec(),
-        discovery_interval: cfg.discovery_interval,
-        behaviour: network::behaviour::BehaviourConfig {
-            heartbeat: cfg.heartbeat,
-            mdns: cfg.mdns,
-            mdns_query_interval: cfg.mdns_query_interval,
-            provider_ttl: deadlines.provider_ttl,
-            ping_interval: deadlines.ping_interval,
-            ping_timeout: deadlines.ping_timeout,
-        },
-    };
-    let (net, events) = network::start(keypair, net_cfg, registry).await?;
-    let mesh = Mesh {
-        net,
-        keys: keys.clone(),
-        book: Mutex::new(PeerBook::default()),
-        leases: Mutex::default(),
-        replies: Mutex::default(),
-        admitted: tokio::sync::Notify::new(),
-        unannounced: Mutex::default(),
-    };
-    Ok((mesh, events))
 }
 
 /// Runs `work` every `period` (read from the node) until shutdown, until the node is
@@ -548,7 +462,10 @@ async fn periodically<F, Fut>(
     F: FnMut(Node) -> Fut,
     Fut: Future<Output = bool>,
 {
-    let Some((every, stopping)) = node.upgrade().map(|i| (period(&i), i.stopping.clone())) else {
+    let Some((every, stopping)) = node
+        .upgrade()
+        .map(|i| (period(&i), i.tasks.stopping.clone()))
+    else {
         return;
     };
     let mut tick = tokio::time::interval(every);
@@ -571,13 +488,14 @@ async fn history_sampler(node: std::sync::Weak<Inner>) {
     // The start is a sample too: the chart's first step is then the node's first
     // interval, not nothing.
     if let Some(inner) = node.upgrade() {
-        Node { inner }.record_sample().await;
+        let node = Node { inner };
+        node.inner.telemetry.record(node.sample().await);
     }
     periodically(
         node,
         |_| crate::history::SAMPLE_EVERY,
         |node| async move {
-            node.record_sample().await;
+            node.inner.telemetry.record(node.sample().await);
             true
         },
     )
@@ -589,7 +507,7 @@ async fn history_sampler(node: std::sync::Weak<Inner>) {
 async fn recency_flusher(node: std::sync::Weak<Inner>) {
     periodically(
         node,
-        |i| i.deadlines.recency_flush,
+        |i| i.cfg.deadlines.recency_flush,
         |node| async move {
             if let Err(e) = node.flush().await {
                 tracing::debug!("recency flush: {e}");

@@ -3,7 +3,6 @@
 //! bodies fetched by CID. Peers make things faster, never unavailable: every step has
 //! a deadline, and `None` means "go upstream".
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use ghmesh_protocol::{
@@ -11,7 +10,6 @@ use ghmesh_protocol::{
     FetchBody, Lookup, LookupReply, Message,
 };
 use libp2p::PeerId;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::drive::{drive, Carrier};
@@ -54,7 +52,7 @@ impl Carrier for DaemonCarrier<'_> {
         let node = self.node;
         let now_ms = node.now_ms();
         let lease_holder = node.leases(|l| l.holder(&self.key, now_ms)).flatten();
-        let now = node.inner.started_at.elapsed();
+        let now = node.inner.started.at.elapsed();
         let mut f = Some(f);
         let seen = node.book(|book| {
             let view = View {
@@ -95,7 +93,7 @@ impl Carrier for DaemonCarrier<'_> {
             _ = tokio::time::sleep_until(node.instant(until)) => Input::Tick,
             // Shutting down: stop waiting (the machine then sees the window over or a
             // member, and goes on).
-            _ = node.inner.stopping.cancelled() => Input::Tick,
+            _ = node.inner.tasks.stopping.cancelled() => Input::Tick,
         }
     }
 
@@ -165,17 +163,19 @@ impl Node {
         ask: Ask,
     ) -> PeerPhase {
         let bodyless = self
+            .inner
+            .signals
             .bodyless(&key)
             .filter(|(meta, _)| meta.is_fresh(self.now_ms()));
         let start = Start {
             key,
-            me: self.inner.peer_id,
+            me: self.inner.me.id,
             ask,
             node_started: Duration::ZERO,
-            node_started_ms: self.inner.started_ms,
+            node_started_ms: self.inner.started.unix_ms,
             has_bootstrap: !self.inner.cfg.bootstrap.is_empty(),
             bodyless_from: bodyless.as_ref().map(|(_, from)| *from),
-            timers: self.inner.deadlines.timers(),
+            timers: self.deadlines().timers(),
         };
         let mut carrier = DaemonCarrier {
             node: self,
@@ -185,7 +185,11 @@ impl Node {
             accepted: None,
         };
         let (end, redirects) = drive(&mut carrier, start).await;
-        self.inner.counters.redirects.inc_by(u64::from(redirects));
+        self.inner
+            .telemetry
+            .counters
+            .redirects
+            .inc_by(u64::from(redirects));
         match (end, carrier.accepted) {
             (End::Peer, Some(served)) => PeerPhase::Served(served),
             (End::Coalesced, Some(mut served)) => {
@@ -200,7 +204,8 @@ impl Node {
     /// The moment `at` on the resolution's time axis (from the node's start).
     fn instant(&self, at: Duration) -> Instant {
         self.inner
-            .started_at
+            .started
+            .at
             .checked_add(at)
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
     }
@@ -209,20 +214,20 @@ impl Node {
     async fn wait_for_arrival(&self, key: &CacheKey, until: Duration) -> Option<Entry> {
         let deadline = self.instant(until);
         loop {
-            let notify = self.arrival(key);
+            let notify = self.inner.signals.arrival(key);
             let notified = notify.notified();
             tokio::pin!(notified);
             // Registered before the store is read: an arrival in between still wakes us.
             notified.as_mut().enable();
             if let Some(e) = self.local_fresh(key) {
-                self.done_waiting(key, &notify);
+                self.inner.signals.done_waiting(key, &notify);
                 return Some(e);
             }
             let woke = tokio::select! {
                 _ = &mut notified => true,
                 _ = tokio::time::sleep_until(deadline) => false,
             };
-            self.done_waiting(key, &notify);
+            self.inner.signals.done_waiting(key, &notify);
             if !woke {
                 return None;
             }
@@ -242,17 +247,8 @@ impl Node {
 
     /// How long `peer` gets to answer a lookup (adapts to its latency).
     fn budget_for(&self, peer: PeerId) -> Duration {
-        let rule = self.inner.deadlines.budget_rule();
+        let rule = self.deadlines().budget_rule();
         self.book(|b| b.budget(&peer, rule)).unwrap_or(rule.initial)
-    }
-
-    fn bodyless(&self, key: &CacheKey) -> Option<(EntryMeta, PeerId)> {
-        self.inner
-            .signals
-            .bodyless
-            .lock()
-            .ok()
-            .and_then(|b| b.get(key))
     }
 
     /// Asks `peer` for `key` within `timeout`. `None`: no usable answer in time (the
@@ -277,14 +273,14 @@ impl Node {
             lease: ask.lease,
             release: ask.release,
         });
-        self.inner.counters.lookups_sent.inc();
+        self.inner.telemetry.counters.lookups_sent.inc();
         let started = Instant::now();
         let Ok(answer) = self
             .ask(peer, Channel::Small, &msg, timeout, MAX_SMALL_FRAME)
             .await
         else {
-            self.inner.counters.lookup_timeouts.inc();
-            let (now, rule) = (self.now_ms(), self.inner.deadlines.budget_rule());
+            self.inner.telemetry.counters.lookup_timeouts.inc();
+            let (now, rule) = (self.now_ms(), self.deadlines().budget_rule());
             self.book(|b| b.lookup_unanswered(&peer, timeout, rule, now));
             return None;
         };
@@ -302,25 +298,6 @@ impl Node {
             _ => {
                 self.violated(peer);
                 None
-            }
-        }
-    }
-
-    fn arrival(&self, key: &CacheKey) -> Arc<Notify> {
-        match self.inner.signals.arrivals.lock() {
-            Ok(mut m) => m
-                .entry(*key)
-                .or_insert_with(|| Arc::new(Notify::new()))
-                .clone(),
-            Err(_) => Arc::new(Notify::new()),
-        }
-    }
-
-    fn done_waiting(&self, key: &CacheKey, notify: &Arc<Notify>) {
-        if let Ok(mut m) = self.inner.signals.arrivals.lock() {
-            // Only the map and this waiter hold it: nobody else waits.
-            if Arc::strong_count(notify) <= 2 {
-                m.remove(key);
             }
         }
     }
@@ -356,11 +333,11 @@ impl Node {
                 e
             }
             Err(meta) => {
-                let budget = self.inner.deadlines.body_fetch;
+                let budget = self.deadlines().body_fetch;
                 self.fetch_body(from, &meta, budget).await?
             }
         };
-        self.inner.counters.lookups_found.inc();
+        self.inner.telemetry.counters.lookups_found.inc();
         self.store_from_peer(entry).await
     }
 
@@ -391,7 +368,7 @@ impl Node {
         let answer = self.ask(peer, Channel::Body, &msg, timeout, MAX_BODY_FRAME);
         match answer.await.ok()?? {
             Message::BodyReply(BodyReply::Found(body)) if meta.body_matches(&body) => {
-                self.inner.counters.bodies_fetched.inc();
+                self.inner.telemetry.counters.bodies_fetched.inc();
                 Some(Entry {
                     meta: meta.clone(),
                     body,

@@ -13,7 +13,7 @@ use crate::limits::PREFETCH_CONCURRENCY;
 
 /// Pulls queued bodies until shutdown, or until the node is gone.
 pub(super) async fn run(node: Weak<Inner>, mut rx: mpsc::Receiver<(EntryMeta, PeerId)>) {
-    let Some(stopping) = node.upgrade().map(|i| i.stopping.clone()) else {
+    let Some(stopping) = node.upgrade().map(|i| i.tasks.stopping.clone()) else {
         return;
     };
     let permits = Arc::new(Semaphore::new(PREFETCH_CONCURRENCY));
@@ -35,7 +35,7 @@ pub(super) async fn run(node: Weak<Inner>, mut rx: mpsc::Receiver<(EntryMeta, Pe
         node.spawn(async move {
             let _permit = permit;
             if puller.still_bodyless(&meta) {
-                let budget = puller.inner.deadlines.body_fetch;
+                let budget = puller.deadlines().body_fetch;
                 if let Some(entry) = puller.fetch_body(from, &meta, budget).await {
                     let _ = puller.write_background(WriteJob::Merge(entry)).await;
                 }
@@ -47,13 +47,6 @@ pub(super) async fn run(node: Weak<Inner>, mut rx: mpsc::Receiver<(EntryMeta, Pe
 impl Node {
     /// Still worth pulling: not stored meanwhile, and still fresh.
     fn still_bodyless(&self, meta: &EntryMeta) -> bool {
-        let key = meta.key();
-        let waiting = self
-            .inner
-            .signals
-            .bodyless
-            .lock()
-            .is_ok_and(|b| b.contains_key(&key));
-        waiting && meta.is_fresh(self.now_ms())
+        self.inner.signals.is_bodyless(&meta.key()) && meta.is_fresh(self.now_ms())
     }
 }

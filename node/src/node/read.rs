@@ -4,115 +4,16 @@
 //! in a task of its own (so a client going away does not cancel it for the others),
 //! later ones join it.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
-
 use ghmesh_protocol::{varies_by_identity, CacheKey, CanonicalRequest, Entry};
-use tokio::sync::watch;
 
+use super::flights::{Flight, Joined, Landing, Upstreaming};
 use super::peers::{Ask, PeerPhase};
 use super::{GetError, Node, Served};
 use crate::config::MeshMode;
-use crate::limits::MAX_INFLIGHT;
 use crate::policy;
 use crate::upstream::{Conditional, Credential, UpstreamError, UpstreamResponse};
 
 use super::served::CacheStatus;
-
-type Outcome = Option<Result<Served, GetError>>;
-type Flight = watch::Receiver<Outcome>;
-
-/// A resolution: the key, and whose token fetches it (None: the node's). Readers
-/// with different tokens never join each other's flight: an error one token gets is
-/// never served to another.
-type FlightKey = (CacheKey, Option<[u8; 8]>);
-
-/// Keys being resolved on this node, each with the channel its result arrives on, per
-/// token. Keyed by cache key first: every inbound lookup asks whether a key is in flight.
-/// Beside it, the keys whose resolution is in its upstream phase (asking GitHub now,
-/// waiting on nobody): only those are `Pending` to a member that did not ask us to
-/// fetch, so that waiting on such an answer can never wait in a circle.
-#[derive(Default)]
-pub(super) struct Flights {
-    by_key: Mutex<HashMap<CacheKey, PerToken>>,
-    upstream: Mutex<HashSet<CacheKey>>,
-}
-
-/// The flights of one key, by token fingerprint (None: the node's own).
-type PerToken = HashMap<Option<[u8; 8]>, Flight>;
-
-impl Flights {
-    /// Some resolution of `key` is in progress, whoever's token it uses.
-    pub(super) fn contains(&self, key: &CacheKey) -> bool {
-        self.by_key
-            .lock()
-            .map(|m| m.contains_key(key))
-            .unwrap_or(false)
-    }
-
-    /// `key` is being fetched from upstream right now.
-    pub(super) fn fetching(&self, key: &CacheKey) -> bool {
-        self.upstream
-            .lock()
-            .map(|s| s.contains(key))
-            .unwrap_or(false)
-    }
-
-    /// Room for resolutions of one more key.
-    pub(super) fn has_room(&self) -> bool {
-        self.by_key
-            .lock()
-            .map(|m| m.len() < MAX_INFLIGHT)
-            .unwrap_or(false)
-    }
-
-    fn remove(&self, (key, who): &FlightKey) {
-        if let Ok(mut m) = self.by_key.lock() {
-            if let Some(per_token) = m.get_mut(key) {
-                per_token.remove(who);
-                if per_token.is_empty() {
-                    m.remove(key);
-                }
-            }
-        }
-    }
-}
-
-/// Marks a key as fetched upstream for as long as it lives.
-struct Upstreaming<'a> {
-    flights: &'a Flights,
-    key: CacheKey,
-}
-
-impl<'a> Upstreaming<'a> {
-    fn start(flights: &'a Flights, key: CacheKey) -> Self {
-        if let Ok(mut s) = flights.upstream.lock() {
-            s.insert(key);
-        }
-        Self { flights, key }
-    }
-}
-
-impl Drop for Upstreaming<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut s) = self.flights.upstream.lock() {
-            s.remove(&self.key);
-        }
-    }
-}
-
-/// Removes a key from the in-flight table however its resolution ends (also when the
-/// task is dropped at shutdown), so a later read never joins a flight that is gone.
-struct Landing<'a> {
-    flights: &'a Flights,
-    key: FlightKey,
-}
-
-impl Drop for Landing<'_> {
-    fn drop(&mut self) {
-        self.flights.remove(&self.key);
-    }
-}
 
 impl Node {
     /// Reads `req` through the cache with the node's own token.
@@ -139,7 +40,7 @@ impl Node {
         cred: Credential,
         max_age: Option<std::time::Duration>,
     ) -> Result<Served, GetError> {
-        if self.inner.stopping.is_cancelled() {
+        if self.inner.tasks.stopping.is_cancelled() {
             return Err(GetError::Closed);
         }
         if varies_by_identity(&req.path) {
@@ -150,7 +51,7 @@ impl Node {
         let max_age_ms = max_age.map(|a| a.as_millis() as u64);
         if let Some(e) = &local {
             if policy::servable_locally(&e.meta, self.now_ms(), max_age_ms) {
-                let status = policy::local_status(&e.meta, &self.inner.me);
+                let status = policy::local_status(&e.meta, &self.inner.me.text);
                 self.count(status);
                 return Ok(Served::entry(e.clone(), status));
             }
@@ -187,7 +88,7 @@ impl Node {
             .call_upstream(upstream.forward(method, path_and_query, headers, body))
             .await;
         let resp = sent.or_else(held_refusal)?;
-        self.inner.counters.bypass.inc();
+        self.inner.telemetry.counters.bypass.inc();
         Ok(Served::upstream(resp, CacheStatus::Bypass))
     }
 
@@ -204,32 +105,8 @@ impl Node {
             .call_upstream(upstream.fetch(&req, Conditional::default(), &cred))
             .await;
         let resp = sent.or_else(held_refusal)?;
-        self.inner.counters.bypass.inc();
+        self.inner.telemetry.counters.bypass.inc();
         Ok(Served::upstream(resp, CacheStatus::Bypass))
-    }
-
-    /// A place among the requests in flight to GitHub; `Busy` (counted) when the queue
-    /// is full. Held for the whole call.
-    pub(super) async fn upstream_slot(&self) -> Result<super::gate::Slot, GetError> {
-        self.inner.gate.enter().await.inspect_err(|_| {
-            self.inner.counters.upstream_busy.inc();
-        })
-    }
-
-    /// One upstream call within the upstream deadline, counted as sent or as refused
-    /// locally by a hold.
-    pub(super) async fn call_upstream(
-        &self,
-        call: impl std::future::Future<Output = Result<UpstreamResponse, UpstreamError>>,
-    ) -> Result<UpstreamResponse, UpstreamError> {
-        let outcome = tokio::time::timeout(self.inner.deadlines.upstream, call)
-            .await
-            .unwrap_or(Err(UpstreamError::Timeout));
-        match &outcome {
-            Err(UpstreamError::Held(_)) => self.inner.counters.upstream_held.inc(),
-            _ => self.inner.counters.upstream_calls.inc(),
-        };
-        outcome
     }
 
     /// The stored entry for `key`, fresh or not. A failed read is a miss: the read
@@ -250,7 +127,7 @@ impl Node {
     }
 
     fn count(&self, status: CacheStatus) {
-        let c = &self.inner.counters;
+        let c = &self.inner.telemetry.counters;
         match status {
             CacheStatus::Hit => c.hits.inc(),
             CacheStatus::Peer => c.peer_hits.inc(),
@@ -265,22 +142,19 @@ impl Node {
     /// Joins the resolution of its key in progress, or starts one. True: we lead it.
     pub(super) fn join_or_start(&self, r: Resolution) -> (Flight, bool) {
         let (key, cred) = (r.key, &r.cred);
+        let flight;
         let who = match cred {
             Credential::Node => None,
             Credential::Client(t) => Some(t.fingerprint()),
         };
         let key_of_flight = (key, who);
-        let Ok(mut map) = self.inner.flights.by_key.lock() else {
-            let (_tx, rx) = watch::channel(Some(Err(GetError::Closed)));
-            return (rx, true);
+        let tx = match self.inner.flights.join_or_open(key_of_flight) {
+            Joined::Existing(rx) => return (rx, false),
+            Joined::New(tx, rx) => {
+                flight = rx;
+                tx
+            }
         };
-        let per_token = map.entry(key).or_default();
-        if let Some(rx) = per_token.get(&who) {
-            return (rx.clone(), false);
-        }
-        let (tx, rx) = watch::channel(None);
-        per_token.insert(who, rx.clone());
-        drop(map);
         let node = self.clone();
         self.spawn(async move {
             let landing = Landing {
@@ -292,11 +166,11 @@ impl Node {
             drop(landing);
             let _ = tx.send(Some(res));
         });
-        (rx, true)
+        (flight, true)
     }
 
     pub(super) async fn await_flight(&self, mut flight: Flight) -> Result<Served, GetError> {
-        let limit = self.inner.deadlines.flight();
+        let limit = self.deadlines().flight();
         let waited = tokio::time::timeout(limit, flight.wait_for(|v| v.is_some())).await;
         match waited {
             Ok(Ok(v)) => v.clone().unwrap_or(Err(GetError::Closed)),
@@ -318,7 +192,7 @@ impl Node {
             match self.ask_peers(&r.req, r.key, ask).await {
                 PeerPhase::Served(served) => return Ok(served),
                 PeerPhase::Leased(owner) => {
-                    self.inner.counters.leases_taken.inc();
+                    self.inner.telemetry.counters.leases_taken.inc();
                     leased = Some((owner, r.req.clone()));
                 }
                 PeerPhase::Upstream => {}

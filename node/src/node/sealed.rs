@@ -1,14 +1,12 @@
 //! Talking to peers: sealing and opening (with whom a failure counts against), asking
-//! a peer and opening its answer, request addressing, and the peer book's view of who
-//! may be asked.
+//! a peer and opening its answer, request addressing.
 
-use ghmesh_protocol::{open, seal, Addressing, Message, OpenError, PeerRules, SealLimits};
+use ghmesh_protocol::{Addressing, Message, OpenError, PeerRules, SealLimits};
 use libp2p::PeerId;
 
 use super::Node;
 use crate::limits::{GOSSIP_MAX_AGE_SECS, MAX_SMALL_FRAME, REQUEST_MAX_AGE_SECS};
 use crate::network;
-use crate::policy::book::PeerBook;
 
 /// A peer request that got no answer in time.
 #[derive(Debug, Clone, Copy)]
@@ -18,7 +16,7 @@ impl Node {
     /// Seals a message for the mesh (`None` without one).
     pub(super) fn seal(&self, msg: &Message) -> Option<Vec<u8>> {
         let mesh = self.inner.mesh.as_ref()?;
-        Some(seal(&mesh.keys, msg, self.inner.clock.now_secs()))
+        Some(mesh.seal(msg, self.clock().now_secs()))
     }
 
     pub(super) fn open_sealed(
@@ -32,7 +30,7 @@ impl Node {
             max_len,
             max_age_secs,
         };
-        Some(open(&mesh.keys, data, limits, self.inner.clock.now_secs()))
+        Some(mesh.open(data, limits, self.clock().now_secs()))
     }
 
     /// Opens gossip. What fails is counted and rejected, and nobody is blamed: the peer
@@ -42,7 +40,7 @@ impl Node {
             Ok(m) => Some(m),
             Err(e) => {
                 tracing::debug!("rejected gossip: {e}");
-                self.inner.counters.rejected_messages.inc();
+                self.inner.telemetry.counters.rejected_messages.inc();
                 None
             }
         }
@@ -61,7 +59,7 @@ impl Node {
             Ok(m) => Some(m),
             Err(e @ (OpenError::Expired | OpenError::FromFuture)) => {
                 tracing::debug!(%peer, "peer message outside the clock window: {e}");
-                self.inner.counters.rejected_messages.inc();
+                self.inner.telemetry.counters.rejected_messages.inc();
                 None
             }
             Err(e) => {
@@ -104,7 +102,7 @@ impl Node {
         let msg = self.open_direct(peer, data, MAX_SMALL_FRAME, REQUEST_MAX_AGE_SECS)?;
         let addressed = msg
             .addressing()
-            .is_some_and(|a| a.is_between(&peer.to_bytes(), &self.inner.peer_id.to_bytes()));
+            .is_some_and(|a| a.is_between(&peer.to_bytes(), &self.inner.me.id.to_bytes()));
         if !addressed {
             // A request captured elsewhere and replayed to us, or not a request at all.
             tracing::debug!(%peer, "request not addressed from its sender to us");
@@ -117,45 +115,10 @@ impl Node {
     /// Addressing for a request to `to`, with a fresh nonce.
     pub(super) fn address(&self, to: PeerId) -> Addressing {
         Addressing {
-            from: self.inner.peer_id.to_bytes().into(),
+            from: self.inner.me.id.to_bytes().into(),
             to: to.to_bytes().into(),
             nonce: rand::random(),
         }
-    }
-
-    /// Runs `f` on the peer book (`None` without a mesh).
-    pub(super) fn book<R>(&self, f: impl FnOnce(&mut PeerBook) -> R) -> Option<R> {
-        let mesh = self.inner.mesh.as_ref()?;
-        let mut book = mesh.book.lock().ok()?;
-        Some(f(&mut book))
-    }
-
-    /// Runs `f` on the leases we granted as owner (`None` without a mesh).
-    pub(super) fn leases<R>(
-        &self,
-        f: impl FnOnce(&mut crate::policy::lease::Leases) -> R,
-    ) -> Option<R> {
-        let mesh = self.inner.mesh.as_ref()?;
-        let mut leases = mesh.leases.lock().ok()?;
-        Some(f(&mut leases))
-    }
-
-    /// Counts a message that failed its checks and lowers its sender's standing.
-    pub(super) fn violated(&self, peer: PeerId) {
-        self.inner.counters.rejected_messages.inc();
-        let now = self.now_ms();
-        self.book(|b| b.violated(&peer, now));
-    }
-
-    /// Members we would ask: admitted, not on probation.
-    pub(super) fn candidates(&self) -> Vec<PeerId> {
-        let now = self.now_ms();
-        self.book(|b| b.candidates(now)).unwrap_or_default()
-    }
-
-    /// Peers that proved they hold the mesh key and are connected.
-    pub fn members(&self) -> Vec<PeerId> {
-        self.book(|b| b.members()).unwrap_or_default()
     }
 
     /// What this node applies to entries peers send.

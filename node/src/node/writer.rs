@@ -35,7 +35,33 @@ pub(crate) enum WriteJob {
     Flush,
 }
 
-type Ack = oneshot::Sender<Result<(), GetError>>;
+type Ack = oneshot::Sender<Result<(), WriteError>>;
+
+/// Why a write was not made durable.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// The store failed the transaction.
+    #[error("cache store: {reason}")]
+    Store {
+        /// What failed, as the store said it.
+        reason: String,
+        /// It was the disk (the store is reopened), not the data.
+        io: bool,
+    },
+    /// The writer has stopped: the node is shutting down.
+    #[error("node is shutting down")]
+    Closed,
+}
+
+impl From<WriteError> for GetError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Store { reason, io } => GetError::Store { reason, io },
+            WriteError::Closed => GetError::Closed,
+        }
+    }
+}
 
 /// Whether a write may wait for others to share its transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +82,8 @@ pub(crate) enum WriterMsg {
 /// The handle readers write through.
 pub(crate) struct Writer {
     tx: mpsc::Sender<WriterMsg>,
+    /// The writer's task, taken once by `stop`. A `std::sync::Mutex`: taken out and
+    /// released before the await on it.
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -77,13 +105,13 @@ impl Writer {
     }
 
     /// Queues a write and waits until it is durable (or failed).
-    pub(crate) async fn write(&self, job: WriteJob, urgency: Urgency) -> Result<(), GetError> {
+    pub(crate) async fn write(&self, job: WriteJob, urgency: Urgency) -> Result<(), WriteError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(WriterMsg::Job(Box::new(job), Some(tx), urgency))
             .await
-            .map_err(|_| GetError::Closed)?;
-        rx.await.unwrap_or(Err(GetError::Closed))
+            .map_err(|_| WriteError::Closed)?;
+        rx.await.unwrap_or(Err(WriteError::Closed))
     }
 
     /// Queues a background write without waiting; false when the queue is full or
@@ -183,7 +211,7 @@ pub(crate) async fn run(parts: WriterParts, mut rx: mpsc::Receiver<WriterMsg>) {
                 tracing::error!("cache write failed: {reason}");
                 health.degrade(format!("store writes fail: {reason}"));
                 let io = matches!(e, Failed::Store(e) if e.is_io());
-                Err(GetError::Store { reason, io })
+                Err(WriteError::Store { reason, io })
             }
         };
         // Answered before recovering: the writes failed either way, and their readers
@@ -309,35 +337,6 @@ async fn recover(store: &Arc<Store>, health: &Health, counters: &Counters, windo
         "the cache store {} failed and could not be reopened ({last}); check the disk and restart",
         store.path().display()
     ));
-}
-
-impl Signals {
-    /// Whether a reader waits for one of these keys to arrive.
-    fn awaits_any(&self, mut keys: impl Iterator<Item = CacheKey>) -> bool {
-        self.arrivals
-            .lock()
-            .is_ok_and(|a| keys.any(|k| a.contains_key(&k)))
-    }
-
-    /// After a commit: wake readers waiting for these keys, forget their body-less
-    /// announces, tell subscribers.
-    fn changed(&self, keys: &[CacheKey]) {
-        if let Ok(arrivals) = self.arrivals.lock() {
-            for key in keys {
-                if let Some(n) = arrivals.get(key) {
-                    n.notify_waiters();
-                }
-            }
-        }
-        if let Ok(mut bodyless) = self.bodyless.lock() {
-            for key in keys {
-                bodyless.remove(key);
-            }
-        }
-        for key in keys {
-            let _ = self.stored.send(*key);
-        }
-    }
 }
 
 /// What one transaction will write. Later jobs of a batch see earlier ones.

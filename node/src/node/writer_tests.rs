@@ -126,8 +126,7 @@ fn only_background_writes_nobody_awaits_linger() {
     let job = Box::new(WriteJob::Merge(e.clone()));
     assert!(!batch.add(WriterMsg::Job(job, None, Urgency::Background)));
     assert!(batch.may_linger(&sig));
-    let notify = Arc::new(tokio::sync::Notify::new());
-    sig.arrivals.lock().unwrap().insert(e.meta.key(), notify);
+    let _notify = sig.arrival(&e.meta.key());
     assert!(!batch.may_linger(&sig));
     assert!(batch.add(WriterMsg::Stop), "stop ends the batch");
 }

@@ -26,11 +26,7 @@ use libp2p::PeerId;
 use crate::placement;
 use upstream::{classify_response, UpstreamError, UpstreamResponse, Verdict};
 
-/// Members asked (besides the owner) on a miss, without asking them to fetch.
-pub const EXTRA_ASKS: usize = 2;
-/// Bodies announced without data are pulled at once up to this size (larger ones when
-/// first read): one transfer per node, instead of gossip's push to every mesh peer.
-pub const PREFETCH_MAX_BODY: u64 = 512 * 1024;
+pub use crate::limits::{EXTRA_ASKS, PREFETCH_MAX_BODY};
 
 /// Serve this local copy without asking anyone? Without a per-request limit, when it
 /// is fresh. A request that names a maximum age (`ghmesh api --cache`, header

@@ -62,6 +62,8 @@ pub struct GithubClient {
     base: String,
     token: Option<String>,
     token_fp: Option<[u8; 8]>,
+    /// What GitHub said of our budget. A `std::sync::Mutex`: read and updated between
+    /// awaits, after each response, never across one.
     state: Mutex<LimitState>,
     /// Where hold times are read: the node's clock, so that tests move it.
     clock: SharedClock,

@@ -1,4 +1,6 @@
-//! Announces nobody heard. The fleet's first node reads before anyone has joined, and
+//! Announcing what we store: published in an owned task, and kept when nobody heard.
+//!
+//! The fleet's first node reads before anyone has joined, and
 //! gossipsub drops a publish that no peer is subscribed to. Whoever later owns such a
 //! key in the full view would not know to ask us, and would fetch it again. So the keys
 //! are kept (bounded) and announced from the store once there is a member to hear them:
@@ -41,15 +43,40 @@ impl Unannounced {
 }
 
 impl Node {
+    /// Seals and publishes a message in an owned task (sealing is off the reader's
+    /// path); without a mesh, nothing.
+    pub(super) fn publish(&self, msg: Message) {
+        if self.inner.mesh.is_none() {
+            return;
+        }
+        let node = self.clone();
+        self.spawn(async move { node.publish_now(&msg).await });
+    }
+
+    /// Seals and publishes `msg`. An announce no peer was subscribed to hear is kept
+    /// for the first one that subscribes (see [`Node::reannounce`]): the members that come
+    /// later need not own the key, and would not know to ask us for it.
+    pub(super) async fn publish_now(&self, msg: &Message) {
+        let (Some(net), Some(data)) = (self.network(), self.seal(msg)) else {
+            return;
+        };
+        match net.publish(data).await {
+            Ok(true) => {
+                self.inner.telemetry.counters.announces_sent.inc();
+            }
+            Ok(false) => {
+                if let Message::Announce(ann) = msg {
+                    self.keep_unannounced(ann.meta.key());
+                }
+            }
+            Err(e) => tracing::debug!("publish failed: {e}"),
+        }
+    }
+
     /// Keeps `key` for the next peer that subscribes.
     pub(super) fn keep_unannounced(&self, key: CacheKey) {
-        if let Some(mut u) = self
-            .inner
-            .mesh
-            .as_ref()
-            .and_then(|m| m.unannounced.lock().ok())
-        {
-            u.keep(key);
+        if let Some(mesh) = &self.inner.mesh {
+            mesh.keep_unannounced(key);
         }
     }
 
@@ -64,8 +91,7 @@ impl Node {
             .inner
             .mesh
             .as_ref()
-            .and_then(|m| m.unannounced.lock().ok())
-            .map(|mut u| u.take())
+            .map(|m| m.take_unannounced())
             .unwrap_or_default();
         if keys.is_empty() {
             return;
