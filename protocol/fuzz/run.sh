@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
-targets=(open_envelope decode_message validate_entry canonical_request)
+targets=(open_envelope decode_message validate_entry canonical_request graphql)
 if [ "$#" -gt 1 ]; then targets=("${@:2}"); fi
 mkdir -p logs
 for t in "${targets[@]}"; do

@@ -8,6 +8,8 @@
 //! - [`entry`]: a cached response with its content id, validation and the rule that
 //!   decides which of two versions wins.
 //! - [`freshness`]: how long a response stays fresh (contract §6).
+//! - [`graphql`]: which operation a GraphQL body runs, whether its answer may be
+//!   shared, and the normalised form it is keyed by.
 //! - [`wire`]: the messages nodes exchange.
 //!
 //! Times are unix milliseconds passed in by the caller, so every rule here is a pure
@@ -16,6 +18,7 @@
 
 pub mod entry;
 pub mod freshness;
+pub mod graphql;
 pub mod keys;
 pub mod request;
 pub mod seal;

@@ -40,6 +40,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 mod fixtures;
+mod graphql;
 use fixtures::*;
 
 /// Bodies name the real API host, not this server, so that they stay identical
@@ -168,9 +169,26 @@ impl FakeGithub {
     /// The login `/user` answers for `token` (None: anonymous).
     pub fn login_of(token: Option<&str>) -> String {
         match token {
-            Some(t) => format!("user-{}", Identity::of_token(t).fingerprint()),
+            Some(t) => Self::login_of_identity(&Identity::of_token(t)),
             None => "anonymous".into(),
         }
+    }
+
+    fn login_of_identity(who: &Identity) -> String {
+        match who {
+            Identity::Token(fp) => format!("user-{fp}"),
+            Identity::Anonymous => "anonymous".into(),
+        }
+    }
+
+    /// GraphQL requests that spent a point (see `graphql`).
+    pub fn graphql_requests(&self) -> u64 {
+        self.shared.graphql_full.load(Ordering::SeqCst)
+    }
+
+    /// Sets every token's GraphQL budget per hour.
+    pub fn set_graphql_limit(&self, limit: u64) {
+        self.shared.graphql_limit.store(limit, Ordering::SeqCst);
     }
 
     /// The requests received so far (the last [`MAX_LOGGED`]), oldest first.
@@ -304,6 +322,12 @@ struct Shared {
     /// `Location` (a path under this fake's URL) answered to a successful write to a
     /// path, as GitHub names what a `POST` created (set by `set_write_location`).
     write_locations: Mutex<HashMap<String, String>>,
+    /// GraphQL budgets per token, apart from the REST ones as on GitHub.
+    graphql_buckets: Mutex<HashMap<Identity, Bucket>>,
+    graphql_limit: AtomicU64,
+    graphql_full: AtomicU64,
+    /// Comments added through GraphQL, by subject id.
+    graphql_comments: Mutex<HashMap<String, Vec<String>>>,
 }
 
 /// Requests kept in the log.
@@ -346,6 +370,10 @@ impl Shared {
             max_in_flight: AtomicU64::new(0),
             noop_writes: std::sync::atomic::AtomicBool::new(false),
             write_locations: Mutex::new(HashMap::new()),
+            graphql_buckets: Mutex::new(HashMap::new()),
+            graphql_limit: AtomicU64::new(graphql::DEFAULT_GRAPHQL_LIMIT),
+            graphql_full: AtomicU64::new(0),
+            graphql_comments: Mutex::new(HashMap::new()),
         }
     }
 
@@ -382,30 +410,16 @@ impl Shared {
 
     /// Spends one request from the caller's bucket, or reports it exhausted.
     fn consume(&self, who: &Identity) -> Result<Rate, Rate> {
-        let limit = self.limit_for(who);
-        let now = unix_now();
-        let mut buckets = lock(&self.buckets);
-        let fresh = Bucket {
-            used: 0,
-            reset_at: now + WINDOW_SECS,
-        };
-        let b = buckets.entry(who.clone()).or_insert(fresh);
-        if now >= b.reset_at {
-            *b = fresh;
-        }
-        if b.used >= limit {
-            return Err(Rate {
-                limit,
-                used: b.used,
-                reset: b.reset_at,
-            });
-        }
-        b.used += 1;
-        Ok(Rate {
-            limit,
-            used: b.used,
-            reset: b.reset_at,
-        })
+        spend(&self.buckets, who, self.limit_for(who))
+    }
+
+    /// The same from the caller's GraphQL bucket.
+    fn consume_graphql(&self, who: &Identity) -> Result<Rate, Rate> {
+        spend(
+            &self.graphql_buckets,
+            who,
+            self.graphql_limit.load(Ordering::SeqCst),
+        )
     }
 
     fn count(&self, counter: &AtomicU64, path_and_query: &str) {
@@ -414,6 +428,38 @@ impl Shared {
             .entry(path_and_query.to_string())
             .or_insert(0) += 1;
     }
+}
+
+/// Spends one request of `limit` from `who`'s bucket in `buckets`, or reports it
+/// exhausted.
+fn spend(
+    buckets: &Mutex<HashMap<Identity, Bucket>>,
+    who: &Identity,
+    limit: u64,
+) -> Result<Rate, Rate> {
+    let now = unix_now();
+    let mut buckets = lock(buckets);
+    let fresh = Bucket {
+        used: 0,
+        reset_at: now + WINDOW_SECS,
+    };
+    let b = buckets.entry(who.clone()).or_insert(fresh);
+    if now >= b.reset_at {
+        *b = fresh;
+    }
+    if b.used >= limit {
+        return Err(Rate {
+            limit,
+            used: b.used,
+            reset: b.reset_at,
+        });
+    }
+    b.used += 1;
+    Ok(Rate {
+        limit,
+        used: b.used,
+        reset: b.reset_at,
+    })
 }
 
 /// A poisoned lock only means another request panicked; the counters and maps
@@ -667,6 +713,16 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         }
     }
 
+    if parts.method == Method::POST && matches!(parts.uri.path(), "/graphql" | "/api/graphql") {
+        return match axum::body::to_bytes(body, 8 << 20).await {
+            Ok(bytes) => graphql::serve(&shared, &parts, &bytes),
+            Err(_) => json_response(
+                StatusCode::BAD_REQUEST,
+                Vec::new(),
+                &message("Problems parsing JSON", DOCS_URL),
+            ),
+        };
+    }
     if parts.method == Method::GET || parts.method == Method::HEAD {
         // axum strips the body of HEAD responses but keeps the content-length
         // of the GET body, which is what GitHub does too.

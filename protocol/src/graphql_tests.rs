@@ -1,0 +1,161 @@
+use super::*;
+
+fn body(query: &str, variables: serde_json::Value, name: Option<&str>) -> Vec<u8> {
+    let mut b = serde_json::json!({ "query": query, "variables": variables });
+    if let Some(n) = name {
+        b["operationName"] = n.into();
+    }
+    serde_json::to_vec(&b).unwrap()
+}
+
+fn parse(query: &str) -> Result<GraphqlRequest, GraphqlError> {
+    GraphqlRequest::parse(&body(query, serde_json::Value::Null, None))
+}
+
+const ISSUES: &str = r#"
+query Issues($owner: String!, $name: String!, $after: String) {
+  repository(owner: $owner, name: $name) {
+    issues(first: 100, after: $after, states: [OPEN]) {
+      nodes { number title }
+      pageInfo { hasNextPage endCursor }
+    }
+  }
+}"#;
+
+#[test]
+fn every_spelling_of_one_query_normalises_to_one_document() {
+    let reformatted = "# the open issues\nquery Issues( $owner:String! ,$name :String!, $after:String ){repository(owner:$owner,name:$name){\n\tissues(first:100 after:$after states:[OPEN]){nodes{number,title} pageInfo{hasNextPage,endCursor}}}}";
+    let a = parse(ISSUES).unwrap();
+    let b = parse(reformatted).unwrap();
+    assert_eq!(a.document, b.document);
+    assert_eq!(
+        a.document,
+        "query Issues($owner:String!$name:String!$after:String){repository(owner:$owner name:$name){issues(first:100 after:$after states:[OPEN]){nodes{number title}pageInfo{hasNextPage endCursor}}}}"
+    );
+    assert_eq!(a.kind, OperationKind::Query);
+    assert_eq!(a.operation_name.as_deref(), Some("Issues"));
+    assert!(a.shareable());
+}
+
+#[test]
+fn what_changes_the_answer_changes_the_document() {
+    let a = parse("{ repository(owner: \"o\", name: \"r\") { name } }").unwrap();
+    // Another argument, another field order, a string with a comment sign in it.
+    for other in [
+        "{ repository(owner: \"o\", name: \"s\") { name } }",
+        "{ repository(name: \"r\", owner: \"o\") { name } }",
+        "{ repository(owner: \"o # x\", name: \"r\") { name } }",
+        "{ repository(owner: \"o\", name: \"r\") { name id } }",
+    ] {
+        assert_ne!(parse(other).unwrap().document, a.document, "{other}");
+    }
+    // A comment sign inside a string is part of the string.
+    let s = parse("{ repository(owner: \"o # x\", name: \"r\") { name } }").unwrap();
+    assert!(s.document.contains("\"o # x\""), "{}", s.document);
+}
+
+#[test]
+fn variables_are_canonical_json() {
+    let q = "query($a: Int, $b: String) { x }";
+    let one = GraphqlRequest::parse(&body(q, serde_json::json!({"b": "x", "a": 1}), None)).unwrap();
+    let two = GraphqlRequest::parse(
+        br#"{"variables": { "a" : 1 , "b":"x"}, "query": "query($a: Int, $b: String) { x }"}"#,
+    )
+    .unwrap();
+    assert_eq!(one.variables, r#"{"a":1,"b":"x"}"#);
+    assert_eq!(one.variables, two.variables);
+    assert_eq!(parse(q).unwrap().variables, "{}");
+    let nested = canonical_json(
+        &serde_json::json!({"z": [{"b": 1, "a": null}], "a": {"d": true, "c": 1.5}}),
+    );
+    assert_eq!(nested, r#"{"a":{"c":1.5,"d":true},"z":[{"a":null,"b":1}]}"#);
+    assert!(matches!(
+        GraphqlRequest::parse(br#"{"query": "{ x }", "variables": [1]}"#),
+        Err(GraphqlError::Body(_))
+    ));
+}
+
+#[test]
+fn mutations_and_subscriptions_are_never_reads() {
+    let m = parse("mutation Add($id: ID!) { addComment(input: {subjectId: $id, body: \"hi\"}) { clientMutationId } }").unwrap();
+    assert_eq!(m.kind, OperationKind::Mutation);
+    assert!(!m.shareable());
+    let s = parse("subscription { issueChanged { id } }").unwrap();
+    assert_eq!(s.kind, OperationKind::Subscription);
+    assert!(!s.shareable());
+    assert_eq!(parse("{ x }").unwrap().kind, OperationKind::Query);
+}
+
+#[test]
+fn the_operation_name_selects_among_several() {
+    let doc = "query A { x } mutation B { y }";
+    let b = GraphqlRequest::parse(&body(doc, serde_json::Value::Null, Some("B"))).unwrap();
+    assert_eq!(b.kind, OperationKind::Mutation);
+    let a = GraphqlRequest::parse(&body(doc, serde_json::Value::Null, Some("A"))).unwrap();
+    assert_eq!(a.kind, OperationKind::Query);
+    assert_eq!(a.document, b.document, "one document, two operations");
+    assert!(matches!(parse(doc), Err(GraphqlError::NoOperation(_))));
+    assert!(matches!(
+        GraphqlRequest::parse(&body(doc, serde_json::Value::Null, Some("C"))),
+        Err(GraphqlError::NoOperation(_))
+    ));
+    assert!(matches!(
+        parse("fragment F on User { login }"),
+        Err(GraphqlError::NoOperation(_))
+    ));
+}
+
+#[test]
+fn answers_that_depend_on_the_token_are_found_anywhere() {
+    for q in [
+        "{ viewer { login } }",
+        "{ me: viewer { login } }",
+        "{ rateLimit { remaining } }",
+        "{ repository(owner: \"o\", name: \"r\") { viewerPermission } }",
+        "{ repository(owner: \"o\", name: \"r\") { stargazers(first: 1) { nodes { isViewer } } } }",
+        // In a fragment spread from the operation.
+        "query { repository(owner: \"o\", name: \"r\") { ...R } } fragment R on Repository { viewerHasStarred }",
+        // In an inline fragment.
+        "{ node(id: \"x\") { ... on Repository { viewerCanAdminister } } }",
+    ] {
+        let r = parse(q).unwrap();
+        assert!(r.per_token, "{q}");
+        assert!(!r.shareable(), "{q}");
+    }
+    // A field merely aliased as viewer is not one.
+    let r = parse("{ viewer: repository(owner: \"o\", name: \"r\") { name } }").unwrap();
+    assert!(!r.per_token);
+    // Nor is an argument or a string that says viewer.
+    let r = parse("{ search(query: \"viewer\", type: REPOSITORY, first: 1) { repositoryCount } }")
+        .unwrap();
+    assert!(!r.per_token);
+}
+
+#[test]
+fn bad_documents_are_refused_not_keyed() {
+    for q in ["{ x", "query { x(a: ) }", "}", "query Q($a: ) { x }"] {
+        assert!(matches!(parse(q), Err(GraphqlError::Syntax(_))), "{q}");
+    }
+    assert!(matches!(
+        GraphqlRequest::parse(b"not json"),
+        Err(GraphqlError::Body(_))
+    ));
+    assert!(matches!(
+        GraphqlRequest::parse(br#"{"variables": {}}"#),
+        Err(GraphqlError::Body(_))
+    ));
+}
+
+#[test]
+fn hostile_documents_cost_a_bounded_amount() {
+    let deep = format!(
+        "{}{}",
+        "{ a ".repeat(MAX_DEPTH * 4),
+        "}".repeat(MAX_DEPTH * 4)
+    );
+    assert!(matches!(parse(&deep), Err(GraphqlError::Syntax(_))));
+    let long = format!("{{ {} }}", "a ".repeat(MAX_TOKENS + 10));
+    assert!(matches!(parse(&long), Err(GraphqlError::Syntax(_))));
+    let huge = vec![b' '; MAX_GRAPHQL_BODY + 1];
+    assert_eq!(GraphqlRequest::parse(&huge), Err(GraphqlError::TooLarge));
+}
