@@ -60,23 +60,36 @@ fn draw<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
     reports: &[Report],
 ) -> anyhow::Result<()> {
-    // The distribution of the largest mesh run (else of any run that has samples).
-    let propagation_samples: &[f64] = reports
+    root.fill(&WHITE).map_err(err)?;
+    let (left, right) = root.split_horizontally(550);
+    draw_upstream_per_key(&left, reports)?;
+    draw_propagation(&right, propagation_samples(reports))?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// The samples of the largest mesh run (else of any run that has samples).
+fn propagation_samples(reports: &[Report]) -> &[f64] {
+    reports
         .iter()
         .filter(|r| !r.propagation_samples.is_empty())
         .max_by_key(|r| (r.strategy == "mesh", r.nodes))
         .map(|r| r.propagation_samples.as_slice())
-        .unwrap_or(&[]);
-    root.fill(&WHITE).map_err(err)?;
-    let (left, right) = root.split_horizontally(550);
+        .unwrap_or(&[])
+}
 
+/// Upstream calls per key against fleet size, a line per strategy.
+fn draw_upstream_per_key<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    reports: &[Report],
+) -> anyhow::Result<()> {
     let max_n = reports.iter().map(|r| r.nodes).max().unwrap_or(1) as f64;
     let max_upk = reports
         .iter()
         .map(|r| r.upstream_per_key)
         .fold(1.0, f64::max)
         * 1.1;
-    let mut chart = ChartBuilder::on(&left)
+    let mut chart = ChartBuilder::on(area)
         .caption("upstream calls per key vs nodes", ("sans-serif", 20))
         .margin(15)
         .x_label_area_size(35)
@@ -90,15 +103,10 @@ fn draw<DB: DrawingBackend>(
         .draw()
         .map_err(err)?;
     for (strategy, color) in [("local", RED), ("broadcast", BLUE), ("mesh", GREEN)] {
-        let mut pts: Vec<(f64, f64)> = reports
-            .iter()
-            .filter(|r| r.strategy == strategy)
-            .map(|r| (r.nodes as f64, r.upstream_per_key))
-            .collect();
+        let pts = upstream_points(reports, strategy);
         if pts.is_empty() {
             continue;
         }
-        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
         chart
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
             .map_err(err)?
@@ -114,17 +122,33 @@ fn draw<DB: DrawingBackend>(
         .background_style(WHITE)
         .draw()
         .map_err(err)?;
+    Ok(())
+}
 
-    let max_ms = propagation_samples.iter().copied().fold(1.0, f64::max);
-    let buckets = 20usize;
-    let width = max_ms / buckets as f64;
-    let mut counts = vec![0u32; buckets];
-    for s in propagation_samples {
-        let i = ((s / width) as usize).min(buckets - 1);
-        counts[i] += 1;
-    }
+/// `strategy`'s runs as (nodes, upstream calls per key), by fleet size.
+fn upstream_points(reports: &[Report], strategy: &str) -> Vec<(f64, f64)> {
+    let mut pts: Vec<(f64, f64)> = reports
+        .iter()
+        .filter(|r| r.strategy == strategy)
+        .map(|r| (r.nodes as f64, r.upstream_per_key))
+        .collect();
+    pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+    pts
+}
+
+/// Bars of the histogram of propagation latency.
+const BUCKETS: usize = 20;
+
+/// The distribution of propagation latency, as a histogram.
+fn draw_propagation<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    samples: &[f64],
+) -> anyhow::Result<()> {
+    let max_ms = samples.iter().copied().fold(1.0, f64::max);
+    let width = max_ms / BUCKETS as f64;
+    let counts = bucket_counts(samples, width);
     let max_count = counts.iter().copied().max().unwrap_or(1).max(1);
-    let mut hist = ChartBuilder::on(&right)
+    let mut hist = ChartBuilder::on(area)
         .caption(
             "propagation latency (fetch -> every node)",
             ("sans-serif", 20),
@@ -144,6 +168,16 @@ fn draw<DB: DrawingBackend>(
         Rectangle::new([(x0, 0), (x0 + width, *c)], GREEN.mix(0.6).filled())
     }))
     .map_err(err)?;
-    root.present().map_err(err)?;
     Ok(())
+}
+
+/// How many samples fall in each of [`BUCKETS`] buckets `width` wide; the last takes
+/// the largest too.
+fn bucket_counts(samples: &[f64], width: f64) -> Vec<u32> {
+    let mut counts = vec![0u32; BUCKETS];
+    for s in samples {
+        let i = ((s / width) as usize).min(BUCKETS - 1);
+        counts[i] += 1;
+    }
+    counts
 }

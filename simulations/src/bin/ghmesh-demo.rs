@@ -86,13 +86,31 @@ async fn main() -> anyhow::Result<()> {
     println!("ghmesh demo: a fake GitHub that counts calls, and three nodes sharing one secret\n");
     let gh = FakeGithub::start().await?;
     println!("  fake GitHub: {}", gh.url());
+    let nodes = start_mesh(&gh).await?;
+    one_asks_all_get_it(&nodes, &gh).await?;
+    thundering_herd(&nodes, &gh).await?;
+    expired_and_revalidated(&nodes, &gh).await?;
+    stale_while_down(&nodes, &gh).await?;
+    totals(&nodes, &gh).await;
+    if args.serve {
+        serve_until_ctrl_c(&nodes).await?;
+    }
+    for n in &nodes {
+        n.node.shutdown().await;
+    }
+    Ok(())
+}
+
+/// Three nodes, the second and third bootstrapping from the first, once each has the
+/// other two as members.
+async fn start_mesh(gh: &FakeGithub) -> anyhow::Result<Vec<DemoNode>> {
     let keys = MeshKeys::derive(b"demo fleet secret", "acme/widgets");
-    let first = start(1, &gh, &keys, vec![]).await?;
+    let first = start(1, gh, &keys, vec![]).await?;
     let boot = first.node.listen_addrs();
     let nodes = vec![
         first,
-        start(2, &gh, &keys, boot.clone()).await?,
-        start(3, &gh, &keys, boot).await?,
+        start(2, gh, &keys, boot.clone()).await?,
+        start(3, gh, &keys, boot).await?,
     ];
     let t = Instant::now();
     while !nodes.iter().all(|n| n.node.members().len() == 2) {
@@ -106,11 +124,18 @@ async fn main() -> anyhow::Result<()> {
         "  mesh formed in {:.0} ms\n",
         t.elapsed().as_secs_f64() * 1000.0
     );
+    Ok(nodes)
+}
 
+async fn one_asks_all_get_it(nodes: &[DemoNode], gh: &FakeGithub) -> anyhow::Result<()> {
     println!("1. One runner asks; the others get the answer from the mesh:");
     for (i, n) in nodes.iter().enumerate() {
-        show(i + 1, n, "/repos/acme/widgets", &gh).await?;
+        show(i + 1, n, "/repos/acme/widgets", gh).await?;
     }
+    Ok(())
+}
+
+async fn thundering_herd(nodes: &[DemoNode], gh: &FakeGithub) -> anyhow::Result<()> {
     println!("\n2. Thirty runners ask for the same new thing at once (thundering herd):");
     let before = gh.full_responses();
     let mut tasks = Vec::new();
@@ -128,19 +153,30 @@ async fn main() -> anyhow::Result<()> {
         "  30 requests over 3 nodes cost {} GitHub call(s)",
         gh.full_responses() - before
     );
+    Ok(())
+}
+
+async fn expired_and_revalidated(nodes: &[DemoNode], gh: &FakeGithub) -> anyhow::Result<()> {
     println!("\n3. Entries expire (TTL 3 s here) and are revalidated for free:");
     tokio::time::sleep(Duration::from_millis(3200)).await;
     for (i, n) in nodes.iter().enumerate() {
-        show(i + 1, n, "/repos/acme/widgets", &gh).await?;
+        show(i + 1, n, "/repos/acme/widgets", gh).await?;
     }
+    Ok(())
+}
+
+async fn stale_while_down(nodes: &[DemoNode], gh: &FakeGithub) -> anyhow::Result<()> {
     println!("\n4. GitHub goes down: expired copies are still served (stale):");
     gh.set_fault(ghmesh_tests::fake_github::Fault::ServerError);
     tokio::time::sleep(Duration::from_millis(3200)).await;
-    show(2, &nodes[1], "/repos/acme/widgets", &gh).await?;
+    show(2, &nodes[1], "/repos/acme/widgets", gh).await?;
     gh.set_fault(ghmesh_tests::fake_github::Fault::None);
+    Ok(())
+}
 
+async fn totals(nodes: &[DemoNode], gh: &FakeGithub) {
     let mut answered = 0;
-    for n in &nodes {
+    for n in nodes {
         let s = n.node.stats().await;
         answered += s.api_calls_saved + s.counters.misses;
     }
@@ -149,19 +185,17 @@ async fn main() -> anyhow::Result<()> {
         gh.full_responses(),
         gh.not_modified()
     );
-    if args.serve {
-        println!("\nThe nodes keep running. Try:");
-        println!("  curl -i {}/repos/acme/widgets", nodes[0].base);
-        println!(
-            "  GHMESH_API={} ghmesh api repos/acme/widgets/issues --paginate --jq '.[].title'",
-            nodes[1].base.trim_start_matches("http://")
-        );
-        println!("  curl {}/_ghmesh/stats", nodes[2].base);
-        println!("Ctrl-C to stop.");
-        tokio::signal::ctrl_c().await?;
-    }
-    for n in &nodes {
-        n.node.shutdown().await;
-    }
+}
+
+async fn serve_until_ctrl_c(nodes: &[DemoNode]) -> anyhow::Result<()> {
+    println!("\nThe nodes keep running. Try:");
+    println!("  curl -i {}/repos/acme/widgets", nodes[0].base);
+    println!(
+        "  GHMESH_API={} ghmesh api repos/acme/widgets/issues --paginate --jq '.[].title'",
+        nodes[1].base.trim_start_matches("http://")
+    );
+    println!("  curl {}/_ghmesh/stats", nodes[2].base);
+    println!("Ctrl-C to stop.");
+    tokio::signal::ctrl_c().await?;
     Ok(())
 }

@@ -220,41 +220,58 @@ pub fn run_simulated(cfg: SimConfig, net: NetParams) -> anyhow::Result<Report> {
     Ok(des.report())
 }
 
-impl Des {
-    fn new(cfg: SimConfig, net: NetParams) -> anyhow::Result<Self> {
-        let mut rng = StdRng::seed_from_u64(cfg.seed);
-        let requests: Vec<CanonicalRequest> = cfg
-            .workload
-            .key_paths(cfg.keys)
-            .iter()
-            .map(|p| CanonicalRequest::get(p))
-            .collect::<Result<_, _>>()?;
-        let keys = requests.iter().map(|r| r.key()).collect();
-        let announces = requests
-            .into_iter()
-            .map(|r| {
-                let e = Entry::new(
-                    r,
-                    vec![],
-                    b"{}".to_vec(),
-                    None,
-                    0,
-                    u64::MAX / 4,
-                    "sim".into(),
-                );
-                Announce::of(&e)
-            })
-            .collect();
-        let mut cut = std::collections::HashSet::new();
-        if net.view < 1.0 {
-            for a in 1..cfg.nodes {
-                for b in (a + 1)..cfg.nodes {
-                    if rng.gen::<f64>() >= net.view {
-                        cut.insert((a, b));
-                    }
+/// The workload's keys, and for each the announce a node publishes once it has it.
+fn workload_keys(cfg: &SimConfig) -> anyhow::Result<(Vec<CacheKey>, Vec<Announce>)> {
+    let requests: Vec<CanonicalRequest> = cfg
+        .workload
+        .key_paths(cfg.keys)
+        .iter()
+        .map(|p| CanonicalRequest::get(p))
+        .collect::<Result<_, _>>()?;
+    let keys = requests.iter().map(|r| r.key()).collect();
+    let announces = requests
+        .into_iter()
+        .map(|r| {
+            let e = Entry::new(
+                r,
+                vec![],
+                b"{}".to_vec(),
+                None,
+                0,
+                u64::MAX / 4,
+                "sim".into(),
+            );
+            Announce::of(&e)
+        })
+        .collect();
+    Ok((keys, announces))
+}
+
+/// Pairs of nodes that can never reach each other: each pair with probability
+/// `1 - view`, the first node (every node's bootstrap) in none.
+fn unreachable_pairs(
+    nodes: usize,
+    view: f64,
+    rng: &mut StdRng,
+) -> std::collections::HashSet<(usize, usize)> {
+    let mut cut = std::collections::HashSet::new();
+    if view < 1.0 {
+        for a in 1..nodes {
+            for b in (a + 1)..nodes {
+                if rng.gen::<f64>() >= view {
+                    cut.insert((a, b));
                 }
             }
         }
+    }
+    cut
+}
+
+impl Des {
+    fn new(cfg: SimConfig, net: NetParams) -> anyhow::Result<Self> {
+        let mut rng = StdRng::seed_from_u64(cfg.seed);
+        let (keys, announces) = workload_keys(&cfg)?;
+        let cut = unreachable_pairs(cfg.nodes, net.view, &mut rng);
         let node = crate::sim::node_config(&cfg, std::path::Path::new("."));
         let mut des = Self {
             rng,

@@ -224,76 +224,81 @@ impl Des {
             // No client tokens here, so no lease is ever granted; a lease would fetch
             // upstream like this.
             Step::Done(End::Upstream | End::Leased(_)) => self.go_upstream(n, key),
-            Step::AwaitMember { until } => {
-                if let Some(at) = self.next_step(n, key, Awaiting::Member) {
-                    self.at(us(until), Ev::Tick(at));
-                }
-            }
+            Step::AwaitMember { until } => self.tick_at(n, key, until, Awaiting::Member),
             // Never asked: no announce goes out without its body here.
             Step::FetchBody { .. } => self.feed(n, key, Input::Body(false)),
-            Step::Sleep { until } => {
-                if let Some(at) = self.next_step(n, key, Awaiting::Nothing) {
-                    self.at(us(until), Ev::Tick(at));
-                }
-            }
+            Step::Sleep { until } => self.tick_at(n, key, until, Awaiting::Nothing),
             Step::Ask {
                 peer, ask, budget, ..
-            } => {
-                let budget = us(budget);
-                let awaiting = Awaiting::Reply { peer, budget };
-                if let (Some(at), Some(to)) = (self.next_step(n, key, awaiting), self.idx(&peer)) {
-                    self.lookup(n, to, key, ask, budget, at);
-                }
-            }
-            Step::AskAll { peers, budget } => {
-                let budget = us(budget);
-                let slots: Vec<_> = peers.iter().map(|p| (*p, None)).collect();
-                let awaiting = Awaiting::Replies {
-                    left: slots.len(),
-                    slots,
-                    budget,
-                };
-                let Some(at) = self.next_step(n, key, awaiting) else {
-                    return;
-                };
-                self.at(
-                    self.now + budget,
-                    Ev::Timeout {
-                        peer: usize::MAX,
-                        at,
-                    },
-                );
-                for p in peers {
-                    if let Some(to) = self.idx(&p) {
-                        self.send(Ev::Lookup {
-                            from: n,
-                            to,
-                            key,
-                            ask: Ask::HAVE,
-                            at,
-                        });
-                    }
-                }
-            }
-            Step::Accept { from, .. } => {
-                let fetched = self
-                    .idx(&from)
-                    .and_then(|i| self.peers[i].store.get(&key).copied())
-                    .unwrap_or(self.now);
-                self.store(n, key, fetched);
-                self.feed(n, key, Input::Accepted(true));
-            }
-            Step::Wait { until, .. } => {
-                if self.fresh(n, key) {
-                    return self.feed(n, key, Input::Arrived);
-                }
-                if let Some(at) = self.next_step(n, key, Awaiting::Arrival) {
-                    self.at(us(until), Ev::Tick(at));
-                }
-            }
+            } => self.ask_one(n, key, peer, ask, us(budget)),
+            Step::AskAll { peers, budget } => self.ask_all(n, key, peers, us(budget)),
+            Step::Accept { from, .. } => self.accept(n, key, from),
+            Step::Wait { until, .. } => self.wait_for_arrival(n, key, until),
             // No leases here (see above): nothing to hand back.
             Step::Release { .. } => self.feed(n, key, Input::Released),
         }
+    }
+
+    /// The flight waits for `awaiting`, or for a tick at `until`.
+    fn tick_at(&mut self, n: usize, key: usize, until: Duration, awaiting: Awaiting) {
+        if let Some(at) = self.next_step(n, key, awaiting) {
+            self.at(us(until), Ev::Tick(at));
+        }
+    }
+
+    fn ask_one(&mut self, n: usize, key: usize, peer: PeerId, ask: Ask, budget: Us) {
+        let awaiting = Awaiting::Reply { peer, budget };
+        if let (Some(at), Some(to)) = (self.next_step(n, key, awaiting), self.idx(&peer)) {
+            self.lookup(n, to, key, ask, budget, at);
+        }
+    }
+
+    fn ask_all(&mut self, n: usize, key: usize, peers: Vec<PeerId>, budget: Us) {
+        let slots: Vec<_> = peers.iter().map(|p| (*p, None)).collect();
+        let awaiting = Awaiting::Replies {
+            left: slots.len(),
+            slots,
+            budget,
+        };
+        let Some(at) = self.next_step(n, key, awaiting) else {
+            return;
+        };
+        // One timeout for them all: it names no single peer.
+        self.at(
+            self.now + budget,
+            Ev::Timeout {
+                peer: usize::MAX,
+                at,
+            },
+        );
+        for p in peers {
+            if let Some(to) = self.idx(&p) {
+                self.send(Ev::Lookup {
+                    from: n,
+                    to,
+                    key,
+                    ask: Ask::HAVE,
+                    at,
+                });
+            }
+        }
+    }
+
+    /// Stores the copy `from` offered, as fresh as `from`'s own.
+    fn accept(&mut self, n: usize, key: usize, from: PeerId) {
+        let fetched = self
+            .idx(&from)
+            .and_then(|i| self.peers[i].store.get(&key).copied())
+            .unwrap_or(self.now);
+        self.store(n, key, fetched);
+        self.feed(n, key, Input::Accepted(true));
+    }
+
+    fn wait_for_arrival(&mut self, n: usize, key: usize, until: Duration) {
+        if self.fresh(n, key) {
+            return self.feed(n, key, Input::Arrived);
+        }
+        self.tick_at(n, key, until, Awaiting::Arrival);
     }
 
     fn lookup(&mut self, n: usize, to: usize, key: usize, ask: Ask, budget: Us, at: FlightRef) {
