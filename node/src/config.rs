@@ -28,6 +28,8 @@ pub struct NodeConfig {
     pub mdns: bool,
     /// Fixed freshness in seconds (`--ttl`), else per-endpoint defaults.
     pub ttl: Option<u64>,
+    /// Freshness of GraphQL answers in seconds (`--graphql-ttl`), else 60.
+    pub graphql_ttl: Option<u64>,
     /// Store limits.
     pub limits: Limits,
     /// Every timeout the node applies.
@@ -48,6 +50,14 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
+    /// The freshness settings, as entries are made and adopted.
+    pub fn ttl_settings(&self) -> ghmesh_protocol::TtlSettings {
+        ghmesh_protocol::TtlSettings {
+            rest: self.ttl,
+            graphql: self.graphql_ttl,
+        }
+    }
+
     /// Defaults for a daemon with its data in `data_dir`.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
@@ -60,6 +70,7 @@ impl NodeConfig {
             external: Vec::new(),
             mdns: true,
             ttl: None,
+            graphql_ttl: None,
             limits: Limits::default(),
             deadlines: Deadlines::default(),
             mode: MeshMode::Mesh,

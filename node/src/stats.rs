@@ -58,6 +58,13 @@ counters! {
     stale_served: "Expired entries served because upstream failed",
     /// Passed through uncached.
     bypass: "Requests passed through uncached",
+    /// GraphQL queries served from the cache (here, from a peer, or by a joined fetch).
+    graphql_hits: "GraphQL queries served from the fleet cache",
+    /// GraphQL queries fetched upstream for the fleet.
+    graphql_misses: "GraphQL queries fetched upstream for the fleet",
+    /// GraphQL requests passed through uncached: mutations, per-token queries, and
+    /// documents that do not parse.
+    graphql_bypassed: "GraphQL requests passed through uncached",
     /// Every request actually sent upstream.
     upstream_calls: "Requests sent upstream",
     /// Requests not sent because their token was held after a rate-limit answer.

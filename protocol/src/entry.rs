@@ -173,8 +173,8 @@ impl EntryMeta {
 /// its own freshness rule and the upstream its clients are sent to.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerRules<'a> {
-    /// The receiver's `--ttl`, when set.
-    pub ttl_override: Option<u64>,
+    /// The receiver's freshness settings (`--ttl`, `--graphql-ttl`).
+    pub ttl: crate::freshness::TtlSettings,
     /// The receiver's upstream base URL: `Link` URLs must point there.
     pub upstream_base: Option<&'a str>,
 }
@@ -193,8 +193,7 @@ impl EntryMeta {
             .fetched_at_ms
             .min(now_ms.saturating_add(FETCHED_AT_SKEW_MS));
         let ttl_ms =
-            crate::freshness::freshness_ttl_secs(&self.request, &self.headers, rules.ttl_override)
-                * 1000;
+            crate::freshness::freshness_ttl_secs(&self.request, &self.headers, rules.ttl) * 1000;
         self.fresh_until_ms = self.fresh_until_ms.min(fetched.saturating_add(ttl_ms));
         self.fetched_at_ms = fetched;
         self
@@ -211,8 +210,7 @@ impl EntryMeta {
     ) -> (u64, u64) {
         let fetched = fetched_at_ms.min(now_ms.saturating_add(FETCHED_AT_SKEW_MS));
         let ttl_ms =
-            crate::freshness::freshness_ttl_secs(&self.request, &self.headers, rules.ttl_override)
-                * 1000;
+            crate::freshness::freshness_ttl_secs(&self.request, &self.headers, rules.ttl) * 1000;
         (fetched, fresh_until_ms.min(fetched.saturating_add(ttl_ms)))
     }
 }
@@ -411,7 +409,7 @@ mod tests {
     fn adopted_entries_cannot_outlive_our_rules_or_win_from_the_future() {
         let now = 10_000_000;
         let rules = PeerRules {
-            ttl_override: None,
+            ttl: Default::default(),
             upstream_base: Some("https://api.github.com"),
         };
         // From the future, fresh for a day, with headers a client should never see.

@@ -10,6 +10,28 @@ pub const RUNNERS_TTL_SECS: u64 = 30;
 pub const RUNS_TTL_SECS: u64 = 60;
 /// Repository metadata changes rarely.
 pub const REPO_TTL_SECS: u64 = 300;
+/// GraphQL answers (`--graphql-ttl`'s default): GitHub sends no freshness for them.
+pub const GRAPHQL_TTL_SECS: u64 = 60;
+
+/// What a node's settings say about freshness: `--ttl` for REST, `--graphql-ttl` for
+/// GraphQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TtlSettings {
+    /// Fixed freshness of every REST answer (`--ttl`), else the rules below.
+    pub rest: Option<u64>,
+    /// Freshness of GraphQL answers, else [`GRAPHQL_TTL_SECS`].
+    pub graphql: Option<u64>,
+}
+
+impl TtlSettings {
+    /// `--ttl` alone, GraphQL at its default.
+    pub fn rest(ttl: Option<u64>) -> Self {
+        Self {
+            rest: ttl,
+            graphql: None,
+        }
+    }
+}
 
 /// The kinds of endpoint with their own default freshness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +64,7 @@ impl EndpointClass {
     }
 }
 
-/// How many seconds a response stays fresh: `ttl_override` (`--ttl`) when given, else
+/// How many seconds a response stays fresh: for GraphQL, `--graphql-ttl`; else `--ttl` when given, else
 /// the endpoint default, else GitHub's `Cache-Control` (`max-age`; `no-store` and
 /// `no-cache` mean 0), else [`DEFAULT_TTL_SECS`]; never more than
 /// [`MAX_TTL_MS`](crate::entry::MAX_TTL_MS), so that what an honest node creates every
@@ -50,17 +72,20 @@ impl EndpointClass {
 pub fn freshness_ttl_secs(
     request: &CanonicalRequest,
     response_headers: &[(String, String)],
-    ttl_override: Option<u64>,
+    settings: TtlSettings,
 ) -> u64 {
-    uncapped_ttl_secs(request, response_headers, ttl_override).min(crate::entry::MAX_TTL_MS / 1000)
+    uncapped_ttl_secs(request, response_headers, settings).min(crate::entry::MAX_TTL_MS / 1000)
 }
 
 fn uncapped_ttl_secs(
     request: &CanonicalRequest,
     response_headers: &[(String, String)],
-    ttl_override: Option<u64>,
+    settings: TtlSettings,
 ) -> u64 {
-    if let Some(ttl) = ttl_override {
+    if request.graphql.is_some() {
+        return settings.graphql.unwrap_or(GRAPHQL_TTL_SECS);
+    }
+    if let Some(ttl) = settings.rest {
         return ttl;
     }
     match EndpointClass::of(&request.path) {
@@ -98,7 +123,7 @@ mod tests {
         let headers: Vec<(String, String)> = cc
             .map(|v| vec![("Cache-Control".to_string(), v.to_string())])
             .unwrap_or_default();
-        freshness_ttl_secs(&req, &headers, over)
+        freshness_ttl_secs(&req, &headers, TtlSettings::rest(over))
     }
 
     #[test]

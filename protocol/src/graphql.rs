@@ -17,6 +17,10 @@ pub const MAX_GRAPHQL_BODY: usize = 256 * 1024;
 pub const MAX_TOKENS: usize = 20_000;
 /// Deepest nesting parsed (selection sets, lists, objects).
 pub const MAX_DEPTH: usize = 64;
+/// Largest query shared through the mesh (normalised document, name and variables
+/// together): a lookup carrying it stays far inside a small frame. Larger queries are
+/// read with the asker's token and not shared.
+pub const MAX_SHARED_QUERY: usize = 32 * 1024;
 
 /// Why a GraphQL body is not something the cache can key. None of these are served from
 /// the cache: the request passes through and GitHub answers it.
@@ -101,6 +105,83 @@ impl GraphqlRequest {
     /// A read whose answer every fleet token gets alike: the only kind shared.
     pub fn shareable(&self) -> bool {
         self.kind == OperationKind::Query && !self.per_token
+    }
+
+    /// The query as a cache key is made from it (`None` for mutations and
+    /// subscriptions, which are never read through the cache).
+    pub fn query(&self) -> Option<GraphqlQuery> {
+        (self.kind == OperationKind::Query).then(|| GraphqlQuery {
+            document: self.document.clone(),
+            operation_name: self.operation_name.clone(),
+            variables: self.variables.clone(),
+            per_token: self.per_token,
+        })
+    }
+}
+
+/// A GraphQL query as the cache keys it, stores it with its answer and sends it to a
+/// peer (inside [`crate::CanonicalRequest`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GraphqlQuery {
+    /// The normalised document ([`normalise`]).
+    pub document: String,
+    /// The operation to run, when the document names it.
+    pub operation_name: Option<String>,
+    /// Canonical JSON of the variables ([`canonical_json`]).
+    pub variables: String,
+    /// It reads per-token fields: never shared (see [`GraphqlRequest::per_token`]).
+    pub per_token: bool,
+}
+
+impl GraphqlQuery {
+    /// The JSON body sent to GitHub.
+    pub fn body(&self) -> Vec<u8> {
+        let variables: serde_json::Value =
+            serde_json::from_str(&self.variables).unwrap_or(serde_json::Value::Null);
+        let mut body = serde_json::json!({ "query": self.document, "variables": variables });
+        if let Some(name) = &self.operation_name {
+            body["operationName"] = serde_json::Value::String(name.clone());
+        }
+        body.to_string().into_bytes()
+    }
+
+    /// Its size as shared: what [`MAX_SHARED_QUERY`] bounds.
+    pub fn len(&self) -> usize {
+        self.document.len()
+            + self.variables.len()
+            + self.operation_name.as_ref().map_or(0, String::len)
+    }
+
+    /// Never true: a query has a document. (Clippy pairs `len` with it.)
+    pub fn is_empty(&self) -> bool {
+        self.document.is_empty()
+    }
+
+    /// Whether a query that arrived already built (from a peer, or from disk) is one
+    /// this node would have built: normalised, canonical, a query, its `per_token` as
+    /// the document says, within [`MAX_SHARED_QUERY`].
+    pub fn check(&self) -> Result<(), GraphqlError> {
+        if self.len() > MAX_SHARED_QUERY {
+            return Err(GraphqlError::TooLarge);
+        }
+        let variables: serde_json::Value =
+            serde_json::from_str(&self.variables).map_err(|e| GraphqlError::Body(e.to_string()))?;
+        if !variables.is_object() || canonical_json(&variables) != self.variables {
+            return Err(GraphqlError::Body("variables are not canonical".into()));
+        }
+        if normalise(&self.document)? != self.document {
+            return Err(GraphqlError::Syntax("document is not normalised".into()));
+        }
+        let op = select_operation(&self.document, self.operation_name.as_deref())?;
+        if op.kind != OperationKind::Query
+            || op.per_token != self.per_token
+            || op.name != self.operation_name
+        {
+            return Err(GraphqlError::NoOperation(
+                ": not the query it claims to be".into(),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -159,3 +159,108 @@ fn hostile_documents_cost_a_bounded_amount() {
     let huge = vec![b' '; MAX_GRAPHQL_BODY + 1];
     assert_eq!(GraphqlRequest::parse(&huge), Err(GraphqlError::TooLarge));
 }
+
+fn keyed(query: &str, vars: serde_json::Value, name: Option<&str>) -> crate::CanonicalRequest {
+    let g = GraphqlRequest::parse(&body(query, vars, name)).unwrap();
+    crate::CanonicalRequest::graphql(g.query().unwrap(), None, None).unwrap()
+}
+
+#[test]
+fn a_query_is_keyed_by_its_document_name_and_variables() {
+    let a = keyed(ISSUES, serde_json::json!({"owner": "o", "name": "r"}), None);
+    let spelled = keyed(
+        "query Issues($owner:String!,$name:String!,$after:String){repository(owner:$owner,name:$name){issues(first:100,after:$after,states:[OPEN]){nodes{number title}pageInfo{hasNextPage endCursor}}}} # done",
+        serde_json::json!({"name": "r", "owner": "o"}),
+        None,
+    );
+    assert_eq!(a.key(), spelled.key());
+    assert_eq!(a.method, "POST");
+    assert_eq!(a.path, crate::GRAPHQL_PATH);
+    assert!(a.is_cacheable_read());
+    assert!(!a.varies_by_identity());
+    assert_eq!(a.check(), Ok(()));
+    let other_vars = keyed(ISSUES, serde_json::json!({"owner": "o", "name": "s"}), None);
+    assert_ne!(a.key(), other_vars.key());
+    let two = "query A { x } query B { y }";
+    assert_ne!(
+        keyed(two, serde_json::Value::Null, Some("A")).key(),
+        keyed(two, serde_json::Value::Null, Some("B")).key()
+    );
+    // Not the key of a REST request to the same place, and REST keys are unchanged by
+    // the new field.
+    let rest = crate::CanonicalRequest::new("POST", crate::GRAPHQL_PATH, None, None).unwrap();
+    assert_ne!(a.key(), rest.key());
+    assert!(!rest.is_cacheable_read());
+    let viewer = keyed("{ viewer { login } }", serde_json::Value::Null, None);
+    assert!(viewer.varies_by_identity());
+}
+
+#[test]
+fn a_query_from_a_peer_must_be_one_we_would_have_built() {
+    let good = keyed(
+        "{ repository(owner: \"o\", name: \"r\") { name } }",
+        serde_json::Value::Null,
+        None,
+    );
+    let tamper = |f: &dyn Fn(&mut GraphqlQuery)| {
+        let mut r = good.clone();
+        f(r.graphql.as_mut().unwrap());
+        r.check()
+    };
+    assert_eq!(tamper(&|_| {}), Ok(()));
+    let bad = Err(crate::RequestError::BadGraphql);
+    assert_eq!(
+        tamper(&|q| q.document = "{ repository(owner: \"o\", name: \"r\") { name } }".into()),
+        bad,
+        "not normalised"
+    );
+    assert_eq!(
+        tamper(&|q| q.variables = "{ }".into()),
+        bad,
+        "not canonical"
+    );
+    assert_eq!(tamper(&|q| q.variables = "[]".into()), bad);
+    assert_eq!(
+        tamper(&|q| q.document = "mutation{addComment{id}}".into()),
+        bad,
+        "a write"
+    );
+    assert_eq!(
+        tamper(&|q| q.document = "{viewer{login}}".into()),
+        bad,
+        "per-token as shared"
+    );
+    assert_eq!(tamper(&|q| q.operation_name = Some("Other".into())), bad);
+    assert_eq!(
+        tamper(&|q| q.document = format!("{{a(b:\"{}\")}}", "x".repeat(MAX_SHARED_QUERY))),
+        bad,
+        "too large"
+    );
+    let mut wrong_method = good.clone();
+    wrong_method.method = "GET".into();
+    assert!(wrong_method.check().is_err());
+}
+
+#[test]
+fn rest_requests_encode_as_before_and_graphql_ones_round_trip() {
+    let rest = crate::CanonicalRequest::get("/repos/o/r").unwrap();
+    let mut bytes = Vec::new();
+    ciborium::into_writer(&rest, &mut bytes).unwrap();
+    assert!(
+        !bytes.windows(7).any(|w| w == b"graphql"),
+        "no new field on REST"
+    );
+    let q = keyed(
+        "query($n: Int) { x(n: $n) }",
+        serde_json::json!({"n": 1}),
+        None,
+    );
+    let mut bytes = Vec::new();
+    ciborium::into_writer(&q, &mut bytes).unwrap();
+    let back: crate::CanonicalRequest = ciborium::from_reader(&bytes[..]).unwrap();
+    assert_eq!(back, q);
+    assert_eq!(back.key(), q.key());
+    assert!(String::from_utf8(q.graphql.unwrap().body())
+        .unwrap()
+        .contains("\"variables\":{\"n\":1}"));
+}

@@ -25,11 +25,11 @@ pub mod seal;
 pub mod wire;
 
 pub use entry::{body_cid, cid_string, merge, Entry, EntryMeta, Merge, PeerRules, ValidationError};
-pub use freshness::{freshness_ttl_secs, EndpointClass};
+pub use freshness::{freshness_ttl_secs, EndpointClass, TtlSettings};
 pub use keys::{token_fingerprint, MeshKeys, PBKDF2_ROUNDS};
 pub use request::{
     is_default_json_accept, is_safe_path, varies_by_identity, CacheKey, CanonicalRequest,
-    RequestError,
+    RequestError, GRAPHQL_PATH,
 };
 pub use seal::{open, seal, OpenError, SealLimits};
 pub use wire::{

@@ -5,6 +5,8 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
+use crate::graphql::GraphqlQuery;
+
 /// Longest path (with query) accepted; GitHub's own URLs are far shorter.
 pub const MAX_PATH_LEN: usize = 4096;
 /// Most query parameters accepted in one request.
@@ -34,6 +36,9 @@ pub enum RequestError {
     /// The method is not an HTTP token.
     #[error("method is not a valid HTTP method")]
     BadMethod,
+    /// A GraphQL query that is not normalised, not a query, or too large to share.
+    #[error("GraphQL query is not one this node would have built")]
+    BadGraphql,
 }
 
 /// The 32-byte cache key: SHA-256 of the canonical request.
@@ -94,7 +99,15 @@ pub struct CanonicalRequest {
     pub accept: Option<String>,
     /// `X-GitHub-Api-Version`, when the client sent one.
     pub api_version: Option<String>,
+    /// For `POST /graphql`: the query (absent for every REST request, whose key and
+    /// encoding are then what they were before GraphQL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graphql: Option<GraphqlQuery>,
 }
+
+/// The path every GraphQL request is keyed and stored under, whichever of GitHub's
+/// spellings the client used (`/graphql`, `/api/graphql`, `/api/v3/graphql`).
+pub const GRAPHQL_PATH: &str = "/graphql";
 
 /// A path that means the same to every HTTP library between here and GitHub: no
 /// backslash, no percent-encoded `.`, `/` or `\` (which a URL parser may decode into a
@@ -197,7 +210,35 @@ impl CanonicalRequest {
             query: params,
             accept: clean_header(accept, true)?.filter(|a| !is_default_json_accept(a)),
             api_version: clean_header(api_version, false)?,
+            graphql: None,
         })
+    }
+
+    /// A GraphQL query, keyed under [`GRAPHQL_PATH`] with `POST`.
+    pub fn graphql(
+        query: GraphqlQuery,
+        accept: Option<&str>,
+        api_version: Option<&str>,
+    ) -> Result<Self, RequestError> {
+        let mut req = Self::new("POST", GRAPHQL_PATH, accept, api_version)?;
+        req.graphql = Some(query);
+        Ok(req)
+    }
+
+    /// Whether the answer depends on who asks: never shared or served to another
+    /// token (see [`varies_by_identity`] for REST; a GraphQL query that reads per-token
+    /// fields).
+    pub fn varies_by_identity(&self) -> bool {
+        varies_by_identity(&self.path) || self.graphql.as_ref().is_some_and(|q| q.per_token)
+    }
+
+    /// A read the cache may serve and peers may be asked for: a REST `GET`, or a
+    /// GraphQL query.
+    pub fn is_cacheable_read(&self) -> bool {
+        match &self.graphql {
+            None => self.method == "GET",
+            Some(_) => self.method == "POST" && self.path == GRAPHQL_PATH,
+        }
     }
 
     /// A `GET` with no `Accept` or API version: convenient for tests and tools.
@@ -224,6 +265,13 @@ impl CanonicalRequest {
         }
         field(self.accept.as_deref().unwrap_or("").as_bytes());
         field(self.api_version.as_deref().unwrap_or("").as_bytes());
+        // Only GraphQL requests add fields: every REST key is what it was.
+        if let Some(q) = &self.graphql {
+            field(b"graphql/v1");
+            field(q.document.as_bytes());
+            field(q.operation_name.as_deref().unwrap_or("").as_bytes());
+            field(q.variables.as_bytes());
+        }
         CacheKey(h.finalize().into())
     }
 
@@ -249,12 +297,22 @@ impl CanonicalRequest {
     /// Checks the bounds that [`CanonicalRequest::new`] enforces, for requests that
     /// arrive already built (from a peer).
     pub fn check(&self) -> Result<(), RequestError> {
-        let rebuilt = Self::new(
-            &self.method,
-            &self.path_and_query(),
-            self.accept.as_deref(),
-            self.api_version.as_deref(),
-        )?;
+        let rebuilt = match &self.graphql {
+            None => Self::new(
+                &self.method,
+                &self.path_and_query(),
+                self.accept.as_deref(),
+                self.api_version.as_deref(),
+            )?,
+            Some(q) => {
+                q.check().map_err(|_| RequestError::BadGraphql)?;
+                Self::graphql(
+                    q.clone(),
+                    self.accept.as_deref(),
+                    self.api_version.as_deref(),
+                )?
+            }
+        };
         if &rebuilt == self {
             Ok(())
         } else {

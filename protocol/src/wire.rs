@@ -18,8 +18,9 @@ use crate::request::{CacheKey, CanonicalRequest};
 /// Version of the CBOR message schema; a receiver refuses any other. Version 2 added
 /// addressing to requests, the hello exchange, member lists, and the `Redirect` and
 /// `Busy` lookup answers; version 3 added owner leases (`Lookup::lease`,
-/// `Lookup::release`, `LookupReply::Lease`).
-pub const MESSAGE_VERSION: u16 = 3;
+/// `Lookup::release`, `LookupReply::Lease`); version 4 added GraphQL queries
+/// (`CanonicalRequest::graphql`), which a version 3 node would take for a REST `POST`.
+pub const MESSAGE_VERSION: u16 = 4;
 
 /// Bodies up to this size travel inline in a gossip announce; larger ones are
 /// announced without a body and fetched by CID. Gossipsub pushes every message to each

@@ -3,9 +3,11 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+
+use crate::fake_github::FakeGithub;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -242,4 +244,58 @@ pub async fn start_daemon_wrapped(
         data_dir,
         log,
     })
+}
+
+/// How long fleet helpers wait for a real event before failing the test.
+pub const FLEET_WAIT: Duration = Duration::from_secs(30);
+
+/// The environment of a fleet's daemons: its secret and a token for GitHub.
+pub fn env(secret: &str) -> HashMap<String, String> {
+    let mut e = HashMap::new();
+    e.insert("GHMESH_SECRET".to_string(), secret.to_string());
+    e.insert("GH_TOKEN".to_string(), "ghp_e2etoken".to_string());
+    e
+}
+
+/// Polls `f` until it holds, failing the test after [`FLEET_WAIT`].
+pub async fn poll<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < FLEET_WAIT, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Starts `n` daemons; all but the first bootstrap to the first. Waits until every
+/// node has every other as a peer.
+pub async fn fleet(
+    n: usize,
+    gh: &FakeGithub,
+    extra: &[&str],
+    dir: &tempfile::TempDir,
+) -> anyhow::Result<Vec<Daemon>> {
+    let mut args: Vec<String> = vec!["--upstream".into(), gh.url()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let first = start_daemon(dir.path().join("n0"), &args, &env("e2e-fleet")).await?;
+    let boot = first.ready.listen[0].clone();
+    let mut nodes = vec![first];
+    for i in 1..n {
+        let mut a = args.clone();
+        a.extend(["--bootstrap".to_string(), boot.clone()]);
+        nodes.push(start_daemon(dir.path().join(format!("n{i}")), &a, &env("e2e-fleet")).await?);
+    }
+    for node in &nodes {
+        poll("full mesh membership", || async {
+            node.stats()
+                .await
+                .map(|s| s["members"].as_u64() == Some(n as u64 - 1))
+                .unwrap_or(false)
+        })
+        .await;
+    }
+    Ok(nodes)
 }

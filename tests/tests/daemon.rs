@@ -2,7 +2,6 @@
 //! the fake GitHub in this process.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use ghmesh_protocol::CanonicalRequest;
@@ -10,56 +9,6 @@ use ghmesh_tests::daemon::*;
 use ghmesh_tests::fake_github::{FakeGithub, Fault};
 
 const T: Duration = Duration::from_secs(30);
-
-fn env(secret: &str) -> HashMap<String, String> {
-    let mut e = HashMap::new();
-    e.insert("GHMESH_SECRET".to_string(), secret.to_string());
-    e.insert("GH_TOKEN".to_string(), "ghp_e2etoken".to_string());
-    e
-}
-
-async fn poll<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !f().await {
-        assert!(start.elapsed() < T, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Starts `n` daemons; all but the first bootstrap to the first. Waits until every
-/// node has every other as a peer.
-async fn fleet(n: usize, gh: &FakeGithub, extra: &[&str], dir: &tempfile::TempDir) -> Vec<Daemon> {
-    let mut args: Vec<String> = vec!["--upstream".into(), gh.url()];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let first = start_daemon(dir.path().join("n0"), &args, &env("e2e-fleet"))
-        .await
-        .unwrap();
-    let boot = first.ready.listen[0].clone();
-    let mut nodes = vec![first];
-    for i in 1..n {
-        let mut a = args.clone();
-        a.extend(["--bootstrap".to_string(), boot.clone()]);
-        nodes.push(
-            start_daemon(dir.path().join(format!("n{i}")), &a, &env("e2e-fleet"))
-                .await
-                .unwrap(),
-        );
-    }
-    for node in &nodes {
-        poll("full mesh membership", || async {
-            node.stats()
-                .await
-                .map(|s| s["members"].as_u64() == Some(n as u64 - 1))
-                .unwrap_or(false)
-        })
-        .await;
-    }
-    nodes
-}
 
 async fn get(node: &Daemon, path: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
     http_get(&format!("{}{path}", node.base())).await.unwrap()
@@ -73,7 +22,7 @@ fn cache(h: &[(String, String)]) -> String {
 async fn three_nodes_share_one_upstream_call() {
     let gh = FakeGithub::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let nodes = fleet(3, &gh, &[], &dir).await;
+    let nodes = fleet(3, &gh, &[], &dir).await.unwrap();
     let path = "/repos/acme/widgets";
     let (s1, h1, b1) = get(&nodes[0], path).await;
     assert_eq!(s1, 200);
@@ -110,7 +59,7 @@ async fn three_nodes_share_one_upstream_call() {
 async fn expired_entries_revalidate_for_free_and_the_refresh_spreads() {
     let gh = FakeGithub::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let nodes = fleet(3, &gh, &["--ttl", "2"], &dir).await;
+    let nodes = fleet(3, &gh, &["--ttl", "2"], &dir).await.unwrap();
     let path = "/repos/acme/widgets/issues?state=open";
     // Read on the key's owner so that its own expiry is revalidated by itself.
     let ids: Vec<libp2p::PeerId> = nodes
@@ -638,7 +587,7 @@ async fn a_stopped_member_costs_no_extra_upstream_calls() {
     use nix::unistd::Pid;
     let gh = FakeGithub::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = fleet(3, &gh, &[], &dir).await;
+    let mut nodes = fleet(3, &gh, &[], &dir).await.unwrap();
     let stopped = Pid::from_raw(nodes[2].child.id().unwrap() as i32);
     kill(stopped, Signal::SIGSTOP).unwrap();
 

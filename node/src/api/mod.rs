@@ -10,6 +10,7 @@
 
 mod dashboard;
 pub mod fidelity;
+mod graphql;
 pub mod guard;
 mod respond;
 
@@ -292,22 +293,19 @@ async fn proxy_checked(s: &ApiState, req: Request) -> Result<Response, Refusal> 
     let pq = pq.to_string();
     check_path(&pq)?;
     let local_base = format!("{}{prefix}", local_base(req.headers(), s.local_addr));
-    let client_validators = (
-        header_string(req.headers(), "if-none-match"),
-        header_string(req.headers(), "if-modified-since"),
-    );
-    let cred = credential(s, &method, req.headers())?;
-    let max_age = max_age(req.headers())?;
-    let cacheable = (method == Method::GET || head) && cred.is_some();
-    let served = match cred.filter(|_| cacheable) {
-        Some(cred) => {
-            // Body is not Sync: nothing borrowed from the request may live across an
-            // await, so the request is made canonical first.
-            let canonical = canonical_get(req.headers(), &pq)?;
-            s.node.get_within(canonical, cred, max_age).await
-        }
-        None => pass_through(s, req, &method, &pq).await?,
-    };
+    let (served, cacheable, client_validators) =
+        if method == Method::POST && graphql::is_graphql_path(&pq) {
+            // GraphQL has no conditional requests: a client's validators mean nothing.
+            let (served, cacheable) = graphql::serve(s, req).await?;
+            (served, cacheable, (None, None))
+        } else {
+            let client_validators = (
+                header_string(req.headers(), "if-none-match"),
+                header_string(req.headers(), "if-modified-since"),
+            );
+            let (served, cacheable) = rest(s, req, &method, &pq).await?;
+            (served, cacheable, client_validators)
+        };
     Ok(match served {
         Ok(served) => match answer_conditional(&served, &client_validators) {
             Some(not_modified) => not_modified,
@@ -323,6 +321,28 @@ async fn proxy_checked(s: &ApiState, req: Request) -> Result<Response, Refusal> 
             }
         },
         Err(e) => failed(&e, cacheable),
+    })
+}
+
+/// A REST request: a `GET` or `HEAD` read through the cache, anything else passed
+/// through. Also says whether it was a read through the cache.
+async fn rest(
+    s: &ApiState,
+    req: Request,
+    method: &Method,
+    pq: &str,
+) -> Result<(Result<Served, GetError>, bool), Refusal> {
+    let cred = credential(s, method, req.headers())?;
+    let max_age = max_age(req.headers())?;
+    let cacheable = (*method == Method::GET || *method == Method::HEAD) && cred.is_some();
+    Ok(match cred.filter(|_| cacheable) {
+        Some(cred) => {
+            // Body is not Sync: nothing borrowed from the request may live across an
+            // await, so the request is made canonical first.
+            let canonical = canonical_get(req.headers(), pq)?;
+            (s.node.get_within(canonical, cred, max_age).await, true)
+        }
+        None => (pass_through(s, req, method, pq).await?, false),
     })
 }
 
@@ -411,12 +431,8 @@ async fn pass_through(
     method: &Method,
     pq: &str,
 ) -> Result<Result<Served, GetError>, Refusal> {
-    let headers: Vec<(String, String)> = req
-        .headers()
-        .iter()
-        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
-        .collect();
-    let Ok(body) = axum::body::to_bytes(req.into_body(), MAX_REQUEST_BODY).await else {
+    let (parts, body) = req.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, MAX_REQUEST_BODY).await else {
         return Err(Refusal::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "request body is too large",
@@ -430,11 +446,26 @@ async fn pass_through(
     } else {
         method.as_str()
     };
-    let forwarded = s.node.forward(sent_method, pq, headers, body).await;
+    let forwarded = forward_upstream(s, &parts.headers, body, sent_method, pq).await;
     if let Ok(answer) = &forwarded {
         invalidate_after_write(s, method.as_str(), pq, answer).await;
     }
     Ok(forwarded)
+}
+
+/// Sends a request upstream untouched, with exactly the client's headers.
+async fn forward_upstream(
+    s: &ApiState,
+    headers: &HeaderMap,
+    body: bytes::Bytes,
+    method: &str,
+    pq: &str,
+) -> Result<Served, GetError> {
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    s.node.forward(method, pq, headers, body).await
 }
 
 /// The node's own answer when nothing was served: a JSON error in GitHub's shape,

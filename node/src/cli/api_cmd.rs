@@ -57,6 +57,7 @@ impl Backend {
         let mut cfg = NodeConfig::new(settings::data_dir(None, env));
         cfg.keys = None;
         cfg.ttl = settings::ttl(None, env)?;
+        cfg.graphql_ttl = settings::graphql_ttl(None, env)?;
         cfg.limits = settings::limits(None, None, env)?;
         let github = GithubClient::new(GithubConfig {
             base_url: upstream.clone(),

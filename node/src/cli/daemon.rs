@@ -68,6 +68,7 @@ pub fn resolve(args: &NodeArgs, env: EnvLookup<'_>) -> Result<DaemonSettings, Cl
     node.external = settings::external(&args.external_addr, env)?;
     node.mdns = !(args.no_mdns || settings::env_flag_off(env, "GHMESH_MDNS"));
     node.ttl = settings::ttl(args.ttl, env)?;
+    node.graphql_ttl = settings::graphql_ttl(args.graphql_ttl, env)?;
     node.limits = settings::limits(args.max_entries, args.max_bytes, env)?;
     node.upstream_concurrency = settings::upstream_concurrency(args.upstream_concurrency, env)?;
     let p2p = !(args.no_p2p || settings::env_flag_off(env, "CACHE_ENABLE_P2P"));

@@ -153,6 +153,9 @@ pub struct NodeArgs {
     /// [env: GHMESH_TTL, CACHE_DEFAULT_TTL]
     #[arg(long, value_name = "SECONDS")]
     pub ttl: Option<u64>,
+    /// Freshness of GraphQL answers in seconds [env: GHMESH_GRAPHQL_TTL] [default: 60]
+    #[arg(long, value_name = "SECONDS")]
+    pub graphql_ttl: Option<u64>,
     /// Most entries kept [env: GHMESH_MAX_ENTRIES, CACHE_MAX_SIZE] [default: 100000]
     #[arg(long, value_name = "N")]
     pub max_entries: Option<u64>,

@@ -13,9 +13,9 @@ use crate::limits::{MAX_BODY_FRAME, MAX_SMALL_FRAME};
 
 /// Versioned protocol id of hellos, lookups and member lists (v2: addressed requests;
 /// v3: owner leases).
-pub const RR_PROTOCOL: StreamProtocol = StreamProtocol::new("/ghmesh/rr/3.0.0");
+pub const RR_PROTOCOL: StreamProtocol = StreamProtocol::new("/ghmesh/rr/4.0.0");
 /// Versioned protocol id of body fetches by CID.
-pub const BODY_PROTOCOL: StreamProtocol = StreamProtocol::new("/ghmesh/body/3.0.0");
+pub const BODY_PROTOCOL: StreamProtocol = StreamProtocol::new("/ghmesh/body/4.0.0");
 
 /// Length-prefixed opaque bytes; sealing and meaning live in the protocol crate.
 #[derive(Debug, Clone, Copy)]

@@ -26,11 +26,12 @@ impl Node {
                 .fetch_with(&req, local.as_ref(), &Credential::Node)
                 .await;
         }
-        let action = policy::after_upstream(outcome.as_ref(), local.is_some());
+        let graphql = req.graphql.is_some();
+        let action = policy::after_upstream(outcome.as_ref(), local.is_some(), graphql);
         let now = self.now_ms();
         match (action, outcome, local) {
             (UpstreamAction::Store, Ok(resp), _) => {
-                let ttl = freshness_ttl_secs(&req, &resp.headers, self.inner.cfg.ttl);
+                let ttl = freshness_ttl_secs(&req, &resp.headers, self.inner.cfg.ttl_settings());
                 let entry = Entry::new(
                     req,
                     policy::kept_headers(&resp.headers),
@@ -54,7 +55,11 @@ impl Node {
             (UpstreamAction::Refresh, Ok(resp), Some(mut entry)) => {
                 self.inner.telemetry.counters.upstream_304.inc();
                 let headers = policy::merge_304_headers(&entry.meta.headers, &resp.headers);
-                let ttl = freshness_ttl_secs(&entry.meta.request, &headers, self.inner.cfg.ttl);
+                let ttl = freshness_ttl_secs(
+                    &entry.meta.request,
+                    &headers,
+                    self.inner.cfg.ttl_settings(),
+                );
                 entry.meta.headers = headers;
                 entry.meta.fetched_at_ms = now;
                 entry.meta.fresh_until_ms = now + ttl * 1000;

@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ghmesh_protocol::{
-    varies_by_identity, Announce, BodyReply, CacheKey, Entry, FetchBody, Lookup, LookupReply,
-    Message, Refresh,
+    Announce, BodyReply, CacheKey, Entry, FetchBody, Lookup, LookupReply, Message, Refresh,
 };
 use libp2p::gossipsub::MessageAcceptance;
 use libp2p::PeerId;
@@ -148,7 +147,7 @@ impl Node {
         let now = self.now_ms();
         let key = ann.meta.key();
         ann.meta = ann.meta.adopt(self.peer_rules(), now);
-        if varies_by_identity(&ann.meta.request.path) {
+        if ann.meta.request.varies_by_identity() {
             tracing::debug!(%sender, "announce of an identity-dependent answer");
             return false;
         }
@@ -225,7 +224,7 @@ impl Node {
             Message::Lookup(l) => {
                 if l.request.check().is_err()
                     || l.request.key() != l.key
-                    || l.request.method != "GET"
+                    || !l.request.is_cacheable_read()
                 {
                     self.violated(peer);
                     return None;
@@ -315,7 +314,7 @@ impl Node {
         let owner = placement::owner(&l.key, self.candidates().into_iter().chain([me]))
             .filter(|o| *o != me);
         LookupView {
-            shareable: !varies_by_identity(&l.request.path),
+            shareable: !l.request.varies_by_identity(),
             fresh_local: local.is_some_and(|e| e.meta.is_fresh(now)),
             in_flight: self.inner.flights.contains(&l.key),
             fetching: self.inner.flights.fetching(&l.key),

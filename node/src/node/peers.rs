@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use ghmesh_protocol::{
-    varies_by_identity, Announce, BodyReply, CacheKey, CanonicalRequest, Entry, EntryMeta,
-    FetchBody, Lookup, LookupReply, Message,
+    Announce, BodyReply, CacheKey, CanonicalRequest, Entry, EntryMeta, FetchBody, Lookup,
+    LookupReply, Message,
 };
 use libp2p::PeerId;
 use tokio::time::Instant;
@@ -307,7 +307,7 @@ impl Node {
     /// kept headers), fetches its body when it came without, stores it.
     async fn accept_found(&self, mut ann: Announce, from: PeerId) -> Option<Served> {
         let key = ann.meta.key();
-        if varies_by_identity(&ann.meta.request.path) {
+        if ann.meta.request.varies_by_identity() {
             self.violated(from);
             return None;
         }

@@ -4,7 +4,7 @@
 //! in a task of its own (so a client going away does not cancel it for the others),
 //! later ones join it.
 
-use ghmesh_protocol::{varies_by_identity, CacheKey, CanonicalRequest, Entry};
+use ghmesh_protocol::{CacheKey, CanonicalRequest, Entry};
 
 use super::flights::{Flight, Joined, Landing, Upstreaming};
 use super::peers::{Ask, PeerPhase};
@@ -43,7 +43,7 @@ impl Node {
         if self.inner.tasks.stopping.is_cancelled() {
             return Err(GetError::Closed);
         }
-        if varies_by_identity(&req.path) {
+        if req.varies_by_identity() {
             return self.read_per_identity(req, cred).await;
         }
         let key = req.key();

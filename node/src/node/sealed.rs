@@ -124,7 +124,7 @@ impl Node {
     /// What this node applies to entries peers send.
     pub(super) fn peer_rules(&self) -> PeerRules<'_> {
         PeerRules {
-            ttl_override: self.inner.cfg.ttl,
+            ttl: self.inner.cfg.ttl_settings(),
             upstream_base: self.inner.upstream.base(),
         }
     }

@@ -24,7 +24,9 @@ use ghmesh_protocol::{
 use libp2p::PeerId;
 
 use crate::placement;
-use upstream::{classify_response, UpstreamError, UpstreamResponse, Verdict};
+use upstream::{
+    classify_graphql_response, classify_response, UpstreamError, UpstreamResponse, Verdict,
+};
 
 pub use crate::limits::{EXTRA_ASKS, PREFETCH_MAX_BODY};
 
@@ -324,10 +326,12 @@ pub enum UpstreamAction {
     Fail,
 }
 
-/// Decides what upstream's outcome means, given whether an old copy is held.
+/// Decides what upstream's outcome means, given whether an old copy is held and
+/// whether it answered a GraphQL query (whose `200` may carry errors).
 pub fn after_upstream(
     outcome: Result<&UpstreamResponse, &UpstreamError>,
     have_copy: bool,
+    graphql: bool,
 ) -> UpstreamAction {
     let resp = match outcome {
         Ok(r) => r,
@@ -336,7 +340,12 @@ pub fn after_upstream(
         Err(UpstreamError::Held(_)) => return UpstreamAction::PassThrough,
         Err(_) => return UpstreamAction::Fail,
     };
-    match classify_response(resp) {
+    let verdict = if graphql {
+        classify_graphql_response(resp)
+    } else {
+        classify_response(resp)
+    };
+    match verdict {
         Verdict::Cacheable if resp.body.len() <= MAX_BODY_LEN => UpstreamAction::Store,
         Verdict::NotModified if have_copy => UpstreamAction::Refresh,
         Verdict::Failure if have_copy => UpstreamAction::ServeStale,

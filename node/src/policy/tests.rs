@@ -44,42 +44,106 @@ fn local_and_joined_status() {
     assert_eq!(joined_status(CacheStatus::Stale), CacheStatus::Stale);
 }
 
+fn json(status: u16, body: &str) -> UpstreamResponse {
+    UpstreamResponse {
+        status,
+        headers: Vec::new(),
+        body: Bytes::from(body.to_string()),
+    }
+}
+
+#[test]
+fn graphql_answers_are_stored_only_whole() {
+    use upstream::{graphql_errors, GraphqlErrors};
+    let whole = json(200, r#"{"data":{"viewer":{"login":"a"}}}"#);
+    let empty_errors = json(200, r#"{"data":{},"errors":[]}"#);
+    let partial = json(
+        200,
+        r#"{"data":{"a":null},"errors":[{"type":"NOT_FOUND","path":["a"]}]}"#,
+    );
+    let invalid = json(200, r#"{"errors":[{"message":"Parse error"}]}"#);
+    let limited = json(
+        200,
+        r#"{"errors":[{"type":"RATE_LIMITED","message":"spent"}]}"#,
+    );
+    let not_json = json(200, "<html>");
+    assert_eq!(graphql_errors(&whole.body), GraphqlErrors::None);
+    assert_eq!(graphql_errors(&empty_errors.body), GraphqlErrors::None);
+    assert_eq!(graphql_errors(&partial.body), GraphqlErrors::Other);
+    assert_eq!(graphql_errors(&limited.body), GraphqlErrors::RateLimited);
+    assert_eq!(graphql_errors(&not_json.body), GraphqlErrors::Other);
+    for (r, copy, action) in [
+        (&whole, false, UpstreamAction::Store),
+        (&partial, false, UpstreamAction::PassThrough),
+        (&partial, true, UpstreamAction::PassThrough),
+        (&invalid, true, UpstreamAction::PassThrough),
+        (&not_json, false, UpstreamAction::PassThrough),
+        (&limited, true, UpstreamAction::ServeStale),
+        (&limited, false, UpstreamAction::PassThrough),
+    ] {
+        assert_eq!(after_upstream(Ok(r), copy, true), action, "{r:?} {copy}");
+    }
+    // The same bodies from REST are REST's business: a 200 is stored.
+    assert_eq!(
+        after_upstream(Ok(&partial), false, false),
+        UpstreamAction::Store
+    );
+}
+
 #[test]
 fn upstream_actions() {
     let ok = resp(200, &[], 10);
-    assert_eq!(after_upstream(Ok(&ok), false), UpstreamAction::Store);
-    assert_eq!(after_upstream(Ok(&ok), true), UpstreamAction::Store);
+    assert_eq!(after_upstream(Ok(&ok), false, false), UpstreamAction::Store);
+    assert_eq!(after_upstream(Ok(&ok), true, false), UpstreamAction::Store);
     let huge = resp(200, &[], MAX_BODY_LEN + 1);
     assert_eq!(
-        after_upstream(Ok(&huge), false),
+        after_upstream(Ok(&huge), false, false),
         UpstreamAction::PassThrough
     );
     let nm = resp(304, &[], 0);
-    assert_eq!(after_upstream(Ok(&nm), true), UpstreamAction::Refresh);
-    assert_eq!(after_upstream(Ok(&nm), false), UpstreamAction::PassThrough);
-    let down = resp(502, &[], 0);
-    assert_eq!(after_upstream(Ok(&down), true), UpstreamAction::ServeStale);
     assert_eq!(
-        after_upstream(Ok(&down), false),
+        after_upstream(Ok(&nm), true, false),
+        UpstreamAction::Refresh
+    );
+    assert_eq!(
+        after_upstream(Ok(&nm), false, false),
+        UpstreamAction::PassThrough
+    );
+    let down = resp(502, &[], 0);
+    assert_eq!(
+        after_upstream(Ok(&down), true, false),
+        UpstreamAction::ServeStale
+    );
+    assert_eq!(
+        after_upstream(Ok(&down), false, false),
         UpstreamAction::PassThrough
     );
     let limited = resp(403, &[("x-ratelimit-remaining", "0")], 0);
     assert_eq!(
-        after_upstream(Ok(&limited), true),
+        after_upstream(Ok(&limited), true, false),
         UpstreamAction::ServeStale
     );
     let missing = resp(404, &[], 0);
     assert_eq!(
-        after_upstream(Ok(&missing), true),
+        after_upstream(Ok(&missing), true, false),
         UpstreamAction::PassThrough
     );
     let err = UpstreamError::Timeout;
-    assert_eq!(after_upstream(Err(&err), true), UpstreamAction::ServeStale);
-    assert_eq!(after_upstream(Err(&err), false), UpstreamAction::Fail);
-    let held = UpstreamError::Held(Box::new(limited.clone()));
-    assert_eq!(after_upstream(Err(&held), true), UpstreamAction::ServeStale);
     assert_eq!(
-        after_upstream(Err(&held), false),
+        after_upstream(Err(&err), true, false),
+        UpstreamAction::ServeStale
+    );
+    assert_eq!(
+        after_upstream(Err(&err), false, false),
+        UpstreamAction::Fail
+    );
+    let held = UpstreamError::Held(Box::new(limited.clone()));
+    assert_eq!(
+        after_upstream(Err(&held), true, false),
+        UpstreamAction::ServeStale
+    );
+    assert_eq!(
+        after_upstream(Err(&held), false, false),
         UpstreamAction::PassThrough
     );
     let mut secondary = resp(403, &[("x-ratelimit-remaining", "4000")], 0);
@@ -87,11 +151,11 @@ fn upstream_actions() {
         b"{\"message\":\"You have exceeded a secondary rate limit. Please wait.\"}",
     );
     assert_eq!(
-        after_upstream(Ok(&secondary), true),
+        after_upstream(Ok(&secondary), true, false),
         UpstreamAction::ServeStale
     );
     assert_eq!(
-        after_upstream(Ok(&secondary), false),
+        after_upstream(Ok(&secondary), false, false),
         UpstreamAction::PassThrough
     );
 }

@@ -100,6 +100,69 @@ pub fn is_secondary_limit(resp: &UpstreamResponse) -> bool {
             .contains("secondary rate limit")
 }
 
+/// What a GraphQL answer's `errors` say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphqlErrors {
+    /// None: the answer is whole.
+    None,
+    /// `RATE_LIMITED`: the token's `graphql` budget is spent.
+    RateLimited,
+    /// Partial data, a validation error, anything else: for the asker alone.
+    Other,
+}
+
+/// Reads the top-level `errors` of a GraphQL answer (a body that is not JSON counts as
+/// an error: it is nothing to share).
+pub fn graphql_errors(body: &[u8]) -> GraphqlErrors {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        #[serde(default)]
+        errors: Option<Vec<Error>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Error {
+        #[serde(default, rename = "type")]
+        kind: Option<String>,
+    }
+    match serde_json::from_slice::<Answer>(body) {
+        Ok(Answer { errors: None }) => GraphqlErrors::None,
+        Ok(Answer { errors: Some(e) }) if e.is_empty() => GraphqlErrors::None,
+        Ok(Answer { errors: Some(e) })
+            if e.iter().any(|e| e.kind.as_deref() == Some("RATE_LIMITED")) =>
+        {
+            GraphqlErrors::RateLimited
+        }
+        _ => GraphqlErrors::Other,
+    }
+}
+
+/// A `200` that refuses a GraphQL query for the token's spent budget: GitHub's primary
+/// GraphQL rate limit, which it answers with `200` and a `RATE_LIMITED` error.
+pub fn is_graphql_rate_limited(resp: &UpstreamResponse) -> bool {
+    resp.status == 200
+        && memchr_rate_limited(&resp.body)
+        && graphql_errors(&resp.body) == GraphqlErrors::RateLimited
+}
+
+/// A cheap look before parsing: most answers never say it.
+fn memchr_rate_limited(body: &[u8]) -> bool {
+    body.windows(b"RATE_LIMITED".len())
+        .any(|w| w == b"RATE_LIMITED")
+}
+
+/// [`classify_response`] for a GraphQL answer: a `200` is cacheable only without
+/// `errors`; `RATE_LIMITED` is a rate-limit failure (a copy is served stale).
+pub fn classify_graphql_response(resp: &UpstreamResponse) -> Verdict {
+    match classify_response(resp) {
+        Verdict::Cacheable => match graphql_errors(&resp.body) {
+            GraphqlErrors::None => Verdict::Cacheable,
+            GraphqlErrors::RateLimited => Verdict::Failure,
+            GraphqlErrors::Other => Verdict::PassThrough,
+        },
+        v => v,
+    }
+}
+
 /// [`classify`], also reading the body for GitHub's secondary rate limit.
 pub fn classify_response(resp: &UpstreamResponse) -> Verdict {
     if is_secondary_limit(resp) {

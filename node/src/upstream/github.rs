@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use ghmesh_protocol::{entry::MAX_BODY_LEN, token_fingerprint, CanonicalRequest};
+use ghmesh_protocol::{entry::MAX_BODY_LEN, token_fingerprint, CanonicalRequest, GRAPHQL_PATH};
 
 use super::holds::{resource_of_path, HoldKey, Holds};
 use super::{
@@ -153,7 +153,26 @@ impl GithubClient {
         body: Option<Bytes>,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let url = format!("{}{}", self.base, path_and_query);
-        let mut rb = self.http.request(method, &url);
+        self.send_to(method, &url, headers, body).await
+    }
+
+    /// GitHub's GraphQL endpoint: `/graphql` beside the REST base, and on GitHub
+    /// Enterprise Server (REST under `/api/v3`) `/api/graphql`.
+    fn graphql_url(&self) -> String {
+        match self.base.strip_suffix("/v3") {
+            Some(api) if api.ends_with("/api") => format!("{api}/graphql"),
+            _ => format!("{}/graphql", self.base),
+        }
+    }
+
+    async fn send_to(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        headers: Vec<(String, String)>,
+        body: Option<Bytes>,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let mut rb = self.http.request(method, url);
         for (k, v) in headers {
             rb = rb.header(k, v);
         }
@@ -244,17 +263,29 @@ impl Upstream for GithubClient {
                 }
                 Credential::Client(t) => headers.push(("authorization".into(), t.header().into())),
             }
-            if let Some(etag) = cond.etag {
-                headers.push(("if-none-match".into(), etag));
-            }
-            if let Some(lm) = cond.last_modified {
-                headers.push(("if-modified-since".into(), lm));
-            }
-            let method = reqwest::Method::from_bytes(req.method.as_bytes())
-                .map_err(|_| UpstreamError::Unreachable("bad method".into()))?;
-            let resp = self
-                .send(method, &req.path_and_query(), headers, None)
-                .await?;
+            let resp = match &req.graphql {
+                // GitHub has no conditional GraphQL requests (an `If-None-Match` gets
+                // 412): the query is sent whole, to the GraphQL endpoint.
+                Some(query) => {
+                    headers.push(("content-type".into(), "application/json".into()));
+                    let url = self.graphql_url();
+                    let body = Some(Bytes::from(query.body()));
+                    self.send_to(reqwest::Method::POST, &url, headers, body)
+                        .await?
+                }
+                None => {
+                    if let Some(etag) = cond.etag {
+                        headers.push(("if-none-match".into(), etag));
+                    }
+                    if let Some(lm) = cond.last_modified {
+                        headers.push(("if-modified-since".into(), lm));
+                    }
+                    let method = reqwest::Method::from_bytes(req.method.as_bytes())
+                        .map_err(|_| UpstreamError::Unreachable("bad method".into()))?;
+                    self.send(method, &req.path_and_query(), headers, None)
+                        .await?
+                }
+            };
             self.observe(token, resource, &resp);
             Ok(resp)
         })
@@ -285,7 +316,12 @@ impl Upstream for GithubClient {
                 return Err(UpstreamError::Held(Box::new(refusal)));
             }
             let body = (!body.is_empty()).then_some(body);
-            let resp = self.send(method, path_and_query, headers, body).await?;
+            let resp = if path_and_query == GRAPHQL_PATH {
+                let url = self.graphql_url();
+                self.send_to(method, &url, headers, body).await?
+            } else {
+                self.send(method, path_and_query, headers, body).await?
+            };
             self.observe(token, resource, &resp);
             Ok(resp)
         })

@@ -62,6 +62,7 @@ pub fn hold_for(resp: &UpstreamResponse, now_secs: u64, streak: u32) -> Option<(
         return Some((retry_after.unwrap_or(doubled).min(MAX_HOLD), true));
     }
     let primary = resp.status == 429
+        || crate::policy::upstream::is_graphql_rate_limited(resp)
         || (resp.status == 403
             && (resp.header("x-ratelimit-remaining") == Some("0") || retry_after.is_some()));
     if !primary {
@@ -148,7 +149,9 @@ impl Holds {
         if is_secondary_limit(resp) {
             keys = vec![key(WHOLE_TOKEN)];
         }
-        if resp.status < 400 {
+        // GraphQL's primary limit comes as a `200`: not a success.
+        let refused = resp.status >= 400 || crate::policy::upstream::is_graphql_rate_limited(resp);
+        if !refused {
             for k in &keys {
                 self.map.remove(k);
             }
@@ -218,6 +221,49 @@ mod tests {
     }
 
     const SECONDARY: &str = r#"{"message":"You have exceeded a secondary rate limit."}"#;
+
+    #[test]
+    fn graphqls_rate_limited_200_holds_the_graphql_resource_until_reset() {
+        let limited = resp(
+            200,
+            &[
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", "1100"),
+                ("x-ratelimit-resource", "graphql"),
+            ],
+            r#"{"errors":[{"type":"RATE_LIMITED","message":"API rate limit already exceeded"}]}"#,
+        );
+        assert_eq!(
+            hold_for(&limited, 1000, 0),
+            Some((Duration::from_secs(100), false))
+        );
+        let mut holds = Holds::default();
+        let token = Some([1; 8]);
+        assert!(holds
+            .observe(token, "graphql", &limited, 1_000_000)
+            .is_some());
+        let key = |resource: &str| HoldKey {
+            token,
+            resource: resource.into(),
+        };
+        assert!(holds.held(&key("graphql"), 1_050_000).is_some());
+        assert!(
+            holds.held(&key("core"), 1_050_000).is_none(),
+            "REST goes on"
+        );
+        assert!(
+            holds.held(&key("graphql"), 1_100_000).is_none(),
+            "until reset"
+        );
+        // Errors that are not the limit, and whole answers, hold nothing.
+        let partial = resp(
+            200,
+            &[],
+            r#"{"data":{"a":null},"errors":[{"type":"NOT_FOUND"}]}"#,
+        );
+        assert_eq!(hold_for(&partial, 0, 0), None);
+        assert_eq!(hold_for(&resp(200, &[], r#"{"data":{}}"#), 0, 0), None);
+    }
 
     #[test]
     fn primary_and_secondary_limits() {

@@ -293,6 +293,18 @@ pub fn ttl(flag: Option<u64>, env: EnvLookup<'_>) -> Result<Option<u64>, CliErro
     Ok(ttl)
 }
 
+/// `--graphql-ttl`, `GHMESH_GRAPHQL_TTL`, else `None` (60 s): how long a GraphQL
+/// answer stays fresh.
+pub fn graphql_ttl(flag: Option<u64>, env: EnvLookup<'_>) -> Result<Option<u64>, CliError> {
+    let ttl = number(flag, env, &["GHMESH_GRAPHQL_TTL"], "a number of seconds")?;
+    if ttl.is_some_and(|t| t > 86_400) {
+        return Err(CliError::usage(
+            "--graphql-ttl is at most 86400 seconds (one day)",
+        ));
+    }
+    Ok(ttl)
+}
+
 /// `--upstream-timeout`, `GHMESH_UPSTREAM_TIMEOUT`, else 15 s.
 pub fn upstream_timeout(
     flag: Option<u64>,
