@@ -299,3 +299,13 @@ pub async fn fleet(
     }
     Ok(nodes)
 }
+
+/// Runs `ghmesh api ARGS` with only `env` in its environment.
+pub fn ghmesh_api(args: &[&str], env: &[(&str, String)]) -> std::io::Result<std::process::Output> {
+    std::process::Command::new(ghmesh_bin())
+        .arg("api")
+        .args(args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+}

@@ -95,3 +95,35 @@ async fn octokit_works_unmodified_through_the_proxy() {
     assert!(seen["issues"].as_u64() > Some(30));
     check_upstream(&gh, "ghp_octokit", "/repos/acme/widgets/issues/5/comments");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn octokit_graphql_works_unmodified_through_the_proxy() {
+    let Ok(npm) = std::env::var("GHMESH_COMPAT_NPM") else {
+        println!("skipping octokit GraphQL compatibility: run .ci/client-tests (installs @octokit/graphql into target/)");
+        return;
+    };
+    let gh = FakeGithub::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let n = node(&gh, &dir).await;
+    let script = Path::new(&npm).join("octokit_graphql.mjs");
+    std::fs::copy(compat_script("octokit_graphql.mjs"), &script).unwrap();
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg(&script);
+    let seen = run_client(cmd, &n.base()).await;
+    assert_eq!(seen["pages"], 250);
+    assert_ne!(seen["alice"], seen["bob"]);
+    // What reached GitHub: the repository query once for three reads in two
+    // spellings; three pages; the comments read, the mutation and the read after it;
+    // each viewer; the missing repository (an error, never stored).
+    assert_eq!(gh.graphql_requests(), 1 + 3 + 3 + 2 + 1);
+    let sent = gh.requests();
+    assert!(
+        sent.iter()
+            .all(|r| r.path_and_query == "/graphql" && r.method == "POST"),
+        "{sent:?}"
+    );
+    assert!(
+        sent.iter().all(|r| r.if_none_match.is_none()),
+        "no validators upstream"
+    );
+}

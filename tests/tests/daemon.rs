@@ -210,13 +210,7 @@ async fn sigterm_exits_0_and_a_second_node_on_the_same_dir_is_refused() {
 }
 
 fn api_cmd(args: &[&str], env: &[(&str, String)]) -> std::process::Output {
-    std::process::Command::new(ghmesh_bin())
-        .arg("api")
-        .args(args)
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .unwrap()
+    ghmesh_api(args, env).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

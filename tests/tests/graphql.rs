@@ -255,3 +255,74 @@ async fn a_spent_graphql_budget_holds_the_token_and_serves_what_is_held() {
     let stats = nodes[0].stats().await.unwrap();
     assert!(counter(&stats, "upstream_held") >= 1, "{stats}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ghmesh_api_graphql_takes_fields_as_variables_and_pages_as_gh() {
+    let gh = FakeGithub::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let args: Vec<String> = vec!["--upstream".into(), gh.url(), "--no-p2p".into()];
+    let node = start_daemon(dir.path().join("n"), &args, &env("a"))
+        .await
+        .unwrap();
+    let e = vec![("GHMESH_API", node.ready.api.clone())];
+    let query = "query($owner: String!, $name: String!, $n: Int!, $endCursor: String) { repository(owner: $owner, name: $name) { issues(first: $n, after: $endCursor) { nodes { number } pageInfo { hasNextPage endCursor } } } }";
+    let q = format!("query={query}");
+    let run = |extra: &[&str]| {
+        let mut a = vec![
+            "graphql",
+            "-f",
+            &q,
+            "-f",
+            "owner=acme",
+            "-f",
+            "name=widgets",
+        ];
+        a.extend_from_slice(extra);
+        tokio::task::block_in_place(|| ghmesh_api(&a, &e).unwrap())
+    };
+    // -F types its value (an integer here), --jq runs on every page.
+    let paged = [
+        "-F",
+        "n=100",
+        "--paginate",
+        "--jq",
+        ".data.repository.issues.nodes | length",
+    ];
+    let o = run(&paged);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "100\n100\n50\n");
+    assert_eq!(gh.graphql_requests(), 3);
+    // Again: every page from the cache.
+    let o = run(&paged);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "100\n100\n50\n");
+    assert_eq!(gh.graphql_requests(), 3, "pages served from the cache");
+    // Without --jq the pages are printed one after another, each as GitHub sent it.
+    let o = run(&["-F", "n=100", "--paginate"]);
+    let pages: Vec<Value> = serde_json::Deserializer::from_slice(&o.stdout)
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(pages.len(), 3);
+    assert_eq!(
+        pages[2]["data"]["repository"]["issues"]["pageInfo"]["hasNextPage"],
+        false
+    );
+    // One page without --paginate.
+    let o = run(&[
+        "-F",
+        "n=5",
+        "--jq",
+        ".data.repository.issues.nodes[0].number",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "250\n");
+    // An answer with errors is printed, and the command fails with their messages.
+    let missing = "query=query { repository(owner: \"acme\", name: \"missing\") { name } }";
+    let o = tokio::task::block_in_place(|| ghmesh_api(&["graphql", "-f", missing], &e).unwrap());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("NOT_FOUND"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("GraphQL: Could not resolve to a Repository"),
+        "{err}"
+    );
+}

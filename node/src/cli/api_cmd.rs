@@ -9,6 +9,7 @@ use bytes::Bytes;
 use ghmesh_protocol::CanonicalRequest;
 
 use super::gh_format::{include_block, join_array_pages, parse_duration, reason, with_per_page};
+use super::graphql_cmd;
 use super::jq::JqFilter;
 use super::settings::{self, EnvLookup};
 use super::{ApiArgs, CliError};
@@ -118,20 +119,19 @@ impl Backend {
                 let has_auth = headers
                     .iter()
                     .any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
-                let served = if method == "GET" && !has_auth {
-                    let h = |n: &str| {
-                        headers
-                            .iter()
-                            .find(|(k, _)| k.eq_ignore_ascii_case(n))
-                            .map(|(_, v)| v.as_str())
-                    };
-                    let req = CanonicalRequest::new(
-                        "GET",
-                        path_and_query,
-                        h("accept"),
-                        h("x-github-api-version"),
-                    )
-                    .map_err(|e| CliError::usage(format!("bad endpoint: {e}")))?;
+                let h = |n: &str| {
+                    headers
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                        .map(|(_, v)| v.as_str())
+                };
+                let cached = if has_auth {
+                    None
+                } else {
+                    let how = (h("accept"), h("x-github-api-version"));
+                    cached_read(method, path_and_query, body.as_deref(), how)?
+                };
+                let served = if let Some(req) = cached {
                     let max_age = h(crate::api::MAX_AGE_HEADER)
                         .and_then(|v| v.parse().ok())
                         .map(Duration::from_secs);
@@ -157,6 +157,31 @@ impl Backend {
             node.shutdown().await;
         }
     }
+}
+
+/// The cache's form of a request made alone, when it is a read the cache serves: a
+/// `GET`, or a GraphQL query (`None`: pass it through).
+fn cached_read(
+    method: &str,
+    path_and_query: &str,
+    body: Option<&[u8]>,
+    (accept, version): (Option<&str>, Option<&str>),
+) -> Result<Option<CanonicalRequest>, CliError> {
+    if method == "GET" {
+        return CanonicalRequest::new("GET", path_and_query, accept, version)
+            .map(Some)
+            .map_err(|e| CliError::usage(format!("bad endpoint: {e}")));
+    }
+    if method != "POST" || path_and_query != ghmesh_protocol::GRAPHQL_PATH {
+        return Ok(None);
+    }
+    let query = body
+        .and_then(|b| ghmesh_protocol::graphql::GraphqlRequest::parse(b).ok())
+        .and_then(|g| g.query());
+    Ok(match query {
+        Some(q) => CanonicalRequest::graphql(q, accept, version).ok(),
+        None => None,
+    })
 }
 
 /// `gh api`-style endpoint: `repos/o/r` or `/repos/o/r` or a full URL; `{owner}` and
@@ -296,7 +321,15 @@ pub async fn run(args: ApiArgs, env: EnvLookup<'_>) -> Result<(), CliError> {
         .map(JqFilter::compile)
         .transpose()
         .map_err(|e| CliError::usage(e.to_string()))?;
-    let (first, body) = if method == "GET" || method == "HEAD" {
+    let graphql = path == ghmesh_protocol::GRAPHQL_PATH;
+    let mut paging = Paging::Link;
+    let (first, body) = if graphql && method == "POST" {
+        let sent = graphql_cmd::body(params);
+        let body = Bytes::from(serde_json::Value::Object(sent.clone()).to_string());
+        headers.push(("content-type".into(), "application/json".into()));
+        paging = Paging::Cursor(sent);
+        (path, Some(body))
+    } else if method == "GET" || method == "HEAD" {
         let first = with_query(&path, &params);
         // As gh: a paginated read asks for the largest page unless it chose one.
         let first = if args.paginate {
@@ -322,16 +355,12 @@ pub async fn run(args: ApiArgs, env: EnvLookup<'_>) -> Result<(), CliError> {
             headers.push(("authorization".into(), auth));
         }
     }
-    let result = fetch_and_print(
-        &backend,
-        &method,
-        first,
-        &headers,
-        body,
-        &args,
-        filter.as_ref(),
-    )
-    .await;
+    let request = Request {
+        method: &method,
+        headers: &headers,
+        paging,
+    };
+    let result = fetch_and_print(&backend, &request, first, body, &args, filter.as_ref()).await;
     backend.close().await;
     result
 }
@@ -350,16 +379,57 @@ fn caller_authorization(headers: &[(String, String)], env: EnvLookup<'_>) -> Opt
     settings::upstream_token(env).map(|token| format!("token {token}"))
 }
 
+/// How `--paginate` finds the next page.
+enum Paging {
+    /// REST: the `rel="next"` URL of `Link`, the same body.
+    Link,
+    /// GraphQL: the same query with `$endCursor` set from the page (this body sent).
+    Cursor(serde_json::Map<String, serde_json::Value>),
+}
+
+impl Paging {
+    /// The path and body of the page after `resp`, if there is one.
+    fn next(
+        &self,
+        pq: &str,
+        body: Option<Bytes>,
+        resp: &ResponseParts,
+    ) -> Option<(String, Option<Bytes>)> {
+        match self {
+            Self::Link => {
+                let link = resp
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("link"))?;
+                Some((next_link(&link.1)?, body))
+            }
+            Self::Cursor(sent) => {
+                let next = graphql_cmd::next_page(sent, &resp.body)?;
+                Some((pq.to_string(), Some(next)))
+            }
+        }
+    }
+}
+
+/// What every page is asked with.
+struct Request<'a> {
+    method: &'a str,
+    headers: &'a [(String, String)],
+    paging: Paging,
+}
+
 /// Sends the request (following `Link: rel="next"` with `--paginate`) and prints what
 /// `gh api` prints when its output is not a terminal: each body as received, with no
 /// newline added; with `--paginate`, JSON array pages joined into one array, unless
 /// `-i` shows each page's headers (then, as gh, every page is printed as it came, its
 /// headers first, pages separated by a newline); `--jq` runs on each page.
+///
+/// GraphQL pages follow `$endCursor`; an answer with `errors` is printed, then the
+/// command fails with their messages, as gh does.
 async fn fetch_and_print(
     backend: &Backend,
-    method: &str,
+    request: &Request<'_>,
     first: String,
-    headers: &[(String, String)],
     body: Option<Bytes>,
     args: &ApiArgs,
     filter: Option<&JqFilter>,
@@ -367,13 +437,15 @@ async fn fetch_and_print(
     let mut out = std::io::stdout().lock();
     // gh merges array pages only when nothing else is printed between them.
     let merge_arrays = args.paginate && !args.include && filter.is_none();
-    let mut next = Some(first);
+    let mut next = Some((first, body));
     let mut array_pages: Vec<Bytes> = Vec::new();
     let mut pages = 0;
     let mut failure = None;
-    while let Some(pq) = next.take() {
+    while let Some((pq, body)) = next.take() {
         pages += 1;
-        let resp = backend.request(method, &pq, headers, body.clone()).await?;
+        let resp = backend
+            .request(request.method, &pq, request.headers, body.clone())
+            .await?;
         if args.include {
             if pages > 1 {
                 let _ = writeln!(out);
@@ -411,12 +483,12 @@ async fn fetch_and_print(
             // as gh does.
             let _ = out.write_all(&resp.body);
         }
+        if let (Paging::Cursor(_), Some(e)) = (&request.paging, graphql_cmd::errors(&resp.body)) {
+            failure = Some(CliError::failed(e));
+            break;
+        }
         if args.paginate && pages < MAX_PAGES {
-            next = resp
-                .headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("link"))
-                .and_then(|(_, v)| next_link(v));
+            next = request.paging.next(&pq, body, &resp);
         }
     }
     if !array_pages.is_empty() {

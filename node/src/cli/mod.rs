@@ -3,6 +3,7 @@
 pub(crate) mod api_cmd;
 pub(crate) mod daemon;
 mod gh_format;
+mod graphql_cmd;
 mod info;
 pub mod jq;
 mod jq_render;
