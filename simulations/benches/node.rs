@@ -1,5 +1,6 @@
 //! Latency of the node's hot paths. Run: `cargo build --release && cargo bench -p ghmesh-simulations`.
-//! - local hit through the HTTP API (loopback round trip, keep-alive client)
+//! - local hit through the HTTP API (loopback round trip, keep-alive client), REST and
+//!   GraphQL (the same 2 KiB answer; GraphQL also parses and normalises the query)
 //! - peer lookup on a local miss (two nodes over TCP loopback)
 //! - whole-process `ghmesh api` on a hit (needs target/release/ghmesh)
 #![allow(clippy::unwrap_used)] // bench set-up: a panic is the failure report
@@ -58,6 +59,46 @@ fn local_hit(c: &mut Criterion) {
         b.iter(|| {
             rt.block_on(async {
                 let r = client.get(&url).send().await.unwrap();
+                assert_eq!(r.headers()["x-ghmesh-cache"], "hit");
+                r.bytes().await.unwrap()
+            })
+        })
+    });
+}
+
+/// A query of the size CI tools send (a repository's open pull requests with checks).
+const PULLS_QUERY: &str = r#"query PullRequests($owner: String!, $repo: String!, $limit: Int!, $endCursor: String) {
+  repository(owner: $owner, name: $repo) {
+    pullRequests(first: $limit, after: $endCursor, states: [OPEN], orderBy: {field: UPDATED_AT, direction: DESC}) {
+      totalCount
+      nodes { number title isDraft headRefName baseRefName author { login } updatedAt
+        commits(last: 1) { nodes { commit { oid statusCheckRollup { state } } } } }
+      pageInfo { hasNextPage endCursor }
+    }
+  }
+}"#;
+
+fn local_hit_graphql(c: &mut Criterion) {
+    let rt = runtime();
+    let (_node, base) = rt.block_on(api_node());
+    let client = reqwest::Client::new();
+    let url = format!("{base}/graphql");
+    let body = serde_json::json!({
+        "query": PULLS_QUERY,
+        "variables": { "owner": "acme", "repo": "widgets", "limit": 30 },
+    })
+    .to_string();
+    let post = || {
+        client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.clone())
+    };
+    rt.block_on(async { post().send().await.unwrap().bytes().await.unwrap() });
+    c.bench_function("api_local_hit_graphql_2KiB", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let r = post().send().await.unwrap();
                 assert_eq!(r.headers()["x-ghmesh-cache"], "hit");
                 r.bytes().await.unwrap()
             })
@@ -143,5 +184,5 @@ fn cli_hit(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, local_hit, peer_lookup, cli_hit);
+criterion_group!(benches, local_hit, local_hit_graphql, peer_lookup, cli_hit);
 criterion_main!(benches);

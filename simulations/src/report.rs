@@ -53,6 +53,39 @@ pub struct Network {
     pub join_gap_ms: f64,
 }
 
+/// Upstream calls of the keys read as GraphQL queries, beside the REST ones.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GraphqlShare {
+    /// Keys read as GraphQL queries.
+    pub keys: usize,
+    /// Their upstream calls.
+    pub upstream_calls: u64,
+    /// upstream_calls / keys.
+    pub upstream_per_key: f64,
+    /// The REST keys' calls per key, for comparison.
+    pub rest_upstream_per_key: f64,
+}
+
+impl GraphqlShare {
+    /// The share of a run whose `keys` included GraphQL ones that cost `calls`;
+    /// `None` when the workload reads none. `total` is every upstream call.
+    pub fn of(
+        workload: &crate::workload::Workload,
+        keys: usize,
+        calls: u64,
+        total: u64,
+    ) -> Option<Self> {
+        let graphql = (0..keys).filter(|&k| workload.is_graphql(k)).count();
+        (graphql > 0).then(|| Self {
+            keys: graphql,
+            upstream_calls: calls,
+            upstream_per_key: calls as f64 / graphql as f64,
+            rest_upstream_per_key: total.saturating_sub(calls) as f64
+                / (keys - graphql).max(1) as f64,
+        })
+    }
+}
+
 /// A run's report.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -86,6 +119,9 @@ pub struct Report {
     pub upstream_304: u64,
     /// upstream_calls / keys.
     pub upstream_per_key: f64,
+    /// The GraphQL keys' share of it (none when the workload reads no GraphQL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graphql: Option<GraphqlShare>,
     /// Answered from the node's own store (fresh hit, whoever fetched it).
     pub served_local: u64,
     /// Answered by a peer on a local miss.
@@ -154,7 +190,13 @@ impl Report {
             wall = self.wall_s,
             rss = self.peak_rss_mb,
             rssn = self.peak_rss_mb_per_node,
-        ) + &(if self.time == "simulated" {
+        ) + &(match &self.graphql {
+            Some(g) => format!(
+                "GraphQL: {} of the keys, {} calls ({:.2} per key; REST {:.2} per key)\n",
+                g.keys, g.upstream_calls, g.upstream_per_key, g.rest_upstream_per_key
+            ),
+            None => String::new(),
+        }) + &(if self.time == "simulated" {
             format!(
                 "messages: {} ({:.1} per request)\n",
                 self.messages, self.messages_per_request

@@ -12,7 +12,7 @@ use ghmesh_tests::fake_github::FakeGithub;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use crate::report::{peak_rss_mb, LateJoiners, Lookup, Propagation, Report};
+use crate::report::{peak_rss_mb, GraphqlShare, LateJoiners, Lookup, Propagation, Report};
 use crate::workload::{Churn, Workload};
 
 /// What the fleet does on a miss.
@@ -347,13 +347,7 @@ impl Fleet {
     async fn new(cfg: SimConfig) -> anyhow::Result<Self> {
         let gh = FakeGithub::start().await?;
         gh.set_rate_limit(u64::MAX / 4);
-        let requests: Arc<Vec<CanonicalRequest>> = Arc::new(
-            cfg.workload
-                .key_paths(cfg.keys)
-                .iter()
-                .map(|p| CanonicalRequest::get(p))
-                .collect::<Result<_, _>>()?,
-        );
+        let requests: Arc<Vec<CanonicalRequest>> = Arc::new(cfg.workload.requests(cfg.keys)?);
         let reads = Reads {
             requests,
             rounds: cfg.rounds,
@@ -564,9 +558,16 @@ impl Fleet {
             ttl: cfg.ttl,
             lookup_timeout_ms: cfg.lookup_timeout.as_millis() as u64,
             requests,
-            upstream_calls: self.gh.full_responses(),
+            upstream_calls: self.gh.full_responses() + self.gh.graphql_requests(),
             upstream_304: self.gh.not_modified(),
-            upstream_per_key: self.gh.full_responses() as f64 / cfg.keys as f64,
+            upstream_per_key: (self.gh.full_responses() + self.gh.graphql_requests()) as f64
+                / cfg.keys as f64,
+            graphql: GraphqlShare::of(
+                &cfg.workload,
+                cfg.keys,
+                self.gh.graphql_requests(),
+                self.gh.full_responses() + self.gh.graphql_requests(),
+            ),
             served_local: local,
             served_peer: peer,
             served_coalesced: coalesced,

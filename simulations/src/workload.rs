@@ -1,5 +1,7 @@
 //! Named workloads in TOML (`workloads/*.toml`, built in) or from a file.
 
+use ghmesh_protocol::graphql::GraphqlRequest;
+use ghmesh_protocol::CanonicalRequest;
 use serde::Deserialize;
 
 /// How nodes come and go during a run.
@@ -41,7 +43,14 @@ pub struct Workload {
     /// (ephemeral runners that read right after they start).
     #[serde(default)]
     pub coldstart: bool,
+    /// The share of keys read as GraphQL queries (a repository's open pull requests,
+    /// as `gh pr list` asks), spread evenly among the keys.
+    #[serde(default)]
+    pub graphql_share: f64,
 }
+
+/// The query GraphQL keys read: `gh pr list`'s shape, one repository per key.
+const GRAPHQL_QUERY: &str = "query PullRequestList($owner: String!, $repo: String!, $limit: Int!) { repository(owner: $owner, name: $repo) { pullRequests(first: $limit, states: [OPEN]) { totalCount nodes { number title } pageInfo { hasNextPage endCursor } } } }";
 
 fn default_paths() -> Vec<String> {
     [
@@ -77,6 +86,7 @@ impl Default for Workload {
             paths: default_paths(),
             churn: None,
             coldstart: false,
+            graphql_share: 0.0,
         }
     }
 }
@@ -96,7 +106,41 @@ impl Workload {
             };
         let w: Workload = toml::from_str(&text)?;
         anyhow::ensure!(!w.paths.is_empty(), "workload '{}' has no paths", w.name);
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&w.graphql_share),
+            "workload '{}': graphql_share must be in [0, 1]",
+            w.name
+        );
         Ok(w)
+    }
+
+    /// Whether key `k` is read as a GraphQL query: `graphql_share` of the keys, spread
+    /// evenly.
+    pub fn is_graphql(&self, k: usize) -> bool {
+        ((k + 1) as f64 * self.graphql_share).floor() > (k as f64 * self.graphql_share).floor()
+    }
+
+    /// The `keys` distinct requests: REST reads of the paths, and GraphQL queries for
+    /// `graphql_share` of them.
+    pub fn requests(&self, keys: usize) -> anyhow::Result<Vec<CanonicalRequest>> {
+        self.key_paths(keys)
+            .iter()
+            .enumerate()
+            .map(|(k, path)| {
+                if !self.is_graphql(k) {
+                    return Ok(CanonicalRequest::get(path)?);
+                }
+                let body = serde_json::json!({
+                    "query": GRAPHQL_QUERY,
+                    "variables": { "owner": "acme", "repo": format!("repo{k}"), "limit": 30 },
+                });
+                let parsed = GraphqlRequest::parse(body.to_string().as_bytes())?;
+                let query = parsed
+                    .query()
+                    .ok_or_else(|| anyhow::anyhow!("the workload's GraphQL is not a query"))?;
+                Ok(CanonicalRequest::graphql(query, None, None)?)
+            })
+            .collect()
     }
 
     /// The `keys` distinct request paths.
@@ -125,5 +169,32 @@ mod tests {
         assert!(Workload::load("churn").unwrap().churn.is_some());
         assert!(Workload::load("coldstart").unwrap().coldstart);
         assert!(Workload::load("no-such-workload").is_err());
+    }
+
+    #[test]
+    fn a_graphql_share_is_spread_evenly_and_every_request_is_distinct() {
+        let w = Workload {
+            graphql_share: 0.2,
+            ..Workload::default()
+        };
+        let requests = w.requests(100).unwrap();
+        let graphql = requests.iter().filter(|r| r.graphql.is_some()).count();
+        assert_eq!(graphql, 20);
+        assert!((0..10).any(|k| w.is_graphql(k)), "not all at the end");
+        let keys: std::collections::HashSet<_> = requests.iter().map(|r| r.key()).collect();
+        assert_eq!(keys.len(), 100);
+        assert!(
+            requests.iter().all(|r| r.check().is_ok()),
+            "as a peer would check them"
+        );
+        assert_eq!(
+            Workload::default()
+                .requests(10)
+                .unwrap()
+                .iter()
+                .filter(|r| r.graphql.is_some())
+                .count(),
+            0
+        );
     }
 }

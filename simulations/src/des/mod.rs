@@ -23,7 +23,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use crate::report::{peak_rss_mb, LateJoiners, Lookup, Network, Propagation, Report};
+use crate::report::{peak_rss_mb, GraphqlShare, LateJoiners, Lookup, Network, Propagation, Report};
 use crate::sim::SimConfig;
 use ghmesh_node::network::{DISCOVERY_MIN_GAP, DISCOVERY_SOON};
 use ghmesh_node::policy::resolve::{Ask, Timers};
@@ -191,6 +191,8 @@ pub(crate) struct Des {
     tally: Tally,
     late: Tally,
     upstream_calls: u64,
+    /// Of those, for keys read as GraphQL queries.
+    graphql_calls: u64,
     upstream_304: u64,
     messages: u64,
     lookups: Vec<f64>,
@@ -222,12 +224,7 @@ pub fn run_simulated(cfg: SimConfig, net: NetParams) -> anyhow::Result<Report> {
 
 /// The workload's keys, and for each the announce a node publishes once it has it.
 fn workload_keys(cfg: &SimConfig) -> anyhow::Result<(Vec<CacheKey>, Vec<Announce>)> {
-    let requests: Vec<CanonicalRequest> = cfg
-        .workload
-        .key_paths(cfg.keys)
-        .iter()
-        .map(|p| CanonicalRequest::get(p))
-        .collect::<Result<_, _>>()?;
+    let requests: Vec<CanonicalRequest> = cfg.workload.requests(cfg.keys)?;
     let keys = requests.iter().map(|r| r.key()).collect();
     let announces = requests
         .into_iter()
@@ -295,6 +292,7 @@ impl Des {
             tally: Tally::default(),
             late: Tally::default(),
             upstream_calls: 0,
+            graphql_calls: 0,
             upstream_304: 0,
             messages: 0,
             lookups: Vec::new(),
@@ -721,6 +719,12 @@ impl Des {
             upstream_calls: self.upstream_calls,
             upstream_304: self.upstream_304,
             upstream_per_key: self.upstream_calls as f64 / cfg.keys as f64,
+            graphql: GraphqlShare::of(
+                &cfg.workload,
+                cfg.keys,
+                self.graphql_calls,
+                self.upstream_calls,
+            ),
             served_local: t.local + l.local,
             served_peer: t.peer + l.peer,
             served_coalesced: t.coalesced + l.coalesced,

@@ -501,6 +501,9 @@ impl Des {
             Outcome::Revalidated
         } else {
             self.upstream_calls += 1;
+            if self.cfg.workload.is_graphql(key) {
+                self.graphql_calls += 1;
+            }
             Outcome::Miss
         };
         let now = self.now;
