@@ -140,6 +140,11 @@ pub const MAX_SEED_ADDRS: usize = 64;
 pub const PREFETCH_CONCURRENCY: usize = 8;
 /// Group commit: most writes per transaction.
 pub const MAX_WRITE_BATCH: usize = 256;
+/// Most rate-limit budgets × resources the ledger keeps; the window that ended first
+/// goes first.
+pub const MAX_BUDGETS: usize = 1024;
+/// Most ledger messages a node publishes per second, however busy.
+pub const LEDGER_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Most holds remembered (tokens × resources); expired ones go first.
 pub const MAX_HOLDS: usize = 4096;
 /// Lookup latencies remembered per peer for its budget.

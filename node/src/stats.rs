@@ -58,6 +58,10 @@ counters! {
     stale_served: "Expired entries served because upstream failed",
     /// Passed through uncached.
     bypass: "Requests passed through uncached",
+    /// Rate-limit ledger messages published (at most one a second).
+    ledger_sent: "Rate-limit ledger messages published",
+    /// Rate-limit ledger messages from members, believed.
+    ledger_received: "Rate-limit ledger messages received",
     /// GraphQL queries served from the cache (here, from a peer, or by a joined fetch).
     graphql_hits: "GraphQL queries served from the fleet cache",
     /// GraphQL queries fetched upstream for the fleet.
@@ -238,6 +242,8 @@ pub struct Stats {
     pub dropped_events: u64,
     /// Last rate-limit state seen upstream.
     pub rate_limit: RateLimit,
+    /// Every rate-limit budget known, this node's and the fleet's (contract §10).
+    pub rate_limits: Vec<crate::upstream::ledger::BudgetView>,
     /// Our listen addresses with `/p2p/<id>`.
     pub listen: Vec<String>,
 }

@@ -248,20 +248,34 @@ fn select_operation(
 /// Whether any field of the document (every operation and fragment: a fragment may be
 /// spread from the selected one) is one whose answer depends on who asks. Checked on
 /// field names, not aliases, so `me: viewer { login }` counts.
+///
+/// Also per token: an argument that selects by who asks, and a string that says
+/// `@me` (`search(query: "review-requested:@me")`).
 fn selects_per_token_field(doc: &cst::Document) -> bool {
-    doc.syntax()
-        .descendants()
-        .filter(|n| n.kind() == SyntaxKind::FIELD)
-        .filter_map(cst::Field::cast)
-        .filter_map(|f| f.name())
-        .any(|n| is_per_token_field(&n.text()))
+    doc.syntax().descendants().any(|n| match n.kind() {
+        SyntaxKind::FIELD => cst::Field::cast(n)
+            .and_then(|f| f.name())
+            .is_some_and(|name| is_per_token_field(&name.text())),
+        SyntaxKind::ARGUMENT => cst::Argument::cast(n)
+            .and_then(|a| a.name())
+            .is_some_and(|name| is_per_token_argument(&name.text())),
+        SyntaxKind::STRING_VALUE => n.text().to_string().contains("@me"),
+        _ => false,
+    })
 }
 
 /// `viewer` and `rateLimit` are the asker's own; GitHub's `viewer…` fields on other
-/// types (`viewerPermission`, `viewerHasStarred`, `viewerCanAdminister`) and `isViewer`
-/// describe the asker's relation to a shared object, so they differ per token too.
+/// types (`viewerPermission`, `viewerHasStarred`, `viewerCanAdminister`) and `…Viewer`
+/// fields (`isViewer`, `isFollowingViewer`, `isSponsoringViewer`) describe the asker's
+/// relation to a shared object, so they differ per token too.
 pub fn is_per_token_field(name: &str) -> bool {
-    name.starts_with("viewer") || name == "rateLimit" || name == "isViewer"
+    name.starts_with("viewer") || name.ends_with("Viewer") || name == "rateLimit"
+}
+
+/// Arguments that select by who asks: `viewerCanAdmin:`, the `affiliations` of
+/// `repositories` (owner, collaborator, member: of the asker).
+fn is_per_token_argument(name: &str) -> bool {
+    name.starts_with("viewer") || name.ends_with("ffiliations")
 }
 
 /// The document's significant tokens, separated by one space only where two names or
@@ -275,7 +289,7 @@ pub fn normalise(document: &str) -> Result<String, GraphqlError> {
         return Err(GraphqlError::Syntax(e.message().to_string()));
     }
     let mut out = String::with_capacity(document.len());
-    let mut prev_wordlike = false;
+    let mut prev_sticky = false;
     for t in &tokens {
         let kind = t.kind();
         if matches!(
@@ -284,12 +298,19 @@ pub fn normalise(document: &str) -> Result<String, GraphqlError> {
         ) {
             continue;
         }
-        let wordlike = matches!(kind, TokenKind::Name | TokenKind::Int | TokenKind::Float);
-        if wordlike && prev_wordlike {
+        // Two names or numbers would run together, and so would two strings (the empty
+        // string before another, written without a space, opens a block string): one
+        // space keeps them apart, so that the normalised document lexes to exactly the
+        // tokens of the original.
+        let sticky = matches!(
+            kind,
+            TokenKind::Name | TokenKind::Int | TokenKind::Float | TokenKind::StringValue
+        );
+        if sticky && prev_sticky {
             out.push(' ');
         }
         out.push_str(t.data());
-        prev_wordlike = wordlike;
+        prev_sticky = sticky;
     }
     Ok(out)
 }

@@ -264,3 +264,64 @@ fn rest_requests_encode_as_before_and_graphql_ones_round_trip() {
         .unwrap()
         .contains("\"variables\":{\"n\":1}"));
 }
+
+/// The significant tokens of a document, as the lexer reads them.
+fn tokens(doc: &str) -> Vec<String> {
+    let (tokens, _) = apollo_parser::Lexer::new(doc).lex();
+    tokens
+        .iter()
+        .filter(|t| {
+            !matches!(
+                t.kind(),
+                apollo_parser::TokenKind::Whitespace
+                    | apollo_parser::TokenKind::Comment
+                    | apollo_parser::TokenKind::Comma
+                    | apollo_parser::TokenKind::Eof
+            )
+        })
+        .map(|t| t.data().to_string())
+        .collect()
+}
+
+#[test]
+fn normalising_keeps_every_token_of_the_document() {
+    // Two strings side by side must not become a block string: that changed which
+    // operations the document held (found in review).
+    let sneaky = r#"query Z{nodes(ids:["" "y"]){id}} query M{nodes(ids:["" "]){__typename}} mutation M($id:ID!){addStar(input:{starrableId:$id}){clientMutationId}} #"]){id}}"#;
+    for doc in [
+        sneaky,
+        r#"{ f(a: ["" "a" ""]) }"#,
+        r#"{ f(a: """a""") }"#,
+        "query($n: Int = 1 , $f: Float = 1.5e3) { a(n: $n, f: $f, e: ENUM, s: \"x y\") @skip(if: false) { ... on T { b } ...F } } fragment F on T { c }",
+    ] {
+        let n = normalise(doc).unwrap();
+        assert_eq!(tokens(&n), tokens(doc), "{doc}");
+        assert_eq!(normalise(&n).unwrap(), n);
+    }
+    assert_ne!(
+        normalise(r#"{ f(a: ["" "a" ""]) }"#).unwrap(),
+        normalise(r#"{ f(a: ["""a"""]) }"#).unwrap()
+    );
+    // The sneaky document's M is the query it looks like, before and after.
+    let g = GraphqlRequest::parse(&body(sneaky, serde_json::Value::Null, Some("M"))).unwrap();
+    let again = GraphqlRequest::parse(&body(&g.document, serde_json::Value::Null, Some("M")));
+    assert!(matches!(again, Err(GraphqlError::NoOperation(_))) || again.unwrap().kind == g.kind);
+}
+
+#[test]
+fn arguments_and_strings_that_select_by_the_asker_are_per_token() {
+    for q in [
+        "{ user(login: \"a\") { isFollowingViewer } }",
+        "{ user(login: \"a\") { isSponsoringViewer } }",
+        "{ marketplaceListings(viewerCanAdmin: true) { totalCount } }",
+        "{ user(login: \"a\") { repositories(affiliations: [OWNER]) { totalCount } } }",
+        "{ search(query: \"is:pr review-requested:@me\", type: ISSUE, first: 5) { issueCount } }",
+    ] {
+        assert!(parse(q).unwrap().per_token, "{q}");
+    }
+    assert!(
+        !parse("{ user(login: \"a\") { login followers { totalCount } } }")
+            .unwrap()
+            .per_token
+    );
+}

@@ -24,6 +24,9 @@ pub struct MeshKeys {
     topic: String,
     rendezvous: [u8; 32],
     key_id: [u8; 8],
+    /// Keys the names of rate-limit budgets: a member can tell two members' budgets
+    /// apart or alike, nobody can tell which token either is.
+    budget_key: [u8; 32],
 }
 
 impl MeshKeys {
@@ -58,7 +61,20 @@ impl MeshKeys {
             topic: format!("{TOPIC_PREFIX}{}", hex::encode(topic_key)),
             rendezvous: subkey("rendezvous", master),
             key_id,
+            budget_key: subkey("budget", master),
         }
+    }
+
+    /// The name of the rate-limit budget `token` draws from (contract §10): per
+    /// repository for an Actions job token (`ghs_…`) when the repository is known,
+    /// else per token. A keyed hash: never the token, and unlinkable without the key.
+    pub fn budget_id(&self, token: &str, repository: Option<&str>) -> [u8; 16] {
+        budget_id(&self.budget_key, token, repository)
+    }
+
+    /// The key budget ids are made with (secret: it stays in the process).
+    pub fn budget_key(&self) -> [u8; 32] {
+        self.budget_key
     }
 
     /// The gossipsub topic name, `ghmesh/1/<hex>`.
@@ -122,6 +138,27 @@ impl fmt::Debug for MeshKeys {
 }
 
 /// SHA-256(label || 0x00 || master): one independent subkey per purpose.
+/// [`MeshKeys::budget_id`] under `key` (a node without a mesh keys it with a random
+/// key of its own: names only it uses).
+pub fn budget_id(key: &[u8; 32], token: &str, repository: Option<&str>) -> [u8; 16] {
+    let mut h = Sha256::new();
+    h.update(b"ghmesh/budget/v1\0");
+    h.update(key);
+    match repository.filter(|_| token.trim().starts_with("ghs_")) {
+        Some(repo) => {
+            h.update(b"repository\0");
+            h.update(repo.to_ascii_lowercase().as_bytes());
+        }
+        None => {
+            h.update(b"token\0");
+            h.update(token.trim().as_bytes());
+        }
+    }
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&h.finalize()[..16]);
+    id
+}
+
 fn subkey(label: &str, master: &[u8; 32]) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(label.as_bytes());
@@ -174,5 +211,29 @@ mod tests {
     fn token_fingerprint_is_stable_and_distinct() {
         assert_eq!(token_fingerprint("ghp_a"), token_fingerprint("ghp_a"));
         assert_ne!(token_fingerprint("ghp_a"), token_fingerprint("ghp_b"));
+    }
+
+    #[test]
+    fn budgets_are_named_per_token_or_per_repository_and_never_by_the_token() {
+        let key = [9u8; 32];
+        let a = budget_id(&key, "ghp_alice", Some("acme/widgets"));
+        assert_eq!(
+            a,
+            budget_id(&key, " ghp_alice ", None),
+            "a personal token is its own budget"
+        );
+        assert_ne!(a, budget_id(&key, "ghp_bob", None));
+        // Two Actions job tokens of one repository draw from one budget; of another, not.
+        let job1 = budget_id(&key, "ghs_one", Some("acme/widgets"));
+        assert_eq!(job1, budget_id(&key, "ghs_two", Some("Acme/Widgets")));
+        assert_ne!(job1, budget_id(&key, "ghs_two", Some("acme/gadgets")));
+        assert_ne!(
+            job1,
+            budget_id(&key, "ghs_one", None),
+            "without a repository: per token"
+        );
+        // Another fleet's key names the same token otherwise; the name holds no token.
+        assert_ne!(a, budget_id(&[8u8; 32], "ghp_alice", None));
+        assert!(!hex::encode(a).contains(&hex::encode("ghp_alice")));
     }
 }

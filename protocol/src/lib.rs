@@ -10,6 +10,7 @@
 //! - [`freshness`]: how long a response stays fresh (contract §6).
 //! - [`graphql`]: which operation a GraphQL body runs, whether its answer may be
 //!   shared, and the normalised form it is keyed by.
+//! - [`ledger`]: the fleet's rate-limit ledger and its merge rule.
 //! - [`wire`]: the messages nodes exchange.
 //!
 //! Times are unix milliseconds passed in by the caller, so every rule here is a pure
@@ -20,6 +21,7 @@ pub mod entry;
 pub mod freshness;
 pub mod graphql;
 pub mod keys;
+pub mod ledger;
 pub mod request;
 pub mod seal;
 pub mod wire;

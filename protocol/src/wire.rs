@@ -19,7 +19,8 @@ use crate::request::{CacheKey, CanonicalRequest};
 /// addressing to requests, the hello exchange, member lists, and the `Redirect` and
 /// `Busy` lookup answers; version 3 added owner leases (`Lookup::lease`,
 /// `Lookup::release`, `LookupReply::Lease`); version 4 added GraphQL queries
-/// (`CanonicalRequest::graphql`), which a version 3 node would take for a REST `POST`.
+/// (`CanonicalRequest::graphql`), which a version 3 node would take for a REST `POST`,
+/// and the rate-limit ledger (`Message::Ledger`).
 pub const MESSAGE_VERSION: u16 = 4;
 
 /// Bodies up to this size travel inline in a gossip announce; larger ones are
@@ -249,6 +250,8 @@ pub enum Message {
     Members(MembersRequest),
     /// Response to [`Message::Members`].
     MemberList(MemberList),
+    /// Gossip: what a member learned of the rate-limit budgets it spends.
+    Ledger(crate::ledger::Ledger),
 }
 
 impl Message {

@@ -155,6 +155,7 @@ pub fn cache_status(how: CacheStatus, status: u16, stored: bool) -> String {
         CacheStatus::Coalesced => "ghmesh; fwd=miss; collapsed".into(),
         CacheStatus::Stale => "ghmesh; fwd=stale; detail=upstream-failed".into(),
         CacheStatus::Bypass => format!("ghmesh; fwd=request; fwd-status={status}"),
+        CacheStatus::Held => "ghmesh; fwd=miss; detail=rate-limit-held".into(),
     }
 }
 

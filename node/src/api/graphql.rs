@@ -46,9 +46,10 @@ pub(super) async fn serve(
         Ok(g) if g.kind == OperationKind::Query => query(s, &parts.headers, g, body).await,
         parsed => {
             counters.graphql_bypassed.inc();
-            let mutation = matches!(&parsed, Ok(g) if g.kind == OperationKind::Mutation);
+            // What we cannot parse may be a mutation GitHub can: treated as one.
+            let may_write = !matches!(&parsed, Ok(g) if g.kind == OperationKind::Subscription);
             Ok((
-                pass_through(s, &parts.headers, body, mutation).await?,
+                pass_through(s, &parts.headers, body, may_write).await?,
                 false,
             ))
         }
@@ -66,15 +67,20 @@ async fn query(
     let Some(cred) = credential(s, &Method::GET, headers)? else {
         // A client token while the node is told to pass such reads through.
         counters.graphql_bypassed.inc();
-        return Ok((
-            forward_upstream(s, headers, body, "POST", GRAPHQL_PATH).await,
-            false,
-        ));
+        let headers = without_validators(headers);
+        let forwarded = forward_upstream(s, &headers, body, "POST", GRAPHQL_PATH).await;
+        return Ok((forwarded, false));
     };
     let max_age = max_age(headers)?;
     let Some(mut q) = g.query() else {
         return Err(Refusal::new(StatusCode::BAD_REQUEST, "not a GraphQL query"));
     };
+    if q.len() <= MAX_SHARED_QUERY && q.check().is_err() {
+        // The normalised document is what goes upstream, with the node's token: one
+        // that is not the query the client sent is not read through the cache.
+        counters.graphql_bypassed.inc();
+        return Ok((pass_through(s, headers, body, true).await?, false));
+    }
     // Too large to send to a peer: read alone, as a per-token query is.
     q.per_token |= q.len() > MAX_SHARED_QUERY;
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
@@ -94,23 +100,25 @@ async fn query(
 }
 
 /// A mutation, subscription or unparsable document: upstream with exactly the
-/// client's headers (`401` without its own `Authorization`). A mutation that
-/// succeeded makes every cached GraphQL answer stale, here and fleet-wide, before the
-/// client hears back: GraphQL answers are not keyed by what they read.
+/// client's headers but its validators (`401` without its own `Authorization`). What
+/// `may_write` (a mutation, or a document we could not read) and succeeded makes every
+/// cached GraphQL answer stale, here and fleet-wide, before the client hears back:
+/// GraphQL answers are not keyed by what they read.
 async fn pass_through(
     s: &ApiState,
     headers: &HeaderMap,
     body: Bytes,
-    mutation: bool,
+    may_write: bool,
 ) -> Result<Result<Served, GetError>, Refusal> {
     credential(s, &Method::POST, headers)?;
-    let forwarded = forward_upstream(s, headers, body, "POST", GRAPHQL_PATH).await;
+    let headers = without_validators(headers);
+    let forwarded = forward_upstream(s, &headers, body, "POST", GRAPHQL_PATH).await;
     if let Ok(Served {
         body: Answer::Upstream(resp),
         ..
     }) = &forwarded
     {
-        if mutation && resp.status == 200 && graphql_errors(&resp.body) == GraphqlErrors::None {
+        if may_write && resp.status == 200 && graphql_errors(&resp.body) == GraphqlErrors::None {
             let at = s.node.clock().now_ms();
             if let Err(e) = s.node.invalidate(vec![GRAPHQL_PATH.into()], at, true).await {
                 tracing::warn!("invalidation after a GraphQL mutation failed: {e}");
@@ -118,4 +126,19 @@ async fn pass_through(
         }
     }
     Ok(forwarded)
+}
+
+/// The client's headers without validators: GraphQL has no conditional requests, and
+/// GitHub answers one with `412`.
+fn without_validators(headers: &HeaderMap) -> HeaderMap {
+    let mut headers = headers.clone();
+    for name in [
+        "if-none-match",
+        "if-modified-since",
+        "if-match",
+        "if-unmodified-since",
+    ] {
+        headers.remove(name);
+    }
+    headers
 }

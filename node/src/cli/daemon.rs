@@ -11,7 +11,7 @@ use super::notify;
 use super::settings::{self, EnvLookup};
 use super::{CliError, LogFormat, NodeArgs};
 use crate::node::NodeError;
-use crate::upstream::github::{GithubClient, GithubConfig};
+use crate::upstream::github::{BudgetRules, GithubClient, GithubConfig};
 use crate::{api, Node, NodeConfig};
 
 /// Shorter secrets get a warning: the topic derived from the secret is visible to any
@@ -42,6 +42,8 @@ pub struct DaemonSettings {
     pub log_format: LogFormat,
     /// Upstream config (holds the token; its Debug redacts it).
     pub github: GithubConfig,
+    /// How rate-limit budgets are named and spent (contract §10).
+    pub budgets: BudgetRules,
     /// P2P is on (`--no-p2p`, `CACHE_ENABLE_P2P=false` turn it off).
     pub p2p: bool,
     /// Leave URLs in JSON bodies as GitHub sent them (`--no-rewrite-bodies`,
@@ -86,6 +88,15 @@ pub fn resolve(args: &NodeArgs, env: EnvLookup<'_>) -> Result<DaemonSettings, Cl
         .is_some_and(|(s, _)| s.len() < MIN_SECRET_LEN);
     let secret_source = secret.as_ref().map(|(_, src)| src.clone());
     node.keys = secret.map(|(s, _)| MeshKeys::derive(s.as_bytes(), &scope));
+    let budgets = BudgetRules {
+        // Without a mesh, names only this node uses.
+        key: node
+            .keys
+            .as_ref()
+            .map_or_else(rand::random, MeshKeys::budget_key),
+        repository: (!scope.is_empty()).then(|| scope.clone()),
+        reserve: settings::rate_limit_reserve(args.rate_limit_reserve, env)?,
+    };
     let upstream = settings::upstream_url(args.upstream.as_deref(), env)?;
     let upstream_timeout = settings::upstream_timeout(args.upstream_timeout, env)?;
     // The node's own deadline sits just above the HTTP client's, so that the client's
@@ -111,6 +122,7 @@ pub fn resolve(args: &NodeArgs, env: EnvLookup<'_>) -> Result<DaemonSettings, Cl
         request_timeout: upstream_timeout,
     };
     Ok(DaemonSettings {
+        budgets,
         api: settings::api_addr(args.api.as_deref(), env),
         api_hosts: settings::api_hosts(&args.api_host, env)?,
         client_tokens: settings::client_tokens(args.client_tokens.map(Into::into), env)?,
@@ -158,7 +170,8 @@ pub async fn run(args: NodeArgs, env: EnvLookup<'_>) -> Result<(), CliError> {
     init_logging(s.log_format);
     let github = GithubClient::new(s.github.clone())
         .map_err(|e| CliError::usage(format!("upstream client: {e}")))?
-        .with_clock(s.node.clock.clone());
+        .with_clock(s.node.clock.clone())
+        .with_budgets(s.budgets.clone());
     let node = Node::start(s.node.clone(), Arc::new(github))
         .await
         .map_err(start_error)?;

@@ -27,8 +27,7 @@ pub fn body(params: Vec<(String, Value)>) -> Map<String, Value> {
 /// The body for the page after `page`: the same query with `$endCursor` set to the
 /// cursor `page` ends at; `None` when `page` is the last.
 pub fn next_page(sent: &Map<String, Value>, page: &[u8]) -> Option<Bytes> {
-    let page: Value = serde_json::from_slice(page).ok()?;
-    let cursor = end_cursor(&page)?;
+    let cursor = end_cursor(page)?;
     let mut next = sent.clone();
     let variables = next
         .entry("variables")
@@ -39,21 +38,81 @@ pub fn next_page(sent: &Map<String, Value>, page: &[u8]) -> Option<Bytes> {
     Some(Bytes::from(Value::Object(next).to_string()))
 }
 
-/// The `endCursor` of the first `pageInfo` that has a next page.
-fn end_cursor(v: &Value) -> Option<String> {
-    match v {
-        Value::Object(map) => {
-            if let Some(Value::Object(info)) = map.get("pageInfo") {
-                if info.get("hasNextPage") == Some(&Value::Bool(true)) {
-                    if let Some(Value::String(c)) = info.get("endCursor") {
-                        return Some(c.clone());
-                    }
-                }
+/// As gh finds it: the first `pageInfo` in the document's own order decides; its
+/// `endCursor` when it `hasNextPage`, else there is no next page. (A parsed
+/// `serde_json::Value` keeps keys sorted, not in order: the page is walked as it
+/// streams.)
+fn end_cursor(page: &[u8]) -> Option<String> {
+    let mut de = serde_json::Deserializer::from_slice(page);
+    let found = serde::de::DeserializeSeed::deserialize(FirstPageInfo, &mut de).ok()??;
+    found.has_next_page.filter(|more| *more)?;
+    found.end_cursor
+}
+
+#[derive(serde::Deserialize)]
+struct PageInfo {
+    #[serde(rename = "hasNextPage")]
+    has_next_page: Option<bool>,
+    #[serde(rename = "endCursor")]
+    end_cursor: Option<String>,
+}
+
+/// Walks any JSON value for the first `pageInfo` object, in document order.
+struct FirstPageInfo;
+
+impl<'de> serde::de::DeserializeSeed<'de> for FirstPageInfo {
+    type Value = Option<PageInfo>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for FirstPageInfo {
+    type Value = Option<PageInfo>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a GraphQL answer")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(key) = map.next_key::<String>()? {
+            if found.is_some() {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            } else if key == "pageInfo" {
+                found = map.next_value::<Option<PageInfo>>()?;
+            } else {
+                found = map.next_value_seed(FirstPageInfo)?;
             }
-            map.values().find_map(end_cursor)
         }
-        Value::Array(items) => items.iter().find_map(end_cursor),
-        _ => None,
+        Ok(found)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(item) = seq.next_element_seed(FirstPageInfo)? {
+            found = found.or(item);
+        }
+        Ok(found)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
     }
 }
 
@@ -104,6 +163,14 @@ mod tests {
         assert_eq!(next["variables"]["owner"], "o");
         let last = br#"{"data":{"repository":{"issues":{"pageInfo":{"hasNextPage":false,"endCursor":"x"}}}}}"#;
         assert!(next_page(&sent, last).is_none());
+        // The first pageInfo in the document decides, as in gh: here the outer
+        // connection is done, so paging stops though an inner one has more (a sorted
+        // walk would find "comments" before "pageInfo" and follow it).
+        let nested = br#"{"data":{"repository":{"pullRequests":{"pageInfo":{"hasNextPage":false,"endCursor":"outer"},"nodes":[{"comments":{"pageInfo":{"hasNextPage":true,"endCursor":"inner"}}}]}}}}"#;
+        assert!(next_page(&sent, nested).is_none());
+        let outer_more = br#"{"data":{"x":{"pageInfo":{"endCursor":"o2","hasNextPage":true},"a":{"pageInfo":{"hasNextPage":true,"endCursor":"i"}}}}}"#;
+        let next: Value = serde_json::from_slice(&next_page(&sent, outer_more).unwrap()).unwrap();
+        assert_eq!(next["variables"]["endCursor"], "o2");
         assert!(next_page(&sent, b"not json").is_none());
     }
 

@@ -157,6 +157,11 @@ pub struct NodeArgs {
     /// Freshness of GraphQL answers in seconds [env: GHMESH_GRAPHQL_TTL] [default: 60]
     #[arg(long, value_name = "SECONDS")]
     pub graphql_ttl: Option<u64>,
+    /// Stop spending a rate-limit budget on cache misses when the fleet's remaining
+    /// falls to N, keeping N requests for people sharing the token
+    /// [env: GHMESH_RATE_LIMIT_RESERVE] [default: 0]
+    #[arg(long, value_name = "N")]
+    pub rate_limit_reserve: Option<u64>,
     /// Most entries kept [env: GHMESH_MAX_ENTRIES, CACHE_MAX_SIZE] [default: 100000]
     #[arg(long, value_name = "N")]
     pub max_entries: Option<u64>,

@@ -8,11 +8,12 @@
 //! second). A peer that subscribes without being a member takes nothing away: with no
 //! member known the keys stay kept.
 
+use ghmesh_protocol::ledger::Ledger;
 use ghmesh_protocol::{Announce, CacheKey, Message};
 
 use super::bounded::Bounded;
 use super::Node;
-use crate::limits::MAX_UNANNOUNCED;
+use crate::limits::{LEDGER_EVERY, MAX_UNANNOUNCED};
 
 /// Keys stored while no peer was subscribed, oldest first, each once.
 pub(super) struct Unannounced {
@@ -57,19 +58,24 @@ impl Node {
     /// for the first one that subscribes (see [`Node::reannounce`]): the members that come
     /// later need not own the key, and would not know to ask us for it.
     pub(super) async fn publish_now(&self, msg: &Message) {
+        if self.publish_news(msg).await {
+            self.inner.telemetry.counters.announces_sent.inc();
+        } else if let Message::Announce(ann) = msg {
+            self.keep_unannounced(ann.meta.key());
+        }
+    }
+
+    /// Seals and publishes `msg`; true when a peer was subscribed to hear it.
+    async fn publish_news(&self, msg: &Message) -> bool {
         let (Some(net), Some(data)) = (self.network(), self.seal(msg)) else {
-            return;
+            return false;
         };
         match net.publish(data).await {
-            Ok(true) => {
-                self.inner.telemetry.counters.announces_sent.inc();
+            Ok(heard) => heard,
+            Err(e) => {
+                tracing::debug!("publish failed: {e}");
+                false
             }
-            Ok(false) => {
-                if let Message::Announce(ann) = msg {
-                    self.keep_unannounced(ann.meta.key());
-                }
-            }
-            Err(e) => tracing::debug!("publish failed: {e}"),
         }
     }
 
@@ -109,6 +115,27 @@ impl Node {
             }
         });
     }
+}
+
+/// Gossips what this node learned of the rate-limit budgets it spends, at most once
+/// every [`LEDGER_EVERY`] however busy it is: what changed in that second, in one
+/// message (contract §10).
+pub(super) async fn ledger(node: std::sync::Weak<super::Inner>) {
+    super::periodically(
+        node,
+        |_| LEDGER_EVERY,
+        |node| async move {
+            let entries = node.inner.upstream.ledger_news();
+            if !entries.is_empty() {
+                let msg = Message::Ledger(Ledger { entries });
+                if node.publish_news(&msg).await {
+                    node.inner.telemetry.counters.ledger_sent.inc();
+                }
+            }
+            true
+        },
+    )
+    .await;
 }
 
 #[cfg(test)]

@@ -86,7 +86,7 @@ impl Node {
             }
             (_, Ok(resp), _) => Ok(Served::upstream(resp, CacheStatus::Miss)),
             (_, Err(UpstreamError::Held(refusal)), _) => {
-                Ok(Served::upstream(*refusal, CacheStatus::Miss))
+                Ok(Served::upstream(*refusal, CacheStatus::Held))
             }
             (_, Err(e), _) => Err(e.into()),
         }

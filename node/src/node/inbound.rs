@@ -84,6 +84,17 @@ impl Node {
         };
         let accepted = match msg {
             Message::Announce(ann) => self.on_announce(sender, ann),
+            Message::Ledger(ledger) => match ledger.check(self.clock().now_secs()) {
+                Ok(()) => {
+                    self.inner.telemetry.counters.ledger_received.inc();
+                    self.inner.upstream.ledger_heard(&ledger.entries);
+                    true
+                }
+                Err(e) => {
+                    tracing::debug!(%sender, "invalid ledger: {e}");
+                    false
+                }
+            },
             Message::Invalidate(inv) => match policy::check_invalidate(&inv, self.now_ms()) {
                 Ok(()) => {
                     let node = self.clone();

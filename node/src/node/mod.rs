@@ -264,6 +264,7 @@ impl Node {
             tasks.spawn_loop(inbound::run(weak.clone(), events));
             tasks.spawn_loop(prefetch::run(weak.clone(), prefetch_rx));
             tasks.spawn_loop(admission::sweep(weak.clone()));
+            tasks.spawn_loop(announce::ledger(weak.clone()));
         }
         tasks.spawn_loop(history_sampler(weak.clone()));
         tasks.spawn_loop(recency_flusher(weak));
@@ -367,6 +368,7 @@ impl Node {
             hit_rate: hit_rate(saved, c.misses.get()),
             dropped_events: net.dropped_events,
             rate_limit: self.inner.upstream.rate_limit(),
+            rate_limits: self.inner.upstream.rate_limits(),
             listen: net.listen,
         }
     }

@@ -136,6 +136,8 @@ impl Node {
             CacheStatus::Coalesced => c.coalesced.inc(),
             CacheStatus::Stale => c.stale_served.inc(),
             CacheStatus::Bypass => c.bypass.inc(),
+            // Counted as `upstream_held` where it was held.
+            CacheStatus::Held => 0,
         };
     }
 

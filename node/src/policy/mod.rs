@@ -56,6 +56,7 @@ pub fn local_status(meta: &EntryMeta, me: &str) -> CacheStatus {
 pub fn joined_status(leader: CacheStatus) -> CacheStatus {
     match leader {
         CacheStatus::Stale => CacheStatus::Stale,
+        CacheStatus::Held => CacheStatus::Held,
         _ => CacheStatus::Coalesced,
     }
 }

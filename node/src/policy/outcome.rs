@@ -20,6 +20,9 @@ pub enum CacheStatus {
     Stale,
     /// Not cacheable, passed through.
     Bypass,
+    /// Not sent: the budget is held (a refusal here or in the fleet, or the reserve),
+    /// no copy to serve; GitHub's shape of refusal answered instead.
+    Held,
 }
 
 impl CacheStatus {
@@ -33,6 +36,7 @@ impl CacheStatus {
             Self::Coalesced => "coalesced",
             Self::Stale => "stale",
             Self::Bypass => "bypass",
+            Self::Held => "held",
         }
     }
 }

@@ -12,9 +12,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use ghmesh_protocol::ledger::BudgetEntry;
 use ghmesh_protocol::{entry::MAX_BODY_LEN, token_fingerprint, CanonicalRequest, GRAPHQL_PATH};
 
 use super::holds::{resource_of_path, HoldKey, Holds};
+use super::ledger::{BudgetBook, BudgetId, BudgetView};
 use super::{
     BoxFuture, Conditional, Credential, RateLimit, Upstream, UpstreamError, UpstreamResponse,
 };
@@ -47,6 +49,27 @@ pub struct GithubConfig {
     pub request_timeout: Duration,
 }
 
+/// How budgets are named and spent (contract §10).
+#[derive(Clone)]
+pub struct BudgetRules {
+    /// Keys budget ids: the mesh's budget key, so members name budgets alike.
+    pub key: [u8; 32],
+    /// The repository Actions job tokens (`ghs_…`) spend for.
+    pub repository: Option<String>,
+    /// `--rate-limit-reserve`: misses stop spending a budget whose fleet-wide
+    /// `remaining` is down to this.
+    pub reserve: u64,
+}
+
+impl std::fmt::Debug for BudgetRules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BudgetRules")
+            .field("repository", &self.repository)
+            .field("reserve", &self.reserve)
+            .finish_non_exhaustive()
+    }
+}
+
 impl std::fmt::Debug for GithubConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GithubConfig")
@@ -67,6 +90,7 @@ pub struct GithubClient {
     state: Mutex<LimitState>,
     /// Where hold times are read: the node's clock, so that tests move it.
     clock: SharedClock,
+    budgets: BudgetRules,
 }
 
 #[derive(Default)]
@@ -74,6 +98,8 @@ struct LimitState {
     /// The node token's last rate-limit headers (what stats report).
     last: RateLimit,
     holds: Holds,
+    /// Every budget spent here or heard of from members.
+    book: BudgetBook,
 }
 
 impl GithubClient {
@@ -93,7 +119,68 @@ impl GithubClient {
             token: cfg.token,
             state: Mutex::new(LimitState::default()),
             clock: clock::system(),
+            // Without a mesh, names only this node uses.
+            budgets: BudgetRules {
+                key: rand::random(),
+                repository: None,
+                reserve: 0,
+            },
         })
+    }
+
+    /// Names and spends budgets by `rules` (the mesh's key, so that members' ledgers
+    /// meet).
+    pub fn with_budgets(mut self, rules: BudgetRules) -> Self {
+        self.budgets = rules;
+        self
+    }
+
+    /// The budget a request with `cred` spends (`None`: anonymous).
+    fn budget_of(&self, cred: &Credential) -> Option<BudgetId> {
+        let token = match cred {
+            Credential::Node => self.token.as_deref()?,
+            Credential::Client(t) => super::bare_token(t.header()),
+        };
+        let repository = self.budgets.repository.as_deref();
+        Some(ghmesh_protocol::keys::budget_id(
+            &self.budgets.key,
+            token,
+            repository,
+        ))
+    }
+
+    /// A refusal in GitHub's shape for a request the fleet's ledger holds: a hold a
+    /// member's refusal started, or (for a miss, `reserve`) a budget down to the
+    /// reserve.
+    fn fleet_held(
+        &self,
+        budget: Option<BudgetId>,
+        resource: &str,
+        reserve: bool,
+    ) -> Option<UpstreamResponse> {
+        let budget = budget?;
+        let now = self.clock.now_secs();
+        let state = self.state.lock().ok()?;
+        if let Some(until) = state.book.held_until(budget, resource, now) {
+            return Some(held_refusal(
+                resource,
+                until,
+                now,
+                "the fleet's budget is spent",
+            ));
+        }
+        let rules = &self.budgets;
+        if reserve {
+            if let Some(e) = state.book.at_reserve(budget, resource, rules.reserve, now) {
+                return Some(held_refusal(
+                    resource,
+                    e.reset,
+                    now,
+                    "the rest of the budget is kept for people (--rate-limit-reserve)",
+                ));
+            }
+        }
+        None
     }
 
     /// Reads time from `clock` (the node's) instead of the system clock.
@@ -112,9 +199,15 @@ impl GithubClient {
         state.holds.held(&key, self.clock.now_ms())
     }
 
-    /// Records a response received with `token`: its rate-limit headers (the node's
-    /// own only) and its holds.
-    fn observe(&self, token: Option<[u8; 8]>, resource: &str, resp: &UpstreamResponse) {
+    /// Records a response received with `token` on `budget`: its rate-limit headers
+    /// (the node's own for stats; every budget's for the ledger) and its holds.
+    fn observe(
+        &self,
+        token: Option<[u8; 8]>,
+        budget: Option<BudgetId>,
+        resource: &str,
+        resp: &UpstreamResponse,
+    ) {
         let Ok(mut state) = self.state.lock() else {
             return;
         };
@@ -123,10 +216,18 @@ impl GithubClient {
                 state.last = rl;
             }
         }
-        if let Some(started) = state
-            .holds
-            .observe(token, resource, resp, self.clock.now_ms())
-        {
+        let now_ms = self.clock.now_ms();
+        let started = state.holds.observe(token, resource, resp, now_ms);
+        if let Some(budget) = budget {
+            let hold = started.map(|s| {
+                (
+                    (now_ms / 1000).saturating_add(s.wait.as_secs().max(1)),
+                    s.secondary,
+                )
+            });
+            state.book.observe(budget, resource, resp, hold);
+        }
+        if let Some(started) = started {
             let whose = if token == self.token_fp {
                 "the node's token"
             } else {
@@ -241,8 +342,12 @@ impl Upstream for GithubClient {
     ) -> BoxFuture<'a, Result<UpstreamResponse, UpstreamError>> {
         Box::pin(async move {
             let token = self.fingerprint_of(cred);
+            let budget = self.budget_of(cred);
             let resource = resource_of_path(&req.path);
-            if let Some(refusal) = self.held(token, resource) {
+            let held = self
+                .held(token, resource)
+                .or_else(|| self.fleet_held(budget, resource, true));
+            if let Some(refusal) = held {
                 return Err(UpstreamError::Held(Box::new(refusal)));
             }
             let mut headers = Vec::new();
@@ -286,7 +391,7 @@ impl Upstream for GithubClient {
                         .await?
                 }
             };
-            self.observe(token, resource, &resp);
+            self.observe(token, budget, resource, &resp);
             Ok(resp)
         })
     }
@@ -307,12 +412,22 @@ impl Upstream for GithubClient {
                 .into_iter()
                 .filter(|(k, _)| !DROP_REQUEST_HEADERS.contains(&k.to_ascii_lowercase().as_str()))
                 .collect();
-            let token = headers
+            let auth = headers
                 .iter()
                 .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
-                .map(|(_, v)| token_fingerprint(super::bare_token(v)));
+                .map(|(_, v)| super::bare_token(v).to_string());
+            let token = auth.as_deref().map(token_fingerprint);
+            let budget = auth.as_deref().map(|t| {
+                let repository = self.budgets.repository.as_deref();
+                ghmesh_protocol::keys::budget_id(&self.budgets.key, t, repository)
+            });
             let resource = resource_of_path(path_and_query.split('?').next().unwrap_or(""));
-            if let Some(refusal) = self.held(token, resource) {
+            // A fleet hold holds writes too (GitHub would refuse them); the reserve
+            // is for misses only: a person's write is theirs to spend.
+            let held = self
+                .held(token, resource)
+                .or_else(|| self.fleet_held(budget, resource, false));
+            if let Some(refusal) = held {
                 return Err(UpstreamError::Held(Box::new(refusal)));
             }
             let body = (!body.is_empty()).then_some(body);
@@ -322,7 +437,7 @@ impl Upstream for GithubClient {
             } else {
                 self.send(method, path_and_query, headers, body).await?
             };
-            self.observe(token, resource, &resp);
+            self.observe(token, budget, resource, &resp);
             Ok(resp)
         })
     }
@@ -337,6 +452,54 @@ impl Upstream for GithubClient {
 
     fn rate_limit(&self) -> RateLimit {
         self.state.lock().map(|s| s.last).unwrap_or_default()
+    }
+
+    fn ledger_news(&self) -> Vec<BudgetEntry> {
+        self.state
+            .lock()
+            .map(|mut s| s.book.news())
+            .unwrap_or_default()
+    }
+
+    fn ledger_heard(&self, entries: &[BudgetEntry]) -> usize {
+        self.state
+            .lock()
+            .map(|mut s| s.book.heard(entries))
+            .unwrap_or(0)
+    }
+
+    fn rate_limits(&self) -> Vec<BudgetView> {
+        let now = self.clock.now_secs();
+        self.state
+            .lock()
+            .map(|s| s.book.view(now))
+            .unwrap_or_default()
+    }
+}
+
+/// GitHub's shape of a primary rate-limit refusal, for a request the node holds
+/// because of what the fleet knows: `403`, nothing remaining, and when to retry.
+fn held_refusal(resource: &str, until: u64, now: u64, why: &str) -> UpstreamResponse {
+    let body = serde_json::json!({
+        "message": format!("API rate limit exceeded: held by ghmesh, {why}, until {until} (unix time)"),
+        "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api",
+    });
+    UpstreamResponse {
+        status: 403,
+        headers: vec![
+            (
+                "content-type".into(),
+                "application/json; charset=utf-8".into(),
+            ),
+            ("x-ratelimit-remaining".into(), "0".into()),
+            ("x-ratelimit-reset".into(), until.to_string()),
+            ("x-ratelimit-resource".into(), resource.to_string()),
+            (
+                "retry-after".into(),
+                until.saturating_sub(now).max(1).to_string(),
+            ),
+        ],
+        body: Bytes::from(body.to_string()),
     }
 }
 

@@ -35,10 +35,13 @@ pub struct HoldKey {
     pub resource: String,
 }
 
+/// GitHub's name of the GraphQL budget.
+pub const GRAPHQL_RESOURCE: &str = "graphql";
+
 /// The resource a request path counts against, before GitHub says so.
 pub fn resource_of_path(path: &str) -> &'static str {
     if path == "/graphql" {
-        "graphql"
+        GRAPHQL_RESOURCE
     } else if path.starts_with("/search/code") {
         "code_search"
     } else if path.starts_with("/search/") {
@@ -50,7 +53,16 @@ pub fn resource_of_path(path: &str) -> &'static str {
 
 /// How long to hold after `resp`, and whether it is a secondary limit; `None` when it
 /// is no rate-limit refusal. `streak` counts the secondary limits just before this one.
-pub fn hold_for(resp: &UpstreamResponse, now_secs: u64, streak: u32) -> Option<(Duration, bool)> {
+///
+/// `graphql`: `resp` answered a GraphQL request, where GitHub's primary limit comes as
+/// a `200` with a `RATE_LIMITED` error; a REST body that says so (a file's contents)
+/// is only a body.
+pub fn hold_for(
+    resp: &UpstreamResponse,
+    now_secs: u64,
+    streak: u32,
+    graphql: bool,
+) -> Option<(Duration, bool)> {
     let retry_after = resp
         .header("retry-after")
         .and_then(|v| v.trim().parse::<u64>().ok())
@@ -62,7 +74,7 @@ pub fn hold_for(resp: &UpstreamResponse, now_secs: u64, streak: u32) -> Option<(
         return Some((retry_after.unwrap_or(doubled).min(MAX_HOLD), true));
     }
     let primary = resp.status == 429
-        || crate::policy::upstream::is_graphql_rate_limited(resp)
+        || (graphql && crate::policy::upstream::is_graphql_rate_limited(resp))
         || (resp.status == 403
             && (resp.header("x-ratelimit-remaining") == Some("0") || retry_after.is_some()));
     if !primary {
@@ -150,7 +162,9 @@ impl Holds {
             keys = vec![key(WHOLE_TOKEN)];
         }
         // GraphQL's primary limit comes as a `200`: not a success.
-        let refused = resp.status >= 400 || crate::policy::upstream::is_graphql_rate_limited(resp);
+        let graphql = resource == GRAPHQL_RESOURCE;
+        let refused = resp.status >= 400
+            || (graphql && crate::policy::upstream::is_graphql_rate_limited(resp));
         if !refused {
             for k in &keys {
                 self.map.remove(k);
@@ -163,7 +177,9 @@ impl Holds {
             }
             return None;
         }
-        if keys.iter().any(|k| self.active(k, now_ms).is_some()) && hold_for(resp, 0, 0).is_some() {
+        if keys.iter().any(|k| self.active(k, now_ms).is_some())
+            && hold_for(resp, 0, 0, graphql).is_some()
+        {
             return None;
         }
         let streak = self
@@ -171,7 +187,7 @@ impl Holds {
             .get(&keys[0])
             .filter(|h| h.secondary && now_ms < h.until_ms.saturating_add(REPEAT_WINDOW_MS))
             .map_or(0, |h| h.streak + 1);
-        let (wait, secondary) = hold_for(resp, now_ms / 1000, streak)?;
+        let (wait, secondary) = hold_for(resp, now_ms / 1000, streak, graphql)?;
         let hold = Hold {
             until_ms: now_ms.saturating_add(wait.as_millis() as u64),
             refusal: resp.clone(),
@@ -234,7 +250,7 @@ mod tests {
             r#"{"errors":[{"type":"RATE_LIMITED","message":"API rate limit already exceeded"}]}"#,
         );
         assert_eq!(
-            hold_for(&limited, 1000, 0),
+            hold_for(&limited, 1000, 0, true),
             Some((Duration::from_secs(100), false))
         );
         let mut holds = Holds::default();
@@ -255,22 +271,38 @@ mod tests {
             holds.held(&key("graphql"), 1_100_000).is_none(),
             "until reset"
         );
+        // A REST answer whose body says RATE_LIMITED (a file's contents) holds nothing.
+        let file = resp(
+            200,
+            &[
+                ("x-ratelimit-remaining", "4000"),
+                ("x-ratelimit-resource", "core"),
+            ],
+            r#"{"errors":[{"type":"RATE_LIMITED"}]}"#,
+        );
+        assert_eq!(hold_for(&file, 1000, 0, false), None);
+        let mut rest = Holds::default();
+        assert!(rest.observe(token, "core", &file, 1_000_000).is_none());
+        assert!(rest.held(&key("core"), 1_000_001).is_none());
         // Errors that are not the limit, and whole answers, hold nothing.
         let partial = resp(
             200,
             &[],
             r#"{"data":{"a":null},"errors":[{"type":"NOT_FOUND"}]}"#,
         );
-        assert_eq!(hold_for(&partial, 0, 0), None);
-        assert_eq!(hold_for(&resp(200, &[], r#"{"data":{}}"#), 0, 0), None);
+        assert_eq!(hold_for(&partial, 0, 0, false), None);
+        assert_eq!(
+            hold_for(&resp(200, &[], r#"{"data":{}}"#), 0, 0, false),
+            None
+        );
     }
 
     #[test]
     fn primary_and_secondary_limits() {
-        assert_eq!(hold_for(&resp(200, &[], ""), 0, 0), None);
-        assert_eq!(hold_for(&resp(403, &[], "Forbidden"), 0, 0), None);
+        assert_eq!(hold_for(&resp(200, &[], ""), 0, 0, false), None);
+        assert_eq!(hold_for(&resp(403, &[], "Forbidden"), 0, 0, false), None);
         assert_eq!(
-            hold_for(&resp(429, &[("retry-after", "7")], ""), 0, 0),
+            hold_for(&resp(429, &[("retry-after", "7")], ""), 0, 0, false),
             Some((Duration::from_secs(7), false))
         );
         let exhausted = resp(
@@ -282,7 +314,7 @@ mod tests {
             "",
         );
         assert_eq!(
-            hold_for(&exhausted, 1000, 0),
+            hold_for(&exhausted, 1000, 0, false),
             Some((Duration::from_secs(100), false))
         );
         let far = resp(
@@ -293,17 +325,30 @@ mod tests {
             ],
             "",
         );
-        assert_eq!(hold_for(&far, 0, 0), Some((MAX_HOLD, false)), "capped");
-        let secondary = resp(403, &[("x-ratelimit-remaining", "4000")], SECONDARY);
-        assert_eq!(hold_for(&secondary, 0, 0), Some((SECONDARY_FIRST, true)));
         assert_eq!(
-            hold_for(&secondary, 0, 1),
+            hold_for(&far, 0, 0, false),
+            Some((MAX_HOLD, false)),
+            "capped"
+        );
+        let secondary = resp(403, &[("x-ratelimit-remaining", "4000")], SECONDARY);
+        assert_eq!(
+            hold_for(&secondary, 0, 0, false),
+            Some((SECONDARY_FIRST, true))
+        );
+        assert_eq!(
+            hold_for(&secondary, 0, 1, false),
             Some((SECONDARY_FIRST * 2, true)),
             "doubling on repeats"
         );
-        assert_eq!(hold_for(&secondary, 0, 10), Some((SECONDARY_CEILING, true)));
+        assert_eq!(
+            hold_for(&secondary, 0, 10, false),
+            Some((SECONDARY_CEILING, true))
+        );
         let told = resp(429, &[("retry-after", "30")], SECONDARY);
-        assert_eq!(hold_for(&told, 0, 3), Some((Duration::from_secs(30), true)));
+        assert_eq!(
+            hold_for(&told, 0, 3, false),
+            Some((Duration::from_secs(30), true))
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod github;
 pub mod holds;
+pub mod ledger;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -221,6 +222,23 @@ pub trait Upstream: Send + Sync + 'static {
 
     /// Last rate-limit state seen.
     fn rate_limit(&self) -> RateLimit;
+
+    /// What this node learned of the budgets it spends since last asked: the
+    /// ledger's news to gossip (contract §10). None where no budgets are kept.
+    fn ledger_news(&self) -> Vec<ghmesh_protocol::ledger::BudgetEntry> {
+        Vec::new()
+    }
+
+    /// What members learned of budgets (entries already checked); how many changed
+    /// what this node knows.
+    fn ledger_heard(&self, _entries: &[ghmesh_protocol::ledger::BudgetEntry]) -> usize {
+        0
+    }
+
+    /// Every budget known, ours and the fleet's (stats' `rate_limits`).
+    fn rate_limits(&self) -> Vec<ledger::BudgetView> {
+        Vec::new()
+    }
 }
 
 #[cfg(test)]

@@ -305,6 +305,18 @@ pub fn graphql_ttl(flag: Option<u64>, env: EnvLookup<'_>) -> Result<Option<u64>,
     Ok(ttl)
 }
 
+/// `--rate-limit-reserve`, `GHMESH_RATE_LIMIT_RESERVE`, else 0: requests of a budget
+/// kept for people sharing its token.
+pub fn rate_limit_reserve(flag: Option<u64>, env: EnvLookup<'_>) -> Result<u64, CliError> {
+    let reserve = number(
+        flag,
+        env,
+        &["GHMESH_RATE_LIMIT_RESERVE"],
+        "a number of requests",
+    )?;
+    Ok(reserve.unwrap_or(0))
+}
+
 /// `--upstream-timeout`, `GHMESH_UPSTREAM_TIMEOUT`, else 15 s.
 pub fn upstream_timeout(
     flag: Option<u64>,

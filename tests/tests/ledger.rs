@@ -1,0 +1,214 @@
+//! The fleet's rate-limit ledger (contract §10) with real daemons sharing one token
+//! against the fake GitHub: a refusal one node gets holds the budget on every node
+//! once the ledger's message arrives, so the fleet is refused once, not once per node;
+//! the reserve keeps the last requests of a budget for people; Actions job tokens of
+//! one repository are one budget.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use ghmesh_tests::daemon::*;
+use ghmesh_tests::fake_github::{FakeGithub, Fault};
+use serde_json::Value;
+
+async fn read(node: &Daemon, path: &str, token: Option<&str>) -> (u16, String) {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+    let (status, h, _) = http_request("GET", &format!("{}{path}", node.base()), &headers, b"")
+        .await
+        .unwrap();
+    (
+        status,
+        header(&h, "x-ghmesh-cache").unwrap_or("").to_string(),
+    )
+}
+
+/// The node's view of its budgets (`rate_limits` in stats).
+async fn budgets(node: &Daemon) -> Vec<Value> {
+    node.stats().await.unwrap()["rate_limits"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Waits until every node holds a budget for `resource` (a hold heard or seen).
+async fn held_everywhere(nodes: &[Daemon], resource: &str) {
+    for n in nodes {
+        poll("the hold on every node", || async {
+            budgets(n)
+                .await
+                .iter()
+                .any(|b| b["resource"] == resource && b["held_until"].is_u64())
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_refusal_holds_the_shared_budget_on_every_node() {
+    let gh = FakeGithub::start().await.unwrap();
+    gh.set_rate_limit(5);
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = fleet(3, &gh, &[], &dir).await.unwrap();
+    // Spend the fleet's token: five reads, then GitHub refuses the sixth.
+    let mut refused = 0;
+    for i in 0..6 {
+        let (status, _) = read(&nodes[0], &format!("/repos/acme/r{i}"), None).await;
+        refused += u32::from(status == 403);
+    }
+    assert_eq!(refused, 1);
+    held_everywhere(&nodes, "core").await;
+    let sent = gh.total_requests();
+    for (n, node) in nodes.iter().enumerate() {
+        for i in 0..3 {
+            let (status, cache) = read(node, &format!("/repos/acme/n{n}-{i}"), None).await;
+            assert_eq!((status, cache.as_str()), (403, "held"));
+        }
+    }
+    assert_eq!(
+        gh.total_requests(),
+        sent,
+        "held on every node: nothing sent"
+    );
+    // Every node names the budget alike, and none names the token.
+    let ids: Vec<String> = futures::future::join_all(nodes.iter().map(budgets))
+        .await
+        .iter()
+        .map(|b| b[0]["budget"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        ids.iter()
+            .all(|id| *id == ids[0] && !id.contains("e2etoken")),
+        "{ids:?}"
+    );
+    let stats = nodes[1].stats().await.unwrap();
+    assert!(stats["ledger_received"].as_u64() >= Some(1), "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secondary_refusal_holds_the_fleet_once() {
+    let gh = FakeGithub::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = fleet(3, &gh, &[], &dir).await.unwrap();
+    let (status, _) = read(&nodes[0], "/repos/acme/warm", None).await;
+    assert_eq!(status, 200);
+    gh.set_fault(Fault::SecondaryLimit);
+    let (status, _) = read(&nodes[0], "/repos/acme/offence", None).await;
+    assert_eq!(status, 403);
+    gh.set_fault(Fault::None);
+    held_everywhere(&nodes, "core").await;
+    let sent = gh.total_requests();
+    for (n, node) in nodes.iter().enumerate() {
+        let (status, cache) = read(node, &format!("/repos/acme/after{n}"), None).await;
+        assert_eq!((status, cache.as_str()), (403, "held"));
+        // Stale is served where a copy exists.
+        let (status, cache) = read(node, "/repos/acme/warm", None).await;
+        assert_eq!(status, 200);
+        assert!(
+            cache == "hit" || cache == "peer" || cache == "stale",
+            "{cache}"
+        );
+    }
+    assert_eq!(gh.total_requests(), sent, "one offence for the fleet");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reserve_keeps_the_last_requests_for_people_on_every_node() {
+    let gh = FakeGithub::start().await.unwrap();
+    gh.set_rate_limit(60);
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = fleet(3, &gh, &["--rate-limit-reserve", "50"], &dir)
+        .await
+        .unwrap();
+    let mut i = 0;
+    loop {
+        let (status, cache) = read(&nodes[0], &format!("/repos/acme/k{i}"), None).await;
+        i += 1;
+        if cache == "held" {
+            assert_eq!(status, 403);
+            break;
+        }
+        assert!(i < 30, "never held");
+    }
+    // Every node learns that the fleet is down to the reserve, then spends nothing.
+    for n in &nodes {
+        poll("the reserve on every node", || async {
+            budgets(n)
+                .await
+                .iter()
+                .any(|b| b["remaining"].as_u64() <= Some(50))
+        })
+        .await;
+    }
+    let sent = gh.total_requests();
+    for (n, node) in nodes.iter().enumerate() {
+        let (status, cache) = read(node, &format!("/repos/acme/more{n}"), None).await;
+        assert_eq!((status, cache.as_str()), (403, "held"));
+    }
+    assert_eq!(gh.total_requests(), sent);
+    assert!(
+        gh.total_requests() <= 12,
+        "stopped at the reserve: {}",
+        gh.total_requests()
+    );
+    // A person's own write still goes through: the reserve is for misses.
+    let auth = "Bearer ghp_e2etoken";
+    let (status, _, _) = http_request(
+        "POST",
+        &format!("{}/repos/acme/k0/issues", nodes[1].base()),
+        &[
+            ("authorization", auth),
+            ("content-type", "application/json"),
+        ],
+        b"{\"title\":\"t\"}",
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_tokens_of_one_repository_are_one_budget_and_other_tokens_go_on() {
+    let gh = FakeGithub::start().await.unwrap();
+    gh.set_rate_limit(3);
+    let dir = tempfile::tempdir().unwrap();
+    // One node: reads with a client's token go upstream with that token (in a larger
+    // fleet a key's owner may fetch it with its own).
+    let nodes = fleet(1, &gh, &["--repo", "acme/widgets"], &dir)
+        .await
+        .unwrap();
+    // Two jobs' tokens spend one repository's budget.
+    for i in 0..3 {
+        let token = if i % 2 == 0 {
+            "ghs_jobone"
+        } else {
+            "ghs_jobtwo"
+        };
+        let (status, _) = read(&nodes[0], &format!("/repos/acme/j{i}"), Some(token)).await;
+        assert_eq!(status, 200);
+    }
+    let (status, _) = read(&nodes[0], "/repos/acme/j3", Some("ghs_jobtwo")).await;
+    assert_eq!(status, 403);
+    // A third job's token is held without being sent: its repository's budget is
+    // spent. (The read is then made with the node's own token, as for any held
+    // client token.)
+    let (status, _) = read(&nodes[0], "/repos/acme/j4", Some("ghs_jobthree")).await;
+    assert_eq!(status, 200);
+    let sent_with: Vec<_> = gh.requests().into_iter().map(|r| r.authorization).collect();
+    assert_eq!(
+        sent_with.last().cloned().flatten().as_deref(),
+        Some("Bearer ghp_e2etoken")
+    );
+    assert!(!sent_with
+        .iter()
+        .any(|a| a.as_deref() == Some("Bearer ghs_jobthree")));
+    // Another token's budget is another budget: it goes on.
+    let (status, _) = read(&nodes[0], "/repos/acme/j5", Some("ghp_person")).await;
+    assert_eq!(status, 200);
+    let known = budgets(&nodes[0]).await;
+    assert_eq!(
+        known.len(),
+        3,
+        "the jobs' one budget, the node's, the person's: {known:?}"
+    );
+    let held = known.iter().filter(|b| b["held_until"].is_u64()).count();
+    assert_eq!(held, 1, "{known:?}");
+}
