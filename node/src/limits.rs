@@ -143,8 +143,12 @@ pub const MAX_WRITE_BATCH: usize = 256;
 /// Most rate-limit budgets × resources the ledger keeps; the window that ended first
 /// goes first.
 pub const MAX_BUDGETS: usize = 1024;
-/// Most ledger messages a node publishes per second, however busy.
+/// How often a node gossips what changed in its rate-limit ledger, however busy: at
+/// most one message a second.
 pub const LEDGER_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Least time between two messages a refusal sent at once (a refusal holds the budget,
+/// so refusals are rare; this bounds them anyway).
+pub const LEDGER_URGENT_GAP: std::time::Duration = std::time::Duration::from_millis(100);
 /// Most holds remembered (tokens × resources); expired ones go first.
 pub const MAX_HOLDS: usize = 4096;
 /// Lookup latencies remembered per peer for its budget.

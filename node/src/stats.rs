@@ -60,6 +60,8 @@ counters! {
     bypass: "Requests passed through uncached",
     /// Rate-limit ledger messages published (at most one a second).
     ledger_sent: "Rate-limit ledger messages published",
+    /// Their sealed bytes.
+    ledger_bytes_sent: "Bytes of rate-limit ledger messages published",
     /// Rate-limit ledger messages from members, believed.
     ledger_received: "Rate-limit ledger messages received",
     /// GraphQL queries served from the cache (here, from a peer, or by a joined fetch).
@@ -131,8 +133,8 @@ impl Counters {
 /// Labels of a rate-limit gauge (contract §10's `{budget,resource}`).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BudgetLabels {
-    /// Whose budget: `node` for the node's own token (the only one it reports today;
-    /// never a token or anything derived from one without a key).
+    /// Whose budget: `node` for the node's own token as GitHub last answered it, and
+    /// every budget of the fleet's ledger by its id (a keyed hash, never a token).
     pub budget: String,
     /// GitHub's rate-limit resource (`core`, `search`, …, `other`).
     pub resource: String,
@@ -192,6 +194,20 @@ impl Gauges {
         self.mesh_peers.set(g(stats.mesh_peers as u64));
         self.entries.set(g(stats.entries));
         self.store_bytes.set(g(stats.bytes));
+        // Budgets come and go with the ledger (bounded there): the families are set
+        // anew each time, so that a forgotten budget is not reported for ever.
+        self.ratelimit_remaining.clear();
+        self.ratelimit_limit.clear();
+        for b in &stats.rate_limits {
+            let labels = BudgetLabels {
+                budget: b.budget.clone(),
+                resource: b.resource.clone(),
+            };
+            self.ratelimit_remaining
+                .get_or_create(&labels)
+                .set(g(b.remaining));
+            self.ratelimit_limit.get_or_create(&labels).set(g(b.limit));
+        }
         let rl = &stats.rate_limit;
         let labels = BudgetLabels {
             budget: "node".into(),

@@ -53,6 +53,17 @@ pub struct Network {
     pub join_gap_ms: f64,
 }
 
+/// The rate-limit ledger's traffic over a run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LedgerTraffic {
+    /// Messages published, all nodes.
+    pub messages: u64,
+    /// Their sealed bytes.
+    pub bytes: u64,
+    /// Messages per node per second of the workload.
+    pub per_node_per_second: f64,
+}
+
 /// Upstream calls of the keys read as GraphQL queries, beside the REST ones.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct GraphqlShare {
@@ -101,6 +112,10 @@ pub struct Report {
     pub messages: u64,
     /// messages / requests.
     pub messages_per_request: f64,
+    /// Rate-limit ledger messages every node published, and their sealed bytes (wall
+    /// time: the nodes share one token, so every upstream answer is news).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<LedgerTraffic>,
     pub workload: String,
     pub nodes: usize,
     pub keys: usize,
@@ -190,7 +205,13 @@ impl Report {
             wall = self.wall_s,
             rss = self.peak_rss_mb,
             rssn = self.peak_rss_mb_per_node,
-        ) + &(match &self.graphql {
+        ) + &(match &self.ledger {
+            Some(l) => format!(
+                "ledger: {} messages, {} bytes ({:.2} messages per node per second)\n",
+                l.messages, l.bytes, l.per_node_per_second
+            ),
+            None => String::new(),
+        }) + &(match &self.graphql {
             Some(g) => format!(
                 "GraphQL: {} of the keys, {} calls ({:.2} per key; REST {:.2} per key)\n",
                 g.keys, g.upstream_calls, g.upstream_per_key, g.rest_upstream_per_key

@@ -12,7 +12,9 @@ use ghmesh_tests::fake_github::FakeGithub;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use crate::report::{peak_rss_mb, GraphqlShare, LateJoiners, Lookup, Propagation, Report};
+use crate::report::{
+    peak_rss_mb, GraphqlShare, LateJoiners, LedgerTraffic, Lookup, Propagation, Report,
+};
 use crate::workload::{Churn, Workload};
 
 /// What the fleet does on a miss.
@@ -546,8 +548,19 @@ impl Fleet {
         let (counts, late_joiners) = served(&self.tally, late);
         let [requests, local, peer, coalesced, revalidated, miss, errors] = counts;
         let rss = peak_rss_mb();
+        let all = || self.nodes.iter().chain(self.retired.iter());
+        let sent: u64 = all().map(|n| n.node.counters().ledger_sent.get()).sum();
+        let bytes: u64 = all()
+            .map(|n| n.node.counters().ledger_bytes_sent.get())
+            .sum();
+        let ledger = LedgerTraffic {
+            messages: sent,
+            bytes,
+            per_node_per_second: sent as f64 / cfg.nodes as f64 / timings.wall_s.max(1e-9),
+        };
         Report {
             time: "wall".into(),
+            ledger: Some(ledger),
             workload: cfg.workload.name.clone(),
             nodes: cfg.nodes,
             keys: cfg.keys,

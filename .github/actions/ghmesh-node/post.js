@@ -35,9 +35,24 @@ function rows(stats) {
   ];
 }
 
+/** The rate-limit budgets the node spent or heard of, with the fleet's remaining. */
+function budgetLines(stats) {
+  const budgets = Array.isArray(stats.rate_limits) ? stats.rate_limits : [];
+  if (budgets.length === 0) return [];
+  const lines = ['', '| rate-limit budget | resource | remaining | of | resets | figures |', '| --- | --- | ---: | ---: | --- | --- |'];
+  for (const b of budgets) {
+    const resets = new Date(num(b.reset) * 1000).toISOString();
+    const whose = b.source === 'fleet' ? 'a member' : 'this node';
+    const held = typeof b.held_until === 'number' ? ', held' : '';
+    lines.push(`| \`${String(b.budget).slice(0, 12)}\` | ${b.resource} | ${num(b.remaining)} | ${num(b.limit)} | ${resets} | ${whose}${held} |`);
+  }
+  return lines;
+}
+
 function summary(stats) {
   const lines = ['### ghmesh', '', '| metric | value |', '| --- | ---: |'];
   for (const [name, value] of rows(stats)) lines.push(`| ${name} | ${value} |`);
+  lines.push(...budgetLines(stats));
   const rate = typeof stats.hit_rate === 'number' ? `${Math.round(stats.hit_rate * 100)}%` : 'n/a';
   lines.push('', `Peer \`${stats.peer_id || '?'}\` · hit rate ${rate} · ${num(stats.entries)} entries in the store`, '');
   return lines.join('\n');

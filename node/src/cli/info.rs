@@ -75,7 +75,39 @@ pub fn render_stats(v: &serde_json::Value) -> String {
         rlg("remaining"),
         rlg("limit"),
         rlg("reset"),
-    )
+    ) + &render_budgets(v)
+}
+
+/// One line per rate-limit budget of the ledger: whose figures (this node's last
+/// answer, or a member's lower one), what is left, and any hold.
+fn render_budgets(v: &serde_json::Value) -> String {
+    let Some(budgets) = v.get("rate_limits").and_then(|b| b.as_array()) else {
+        return String::new();
+    };
+    let mut out = String::new();
+    for b in budgets {
+        let s = |k: &str| b.get(k).and_then(|x| x.as_str()).unwrap_or("-");
+        let n = |k: &str| {
+            b.get(k)
+                .and_then(|x| x.as_u64())
+                .map_or("-".into(), |x| x.to_string())
+        };
+        let held = b
+            .get("held_until")
+            .and_then(|x| x.as_u64())
+            .map_or(String::new(), |t| format!(", held until {t}"));
+        let id = s("budget");
+        out.push_str(&format!(
+            "budget {}  {:<8} {} of {} left ({}), resets at {}{held}\n",
+            &id[..id.len().min(12)],
+            s("resource"),
+            n("remaining"),
+            n("limit"),
+            s("source"),
+            n("reset"),
+        ));
+    }
+    out
 }
 
 /// `ghmesh stats`.
@@ -232,4 +264,35 @@ pub async fn dashboard(open: bool, env: EnvLookup<'_>) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_show_every_budget_with_whose_figures_and_any_hold() {
+        let v = serde_json::json!({
+            "rate_limit": { "remaining": 10, "limit": 5000, "reset": 1700000000 },
+            "rate_limits": [
+                { "budget": "a7af0a02fba3632ff579a7b943090296", "resource": "core", "limit": 5000,
+                  "remaining": 10, "used": 4990, "reset": 1700000000, "held_until": null, "source": "fleet" },
+                { "budget": "f150af595306e6c2779984a86386df79", "resource": "graphql", "limit": 5000,
+                  "remaining": 0, "used": 5000, "reset": 1700000000, "held_until": 1700000000, "source": "local" }
+            ]
+        });
+        let text = render_stats(&v);
+        assert!(
+            text.contains(
+                "budget a7af0a02fba3  core     10 of 5000 left (fleet), resets at 1700000000\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "graphql  0 of 5000 left (local), resets at 1700000000, held until 1700000000"
+            ),
+            "{text}"
+        );
+    }
 }

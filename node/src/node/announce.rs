@@ -13,7 +13,7 @@ use ghmesh_protocol::{Announce, CacheKey, Message};
 
 use super::bounded::Bounded;
 use super::Node;
-use crate::limits::{LEDGER_EVERY, MAX_UNANNOUNCED};
+use crate::limits::{LEDGER_EVERY, LEDGER_URGENT_GAP, MAX_UNANNOUNCED};
 
 /// Keys stored while no peer was subscribed, oldest first, each once.
 pub(super) struct Unannounced {
@@ -58,23 +58,25 @@ impl Node {
     /// for the first one that subscribes (see [`Node::reannounce`]): the members that come
     /// later need not own the key, and would not know to ask us for it.
     pub(super) async fn publish_now(&self, msg: &Message) {
-        if self.publish_news(msg).await {
+        if self.publish_news(msg).await.is_some() {
             self.inner.telemetry.counters.announces_sent.inc();
         } else if let Message::Announce(ann) = msg {
             self.keep_unannounced(ann.meta.key());
         }
     }
 
-    /// Seals and publishes `msg`; true when a peer was subscribed to hear it.
-    async fn publish_news(&self, msg: &Message) -> bool {
+    /// Seals and publishes `msg`: its sealed size when a peer was subscribed to hear
+    /// it.
+    async fn publish_news(&self, msg: &Message) -> Option<usize> {
         let (Some(net), Some(data)) = (self.network(), self.seal(msg)) else {
-            return false;
+            return None;
         };
+        let len = data.len();
         match net.publish(data).await {
-            Ok(heard) => heard,
+            Ok(heard) => heard.then_some(len),
             Err(e) => {
                 tracing::debug!("publish failed: {e}");
-                false
+                None
             }
         }
     }
@@ -117,25 +119,48 @@ impl Node {
     }
 }
 
-/// Gossips what this node learned of the rate-limit budgets it spends, at most once
-/// every [`LEDGER_EVERY`] however busy it is: what changed in that second, in one
-/// message (contract §10).
+/// Gossips what this node learned of the rate-limit budgets it spends: every
+/// [`LEDGER_EVERY`], however busy it is, what changed in that time in one message; and
+/// at once when a refusal started a hold (then at most every [`LEDGER_URGENT_GAP`]),
+/// so that members stop spending the budget before they are refused too (contract
+/// §10).
 pub(super) async fn ledger(node: std::sync::Weak<super::Inner>) {
-    super::periodically(
-        node,
-        |_| LEDGER_EVERY,
-        |node| async move {
-            let entries = node.inner.upstream.ledger_news();
-            if !entries.is_empty() {
-                let msg = Message::Ledger(Ledger { entries });
-                if node.publish_news(&msg).await {
-                    node.inner.telemetry.counters.ledger_sent.inc();
-                }
-            }
-            true
-        },
-    )
-    .await;
+    // Only a weak reference between runs: dropping every handle ends the loop too.
+    let Some((stopping, Some(urgent))) = node.upgrade().map(|i| {
+        let urgent = i.mesh.as_ref().map(|m| m.ledger_urgent.clone());
+        (i.tasks.stopping.clone(), urgent)
+    }) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(LEDGER_EVERY);
+    loop {
+        let was_urgent = tokio::select! {
+            _ = stopping.cancelled() => break,
+            _ = tick.tick() => false,
+            _ = urgent.notified() => true,
+        };
+        let Some(inner) = node.upgrade() else { break };
+        Node { inner }.publish_ledger().await;
+        if was_urgent {
+            tokio::time::sleep(LEDGER_URGENT_GAP).await;
+        }
+    }
+}
+
+impl Node {
+    /// Publishes what changed in the ledger, if anything did.
+    async fn publish_ledger(&self) {
+        let entries = self.inner.upstream.ledger_news();
+        if entries.is_empty() {
+            return;
+        }
+        let msg = Message::Ledger(Ledger { entries });
+        if let Some(bytes) = self.publish_news(&msg).await {
+            let counters = &self.inner.telemetry.counters;
+            counters.ledger_sent.inc();
+            counters.ledger_bytes_sent.inc_by(bytes as u64);
+        }
+    }
 }
 
 #[cfg(test)]

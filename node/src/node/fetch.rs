@@ -130,6 +130,11 @@ impl Node {
             Err(UpstreamError::Held(_)) => self.inner.telemetry.counters.upstream_held.inc(),
             _ => self.inner.telemetry.counters.upstream_calls.inc(),
         };
+        if self.inner.upstream.take_hold_started() {
+            if let Some(mesh) = &self.inner.mesh {
+                mesh.ledger_urgent.notify_one();
+            }
+        }
         outcome
     }
 }

@@ -34,6 +34,8 @@ pub(super) struct Mesh {
     replies: Mutex<ReplyCache>,
     /// Woken when a member is admitted (a node's first reads wait for its first one).
     pub(super) admitted: Notify,
+    /// Woken when a refusal started a hold: the ledger says so at once.
+    pub(super) ledger_urgent: std::sync::Arc<Notify>,
     /// Keys stored while nobody was subscribed to hear their announce.
     unannounced: Mutex<Unannounced>,
 }
@@ -72,6 +74,7 @@ impl Mesh {
             leases: Mutex::default(),
             replies: Mutex::default(),
             admitted: Notify::new(),
+            ledger_urgent: std::sync::Arc::new(Notify::new()),
             unannounced: Mutex::default(),
         };
         Ok((mesh, events))

@@ -91,6 +91,8 @@ pub struct GithubClient {
     /// Where hold times are read: the node's clock, so that tests move it.
     clock: SharedClock,
     budgets: BudgetRules,
+    /// A hold started since the node last asked (see `take_hold_started`).
+    hold_started: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -125,6 +127,7 @@ impl GithubClient {
                 repository: None,
                 reserve: 0,
             },
+            hold_started: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -218,6 +221,10 @@ impl GithubClient {
         }
         let now_ms = self.clock.now_ms();
         let started = state.holds.observe(token, resource, resp, now_ms);
+        if started.is_some() {
+            self.hold_started
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Some(budget) = budget {
             let hold = started.map(|s| {
                 (
@@ -452,6 +459,11 @@ impl Upstream for GithubClient {
 
     fn rate_limit(&self) -> RateLimit {
         self.state.lock().map(|s| s.last).unwrap_or_default()
+    }
+
+    fn take_hold_started(&self) -> bool {
+        self.hold_started
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
     fn ledger_news(&self) -> Vec<BudgetEntry> {

@@ -229,6 +229,13 @@ pub trait Upstream: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Whether a refusal started a hold since last asked: the ledger then says so at
+    /// once instead of at its next tick, so that members do not spend the budget in
+    /// the meantime.
+    fn take_hold_started(&self) -> bool {
+        false
+    }
+
     /// What members learned of budgets (entries already checked); how many changed
     /// what this node knows.
     fn ledger_heard(&self, _entries: &[ghmesh_protocol::ledger::BudgetEntry]) -> usize {

@@ -695,6 +695,7 @@ impl Des {
         let rss = peak_rss_mb();
         let end = self.finished.unwrap_or(self.now).max(self.workload_start);
         Report {
+            ledger: None,
             time: "simulated".into(),
             network: Some(Network {
                 latency_ms: self.net.latency.as_secs_f64() * 1000.0,

@@ -235,6 +235,20 @@ const MISSING_BINARY = fs.existsSync(BINARY)
   : `the ghmesh binary is missing at ${BINARY}: build it first (cargo build -p ghmesh-node --bin ghmesh; ` +
     '.ci/run does) or point GHMESH_BIN at one';
 
+test("the job summary shows the fleet's remaining for every budget the job spent", () => {
+  const { summary } = require('../post');
+  const text = summary({
+    peer_id: 'p',
+    rate_limits: [
+      { budget: 'a7af0a02fba3632ff579a7b943090296', resource: 'core', limit: 5000, remaining: 12, used: 4988, reset: 1700000000, held_until: null, source: 'fleet' },
+      { budget: 'f150af595306e6c2779984a86386df79', resource: 'graphql', limit: 5000, remaining: 0, used: 5000, reset: 1700000000, held_until: 1700000000, source: 'local' },
+    ],
+  });
+  assert.match(text, /^\| `a7af0a02fba3` \| core \| 12 \| 5000 \| 2023-11-14T22:13:20.000Z \| a member \|$/m);
+  assert.match(text, /^\| `f150af595306` \| graphql \| 0 \| 5000 \| .* \| this node, held \|$/m);
+  assert.doesNotMatch(text, /a7af0a02fba3632f/, 'ids are shortened');
+});
+
 test('the ghmesh binary is built', () => {
   assert.equal(MISSING_BINARY, null, MISSING_BINARY);
 });
@@ -317,7 +331,12 @@ describe('ghmesh-node action', { timeout: 120000, skip: MISSING_BINARY ? 'no ghm
     assert.match(post.stdout, /ghmesh stopped cleanly \(exit code 0\)/);
     assert.equal(fs.readFileSync(state['STATE_exit-file'], 'utf8').trim(), '0', 'the node exited 0');
 
-    const rows = summaryRows(fs.readFileSync(env.GITHUB_STEP_SUMMARY, 'utf8'));
+    const summaryText = fs.readFileSync(env.GITHUB_STEP_SUMMARY, 'utf8');
+    const rows = summaryRows(summaryText);
+    // Anonymous reads spend no budget the fleet can share (GitHub counts them per
+    // address): the ledger has nothing, and the summary no budget table.
+    assert.deepEqual(stats.rate_limits, []);
+    assert.doesNotMatch(summaryText, /rate-limit budget/);
     const n = (v) => (typeof v === 'number' ? v : 0);
     const requestsServed =
       n(stats.hits) + n(stats.peer_hits) + n(stats.misses) + n(stats.revalidated) + n(stats.coalesced) + n(stats.stale_served) + n(stats.bypass);
