@@ -60,6 +60,14 @@ struct Args {
     /// Simulated time: nodes start this far apart, ms
     #[arg(long, default_value_t = 20.0)]
     join_gap_ms: f64,
+    /// Simulated time: the fleet shares one token with this many requests left in its
+    /// window; GitHub refuses the rest (the rate-limit ledger's experiment)
+    #[arg(long)]
+    budget: Option<u64>,
+    /// Simulated time, with --budget: nodes keep their holds to themselves (the fleet
+    /// before the ledger: one refusal per node)
+    #[arg(long)]
+    no_ledger: bool,
     /// Named workload (burst, autoscaler, churn) or a TOML file
     #[arg(long)]
     workload: Option<String>,
@@ -98,6 +106,8 @@ fn net_params(args: &Args) -> anyhow::Result<NetParams> {
         upstream: ms(args.upstream_ms, "upstream-ms")?,
         view: args.view,
         join_gap: ms(args.join_gap_ms, "join-gap-ms")?,
+        budget: args.budget,
+        ledger: !args.no_ledger,
     })
 }
 

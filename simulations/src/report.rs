@@ -53,6 +53,21 @@ pub struct Network {
     pub join_gap_ms: f64,
 }
 
+/// A run whose fleet shared one token with a budget (`--budget`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BudgetRun {
+    /// Requests the token had left.
+    pub budget: u64,
+    /// Calls GitHub refused once it was spent (the fleet's offences).
+    pub refusals: u64,
+    /// Reads that ended held or refused (nothing served).
+    pub held_reads: u64,
+    /// Ledger messages published (0 with `--no-ledger`).
+    pub ledger_messages: u64,
+    /// Whether nodes shared their books.
+    pub ledger: bool,
+}
+
 /// The rate-limit ledger's traffic over a run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LedgerTraffic {
@@ -116,6 +131,9 @@ pub struct Report {
     /// time: the nodes share one token, so every upstream answer is news).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ledger: Option<LedgerTraffic>,
+    /// With `--budget` (simulated time): what the fleet's one token was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetRun>,
     pub workload: String,
     pub nodes: usize,
     pub keys: usize,
@@ -205,7 +223,17 @@ impl Report {
             wall = self.wall_s,
             rss = self.peak_rss_mb,
             rssn = self.peak_rss_mb_per_node,
-        ) + &(match &self.ledger {
+        ) + &(match &self.budget {
+            Some(b) => format!(
+                "budget: {} requests; {} refused by GitHub, {} reads held or refused, {} ledger messages{}\n",
+                b.budget,
+                b.refusals,
+                b.held_reads,
+                b.ledger_messages,
+                if b.ledger { "" } else { " (no ledger)" }
+            ),
+            None => String::new(),
+        }) + &(match &self.ledger {
             Some(l) => format!(
                 "ledger: {} messages, {} bytes ({:.2} messages per node per second)\n",
                 l.messages, l.bytes, l.per_node_per_second

@@ -92,3 +92,26 @@ fn bad_parameters_are_refused() {
     };
     assert!(run_simulated(cfg("burst", 5, 1), bad).is_err());
 }
+
+#[test]
+fn with_the_ledger_a_spent_shared_token_is_refused_once_not_once_per_node() {
+    // 60 nodes share one token with 25 requests left; the 50 keys are read as the
+    // nodes start over 30 s, so that few calls are in flight when the budget runs out.
+    let run = |ledger: bool| {
+        let mut c = cfg("burst", 60, 1);
+        c.stagger_ms = 30_000;
+        let net = NetParams {
+            budget: Some(25),
+            ledger,
+            ..NetParams::default()
+        };
+        run_simulated(c, net).unwrap()
+    };
+    let shared = run(true);
+    let alone = run(false);
+    let (s, a) = (shared.budget.unwrap(), alone.budget.unwrap());
+    assert_eq!(shared.upstream_calls, 25, "the budget, all of it");
+    assert!(a.refusals >= 55, "without the ledger every node is refused: {a:?}");
+    assert!(s.refusals <= 3, "with it, the fleet about once: {s:?}");
+    assert!(s.ledger_messages > 0 && a.ledger_messages == 0);
+}

@@ -175,12 +175,12 @@ impl GithubClient {
         let rules = &self.budgets;
         if reserve {
             if let Some(e) = state.book.at_reserve(budget, resource, rules.reserve, now) {
-                return Some(held_refusal(
-                    resource,
-                    e.reset,
-                    now,
-                    "the rest of the budget is kept for people (--rate-limit-reserve)",
-                ));
+                let why = if e.remaining == 0 {
+                    "the fleet's budget is spent"
+                } else {
+                    "the rest of the budget is kept for people (--rate-limit-reserve)"
+                };
+                return Some(held_refusal(resource, e.reset, now, why));
             }
         }
         None
@@ -221,7 +221,10 @@ impl GithubClient {
         }
         let now_ms = self.clock.now_ms();
         let started = state.holds.observe(token, resource, resp, now_ms);
-        if started.is_some() {
+        // A refusal, or GitHub saying the last request is gone: members should know
+        // before they spend into a refusal.
+        let spent = resp.status < 400 && resp.header("x-ratelimit-remaining") == Some("0");
+        if started.is_some() || spent {
             self.hold_started
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }

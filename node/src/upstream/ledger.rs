@@ -193,7 +193,7 @@ impl BudgetBook {
     }
 
     /// The window's figures for `budget` and `resource` when its `remaining` is down to
-    /// `reserve` (the window not over yet).
+    /// `reserve` (the window not over yet; a reserve of 0: nothing left).
     pub fn at_reserve(
         &self,
         budget: BudgetId,
@@ -202,8 +202,9 @@ impl BudgetBook {
         now_secs: u64,
     ) -> Option<&BudgetEntry> {
         let slot = self.slots.get(&(budget, resource.to_string()))?;
-        (reserve > 0 && slot.entry.reset > now_secs && slot.entry.remaining <= reserve)
-            .then_some(&slot.entry)
+        // With no reserve, a window GitHub said is spent (`remaining: 0` on the last
+        // request it answered) holds too: the next request would only be refused.
+        (slot.entry.reset > now_secs && slot.entry.remaining <= reserve).then_some(&slot.entry)
     }
 
     /// Every budget, for stats (held ones carry their hold).
@@ -218,7 +219,12 @@ impl BudgetBook {
                 remaining: s.entry.remaining,
                 used: s.entry.used,
                 reset: s.entry.reset,
-                held_until: (s.entry.held_until > now_secs).then_some(s.entry.held_until),
+                held_until: if s.entry.held_until > now_secs {
+                    Some(s.entry.held_until)
+                } else {
+                    // Spent: held until the window ends.
+                    (s.entry.remaining == 0 && s.entry.reset > now_secs).then_some(s.entry.reset)
+                },
                 source: s.source,
             })
             .collect();

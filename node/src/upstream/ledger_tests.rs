@@ -85,7 +85,22 @@ fn the_reserve_stops_spending_within_the_window() {
         book.at_reserve(A, "core", 50, 1000).map(|e| e.reset),
         Some(2000)
     );
-    assert!(book.at_reserve(A, "core", 0, 1000).is_none(), "no reserve");
+    assert!(
+        book.at_reserve(A, "core", 0, 1000).is_none(),
+        "no reserve, some left"
+    );
+    book.observe(A, "graphql", &answer(200, 0, 2000, "graphql"), None);
+    assert!(
+        book.at_reserve(A, "graphql", 0, 1000).is_some(),
+        "GitHub said nothing is left: the next request would be refused"
+    );
+    assert_eq!(
+        book.view(1000)
+            .iter()
+            .find(|b| b.resource == "graphql")
+            .and_then(|b| b.held_until),
+        Some(2000)
+    );
     assert!(
         book.at_reserve(A, "core", 50, 2000).is_none(),
         "a new window"

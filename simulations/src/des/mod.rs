@@ -8,6 +8,7 @@
 //! process. The async plumbing of the daemon (sealing, streams, the store) is not run:
 //! the wall-clock mode (`sim.rs`) measures that.
 
+mod budget;
 #[cfg(test)]
 mod differential;
 mod read;
@@ -23,7 +24,9 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use crate::report::{peak_rss_mb, GraphqlShare, LateJoiners, Lookup, Network, Propagation, Report};
+use crate::report::{
+    peak_rss_mb, BudgetRun, GraphqlShare, LateJoiners, Lookup, Network, Propagation, Report,
+};
 use crate::sim::SimConfig;
 use ghmesh_node::network::{DISCOVERY_MIN_GAP, DISCOVERY_SOON};
 use ghmesh_node::policy::resolve::{Ask, Timers};
@@ -51,6 +54,12 @@ pub struct NetParams {
     pub view: f64,
     /// Nodes start this far apart.
     pub join_gap: Duration,
+    /// Requests left in the window of the one token the fleet shares; `None`: no
+    /// limit is modelled.
+    pub budget: Option<u64>,
+    /// Nodes share their budgets through the daemon's ledger (its `BudgetBook`, its
+    /// messages: a refusal at once, other news once a second).
+    pub ledger: bool,
 }
 
 impl Default for NetParams {
@@ -62,6 +71,8 @@ impl Default for NetParams {
             upstream: Duration::from_millis(100),
             view: 1.0,
             join_gap: Duration::from_millis(20),
+            budget: None,
+            ledger: true,
         }
     }
 }
@@ -118,6 +129,13 @@ enum Ev {
         key: usize,
         fetched: Us,
     },
+    /// A member's ledger message reached `to`.
+    Ledger {
+        to: usize,
+        entries: Vec<ghmesh_protocol::ledger::BudgetEntry>,
+    },
+    /// `node`'s ledger publishes what changed this second.
+    LedgerTick(usize),
     Churn(usize),
 }
 
@@ -147,6 +165,10 @@ struct SimPeer {
     discover_at: Option<Us>,
     last_discovery: Option<Us>,
     discovered_once: bool,
+    /// The daemon's own budget book (with `--budget`).
+    budgets: ghmesh_node::upstream::ledger::BudgetBook,
+    /// A ledger tick is scheduled.
+    ledger_tick: bool,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -194,6 +216,11 @@ pub(crate) struct Des {
     /// Of those, for keys read as GraphQL queries.
     graphql_calls: u64,
     upstream_304: u64,
+    /// What the shared token has left in its window, and what GitHub refused.
+    budget_left: Option<u64>,
+    refusals: u64,
+    held_reads: u64,
+    ledger_messages: u64,
     messages: u64,
     lookups: Vec<f64>,
     /// Key → (first store, last store, stores).
@@ -294,6 +321,10 @@ impl Des {
             upstream_calls: 0,
             graphql_calls: 0,
             upstream_304: 0,
+            budget_left: net.budget,
+            refusals: 0,
+            held_reads: 0,
+            ledger_messages: 0,
             messages: 0,
             lookups: Vec::new(),
             spread: HashMap::new(),
@@ -338,6 +369,8 @@ impl Des {
             discover_at: None,
             last_discovery: None,
             discovered_once: false,
+            budgets: Default::default(),
+            ledger_tick: false,
         });
         self.peers.len() - 1
     }
@@ -409,6 +442,11 @@ impl Des {
             Ev::Tick(at) => self.on_tick(at),
             Ev::Upstream { node, key, gen } => self.upstream_done(node, key, gen),
             Ev::Gossip { to, key, fetched } => self.gossip_arrives(to, key, fetched),
+            Ev::Ledger { to, entries } => self.ledger_arrives(to, &entries),
+            Ev::LedgerTick(n) => {
+                self.peers[n].ledger_tick = false;
+                self.publish_ledger(n);
+            }
             Ev::Churn(left) => self.churn(left),
         }
     }
@@ -638,8 +676,18 @@ impl Des {
     /// Publishes an announce: flood-published to every member we are connected to,
     /// relayed one more hop to the rest.
     fn announce(&mut self, from: usize, key: usize, fetched: Us) {
+        for (to, at) in self.gossip_deliveries(from) {
+            self.at(at, Ev::Gossip { to, key, fetched });
+        }
+    }
+
+    /// When a message `from` publishes reaches each node that gets it: one hop to its
+    /// mesh members, two to the others; a lost delivery is repaired on a later
+    /// heartbeat (IHAVE/IWANT), thrice.
+    pub(super) fn gossip_deliveries(&mut self, from: usize) -> Vec<(usize, Us)> {
         let members: std::collections::HashSet<PeerId> =
             self.peers[from].book.members().into_iter().collect();
+        let mut out = Vec::new();
         for to in 0..self.peers.len() {
             if to == from || !self.peers[to].up || self.peers[to].book.members().is_empty() {
                 continue;
@@ -650,22 +698,17 @@ impl Des {
                 2
             };
             let mut at = self.now;
-            let mut delivered = false;
-            // Lost deliveries are repaired on a later heartbeat (IHAVE/IWANT), thrice.
             for _ in 0..3 {
                 match (0..hops).map(|_| self.delay()).sum::<Option<Us>>() {
                     Some(d) => {
-                        at += d;
-                        delivered = true;
+                        out.push((to, at + d));
                         break;
                     }
                     None => at += GOSSIP_REPAIR,
                 }
             }
-            if delivered {
-                self.at(at, Ev::Gossip { to, key, fetched });
-            }
         }
+        out
     }
 
     fn gossip_arrives(&mut self, to: usize, key: usize, fetched: Us) {
@@ -696,6 +739,13 @@ impl Des {
         let end = self.finished.unwrap_or(self.now).max(self.workload_start);
         Report {
             ledger: None,
+            budget: self.net.budget.map(|budget| BudgetRun {
+                budget,
+                refusals: self.refusals,
+                held_reads: self.held_reads,
+                ledger_messages: self.ledger_messages,
+                ledger: self.net.ledger,
+            }),
             time: "simulated".into(),
             network: Some(Network {
                 latency_ms: self.net.latency.as_secs_f64() * 1000.0,

@@ -35,6 +35,8 @@ enum Outcome {
     Coalesced,
     Miss,
     Revalidated,
+    /// Refused or held for the shared budget (`--budget`): nothing served.
+    Held,
 }
 
 /// What a flight's current step waits for, besides its own timer and replies.
@@ -475,6 +477,11 @@ impl Des {
     }
 
     fn go_upstream(&mut self, n: usize, key: usize) {
+        if self.budget_held(n) {
+            // The node's book holds the budget: nothing is sent.
+            self.complete(n, key, Outcome::Held);
+            return;
+        }
         let held = self.peers[n].store.contains_key(&key);
         let Some(f) = self.peers[n].flights.get_mut(&key) else {
             return;
@@ -496,6 +503,10 @@ impl Des {
         // The content never changes here: a copy held when the fetch began is
         // revalidated for free.
         let held = self.peers[n].flights.get(&key).is_some_and(|f| f.held);
+        if !self.spend(n, held) {
+            self.complete(n, key, Outcome::Held);
+            return;
+        }
         let outcome = if held {
             self.upstream_304 += 1;
             Outcome::Revalidated
@@ -536,6 +547,7 @@ impl Des {
             Outcome::Coalesced => t.coalesced += 1,
             Outcome::Miss => t.miss += 1,
             Outcome::Revalidated => t.revalidated += 1,
+            Outcome::Held => self.held_reads += 1,
         }
         if outcome == Outcome::Peer {
             self.lookups.push((self.now - f.started) as f64 / 1000.0);

@@ -1,0 +1,105 @@
+//! The shared token's budget in simulated time (`--budget N`): GitHub spends one
+//! request of the fleet's one token per upstream call and refuses the calls after the
+//! last; each node keeps the daemon's own `BudgetBook` and, unless `--no-ledger`,
+//! gossips it as the daemon does (a refusal at once, other news once a second). A
+//! node whose book holds the budget sends nothing.
+
+use ghmesh_node::upstream::ledger::BudgetId;
+use ghmesh_node::upstream::UpstreamResponse;
+use ghmesh_protocol::ledger::BudgetEntry;
+
+use super::{Des, Ev};
+
+/// The one token's budget id (its name does not matter here).
+const BUDGET: BudgetId = [0x5a; 16];
+const RESOURCE: &str = "core";
+/// Simulated time starts at this unix second; the window ends an hour later.
+const EPOCH_SECS: u64 = 1_700_000_000;
+const WINDOW_SECS: u64 = 3600;
+/// How often a node's ledger says what changed (the daemon's `LEDGER_EVERY`).
+const LEDGER_EVERY_US: u64 = 1_000_000;
+
+impl Des {
+    fn unix_secs(&self) -> u64 {
+        EPOCH_SECS + self.now / 1_000_000
+    }
+
+    /// Whether `n`'s book holds the budget now: a refusal's hold, or a window known
+    /// to be spent (the daemon's `fleet_held` with no reserve).
+    pub(super) fn budget_held(&self, n: usize) -> bool {
+        let (book, now) = (&self.peers[n].budgets, self.unix_secs());
+        self.budget_left.is_some()
+            && (book.held_until(BUDGET, RESOURCE, now).is_some()
+                || book.at_reserve(BUDGET, RESOURCE, 0, now).is_some())
+    }
+
+    /// GitHub's answer to an upstream call of `n`: true when served, false when
+    /// refused (the budget spent). A full answer spends a request; a conditional one
+    /// answered 304 spends none, as on GitHub, though it is refused like any other
+    /// once nothing is left. `n`'s book records it; a refusal is said at once, other
+    /// news at the node's next ledger tick.
+    pub(super) fn spend(&mut self, n: usize, conditional: bool) -> bool {
+        let Some(left) = self.budget_left else {
+            return true;
+        };
+        let served = left > 0;
+        let remaining = if conditional {
+            left
+        } else {
+            left.saturating_sub(1)
+        };
+        self.budget_left = Some(remaining);
+        let limit = self.net.budget.unwrap_or(0).max(1);
+        let reset = EPOCH_SECS + WINDOW_SECS;
+        let resp = UpstreamResponse {
+            status: if served { 200 } else { 403 },
+            headers: vec![
+                ("x-ratelimit-limit".into(), limit.to_string()),
+                ("x-ratelimit-remaining".into(), remaining.to_string()),
+                (
+                    "x-ratelimit-used".into(),
+                    (limit - remaining.min(limit)).to_string(),
+                ),
+                ("x-ratelimit-reset".into(), reset.to_string()),
+                ("x-ratelimit-resource".into(), RESOURCE.into()),
+            ],
+            body: Default::default(),
+        };
+        let hold = (!served).then_some((reset, false));
+        self.peers[n].budgets.observe(BUDGET, RESOURCE, &resp, hold);
+        if !self.net.ledger {
+            let _ = self.peers[n].budgets.news();
+        } else if !served || remaining == 0 {
+            // A refusal, or the last request spent: said at once, as the daemon does.
+            self.refusals += u64::from(!served);
+            self.publish_ledger(n);
+        } else if !self.peers[n].ledger_tick {
+            self.peers[n].ledger_tick = true;
+            self.at(self.now + LEDGER_EVERY_US, Ev::LedgerTick(n));
+        }
+        if !served && !self.net.ledger {
+            self.refusals += 1;
+        }
+        served
+    }
+
+    /// Gossips what changed in `n`'s book, if anything did.
+    pub(super) fn publish_ledger(&mut self, n: usize) {
+        let entries = self.peers[n].budgets.news();
+        if entries.is_empty() {
+            return;
+        }
+        self.ledger_messages += 1;
+        for (to, at) in self.gossip_deliveries(n) {
+            let entries = entries.clone();
+            self.at(at, Ev::Ledger { to, entries });
+        }
+    }
+
+    /// A member's ledger message reached `to`.
+    pub(super) fn ledger_arrives(&mut self, to: usize, entries: &[BudgetEntry]) {
+        if self.peers[to].up {
+            self.peers[to].budgets.heard(entries);
+        }
+    }
+}
