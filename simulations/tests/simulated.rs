@@ -111,7 +111,10 @@ fn with_the_ledger_a_spent_shared_token_is_refused_once_not_once_per_node() {
     let alone = run(false);
     let (s, a) = (shared.budget.unwrap(), alone.budget.unwrap());
     assert_eq!(shared.upstream_calls, 25, "the budget, all of it");
-    assert!(a.refusals >= 55, "without the ledger every node is refused: {a:?}");
+    assert!(
+        a.refusals >= 55,
+        "without the ledger every node is refused: {a:?}"
+    );
     assert!(s.refusals <= 3, "with it, the fleet about once: {s:?}");
     assert!(s.ledger_messages > 0 && a.ledger_messages == 0);
 }

@@ -105,7 +105,10 @@ fn the_reserve_stops_spending_within_the_window() {
         book.at_reserve(A, "core", 50, 2000).is_none(),
         "a new window"
     );
-    assert!(book.at_reserve(A, "graphql", 50, 1000).is_none());
+    assert!(
+        book.at_reserve(A, "search", 50, 1000).is_none(),
+        "nothing known"
+    );
 }
 
 #[test]
