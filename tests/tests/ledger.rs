@@ -85,8 +85,15 @@ async fn a_spent_shared_budget_holds_every_node() {
             .all(|id| *id == ids[0] && !id.contains("e2etoken")),
         "{ids:?}"
     );
-    let stats = nodes[1].stats().await.unwrap();
-    assert!(stats["ledger_received"].as_u64() >= Some(1), "{stats}");
+    // Only one node got GitHub's "none remain", and nobody was refused: the other two
+    // learned it from the ledger.
+    let mut heard = 0;
+    for n in &nodes {
+        heard += n.stats().await.unwrap()["ledger_received"]
+            .as_u64()
+            .unwrap_or(0);
+    }
+    assert!(heard >= 2, "{heard}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -221,9 +221,12 @@ impl GithubClient {
         }
         let now_ms = self.clock.now_ms();
         let started = state.holds.observe(token, resource, resp, now_ms);
-        // A refusal, or GitHub saying the last request is gone: members should know
-        // before they spend into a refusal.
-        let spent = resp.status < 400 && resp.header("x-ratelimit-remaining") == Some("0");
+        // A refusal, or GitHub saying the budget is down to the reserve (or gone):
+        // members should know before they spend past it.
+        let remaining = resp
+            .header("x-ratelimit-remaining")
+            .and_then(|r| r.trim().parse::<u64>().ok());
+        let spent = resp.status < 400 && remaining.is_some_and(|r| r <= self.budgets.reserve);
         if started.is_some() || spent {
             self.hold_started
                 .store(true, std::sync::atomic::Ordering::Relaxed);
