@@ -65,14 +65,8 @@ impl MeshKeys {
         }
     }
 
-    /// The name of the rate-limit budget `token` draws from (contract §10): per
-    /// repository for an Actions job token (`ghs_…`) when the repository is known,
-    /// else per token. A keyed hash: never the token, and unlinkable without the key.
-    pub fn budget_id(&self, token: &str, repository: Option<&str>) -> [u8; 16] {
-        budget_id(&self.budget_key, token, repository)
-    }
-
-    /// The key budget ids are made with (secret: it stays in the process).
+    /// The key rate-limit budgets are named with ([`budget_id`]; secret: it stays in
+    /// the process).
     pub fn budget_key(&self) -> [u8; 32] {
         self.budget_key
     }
@@ -138,8 +132,10 @@ impl fmt::Debug for MeshKeys {
 }
 
 /// SHA-256(label || 0x00 || master): one independent subkey per purpose.
-/// [`MeshKeys::budget_id`] under `key` (a node without a mesh keys it with a random
-/// key of its own: names only it uses).
+/// The name of the rate-limit budget `token` draws from (contract §10), under `key`
+/// (the mesh's [`MeshKeys::budget_key`]; a node without a mesh uses a random key of its
+/// own): per repository for an Actions job token (`ghs_…`) when the repository is
+/// known, else per token. A keyed hash: never the token, and unlinkable without the key.
 pub fn budget_id(key: &[u8; 32], token: &str, repository: Option<&str>) -> [u8; 16] {
     let mut h = Sha256::new();
     h.update(b"ghmesh/budget/v1\0");

@@ -1,7 +1,7 @@
 //! The fleet's rate-limit ledger (contract §10): what GitHub said of each budget, as
 //! members share it, and the one rule every member merges it by.
 //!
-//! A budget is named by a keyed hash ([`crate::MeshKeys::budget_id`]), never by its
+//! A budget is named by a keyed hash ([`crate::keys::budget_id`]), never by its
 //! token: per token for personal and app tokens, per repository for Actions job tokens
 //! (`ghs_…`), which GitHub counts per repository.
 

@@ -309,3 +309,9 @@ pub fn ghmesh_api(args: &[&str], env: &[(&str, String)]) -> std::io::Result<std:
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
 }
+
+/// One daemon reading from `gh` alone (`--no-p2p`), its data under `dir`.
+pub async fn lone_daemon(gh: &FakeGithub, dir: &tempfile::TempDir) -> anyhow::Result<Daemon> {
+    let args: Vec<String> = vec!["--upstream".into(), gh.url(), "--no-p2p".into()];
+    start_daemon(dir.path().join("n"), &args, &env("lone")).await
+}

@@ -217,10 +217,7 @@ fn api_cmd(args: &[&str], env: &[(&str, String)]) -> std::process::Output {
 async fn ghmesh_api_like_gh() {
     let gh = FakeGithub::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let args: Vec<String> = vec!["--upstream".into(), gh.url(), "--no-p2p".into()];
-    let node = start_daemon(dir.path().join("n"), &args, &env("a"))
-        .await
-        .unwrap();
+    let node = lone_daemon(&gh, &dir).await.unwrap();
     let e = vec![("GHMESH_API", node.ready.api.clone())];
 
     let o =
@@ -302,10 +299,7 @@ async fn ghmesh_api_sends_the_callers_token_as_gh_does() {
         "/repos/acme/widgets/issues/comments/77",
     );
     let dir = tempfile::tempdir().unwrap();
-    let args: Vec<String> = vec!["--upstream".into(), gh.url(), "--no-p2p".into()];
-    let node = start_daemon(dir.path().join("n"), &args, &env("a"))
-        .await
-        .unwrap();
+    let node = lone_daemon(&gh, &dir).await.unwrap();
     let api = ("GHMESH_API", node.ready.api.clone());
     let comment = [
         "-i",
@@ -380,10 +374,7 @@ async fn ghmesh_api_sends_the_callers_token_as_gh_does() {
 async fn ghmesh_api_prints_what_gh_prints() {
     let gh = FakeGithub::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let args: Vec<String> = vec!["--upstream".into(), gh.url(), "--no-p2p".into()];
-    let node = start_daemon(dir.path().join("n"), &args, &env("g"))
-        .await
-        .unwrap();
+    let node = lone_daemon(&gh, &dir).await.unwrap();
     let e = vec![("GHMESH_API", node.ready.api.clone())];
     let run = |args: &[&str]| {
         let o = tokio::task::block_in_place(|| api_cmd(args, &e));
@@ -494,10 +485,7 @@ async fn ghmesh_api_prints_what_gh_prints() {
 async fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
     let gh = FakeGithub::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let args: Vec<String> = vec!["--upstream".into(), gh.url(), "--no-p2p".into()];
-    let node = start_daemon(dir.path().join("n"), &args, &env("b"))
-        .await
-        .unwrap();
+    let node = lone_daemon(&gh, &dir).await.unwrap();
     let base = node.base();
 
     let (s, _, b) = http_get(&format!("{base}/repos/../etc/passwd"))

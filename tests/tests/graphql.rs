@@ -260,10 +260,7 @@ async fn a_spent_graphql_budget_holds_the_token_and_serves_what_is_held() {
 async fn ghmesh_api_graphql_takes_fields_as_variables_and_pages_as_gh() {
     let gh = FakeGithub::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let args: Vec<String> = vec!["--upstream".into(), gh.url(), "--no-p2p".into()];
-    let node = start_daemon(dir.path().join("n"), &args, &env("a"))
-        .await
-        .unwrap();
+    let node = lone_daemon(&gh, &dir).await.unwrap();
     let e = vec![("GHMESH_API", node.ready.api.clone())];
     let query = "query($owner: String!, $name: String!, $n: Int!, $endCursor: String) { repository(owner: $owner, name: $name) { issues(first: $n, after: $endCursor) { nodes { number } pageInfo { hasNextPage endCursor } } } }";
     let q = format!("query={query}");

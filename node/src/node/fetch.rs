@@ -130,7 +130,7 @@ impl Node {
             Err(UpstreamError::Held(_)) => self.inner.telemetry.counters.upstream_held.inc(),
             _ => self.inner.telemetry.counters.upstream_calls.inc(),
         };
-        if self.inner.upstream.take_hold_started() {
+        if self.inner.upstream.take_ledger_urgent() {
             if let Some(mesh) = &self.inner.mesh {
                 mesh.ledger_urgent.notify_one();
             }

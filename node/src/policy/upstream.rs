@@ -140,12 +140,12 @@ pub fn graphql_errors(body: &[u8]) -> GraphqlErrors {
 /// GraphQL rate limit, which it answers with `200` and a `RATE_LIMITED` error.
 pub fn is_graphql_rate_limited(resp: &UpstreamResponse) -> bool {
     resp.status == 200
-        && memchr_rate_limited(&resp.body)
+        && mentions_rate_limited(&resp.body)
         && graphql_errors(&resp.body) == GraphqlErrors::RateLimited
 }
 
 /// A cheap look before parsing: most answers never say it.
-fn memchr_rate_limited(body: &[u8]) -> bool {
+fn mentions_rate_limited(body: &[u8]) -> bool {
     body.windows(b"RATE_LIMITED".len())
         .any(|w| w == b"RATE_LIMITED")
 }

@@ -91,8 +91,9 @@ pub struct GithubClient {
     /// Where hold times are read: the node's clock, so that tests move it.
     clock: SharedClock,
     budgets: BudgetRules,
-    /// A hold started since the node last asked (see `take_hold_started`).
-    hold_started: std::sync::atomic::AtomicBool,
+    /// A hold started, or a budget fell to the reserve, since the node last asked
+    /// (see `take_ledger_urgent`).
+    ledger_urgent: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -127,7 +128,7 @@ impl GithubClient {
                 repository: None,
                 reserve: 0,
             },
-            hold_started: std::sync::atomic::AtomicBool::new(false),
+            ledger_urgent: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -140,30 +141,39 @@ impl GithubClient {
 
     /// The budget a request with `cred` spends (`None`: anonymous).
     fn budget_of(&self, cred: &Credential) -> Option<BudgetId> {
-        let token = match cred {
-            Credential::Node => self.token.as_deref()?,
-            Credential::Client(t) => super::bare_token(t.header()),
-        };
-        let repository = self.budgets.repository.as_deref();
-        Some(ghmesh_protocol::keys::budget_id(
-            &self.budgets.key,
-            token,
-            repository,
-        ))
+        match cred {
+            Credential::Node => self.token.as_deref().map(|t| self.budget_of_token(t)),
+            Credential::Client(t) => Some(self.budget_of_token(super::bare_token(t.header()))),
+        }
     }
 
-    /// A refusal in GitHub's shape for a request the fleet's ledger holds: a hold a
-    /// member's refusal started, or (for a miss, `reserve`) a budget down to the
-    /// reserve.
-    fn fleet_held(
+    /// The budget `token` spends.
+    fn budget_of_token(&self, token: &str) -> BudgetId {
+        let repository = self.budgets.repository.as_deref();
+        ghmesh_protocol::keys::budget_id(&self.budgets.key, token, repository)
+    }
+
+    /// The refusal to answer instead of sending a request with `token` on `budget`
+    /// for `resource`: GitHub's own while this node holds the token, else one in
+    /// GitHub's shape while the fleet's ledger holds the budget (a member's refusal,
+    /// or, for a miss, `miss`, a budget down to the reserve).
+    fn held(
         &self,
+        token: Option<[u8; 8]>,
         budget: Option<BudgetId>,
         resource: &str,
-        reserve: bool,
+        miss: bool,
     ) -> Option<UpstreamResponse> {
+        let state = self.state.lock().ok()?;
+        let key = HoldKey {
+            token,
+            resource: resource.to_string(),
+        };
+        if let Some(refusal) = state.holds.held(&key, self.clock.now_ms()) {
+            return Some(refusal);
+        }
         let budget = budget?;
         let now = self.clock.now_secs();
-        let state = self.state.lock().ok()?;
         if let Some(until) = state.book.held_until(budget, resource, now) {
             return Some(held_refusal(
                 resource,
@@ -172,9 +182,11 @@ impl GithubClient {
                 "the fleet's budget is spent",
             ));
         }
-        let rules = &self.budgets;
-        if reserve {
-            if let Some(e) = state.book.at_reserve(budget, resource, rules.reserve, now) {
+        if miss {
+            if let Some(e) = state
+                .book
+                .at_reserve(budget, resource, self.budgets.reserve, now)
+            {
                 let why = if e.remaining == 0 {
                     "the fleet's budget is spent"
                 } else {
@@ -190,16 +202,6 @@ impl GithubClient {
     pub fn with_clock(mut self, clock: SharedClock) -> Self {
         self.clock = clock;
         self
-    }
-
-    /// GitHub's refusal to repeat while `token` is held for `resource`.
-    fn held(&self, token: Option<[u8; 8]>, resource: &str) -> Option<UpstreamResponse> {
-        let key = HoldKey {
-            token,
-            resource: resource.to_string(),
-        };
-        let state = self.state.lock().ok()?;
-        state.holds.held(&key, self.clock.now_ms())
     }
 
     /// Records a response received with `token` on `budget`: its rate-limit headers
@@ -228,7 +230,7 @@ impl GithubClient {
             .and_then(|r| r.trim().parse::<u64>().ok());
         let spent = resp.status < 400 && remaining.is_some_and(|r| r <= self.budgets.reserve);
         if started.is_some() || spent {
-            self.hold_started
+            self.ledger_urgent
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         if let Some(budget) = budget {
@@ -357,10 +359,7 @@ impl Upstream for GithubClient {
             let token = self.fingerprint_of(cred);
             let budget = self.budget_of(cred);
             let resource = resource_of_path(&req.path);
-            let held = self
-                .held(token, resource)
-                .or_else(|| self.fleet_held(budget, resource, true));
-            if let Some(refusal) = held {
+            if let Some(refusal) = self.held(token, budget, resource, true) {
                 return Err(UpstreamError::Held(Box::new(refusal)));
             }
             let mut headers = Vec::new();
@@ -430,17 +429,11 @@ impl Upstream for GithubClient {
                 .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
                 .map(|(_, v)| super::bare_token(v).to_string());
             let token = auth.as_deref().map(token_fingerprint);
-            let budget = auth.as_deref().map(|t| {
-                let repository = self.budgets.repository.as_deref();
-                ghmesh_protocol::keys::budget_id(&self.budgets.key, t, repository)
-            });
+            let budget = auth.as_deref().map(|t| self.budget_of_token(t));
             let resource = resource_of_path(path_and_query.split('?').next().unwrap_or(""));
             // A fleet hold holds writes too (GitHub would refuse them); the reserve
             // is for misses only: a person's write is theirs to spend.
-            let held = self
-                .held(token, resource)
-                .or_else(|| self.fleet_held(budget, resource, false));
-            if let Some(refusal) = held {
+            if let Some(refusal) = self.held(token, budget, resource, false) {
                 return Err(UpstreamError::Held(Box::new(refusal)));
             }
             let body = (!body.is_empty()).then_some(body);
@@ -467,8 +460,8 @@ impl Upstream for GithubClient {
         self.state.lock().map(|s| s.last).unwrap_or_default()
     }
 
-    fn take_hold_started(&self) -> bool {
-        self.hold_started
+    fn take_ledger_urgent(&self) -> bool {
+        self.ledger_urgent
             .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 

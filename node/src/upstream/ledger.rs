@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::{RateLimit, UpstreamResponse};
 use crate::limits::MAX_BUDGETS;
 
-/// A budget's id (a keyed hash; see `MeshKeys::budget_id`).
+/// A budget's id (a keyed hash; see `keys::budget_id`).
 pub type BudgetId = [u8; BUDGET_ID_LEN];
 
 /// Where a budget's figures came from.

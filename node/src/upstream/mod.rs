@@ -229,10 +229,10 @@ pub trait Upstream: Send + Sync + 'static {
         Vec::new()
     }
 
-    /// Whether a refusal started a hold, or GitHub said a budget is spent, since last
-    /// asked: the ledger then says so at once instead of at its next tick, so that
+    /// Whether a refusal started a hold, or GitHub said a budget is down to the
+    /// reserve or spent, since last asked: the ledger then says so at once instead of at its next tick, so that
     /// members do not spend into a refusal in the meantime.
-    fn take_hold_started(&self) -> bool {
+    fn take_ledger_urgent(&self) -> bool {
         false
     }
 

@@ -67,18 +67,15 @@ impl Des {
         };
         let hold = (!served).then_some((reset, false));
         self.peers[n].budgets.observe(BUDGET, RESOURCE, &resp, hold);
+        self.refusals += u64::from(!served);
         if !self.net.ledger {
             let _ = self.peers[n].budgets.news();
         } else if !served || remaining == 0 {
             // A refusal, or the last request spent: said at once, as the daemon does.
-            self.refusals += u64::from(!served);
             self.publish_ledger(n);
         } else if !self.peers[n].ledger_tick {
             self.peers[n].ledger_tick = true;
             self.at(self.now + LEDGER_EVERY_US, Ev::LedgerTick(n));
-        }
-        if !served && !self.net.ledger {
-            self.refusals += 1;
         }
         served
     }
