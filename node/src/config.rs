@@ -24,6 +24,8 @@ pub struct NodeConfig {
     pub bootstrap: Vec<Multiaddr>,
     /// Extra external addresses to advertise.
     pub external: Vec<Multiaddr>,
+    /// Whether to serve as a circuit relay for members (`--relay`).
+    pub relay: crate::network::RelayMode,
     /// mDNS discovery.
     pub mdns: bool,
     /// Fixed freshness in seconds (`--ttl`), else per-endpoint defaults.
@@ -63,11 +65,13 @@ impl NodeConfig {
         Self {
             data_dir: data_dir.into(),
             keys: None,
-            listen: vec!["/ip4/0.0.0.0/tcp/9100"
-                .parse()
-                .unwrap_or_else(|_| Multiaddr::empty())],
+            listen: ["/ip4/0.0.0.0/tcp/9100", "/ip4/0.0.0.0/udp/9100/quic-v1"]
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .collect(),
             bootstrap: Vec::new(),
             external: Vec::new(),
+            relay: crate::network::RelayMode::Auto,
             mdns: true,
             ttl: None,
             graphql_ttl: None,
@@ -90,6 +94,7 @@ impl NodeConfig {
         self.deadlines.hello = Duration::from_secs(2);
         self.deadlines.ping_interval = Duration::from_secs(1);
         self.deadlines.ping_timeout = Duration::from_secs(5);
+        self.deadlines.autonat_retry = Duration::from_secs(1);
         self
     }
 }
@@ -109,6 +114,9 @@ pub struct Deadlines {
     pub ping_interval: Duration,
     /// A ping unanswered this long closes the connection.
     pub ping_timeout: Duration,
+    /// How soon after start AutoNAT first asks members to dial us back, and how often
+    /// it asks again until it is sure.
+    pub autonat_retry: Duration,
     /// How long after its start a node with a bootstrap address (or a connection being
     /// greeted) and no member yet waits for its first member before it reads as if
     /// alone (see [`crate::policy::awaiting_first_member`]).
@@ -153,6 +161,7 @@ impl Default for Deadlines {
             lookup_ceiling: Duration::from_secs(1),
             ping_interval: Duration::from_secs(10),
             ping_timeout: Duration::from_secs(10),
+            autonat_retry: Duration::from_secs(5),
             first_member: Duration::from_secs(1),
             hello: Duration::from_secs(5),
             pending_wait: Duration::from_secs(15),

@@ -185,3 +185,7 @@ pub const LISTEN_WAIT: Duration = Duration::from_secs(10);
 
 /// Most leases an owner keeps granted at once (one per key being fetched by a member).
 pub const MAX_LEASES: usize = 4096;
+
+/// Longest a TCP dial (connect, noise, yamux) or an inbound handshake may take. QUIC
+/// has its own handshake timeout (5 s).
+pub const TCP_DIAL_TIMEOUT: Duration = Duration::from_secs(10);

@@ -2,7 +2,7 @@
 //! that knows the same members picks the same owner, and a member joining or leaving
 //! moves only the keys it wins or owned.
 
-use ghmesh_protocol::CacheKey;
+use ghmesh_protocol::{CacheKey, Reach};
 use libp2p::PeerId;
 use sha2::{Digest, Sha256};
 
@@ -27,6 +27,16 @@ pub fn ranked(key: &CacheKey, candidates: impl IntoIterator<Item = PeerId>) -> V
 /// The owner of `key` among `candidates`.
 pub fn owner(key: &CacheKey, candidates: impl IntoIterator<Item = PeerId>) -> Option<PeerId> {
     ranked(key, candidates).into_iter().next()
+}
+
+/// Whether a member that is `reach` may own keys. When any member (we too) is publicly
+/// reachable, only the publicly reachable ones may: a member behind NAT may be out of
+/// reach of the others, and a miss would wait out its budget for an owner nobody can
+/// ask. Otherwise (a LAN, one routed network, reachability not known yet) every member
+/// may. Every node decides from the reachability members announce in their hellos, so
+/// they pick the same owners.
+pub fn may_own(reach: Reach, any_public: bool) -> bool {
+    !any_public || reach == Reach::Public
 }
 
 #[cfg(test)]

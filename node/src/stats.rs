@@ -262,6 +262,9 @@ pub struct Stats {
     pub rate_limits: Vec<crate::upstream::ledger::BudgetView>,
     /// Our listen addresses with `/p2p/<id>`.
     pub listen: Vec<String>,
+    /// Reach across NAT (contract §8), flattened into this object.
+    #[serde(flatten)]
+    pub reach: crate::network::ReachStats,
 }
 
 /// Share of answered requests that spent no quota, in 0..1.

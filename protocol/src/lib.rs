@@ -35,6 +35,6 @@ pub use request::{
 };
 pub use seal::{open, seal, OpenError, SealLimits};
 pub use wire::{
-    Addressing, Announce, BodyReply, FetchBody, Invalidate, Lookup, LookupReply, MemberAddr,
-    MemberList, MembersRequest, Message, Refresh,
+    Addressing, Announce, BodyReply, FetchBody, Hello, Invalidate, Lookup, LookupReply, MemberAddr,
+    MemberList, MembersRequest, Message, Reach, Refresh,
 };

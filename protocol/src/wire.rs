@@ -20,8 +20,9 @@ use crate::request::{CacheKey, CanonicalRequest};
 /// `Busy` lookup answers; version 3 added owner leases (`Lookup::lease`,
 /// `Lookup::release`, `LookupReply::Lease`); version 4 added GraphQL queries
 /// (`CanonicalRequest::graphql`), which a version 3 node would take for a REST `POST`,
-/// and the rate-limit ledger (`Message::Ledger`).
-pub const MESSAGE_VERSION: u16 = 4;
+/// and the rate-limit ledger (`Message::Ledger`); version 5 made the hello and its reply
+/// carry the sender's reachability ([`Hello`]).
+pub const MESSAGE_VERSION: u16 = 5;
 
 /// Bodies up to this size travel inline in a gossip announce; larger ones are
 /// announced without a body and fetched by CID. Gossipsub pushes every message to each
@@ -86,6 +87,31 @@ pub struct MemberAddr {
     pub peer: ByteBuf,
     /// Multiaddr bytes (at most [`MAX_MEMBER_ADDRS`], each at most [`MAX_ADDR_LEN`]).
     pub addrs: Vec<ByteBuf>,
+}
+
+/// Whether a node takes connections from anywhere its fleet may be, as AutoNAT found.
+/// Owners are chosen among the publicly reachable members when there are any: a member
+/// behind NAT may be out of reach of the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reach {
+    /// Not found out yet (or nobody could tell: no member to ask).
+    #[default]
+    Unknown,
+    /// Members dialled it back at an address they see: anyone can reach it.
+    Public,
+    /// Dial-backs failed: it is behind NAT or a firewall.
+    Private,
+}
+
+/// The hello and its reply: the addressing whose nonce proves the key, and the
+/// sender's reachability (sent again when it changes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Who greets whom, with the nonce to seal back.
+    pub addr: Addressing,
+    /// The sender's reachability.
+    pub reach: Reach,
 }
 
 /// An entry announced to the mesh: with its body when small, else only its metadata.
@@ -243,9 +269,9 @@ pub enum Message {
     Invalidate(Invalidate),
     /// Request: prove you hold the mesh key. Answered with [`Message::HelloReply`]
     /// carrying the same nonce the other way, which only a key holder can seal.
-    Hello(Addressing),
+    Hello(Hello),
     /// Response to [`Message::Hello`].
-    HelloReply(Addressing),
+    HelloReply(Hello),
     /// Request (members only): these members I know; which do you know?
     Members(MembersRequest),
     /// Response to [`Message::Members`].
@@ -260,7 +286,7 @@ impl Message {
         match self {
             Message::Lookup(l) => Some(&l.addr),
             Message::FetchBody(f) => Some(&f.addr),
-            Message::Hello(a) => Some(a),
+            Message::Hello(h) => Some(&h.addr),
             Message::Members(m) => Some(&m.addr),
             _ => None,
         }

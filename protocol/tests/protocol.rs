@@ -251,7 +251,10 @@ fn arb_message() -> impl Strategy<Value = Message> {
                     key,
                     cid: e.meta.cid,
                 }),
-                5 => Message::Hello(addressing(dt)),
+                5 => Message::Hello(Hello {
+                    addr: addressing(dt),
+                    reach: [Reach::Unknown, Reach::Public, Reach::Private][dt as usize % 3],
+                }),
                 6 => Message::LookupReply(match dt % 3 {
                     0 => LookupReply::Redirect(ByteBuf::from(vec![7u8; 38])),
                     1 => LookupReply::Busy,

@@ -97,11 +97,30 @@ pub async fn http_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> anyhow::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
+    let host = url_host(url)?;
+    let stream = tokio::net::TcpStream::connect(host).await?;
+    http_request_over(stream, method, url, headers, body).await
+}
+
+/// The `host:port` of an `http://` URL.
+pub fn url_host(url: &str) -> anyhow::Result<&str> {
+    let rest = url.strip_prefix("http://").context("http URL")?;
+    Ok(&rest[..rest.find('/').unwrap_or(rest.len())])
+}
+
+/// [`http_request`] over a connection the caller made (e.g. inside a network
+/// namespace).
+pub async fn http_request_over(
+    mut stream: tokio::net::TcpStream,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> anyhow::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").context("http URL")?;
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let path = if path.is_empty() { "/" } else { path };
-    let mut stream = tokio::net::TcpStream::connect(host).await?;
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -192,6 +211,25 @@ pub async fn start_daemon_wrapped(
     args: &[String],
     env: &HashMap<String, String>,
 ) -> anyhow::Result<Daemon> {
+    let local = [
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--api",
+        "127.0.0.1:0",
+        "--no-mdns",
+    ]
+    .map(String::from);
+    start_daemon_with(wrapper, data_dir, &[&local[..], args].concat(), env).await
+}
+
+/// Starts `ghmesh node` with exactly `args` (after `--data-dir`), run through
+/// `wrapper`, and waits for its ready line.
+pub async fn start_daemon_with(
+    wrapper: &[String],
+    data_dir: PathBuf,
+    args: &[String],
+    env: &HashMap<String, String>,
+) -> anyhow::Result<Daemon> {
     std::fs::create_dir_all(&data_dir)?;
     let log = data_dir.with_extension("log");
     let log_file = std::fs::File::create(&log)?;
@@ -206,13 +244,6 @@ pub async fn start_daemon_wrapped(
     cmd.arg("node")
         .arg("--data-dir")
         .arg(&data_dir)
-        .args([
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--api",
-            "127.0.0.1:0",
-            "--no-mdns",
-        ])
         .args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())

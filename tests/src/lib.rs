@@ -5,4 +5,5 @@ pub mod daemon;
 pub mod fake_github;
 pub mod fake_upstream;
 pub mod harness;
+pub mod lab;
 pub mod rogue;

@@ -319,7 +319,10 @@ async fn run(
                             let opened = ghmesh_protocol::open(&keys, &request, limits, now_secs());
                             let reply = match (&answer, opened) {
                                 (Answer::Silent, _) | (_, Err(_)) => None,
-                                (_, Ok(Message::Hello(a))) => Some(Message::HelloReply(a.reversed())),
+                                (_, Ok(Message::Hello(h))) => Some(Message::HelloReply(ghmesh_protocol::Hello {
+                                    addr: h.addr.reversed(),
+                                    reach: ghmesh_protocol::Reach::Unknown,
+                                })),
                                 (Answer::FoundOther(e), Ok(Message::Lookup(_))) => Some(
                                     Message::LookupReply(LookupReply::Found(Box::new(
                                         ghmesh_protocol::Announce::of(e),

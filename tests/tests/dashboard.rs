@@ -185,6 +185,11 @@ async fn the_status_page_in_a_real_browser_shows_the_nodes_figures() {
         "the member is listed among the peers"
     );
     assert!(dom.contains(">direct<") && dom.contains(">tcp<"), "{dom}");
+    // On loopback nobody can tell whether the member is publicly reachable.
+    assert!(
+        dom.contains(">unknown<"),
+        "the member's reachability: {dom}"
+    );
     let remaining = stats["rate_limit"]["remaining"].as_u64().unwrap();
     let limit = stats["rate_limit"]["limit"].as_u64().unwrap();
     assert!(

@@ -110,7 +110,8 @@ pub struct NodeArgs {
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Multiaddr to listen on for peers, repeatable; port 0 picks a free port
-    /// [env: GHMESH_LISTEN (comma-separated), CACHE_LISTEN_PORT (TCP port)] [default: /ip4/0.0.0.0/tcp/9100]
+    /// [env: GHMESH_LISTEN (comma-separated), CACHE_LISTEN_PORT (TCP and QUIC port)]
+    /// [default: /ip4/0.0.0.0/tcp/9100 and /ip4/0.0.0.0/udp/9100/quic-v1]
     #[arg(long, value_name = "MULTIADDR")]
     pub listen: Vec<String>,
     /// Address of the local HTTP API; port 0 picks a free port [env: GHMESH_API] [default: 127.0.0.1:7711]
@@ -176,15 +177,42 @@ pub struct NodeArgs {
     /// [env: GHMESH_REPO, GITHUB_REPOSITORY] [default: one scope for the whole secret]
     #[arg(long, value_name = "OWNER/NAME")]
     pub repo: Option<String>,
-    /// Extra address to advertise to peers (e.g. behind NAT), repeatable [env: GHMESH_EXTERNAL]
+    /// Extra address to advertise to peers (e.g. a port forwarded to this node),
+    /// repeatable [env: GHMESH_EXTERNAL_ADDR, GHMESH_EXTERNAL (comma-separated)]
     #[arg(long, value_name = "MULTIADDR")]
     pub external_addr: Vec<String>,
+    /// Serve as a circuit relay for fleet members behind NAT: auto (while members find
+    /// this node publicly reachable), on (always: a hub on a public VM) or off
+    /// [env: GHMESH_RELAY] [default: auto]
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub relay: Option<RelayArg>,
     /// Whole-request timeout for GitHub, in seconds [env: GHMESH_UPSTREAM_TIMEOUT] [default: 15]
     #[arg(long, value_name = "SECONDS")]
     pub upstream_timeout: Option<u64>,
     /// Log format on stderr (filter with RUST_LOG) [env: GHMESH_LOG_FORMAT] [default: text]
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+}
+
+/// `--relay`, as typed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RelayArg {
+    /// While members find this node publicly reachable.
+    Auto,
+    /// Always.
+    On,
+    /// Never.
+    Off,
+}
+
+impl From<RelayArg> for crate::network::RelayMode {
+    fn from(a: RelayArg) -> Self {
+        match a {
+            RelayArg::Auto => Self::Auto,
+            RelayArg::On => Self::On,
+            RelayArg::Off => Self::Off,
+        }
+    }
 }
 
 /// `--client-tokens`, as typed (the API's own type knows nothing of the command line).

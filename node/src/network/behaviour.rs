@@ -1,15 +1,18 @@
 //! The libp2p behaviour: gossipsub for announcements, Kademlia for rendezvous, mDNS on
 //! the LAN, identify (which feeds Kademlia addresses), request-response for lookups and
-//! body fetches, ping for liveness.
+//! body fetches, ping for liveness; for reach across NAT, AutoNAT, a circuit relay
+//! (server for members, client) and hole punching (DCUtR).
 
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ghmesh_protocol::wire::MAX_GOSSIP_MESSAGE;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    connection_limits, gossipsub, identify, identity, kad, mdns, ping, request_response,
-    StreamProtocol,
+    autonat, connection_limits, dcutr, gossipsub, identify, identity, kad, mdns, ping, relay,
+    request_response, Multiaddr, PeerId, StreamProtocol,
 };
 use sha2::{Digest, Sha256};
 
@@ -42,6 +45,40 @@ pub struct BehaviourConfig {
     pub ping_interval: Duration,
     /// A ping unanswered for this long closes the connection.
     pub ping_timeout: Duration,
+    /// Whether this node serves as a circuit relay for members.
+    pub relay: RelayMode,
+    /// How soon after start AutoNAT first asks, and how often it asks again while it is
+    /// not sure (once sure, every [`AUTONAT_REFRESH`]).
+    pub autonat_retry: Duration,
+}
+
+/// `--relay`: whether this node serves as a circuit relay (v2) for fleet members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RelayMode {
+    /// While members find it publicly reachable.
+    #[default]
+    Auto,
+    /// Always (a hub on a public VM, whatever AutoNAT says).
+    On,
+    /// Never.
+    Off,
+}
+
+/// How often a node that is sure of its reachability checks it again.
+pub const AUTONAT_REFRESH: Duration = Duration::from_secs(5 * 60);
+
+/// The members our node admitted, for the relay's access check (read by the relay
+/// behaviour inside the swarm, written by the event loop when the node says).
+pub type MemberSet = Arc<RwLock<HashSet<PeerId>>>;
+
+/// Refuses relay reservations and circuits to peers that are not admitted members: a
+/// fleet relay carries the fleet, not strangers.
+struct MembersOnly(MemberSet);
+
+impl relay::RateLimiter for MembersOnly {
+    fn try_next(&mut self, peer: PeerId, _addr: &Multiaddr, _now: std::time::Instant) -> bool {
+        self.0.read().is_ok_and(|m| m.contains(&peer))
+    }
 }
 
 /// Every protocol a node speaks, driven by the one event loop.
@@ -63,6 +100,14 @@ pub(crate) struct Behaviour {
     pub body: request_response::Behaviour<SealedCodec>,
     /// Liveness of connections: a failed ping closes the connection.
     pub ping: ping::Behaviour,
+    /// Whether members can dial us back (v1: it has the confidence logic v2 lacks).
+    pub autonat: autonat::Behaviour,
+    /// Circuit relay for members behind NAT; absent with `--relay off`.
+    pub relay: Toggle<relay::Behaviour>,
+    /// Reservations on fleet relays and circuits through them.
+    pub relay_client: relay::client::Behaviour,
+    /// Upgrades relayed connections to direct ones by hole punching.
+    pub dcutr: dcutr::Behaviour,
 }
 
 /// Gossipsub mesh sizes for fleets from two runners to a few hundred. `build()` no
@@ -89,11 +134,19 @@ pub fn check_mesh_params(outbound_min: usize, low: usize, n: usize, high: usize)
 }
 
 impl Behaviour {
-    pub(crate) fn new(key: &identity::Keypair, cfg: &BehaviourConfig) -> Result<Self, NetError> {
+    pub(crate) fn new(
+        key: &identity::Keypair,
+        relay_client: relay::client::Behaviour,
+        cfg: &BehaviourConfig,
+        members: MemberSet,
+    ) -> Result<Self, NetError> {
         let peer_id = key.public().to_peer_id();
         let identify = identify::Behaviour::new(
             identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
-                .with_agent_version(format!("ghmesh/{}", env!("CARGO_PKG_VERSION"))),
+                .with_agent_version(format!("ghmesh/{}", env!("CARGO_PKG_VERSION")))
+                // A relayed address appears after the connections that would pass it
+                // on: push it, so that member lists carry it.
+                .with_push_listen_addr_updates(true),
         );
         let limits = connection_limits::Behaviour::new(
             connection_limits::ConnectionLimits::default()
@@ -126,8 +179,51 @@ impl Behaviour {
                     .with_interval(cfg.ping_interval)
                     .with_timeout(cfg.ping_timeout),
             ),
+            autonat: autonat::Behaviour::new(
+                peer_id,
+                autonat::Config {
+                    boot_delay: cfg.autonat_retry,
+                    retry_interval: cfg.autonat_retry,
+                    refresh_interval: AUTONAT_REFRESH,
+                    throttle_server_period: cfg.autonat_retry,
+                    // Servers are the members `reach::may_judge_us` picks, added by the
+                    // event loop: a connected LAN neighbour would call us public.
+                    use_connected: false,
+                    // Judged by `reach::may_judge_us` instead: AutoNAT's notion of a
+                    // global address would also refuse every documentation range.
+                    only_global_ips: false,
+                    ..Default::default()
+                },
+            ),
+            relay: Toggle::from(
+                (cfg.relay != RelayMode::Off)
+                    .then(|| relay::Behaviour::new(peer_id, relay_config(members))),
+            ),
+            relay_client,
+            dcutr: dcutr::Behaviour::new(peer_id),
         })
     }
+}
+
+/// A fleet relay: members only, and since only hellos, lookups, gossip and hole-punch
+/// signalling cross it (bodies are refused over relayed connections), circuits may last
+/// longer and carry more than libp2p's public-relay defaults (2 minutes, 128 KiB), which
+/// would cut a member behind a NAT that cannot be punched off every two minutes.
+fn relay_config(members: MemberSet) -> relay::Config {
+    let mut cfg = relay::Config {
+        max_reservations: 256,
+        max_reservations_per_peer: 4,
+        max_circuits: 256,
+        max_circuits_per_peer: 16,
+        max_circuit_duration: Duration::from_secs(60 * 60),
+        max_circuit_bytes: 32 << 20,
+        ..Default::default()
+    };
+    cfg.reservation_rate_limiters
+        .push(Box::new(MembersOnly(members.clone())));
+    cfg.circuit_src_rate_limiters
+        .push(Box::new(MembersOnly(members)));
+    cfg
 }
 
 fn gossipsub(cfg: &BehaviourConfig) -> Result<gossipsub::Behaviour, NetError> {

@@ -8,16 +8,20 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use libp2p::core::transport::ListenerId;
 use libp2p::gossipsub::{self, MessageAcceptance, TopicHash};
 use libp2p::metrics::{Metrics, Recorder};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel};
-use libp2p::swarm::SwarmEvent;
-use libp2p::{identify, kad, mdns, ping, Multiaddr, PeerId, Swarm};
+use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::{autonat, dcutr, identify, kad, mdns, ping, relay, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 
-use super::behaviour::{Behaviour, BehaviourEvent};
+use ghmesh_protocol::Reach;
+
+use super::behaviour::{Behaviour, BehaviourEvent, MemberSet, RelayMode};
 use super::discovery::next_seeds;
+use super::reach::{self, Connection};
 use super::{Channel, Command, NetError, NetEvent, NetStats, PeerInfo};
 use crate::limits::MAX_PROVIDER_DIALS;
 use crate::limits::{MAX_PENDING_INBOUND, MAX_PENDING_INBOUND_PER_PEER};
@@ -49,6 +53,24 @@ pub(super) fn advertise(addr: &Multiaddr, requested: &[Multiaddr]) -> bool {
             _ => false,
         })
     })
+}
+
+/// One open connection.
+pub(super) struct Conn {
+    peer: PeerId,
+    /// The peer's address on it (the relay's circuit address when relayed).
+    remote: Multiaddr,
+    /// We dialled it (then `remote` is an address the peer listens on).
+    dialer: bool,
+    /// Through a relay's circuit. Not always visible in `remote`: a circuit we accepted
+    /// names only the peer (`/p2p/<id>`).
+    relayed: bool,
+}
+
+/// A reservation we asked a fleet relay for, as the listener on its circuit address.
+pub(super) struct Reservation {
+    listener: ListenerId,
+    accepted: bool,
 }
 
 pub(super) struct EventLoop {
@@ -83,6 +105,23 @@ pub(super) struct EventLoop {
     pub(super) discovered_once: bool,
     /// When the last discovery round ran.
     pub(super) last_discovery: Option<tokio::time::Instant>,
+    /// `--relay`.
+    pub(super) relay_mode: RelayMode,
+    /// The node's admitted members (the relay's access list reads it too).
+    pub(super) members: MemberSet,
+    /// Every open connection.
+    pub(super) conns: HashMap<ConnectionId, Conn>,
+    /// Connected peers that offer relaying (identify lists the relay's HOP protocol).
+    pub(super) hop: HashSet<PeerId>,
+    /// Our reservations, by relay.
+    pub(super) reservations: HashMap<PeerId, Reservation>,
+    /// AutoNAT's verdict.
+    pub(super) reach: Reach,
+    pub(super) circuits_served: u64,
+    pub(super) direct_upgrades: u64,
+    pub(super) holepunch_failures: u64,
+    /// Members we added as AutoNAT servers (see `reach::may_judge_us`).
+    pub(super) judges: HashSet<PeerId>,
 }
 
 impl EventLoop {
@@ -136,6 +175,10 @@ impl EventLoop {
                 data,
                 reply,
             } => {
+                if channel == Channel::Body && self.only_relayed(&peer) {
+                    let _ = reply.send(Err(NetError::Relayed));
+                    return;
+                }
                 let b = self.swarm.behaviour_mut();
                 let id = match channel {
                     Channel::Small => b.rr.send_request(&peer, data),
@@ -174,6 +217,7 @@ impl EventLoop {
                     .collect();
                 let _ = reply.send(found);
             }
+            Command::Members(members) => self.set_members(members),
             Command::DiscoverSoon => {}
             Command::Shutdown(_) => {}
         }
@@ -206,6 +250,216 @@ impl EventLoop {
                 .count(),
             listen: self.listen.iter().map(|a| a.to_string()).collect(),
             dropped_events: self.dropped_events,
+            reach: self.reach_stats(),
+        }
+    }
+
+    fn reach_stats(&self) -> super::ReachStats {
+        super::ReachStats {
+            reachability: self.reach,
+            external_addrs: self
+                .swarm
+                .external_addresses()
+                .map(|a| a.to_string())
+                .collect(),
+            relay_reservations: self.reservations.values().filter(|r| r.accepted).count(),
+            relay_circuits_served: self.circuits_served,
+            direct_upgrades: self.direct_upgrades,
+            holepunch_failures: self.holepunch_failures,
+        }
+    }
+
+    /// Two members that learn each other's relayed address at once dial each other
+    /// through the relay, and each circuit starts its own hole punch from the same
+    /// ports: the punches collide and both fail. Of two circuits between the same
+    /// peers, both sides keep the one the smaller peer id dialled.
+    fn drop_crossed_circuit(&mut self, peer: PeerId) {
+        let me = *self.swarm.local_peer_id();
+        let circuits: Vec<(ConnectionId, bool)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.peer == peer && c.relayed)
+            .map(|(id, c)| (*id, c.dialer))
+            .collect();
+        if circuits.len() < 2 {
+            return;
+        }
+        let keep_ours = me < peer;
+        if circuits.iter().any(|(_, dialer)| *dialer == keep_ours) {
+            for (id, dialer) in circuits {
+                if dialer != keep_ours {
+                    self.swarm.close_connection(id);
+                }
+            }
+        }
+    }
+
+    /// Connected to `peer` only through relays.
+    fn only_relayed(&self, peer: &PeerId) -> bool {
+        let mut any = false;
+        for c in self.conns.values().filter(|c| c.peer == *peer) {
+            if !c.relayed {
+                return false;
+            }
+            any = true;
+        }
+        any
+    }
+
+    /// The connection to show for `peer`: a direct one when there is one.
+    fn shown_conn(&self, peer: &PeerId) -> Option<&Conn> {
+        let mut found = None;
+        for c in self.conns.values().filter(|c| c.peer == *peer) {
+            if !c.relayed {
+                return Some(c);
+            }
+            found = Some(c);
+        }
+        found
+    }
+
+    /// The node's members changed: the relay's access list follows, and so do the
+    /// peers that judge our reachability and the relays we reserve on.
+    fn set_members(&mut self, members: Vec<PeerId>) {
+        let members: HashSet<PeerId> = members.into_iter().collect();
+        if let Ok(mut m) = self.members.write() {
+            *m = members.clone();
+        }
+        self.tend_judges(&members);
+        self.tend_relays();
+    }
+
+    /// AutoNAT asks only members that reach us directly from outside our networks.
+    fn tend_judges(&mut self, members: &HashSet<PeerId>) {
+        let mut judges: HashMap<PeerId, Option<Multiaddr>> = HashMap::new();
+        for c in self.conns.values() {
+            if members.contains(&c.peer) && !c.relayed && reach::may_judge_us(&c.remote) {
+                let addr = c.dialer.then(|| c.remote.clone());
+                let slot = judges.entry(c.peer).or_default();
+                if slot.is_none() {
+                    *slot = addr;
+                }
+            }
+        }
+        let autonat = &mut self.swarm.behaviour_mut().autonat;
+        for gone in self.judges.iter().filter(|p| !judges.contains_key(p)) {
+            autonat.remove_server(gone);
+        }
+        for (peer, addr) in &judges {
+            if !self.judges.contains(peer) {
+                autonat.add_server(*peer, addr.clone());
+            }
+        }
+        self.judges = judges.into_keys().collect();
+    }
+
+    /// Holds reservations on up to two fleet relays while we are not publicly
+    /// reachable; none once we are.
+    fn tend_relays(&mut self) {
+        if self.reach == Reach::Public {
+            for (_, r) in self.reservations.drain() {
+                self.swarm.remove_listener(r.listener);
+            }
+            return;
+        }
+        let offered: Vec<PeerId> = {
+            let Ok(members) = self.members.read() else {
+                return;
+            };
+            self.hop
+                .iter()
+                .filter(|p| members.contains(p) && !self.only_relayed(p))
+                .copied()
+                .collect()
+        };
+        let held: Vec<PeerId> = self.reservations.keys().copied().collect();
+        let me = *self.swarm.local_peer_id();
+        for relay in reach::relays_to_add(&me, self.reach, &offered, &held) {
+            let Some(addr) = self.relay_addr(&relay) else {
+                continue;
+            };
+            let circuit = addr.with(Protocol::P2p(relay)).with(Protocol::P2pCircuit);
+            match self.swarm.listen_on(circuit.clone()) {
+                Ok(listener) => {
+                    tracing::debug!(%relay, "asking for a relay reservation");
+                    self.reservations.insert(
+                        relay,
+                        Reservation {
+                            listener,
+                            accepted: false,
+                        },
+                    );
+                }
+                Err(e) => tracing::debug!(%circuit, "cannot reserve: {e}"),
+            }
+        }
+    }
+
+    /// Where to reach `relay` directly: the address we dialled it at, else one it
+    /// listens on.
+    fn relay_addr(&self, relay: &PeerId) -> Option<Multiaddr> {
+        let strip = |a: &Multiaddr| {
+            a.iter()
+                .filter(|p| !matches!(p, Protocol::P2p(_)))
+                .collect::<Multiaddr>()
+        };
+        self.conns
+            .values()
+            .find(|c| c.peer == *relay && c.dialer && !c.relayed)
+            .map(|c| strip(&c.remote))
+            .or_else(|| {
+                self.listen_of
+                    .get(relay)?
+                    .iter()
+                    .find(|a| !reach::is_relayed(a))
+                    .map(strip)
+            })
+    }
+
+    fn on_autonat_event(&mut self, ev: autonat::Event) {
+        let autonat::Event::StatusChanged { new, .. } = ev else {
+            return;
+        };
+        let reach = reach::reach_of(&new);
+        if reach == self.reach {
+            return;
+        }
+        tracing::info!(reachability = ?reach, "AutoNAT changed its verdict");
+        self.reach = reach;
+        if self.relay_mode == RelayMode::Auto {
+            if let Some(relay) = self.swarm.behaviour_mut().relay.as_mut() {
+                relay.set_status(Some(if reach == Reach::Public {
+                    relay::Status::Enable
+                } else {
+                    relay::Status::Disable
+                }));
+            }
+        }
+        self.tend_relays();
+        self.send_event(NetEvent::Reach(reach));
+    }
+
+    fn on_dcutr_event(&mut self, ev: dcutr::Event) {
+        match ev.result {
+            Ok(direct) => {
+                self.direct_upgrades += 1;
+                tracing::debug!(peer = %ev.remote_peer_id, "hole punched: direct connection");
+                // The relayed connection would go on carrying a share of the requests
+                // (request-response spreads them over connections), bodies included.
+                let relayed: Vec<ConnectionId> = self
+                    .conns
+                    .iter()
+                    .filter(|(id, c)| **id != direct && c.peer == ev.remote_peer_id && c.relayed)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in relayed {
+                    self.swarm.close_connection(id);
+                }
+            }
+            Err(e) => {
+                self.holepunch_failures += 1;
+                tracing::debug!(peer = %ev.remote_peer_id, "hole punching failed: {e}");
+            }
         }
     }
 
@@ -220,15 +474,25 @@ impl EventLoop {
             .collect();
         self.swarm
             .connected_peers()
-            .map(|p| PeerInfo {
-                peer_id: p.to_string(),
-                addrs: self
-                    .addrs
-                    .get(p)
-                    .map(|a| a.iter().map(|a| a.to_string()).collect())
-                    .unwrap_or_default(),
-                in_mesh: mesh.contains(p),
-                member: false,
+            .map(|p| {
+                let shown = self.shown_conn(p);
+                PeerInfo {
+                    peer_id: p.to_string(),
+                    addrs: self
+                        .addrs
+                        .get(p)
+                        .map(|a| a.iter().map(|a| a.to_string()).collect())
+                        .unwrap_or_default(),
+                    in_mesh: mesh.contains(p),
+                    member: false,
+                    reachability: Reach::Unknown,
+                    connection: match shown {
+                        Some(c) if c.relayed => Connection::Relayed,
+                        _ => Connection::Direct,
+                    },
+                    transport: shown
+                        .map_or(reach::Transport::Tcp, |c| reach::transport_of(&c.remote)),
+                }
             })
             .collect()
     }
@@ -268,13 +532,36 @@ impl EventLoop {
                 if !self.listen.contains(&full) {
                     self.listen.push(full);
                 }
+                if reach::is_relayed(&address) {
+                    let plain: Vec<Multiaddr> = self
+                        .listen
+                        .iter()
+                        .map(|a| {
+                            let mut a = a.clone();
+                            a.pop();
+                            a
+                        })
+                        .collect();
+                    self.send_event(NetEvent::Relayed(reach::order_for_sharing(&plain)));
+                }
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
+                connection_id,
                 endpoint,
                 num_established,
                 ..
             } => {
+                self.conns.insert(
+                    connection_id,
+                    Conn {
+                        peer: peer_id,
+                        remote: endpoint.get_remote_address().clone(),
+                        dialer: endpoint.is_dialer(),
+                        relayed: endpoint.is_relayed(),
+                    },
+                );
+                self.drop_crossed_circuit(peer_id);
                 if num_established.get() == 1 {
                     self.send_event(NetEvent::Connected(peer_id));
                     if !self.discovered_once {
@@ -296,16 +583,46 @@ impl EventLoop {
                 }
             }
             SwarmEvent::ConnectionClosed {
+                connection_id,
+                num_established,
+                ..
+            } if num_established > 0 => {
+                self.conns.remove(&connection_id);
+            }
+            SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
                 ..
             } => {
+                self.conns.remove(&connection_id);
+                self.hop.remove(&peer_id);
+                if self.judges.remove(&peer_id) {
+                    self.swarm.behaviour_mut().autonat.remove_server(&peer_id);
+                }
                 self.addrs.remove(&peer_id);
                 self.listen_of.remove(&peer_id);
                 self.inbound_per_peer.remove(&peer_id);
                 // A missed Disconnected would leave a member that is gone: the node
                 // also sweeps its book against the connected peers.
                 self.send_event(NetEvent::Disconnected(peer_id));
+            }
+            SwarmEvent::ListenerClosed { listener_id, .. } => {
+                let gone = self
+                    .reservations
+                    .iter()
+                    .find(|(_, r)| r.listener == listener_id)
+                    .map(|(p, _)| *p);
+                let me = *self.swarm.local_peer_id();
+                self.listen.retain(|a| {
+                    !(reach::is_relayed(a)
+                        && gone.is_some_and(|r| a.iter().any(|p| p == Protocol::P2p(r)))
+                        && a.iter().last() == Some(Protocol::P2p(me)))
+                });
+                if let Some(relay) = gone {
+                    tracing::debug!(%relay, "relay reservation ended");
+                    self.reservations.remove(&relay);
+                    self.tend_relays();
+                }
             }
             _ => {}
         }
@@ -336,9 +653,16 @@ impl EventLoop {
             BehaviourEvent::Identify(ev) => {
                 self.metrics.record(&ev);
                 if let identify::Event::Received { peer_id, info, .. } = ev {
-                    let addrs: Vec<Multiaddr> = info.listen_addrs.into_iter().take(8).collect();
+                    let addrs = reach::order_for_sharing(&info.listen_addrs);
+                    let addrs: Vec<Multiaddr> = addrs.into_iter().take(8).collect();
                     if self.swarm.is_connected(&peer_id) {
                         self.listen_of.insert(peer_id, addrs);
+                        if info.protocols.contains(&relay::HOP_PROTOCOL_NAME) {
+                            self.hop.insert(peer_id);
+                        } else {
+                            self.hop.remove(&peer_id);
+                        }
+                        self.tend_relays();
                     }
                 }
             }
@@ -357,6 +681,24 @@ impl EventLoop {
                 }
             }
             BehaviourEvent::Limits(ev) => match ev {},
+            BehaviourEvent::Autonat(ev) => self.on_autonat_event(ev),
+            BehaviourEvent::Relay(ev) => {
+                self.metrics.record(&ev);
+                if let relay::Event::CircuitReqAccepted { .. } = ev {
+                    self.circuits_served += 1;
+                }
+            }
+            BehaviourEvent::RelayClient(ev) => {
+                if let relay::client::Event::ReservationReqAccepted { relay_peer_id, .. } = ev {
+                    if let Some(r) = self.reservations.get_mut(&relay_peer_id) {
+                        r.accepted = true;
+                    }
+                }
+            }
+            BehaviourEvent::Dcutr(ev) => {
+                self.metrics.record(&ev);
+                self.on_dcutr_event(ev);
+            }
         }
     }
 

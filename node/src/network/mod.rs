@@ -9,6 +9,8 @@ mod discovery;
 pub use discovery::{DISCOVERY_MIN_GAP, DISCOVERY_SOON};
 mod dns_seeds;
 mod event_loop;
+pub mod reach;
+pub use behaviour::RelayMode;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use ghmesh_protocol::Reach;
 use libp2p::gossipsub::{IdentTopic, MessageAcceptance, MessageId};
 use libp2p::metrics::Metrics;
 use libp2p::multiaddr::Protocol;
@@ -59,6 +62,10 @@ pub enum NetError {
     /// Publishing failed.
     #[error("publish failed: {0}")]
     Publish(String),
+    /// A body was asked of a peer we reach only through a relay: relays carry
+    /// signalling, not bodies.
+    #[error("the peer is reachable only through a relay")]
+    Relayed,
     /// Listening or building the transport failed.
     #[error("network setup failed: {0}")]
     Setup(String),
@@ -141,6 +148,12 @@ pub enum NetEvent {
         /// Sealed payload.
         data: Vec<u8>,
     },
+    /// AutoNAT changed its mind about our reachability.
+    Reach(Reach),
+    /// A relay reserved us a slot: we are reachable at a new relayed address. These
+    /// are our addresses now, in the order to pass on; members that could not reach
+    /// us before need them.
+    Relayed(Vec<Multiaddr>),
 }
 
 /// One connected peer, for `/_ghmesh/peers`.
@@ -154,6 +167,12 @@ pub struct PeerInfo {
     pub in_mesh: bool,
     /// Proved it holds the mesh key (sealed hello); filled in by the node.
     pub member: bool,
+    /// What it said of its reachability in its hello; filled in by the node.
+    pub reachability: Reach,
+    /// Direct, or only through a relay.
+    pub connection: reach::Connection,
+    /// The transport of the connection shown (the direct one when there is one).
+    pub transport: reach::Transport,
 }
 
 /// Counters of the network layer.
@@ -167,6 +186,26 @@ pub struct NetStats {
     pub listen: Vec<String>,
     /// Gossip or requests dropped because the node was not keeping up.
     pub dropped_events: u64,
+    /// Reach across NAT.
+    pub reach: ReachStats,
+}
+
+/// Reach across NAT, in `/_ghmesh/stats` (contract §8).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReachStats {
+    /// Whether members can reach us (AutoNAT).
+    pub reachability: Reach,
+    /// Addresses confirmed reachable from outside (AutoNAT, relayed addresses, and
+    /// `--external-addr`).
+    pub external_addrs: Vec<String>,
+    /// Reservations we hold on fleet relays.
+    pub relay_reservations: usize,
+    /// Circuits we relayed for members, since start.
+    pub relay_circuits_served: u64,
+    /// Relayed connections upgraded to direct ones by hole punching, since start.
+    pub direct_upgrades: u64,
+    /// Hole punches that failed, since start.
+    pub holepunch_failures: u64,
 }
 
 pub(crate) enum Command {
@@ -194,6 +233,7 @@ pub(crate) enum Command {
         acceptance: MessageAcceptance,
     },
     Stats(oneshot::Sender<NetStats>),
+    Members(Vec<PeerId>),
     Peers(oneshot::Sender<Vec<PeerInfo>>),
     Dial(Multiaddr),
     Shutdown(oneshot::Sender<()>),
@@ -313,6 +353,12 @@ impl NetworkHandle {
             .await
     }
 
+    /// The members the node admitted now: the relay serves only them, and only they
+    /// may judge our reachability.
+    pub async fn set_members(&self, members: Vec<PeerId>) {
+        let _ = self.tx.send(Command::Members(members)).await;
+    }
+
     /// Runs a discovery round soon (a member was admitted: its neighbours may be ours).
     pub async fn discover_soon(&self) {
         let _ = self.tx.send(Command::DiscoverSoon).await;
@@ -365,7 +411,18 @@ pub async fn start(
     cfg: NetConfig,
     registry: &mut prometheus_client::registry::Registry,
 ) -> Result<(NetworkHandle, mpsc::Receiver<NetEvent>), NetError> {
-    let mut swarm = build_swarm(keypair, &cfg.behaviour, registry)?;
+    let members = behaviour::MemberSet::default();
+    let mut swarm = build_swarm(keypair, &cfg.behaviour, members.clone(), registry)?;
+    if cfg.behaviour.relay == RelayMode::On {
+        if let Some(relay) = swarm.behaviour_mut().relay.as_mut() {
+            relay.set_status(Some(libp2p::relay::Status::Enable));
+        }
+    } else if let Some(relay) = swarm.behaviour_mut().relay.as_mut() {
+        // Every node holds its listen addresses as confirmed external ones (Kademlia
+        // wants them), which would make libp2p's relay advertise itself at once:
+        // under `auto` the event loop enables it when AutoNAT finds us public.
+        relay.set_status(Some(libp2p::relay::Status::Disable));
+    }
     let metrics = Metrics::new(registry);
     let peer_id = *swarm.local_peer_id();
     let topic = IdentTopic::new(cfg.topic.clone());
@@ -426,6 +483,16 @@ pub async fn start(
         discover_at: None,
         discovered_once: false,
         last_discovery: None,
+        relay_mode: cfg.behaviour.relay,
+        members,
+        conns: HashMap::new(),
+        hop: HashSet::new(),
+        reservations: HashMap::new(),
+        reach: Reach::Unknown,
+        circuits_served: 0,
+        direct_upgrades: 0,
+        holepunch_failures: 0,
+        judges: HashSet::new(),
     };
     let running = tokio::spawn(event_loop.run());
     if let Ok(mut t) = task.lock() {
@@ -434,30 +501,49 @@ pub async fn start(
     Ok((handle, ev_rx))
 }
 
-/// The swarm: TCP with noise and yamux, DNS, bandwidth metrics, our behaviour.
+fn yamux_config() -> yamux::Config {
+    let mut y = yamux::Config::default();
+    y.set_max_num_streams(crate::limits::MAX_STREAMS_PER_CONNECTION);
+    y
+}
+
+/// The swarm: TCP with noise and yamux, QUIC, DNS, relayed connections (noise and
+/// yamux over a relay's circuit), bandwidth metrics, our behaviour.
 fn build_swarm(
     keypair: identity::Keypair,
     behaviour_cfg: &behaviour::BehaviourConfig,
+    members: behaviour::MemberSet,
     registry: &mut prometheus_client::registry::Registry,
 ) -> Result<libp2p::Swarm<Behaviour>, NetError> {
     let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
     Ok(libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            || {
-                let mut y = yamux::Config::default();
-                y.set_max_num_streams(crate::limits::MAX_STREAMS_PER_CONNECTION);
-                y
-            },
-        )
+        .with_quic()
+        // TCP with a deadline on the whole dial (connect, noise, yamux), which libp2p's
+        // own TCP phase lacks: a dial to an address behind a NAT that drops it (an
+        // AutoNAT dial-back, a member's LAN address seen from another network) would
+        // otherwise wait out the kernel's SYN retries, about two minutes, and AutoNAT
+        // would never hear that it failed.
+        .with_other_transport(|key| {
+            use libp2p::Transport as _;
+            let noise = noise::Config::new(key)
+                .map_err(Box::<dyn std::error::Error + Send + Sync>::from)?;
+            Ok(
+                tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                    .upgrade(libp2p::core::upgrade::Version::V1Lazy)
+                    .authenticate(noise)
+                    .multiplex(yamux_config())
+                    .timeout(crate::limits::TCP_DIAL_TIMEOUT),
+            )
+        })
         .map_err(|e| setup(&e))?
         .with_dns()
         .map_err(|e| setup(&e))?
+        .with_relay_client(noise::Config::new, yamux_config)
+        .map_err(|e| setup(&e))?
         .with_bandwidth_metrics(registry)
-        .with_behaviour(|key| {
-            Behaviour::new(key, behaviour_cfg)
+        .with_behaviour(|key, relay_client| {
+            Behaviour::new(key, relay_client, behaviour_cfg, members)
                 .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
         })
         .map_err(|e| setup(&e))?

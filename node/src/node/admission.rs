@@ -13,7 +13,7 @@ use std::sync::Weak;
 use std::time::Duration;
 
 use ghmesh_protocol::wire::{MAX_ADDR_LEN, MAX_MEMBER_ADDRS, MAX_MEMBER_LIST};
-use ghmesh_protocol::{MemberAddr, MemberList, MembersRequest, Message};
+use ghmesh_protocol::{Hello, MemberAddr, MemberList, MembersRequest, Message, Reach};
 use libp2p::{Multiaddr, PeerId};
 
 use super::{Inner, Node};
@@ -24,6 +24,9 @@ use crate::network::Channel;
 /// many: enough to learn the fleet from more than one point of view, without every
 /// admission costing a list in a large fleet.
 const EXCHANGE_WHILE_MEMBERS: usize = 3;
+
+/// Hellos sent again at once to a peer still connected after one failed.
+const HELLO_RETRIES: usize = 2;
 
 /// How often the book is checked against the connected peers (a connect or
 /// disconnect event dropped under load must not leave it wrong for long).
@@ -49,7 +52,17 @@ impl Node {
 
     /// Sends our hello and admits `peer` when its reply proves the key.
     async fn greet(&self, peer: PeerId) {
-        let proved = self.hello(peer).await;
+        let mut proved = self.hello(peer).await;
+        for _ in 0..HELLO_RETRIES {
+            if proved || !self.book(|b| b.knows(&peer)).unwrap_or(false) {
+                break;
+            }
+            // Still connected: the hello may have gone on a connection that closed under
+            // it while another stayed up (a relayed one, closed once hole punching opened
+            // a direct one). Waiting out the regreet delay would keep a member out for
+            // seconds.
+            proved = self.hello(peer).await;
+        }
         let now = self.now_ms();
         let newly = self.book(|b| b.greeted(peer, proved, now)).unwrap_or(false);
         if !proved {
@@ -67,6 +80,7 @@ impl Node {
             self.inner.telemetry.counters.members_admitted.inc();
             tracing::debug!(%peer, "member admitted");
             if let Some(net) = self.network() {
+                net.set_members(self.members()).await;
                 net.discover_soon().await;
             }
             // Early in our life, pull the lists of the first members we meet (and ask
@@ -77,6 +91,47 @@ impl Node {
                 self.exchange_members(peer, known, count <= 1).await;
             }
         }
+    }
+
+    /// Our network found our reachability (again): when it changed, every member hears
+    /// it in a new hello, since owners are chosen by it.
+    pub(super) fn on_reach(&self, reach: Reach) {
+        let now = self.now_ms();
+        if !self.book(|b| b.set_my_reach(reach, now)).unwrap_or(false) {
+            return;
+        }
+        tracing::info!(reachability = ?reach, "reachability changed");
+        for peer in self.members() {
+            let node = self.clone();
+            self.spawn(async move {
+                node.hello(peer).await;
+            });
+        }
+    }
+
+    /// A relay reserved us a slot: every member hears our addresses now, and passes
+    /// them on to the members that could not reach us.
+    pub(super) fn on_relayed(&self, addrs: Vec<Multiaddr>) {
+        let me = member_addr(self.inner.me.id, addrs);
+        for peer in self.members() {
+            let node = self.clone();
+            let me = me.clone();
+            self.spawn(async move { node.exchange_members(peer, vec![me], false).await });
+        }
+    }
+
+    /// Tells every member but `member` its new addresses, `entry`.
+    pub(super) async fn pass_on(&self, member: PeerId, entry: MemberAddr) {
+        let others: Vec<PeerId> = self
+            .members()
+            .into_iter()
+            .filter(|p| *p != member)
+            .take(MAX_MEMBER_LIST)
+            .collect();
+        let sends = others
+            .into_iter()
+            .map(|m| self.exchange_members(m, vec![entry.clone()], false));
+        futures::future::join_all(sends).await;
     }
 
     /// Tells every other member about `newcomer` (it asked us to), once per connection.
@@ -108,17 +163,27 @@ impl Node {
         futures::future::join_all(sends).await;
     }
 
-    async fn hello(&self, peer: PeerId) -> bool {
+    /// Proves the key to `peer` and has it prove the key back; each tells the other its
+    /// reachability. Sent again to every member when ours changes.
+    pub(super) async fn hello(&self, peer: PeerId) -> bool {
         let addr = self.address(peer);
         let nonce = addr.nonce;
         let timeout = self.deadlines().hello;
-        let msg = Message::Hello(addr);
+        let reach = self.book(|b| b.my_reach()).unwrap_or_default();
+        let msg = Message::Hello(Hello { addr, reach });
         match self
             .ask(peer, Channel::Small, &msg, timeout, MAX_SMALL_FRAME)
             .await
         {
-            Ok(Some(Message::HelloReply(a))) => {
-                a.nonce == nonce && a.is_between(&peer.to_bytes(), &self.inner.me.id.to_bytes())
+            Ok(Some(Message::HelloReply(h))) => {
+                let a = &h.addr;
+                let proved = a.nonce == nonce
+                    && a.is_between(&peer.to_bytes(), &self.inner.me.id.to_bytes());
+                if proved {
+                    let now = self.now_ms();
+                    self.book(|b| b.set_reach(&peer, h.reach, now));
+                }
+                proved
             }
             Ok(Some(_)) => {
                 self.violated(peer);
@@ -180,19 +245,7 @@ impl Node {
             Some(net) => net.listen_addrs_of(peers).await.unwrap_or_default(),
             None => Vec::new(),
         };
-        addrs
-            .into_iter()
-            .map(|(p, a)| MemberAddr {
-                peer: p.to_bytes().into(),
-                addrs: a
-                    .into_iter()
-                    .map(|a| a.to_vec())
-                    .filter(|a| a.len() <= MAX_ADDR_LEN)
-                    .take(MAX_MEMBER_ADDRS)
-                    .map(Into::into)
-                    .collect(),
-            })
-            .collect()
+        addrs.into_iter().map(|(p, a)| member_addr(p, a)).collect()
     }
 
     /// Our members (but the asker) with the addresses they listen on.
@@ -206,6 +259,20 @@ impl Node {
         MemberList {
             members: self.member_addrs(members).await,
         }
+    }
+}
+
+/// `peer` as a member list carries it: with the first few of `addrs` that fit.
+fn member_addr(peer: PeerId, addrs: Vec<Multiaddr>) -> MemberAddr {
+    MemberAddr {
+        peer: peer.to_bytes().into(),
+        addrs: addrs
+            .into_iter()
+            .map(|a| a.to_vec())
+            .filter(|a| a.len() <= MAX_ADDR_LEN)
+            .take(MAX_MEMBER_ADDRS)
+            .map(Into::into)
+            .collect(),
     }
 }
 
@@ -228,6 +295,7 @@ pub(super) async fn sweep(node: Weak<Inner>) {
                 for p in connected {
                     node.on_connected(p);
                 }
+                net.set_members(node.members()).await;
             }
             true
         },

@@ -43,6 +43,8 @@ pub(super) async fn run(node: Weak<Inner>, mut events: mpsc::Receiver<NetEvent>)
             NetEvent::Connected(peer) => node.on_connected(peer),
             NetEvent::Disconnected(peer) => node.on_disconnected(peer),
             NetEvent::Subscribed(_) => node.reannounce(),
+            NetEvent::Reach(reach) => node.on_reach(reach),
+            NetEvent::Relayed(addrs) => node.on_relayed(addrs),
             NetEvent::Gossip {
                 id,
                 source,
@@ -231,7 +233,14 @@ impl Node {
             return None;
         }
         let reply = match msg {
-            Message::Hello(a) => Message::HelloReply(a.reversed()),
+            Message::Hello(h) => {
+                let now = self.now_ms();
+                self.book(|b| b.set_reach(&peer, h.reach, now));
+                Message::HelloReply(ghmesh_protocol::Hello {
+                    addr: h.addr.reversed(),
+                    reach: self.book(|b| b.my_reach()).unwrap_or_default(),
+                })
+            }
             Message::Lookup(l) => {
                 if l.request.check().is_err()
                     || l.request.key() != l.key
@@ -250,6 +259,24 @@ impl Node {
                 }
                 let node = self.clone();
                 let new = m.new;
+                let now = self.now_ms();
+                // A member telling us its own new addresses (it became reachable
+                // through a relay): the members it could not reach need them, and only
+                // we (who reach both) can pass them on. At most once per
+                // REINTRODUCE_EVERY per member.
+                let own = m
+                    .known
+                    .iter()
+                    .find(|e| e.peer.as_slice() == peer.to_bytes().as_slice())
+                    .cloned()
+                    .filter(|_| {
+                        self.book(|b| b.may_reintroduce(&peer, now))
+                            .unwrap_or(false)
+                    });
+                if let Some(own) = own {
+                    let node = self.clone();
+                    self.spawn(async move { node.pass_on(peer, own).await });
+                }
                 self.spawn(async move {
                     // Introduced to someone who may be dialling us from the list it
                     // pulled: a moment's jitter makes crossing dials rarer.
@@ -322,8 +349,7 @@ impl Node {
     ) -> LookupView {
         let holder = self.leases(|ls| ls.holder(&l.key, now)).flatten();
         let me = self.inner.me.id;
-        let owner = placement::owner(&l.key, self.candidates().into_iter().chain([me]))
-            .filter(|o| *o != me);
+        let owner = placement::owner(&l.key, self.owners()).filter(|o| *o != me);
         LookupView {
             shareable: !l.request.varies_by_identity(),
             fresh_local: local.is_some_and(|e| e.meta.is_fresh(now)),

@@ -64,6 +64,8 @@ impl Mesh {
                 provider_ttl: deadlines.provider_ttl,
                 ping_interval: deadlines.ping_interval,
                 ping_timeout: deadlines.ping_timeout,
+                relay: cfg.relay,
+                autonat_retry: deadlines.autonat_retry,
             },
         };
         let (net, events) = network::start(keypair, net_cfg, registry).await?;
@@ -156,10 +158,12 @@ impl Node {
         self.book(|b| b.violated(&peer, now));
     }
 
-    /// Members we would ask: admitted, not on probation.
-    pub(super) fn candidates(&self) -> Vec<PeerId> {
+    /// Who may own keys now, us among them when we may (see
+    /// [`crate::policy::book::PeerBook::owners`]).
+    pub(super) fn owners(&self) -> Vec<PeerId> {
         let now = self.now_ms();
-        self.book(|b| b.candidates(now)).unwrap_or_default()
+        let me = self.inner.me.id;
+        self.book(|b| b.owners(me, now)).unwrap_or_else(|| vec![me])
     }
 
     /// Peers that proved they hold the mesh key and are connected.

@@ -370,6 +370,7 @@ impl Node {
             rate_limit: self.inner.upstream.rate_limit(),
             rate_limits: self.inner.upstream.rate_limits(),
             listen: net.listen,
+            reach: net.reach,
         }
     }
 
@@ -379,10 +380,17 @@ impl Node {
             Some(n) => n.peers().await.unwrap_or_default(),
             None => Vec::new(),
         };
-        let members: std::collections::HashSet<String> =
-            self.members().iter().map(|m| m.to_string()).collect();
+        let members: std::collections::HashMap<String, ghmesh_protocol::Reach> = self
+            .book(|b| b.members_reach())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(m, r)| (m.to_string(), r))
+            .collect();
         for p in &mut peers {
-            p.member = members.contains(&p.peer_id);
+            if let Some(reach) = members.get(&p.peer_id) {
+                p.member = true;
+                p.reachability = *reach;
+            }
         }
         peers
     }

@@ -8,12 +8,16 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
+use ghmesh_protocol::Reach;
 use libp2p::PeerId;
 
 use crate::limits::{LATENCY_MIN_SAMPLES, LATENCY_SAMPLES};
+use crate::placement;
 
 /// A peer whose hello failed is greeted again after this long (or when it reconnects).
 const REGREET_AFTER_MS: u64 = 5_000;
+/// A member's own new addresses are passed on at most this often.
+pub const REINTRODUCE_EVERY_MS: u64 = 2_000;
 
 use crate::limits::{
     FETCHES_PER_SEC, FETCH_BURST, MAX_FETCHES_PER_PEER, MAX_NONCES_PER_PEER, MAX_PEERS,
@@ -93,6 +97,10 @@ struct PeerState {
     nonces: HashSet<u64>,
     nonce_order: VecDeque<(u64, u64)>,
     latencies_ms: VecDeque<u64>,
+    /// What it said of its reachability in its last hello.
+    reach: Reach,
+    /// When we last passed its own new addresses on to the other members.
+    reintroduced_ms: Option<u64>,
 }
 
 impl PeerState {
@@ -112,6 +120,8 @@ impl PeerState {
             nonces: HashSet::new(),
             nonce_order: VecDeque::new(),
             latencies_ms: VecDeque::new(),
+            reach: Reach::Unknown,
+            reintroduced_ms: None,
         }
     }
 
@@ -146,6 +156,8 @@ pub struct PeerBook {
     peers: HashMap<PeerId, PeerState>,
     /// When the set of members (or greetings under way) last changed.
     last_change_ms: u64,
+    /// Our own reachability, as our network last found it.
+    my_reach: Reach,
 }
 
 impl PeerBook {
@@ -221,9 +233,90 @@ impl PeerBook {
         }
     }
 
+    /// `peer` (a member) told us its own new addresses: pass them on, unless we did
+    /// less than [`REINTRODUCE_EVERY_MS`] ago (each pass costs a message to every
+    /// member).
+    pub fn may_reintroduce(&mut self, peer: &PeerId, now_ms: u64) -> bool {
+        match self.peers.get_mut(peer) {
+            Some(st)
+                if st.admitted
+                    && st
+                        .reintroduced_ms
+                        .is_none_or(|t| now_ms.saturating_sub(t) >= REINTRODUCE_EVERY_MS) =>
+            {
+                st.reintroduced_ms = Some(now_ms);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Connected (in the book), member or not.
+    pub fn knows(&self, peer: &PeerId) -> bool {
+        self.peers.contains_key(peer)
+    }
+
     /// Proved it holds the key.
     pub fn is_member(&self, peer: &PeerId) -> bool {
         self.peers.get(peer).is_some_and(|s| s.admitted)
+    }
+
+    /// `peer` said (in a hello) how reachable it is. Kept while it is connected; a
+    /// change counts as a change of the view (owners may move).
+    pub fn set_reach(&mut self, peer: &PeerId, reach: Reach, now_ms: u64) {
+        if let Some(st) = self.peers.get_mut(peer) {
+            if st.reach != reach {
+                st.reach = reach;
+                self.last_change_ms = now_ms;
+            }
+        }
+    }
+
+    /// Our own reachability changed (true) or not.
+    pub fn set_my_reach(&mut self, reach: Reach, now_ms: u64) -> bool {
+        let changed = self.my_reach != reach;
+        if changed {
+            self.my_reach = reach;
+            self.last_change_ms = now_ms;
+        }
+        changed
+    }
+
+    /// Our own reachability.
+    pub fn my_reach(&self) -> Reach {
+        self.my_reach
+    }
+
+    /// Who may own keys (see [`placement::may_own`]): the members we may ask and we
+    /// (`me`) ourselves, only the publicly reachable ones when any member is. Members
+    /// on probation count when deciding whether any member is public, so that every
+    /// node draws the line the same way whatever its own timeouts.
+    pub fn owners(&self, me: PeerId, now_ms: u64) -> Vec<PeerId> {
+        let any_public = self.my_reach == Reach::Public
+            || self
+                .peers
+                .values()
+                .any(|s| s.admitted && s.reach == Reach::Public);
+        let mut owners: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, s)| s.admitted && now_ms >= s.probation_until_ms)
+            .filter(|(_, s)| placement::may_own(s.reach, any_public))
+            .map(|(p, _)| *p)
+            .collect();
+        if placement::may_own(self.my_reach, any_public) {
+            owners.push(me);
+        }
+        owners
+    }
+
+    /// Every admitted member with the reachability it announced.
+    pub fn members_reach(&self) -> Vec<(PeerId, Reach)> {
+        self.peers
+            .iter()
+            .filter(|(_, s)| s.admitted)
+            .map(|(p, s)| (*p, s.reach))
+            .collect()
     }
 
     /// Every admitted member.

@@ -214,3 +214,47 @@ fn a_peer_that_fills_its_nonce_memory_is_busy_until_the_window_passes() {
     now += NONCE_WINDOW_MS + step;
     assert_eq!(book.request(&p, u64::MAX, now), RequestVerdict::Handle);
 }
+
+#[test]
+fn owners_are_the_publicly_reachable_members_when_there_are_any() {
+    let mut book = PeerBook::default();
+    let me = PeerId::random();
+    let [a, b, c] = [(); 3].map(|_| admitted(&mut book, 0));
+    let set = |v: Vec<PeerId>| v.into_iter().collect::<HashSet<PeerId>>();
+    // Nobody known to be public (a LAN, or AutoNAT not done): everyone may own keys.
+    assert_eq!(set(book.owners(me, 1)), set(vec![a, b, c, me]));
+    // One member announced it is public: only it, and we are not among them.
+    book.set_reach(&b, Reach::Private, 1);
+    book.set_reach(&a, Reach::Public, 1);
+    assert_eq!(book.owners(me, 2), vec![a]);
+    assert_eq!(book.last_change_ms(), 1, "owners moved: the view changed");
+    // We are public too: both of us.
+    assert!(book.set_my_reach(Reach::Public, 3));
+    assert!(!book.set_my_reach(Reach::Public, 4), "no change");
+    assert_eq!(set(book.owners(me, 5)), set(vec![a, me]));
+    // A public member on probation is not asked, but still draws the line: the
+    // private members do not become owners because one public member is slow.
+    for t in 0..3 {
+        book.timed_out(&a, Duration::from_secs(1), 6 + t);
+    }
+    assert_eq!(book.owners(me, 10), vec![me]);
+    assert!(book.set_my_reach(Reach::Private, 11));
+    assert!(
+        book.owners(me, 12).is_empty(),
+        "nobody we may ask owns keys now"
+    );
+    // The public member left: everyone again.
+    book.disconnected(&a, 13);
+    assert_eq!(set(book.owners(me, 14)), set(vec![b, c, me]));
+    assert_eq!(book.members_reach().len(), 2);
+}
+
+#[test]
+fn a_member_s_new_addresses_are_passed_on_at_most_so_often() {
+    let mut book = PeerBook::default();
+    let a = admitted(&mut book, 0);
+    assert!(book.may_reintroduce(&a, 10));
+    assert!(!book.may_reintroduce(&a, 10 + REINTRODUCE_EVERY_MS - 1));
+    assert!(book.may_reintroduce(&a, 10 + REINTRODUCE_EVERY_MS));
+    assert!(!book.may_reintroduce(&PeerId::random(), 0), "members only");
+}

@@ -107,12 +107,17 @@ pub struct PeerPlan {
     pub others: Vec<PeerId>,
 }
 
-/// Ranks `members` and `me` by rendezvous hashing on `key`. `None`: nobody to ask.
-pub fn plan_peer_phase(key: &CacheKey, me: PeerId, members: &[PeerId]) -> Option<PeerPlan> {
-    let ranked = placement::ranked(key, members.iter().copied().chain([me]));
-    let first = *ranked.first()?;
-    let owner = (first != me).then_some(first);
-    let others: Vec<PeerId> = ranked
+/// The owner of `key` among `owners` (see [`book::PeerBook::owners`]: us among them
+/// when we may own keys) and the next-ranked of the `members` we may ask. `None`:
+/// nobody to ask. An owner of `None` in the plan means we own the key, or nobody may.
+pub fn plan_peer_phase(
+    key: &CacheKey,
+    me: PeerId,
+    owners: &[PeerId],
+    members: &[PeerId],
+) -> Option<PeerPlan> {
+    let owner = placement::owner(key, owners.iter().copied()).filter(|o| *o != me);
+    let others: Vec<PeerId> = placement::ranked(key, members.iter().copied())
         .into_iter()
         .filter(|p| *p != me && Some(*p) != owner)
         .take(EXTRA_ASKS)
@@ -177,15 +182,15 @@ pub fn after_owner_reply(reply: Option<LookupReply>) -> OwnerStep {
     }
 }
 
-/// Whom to ask next after `step`, given who was asked already and the members we may
-/// ask now. `None`: nobody; go on to the others (or upstream). `Some(me)` means we own
-/// the key in our own view now: fetch it ourselves.
+/// Whom to ask next after `step`, given who was asked already and who may own keys
+/// now (`owners`, us among them when we may). `None`: nobody; go on to the others (or
+/// upstream). `Some(me)` means we own the key in our own view now: fetch it ourselves.
 pub fn next_owner(
     step: &OwnerStep,
     key: &CacheKey,
     me: PeerId,
     asked: &[PeerId],
-    candidates: &[PeerId],
+    owners: &[PeerId],
     asks_left: usize,
 ) -> Option<PeerId> {
     if asks_left == 0 {
@@ -193,10 +198,10 @@ pub fn next_owner(
     }
     match step {
         OwnerStep::Redirect(p) if *p == me => Some(me),
-        OwnerStep::Redirect(p) if candidates.contains(p) && !asked.contains(p) => Some(*p),
+        OwnerStep::Redirect(p) if owners.contains(p) && !asked.contains(p) => Some(*p),
         OwnerStep::NextOwner => {
-            let left = candidates.iter().copied().filter(|p| !asked.contains(p));
-            placement::owner(key, left.chain([me]))
+            let left = owners.iter().copied().filter(|p| !asked.contains(p));
+            placement::owner(key, left)
         }
         _ => None,
     }

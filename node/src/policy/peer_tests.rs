@@ -24,9 +24,14 @@ fn a_starting_node_also_asks_its_eldest_members() {
 fn peer_plan() {
     let key = CanonicalRequest::get("/x").unwrap().key();
     let me = PeerId::random();
-    assert_eq!(plan_peer_phase(&key, me, &[]), None, "alone: nobody to ask");
+    assert_eq!(
+        plan_peer_phase(&key, me, &[me], &[]),
+        None,
+        "alone: nobody to ask"
+    );
     let members: Vec<PeerId> = (0..5).map(|_| PeerId::random()).collect();
-    let plan = plan_peer_phase(&key, me, &members).unwrap();
+    let with_me: Vec<PeerId> = members.iter().copied().chain([me]).collect();
+    let plan = plan_peer_phase(&key, me, &with_me, &members).unwrap();
     let ranked = placement::ranked(&key, members.iter().copied().chain([me]));
     let expected_owner = (ranked[0] != me).then_some(ranked[0]);
     assert_eq!(plan.owner, expected_owner);
@@ -38,7 +43,7 @@ fn peer_plan() {
         .map(|i| CanonicalRequest::get(&format!("/k/{i}")).unwrap().key())
         .find(|k| placement::owner(k, members.iter().copied().chain([me])) == Some(me))
         .unwrap();
-    let plan = plan_peer_phase(&owned, me, &members).unwrap();
+    let plan = plan_peer_phase(&owned, me, &with_me, &members).unwrap();
     assert_eq!(plan.owner, None);
     assert_eq!(plan.others.len(), EXTRA_ASKS);
     // One other member that is not the owner of a key we own: asked without fetch.
@@ -47,7 +52,7 @@ fn peer_plan() {
         .map(|i| CanonicalRequest::get(&format!("/j/{i}")).unwrap().key())
         .find(|k| placement::owner(k, [me, members[0]]) == Some(me))
         .unwrap();
-    let plan = plan_peer_phase(&k, me, &one).unwrap();
+    let plan = plan_peer_phase(&k, me, &[me, members[0]], &one).unwrap();
     assert_eq!(plan.owner, None);
     assert_eq!(plan.others, vec![members[0]]);
 }
@@ -92,42 +97,50 @@ fn next_owner_after_a_timeout_or_a_redirect() {
     // ourselves, which is the same situation for this rule).
     let hung = crate::placement::ranked(&key, peers.iter().copied())[0];
     let rest: Vec<PeerId> = peers.iter().copied().filter(|p| *p != hung).collect();
+    let owners: Vec<PeerId> = rest.iter().copied().chain([me]).collect();
     // The hung owner is on probation (not a candidate) and was asked: the next in
     // rank order, which every node that saw the same timeout picks too.
-    let next = next_owner(&OwnerStep::NextOwner, &key, me, &[hung], &rest, 1);
+    let next = next_owner(&OwnerStep::NextOwner, &key, me, &[hung], &owners, 1);
     assert_eq!(
         next,
         crate::placement::owner(&key, rest.iter().copied().chain([me]))
     );
     assert_ne!(next, Some(hung));
     assert_eq!(
-        next_owner(&OwnerStep::NextOwner, &key, me, &[hung], &rest, 0),
+        next_owner(&OwnerStep::NextOwner, &key, me, &[hung], &owners, 0),
         None,
         "no asks left"
     );
     // Redirects: to us means fetch ourselves; to a member we may ask, once.
     assert_eq!(
-        next_owner(&OwnerStep::Redirect(me), &key, me, &[hung], &rest, 1),
+        next_owner(&OwnerStep::Redirect(me), &key, me, &[hung], &owners, 1),
         Some(me)
     );
     let r = rest[0];
     assert_eq!(
-        next_owner(&OwnerStep::Redirect(r), &key, me, &[hung], &rest, 1),
+        next_owner(&OwnerStep::Redirect(r), &key, me, &[hung], &owners, 1),
         Some(r)
     );
     assert_eq!(
-        next_owner(&OwnerStep::Redirect(r), &key, me, &[hung, r], &rest, 1),
+        next_owner(&OwnerStep::Redirect(r), &key, me, &[hung, r], &owners, 1),
         None,
         "asked already"
     );
     let stranger = PeerId::random();
     assert_eq!(
-        next_owner(&OwnerStep::Redirect(stranger), &key, me, &[hung], &rest, 1),
+        next_owner(
+            &OwnerStep::Redirect(stranger),
+            &key,
+            me,
+            &[hung],
+            &owners,
+            1
+        ),
         None,
         "not a member we may ask"
     );
     assert_eq!(
-        next_owner(&OwnerStep::AskOthers, &key, me, &[hung], &rest, 1),
+        next_owner(&OwnerStep::AskOthers, &key, me, &[hung], &owners, 1),
         None
     );
 }
@@ -291,4 +304,25 @@ fn only_a_node_just_started_with_somewhere_to_look_waits_for_its_first_member() 
     assert!(!awaiting_first_member(0, wait, 1, true));
     // The fleet's first node, or one with nowhere to look, reads at once.
     assert!(!awaiting_first_member(0, wait, 0, false));
+}
+
+#[test]
+fn behind_nat_we_ask_the_public_owner_and_never_own_a_key() {
+    let me = PeerId::random();
+    let public = PeerId::random();
+    let private: Vec<PeerId> = (0..4).map(|_| PeerId::random()).collect();
+    let members: Vec<PeerId> = private.iter().copied().chain([public]).collect();
+    for i in 0..50 {
+        let key = CanonicalRequest::get(&format!("/k/{i}")).unwrap().key();
+        let plan = plan_peer_phase(&key, me, &[public], &members).unwrap();
+        assert_eq!(plan.owner, Some(public));
+        // The others asked whether they hold it are any members, not only owners.
+        assert!(plan.others.iter().all(|p| *p != me && *p != public));
+        assert_eq!(plan.others.len(), EXTRA_ASKS.min(private.len()));
+        // The public owner did not answer: no other owner, on to the others.
+        assert_eq!(
+            next_owner(&OwnerStep::NextOwner, &key, me, &[public], &[public], 2),
+            None
+        );
+    }
 }

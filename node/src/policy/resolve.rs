@@ -403,6 +403,10 @@ impl Resolution {
         view.book.candidates(view.now_ms)
     }
 
+    fn owners(&self, view: &View<'_>) -> Vec<PeerId> {
+        view.book.owners(self.start.me, view.now_ms)
+    }
+
     /// Ranks the members for the key; when we would own it (or know nobody), first
     /// lets a view that is still filling in settle (greetings under way, members
     /// admitted a moment ago, introductions landing): otherwise two runners that joined
@@ -410,7 +414,12 @@ impl Resolution {
     /// both fetch it. At most half the budget: the members that heard the key
     /// announced before we came need the rest to answer.
     fn plan(&mut self, view: &View<'_>) -> Step {
-        let plan = plan_peer_phase(&self.start.key, self.start.me, &self.candidates(view));
+        let plan = plan_peer_phase(
+            &self.start.key,
+            self.start.me,
+            &self.owners(view),
+            &self.candidates(view),
+        );
         if plan.as_ref().is_none_or(|p| p.owner.is_none()) {
             let until = self.deadline.saturating_sub(self.start.timers.lookup / 2);
             return self.settle(until, view);
@@ -440,7 +449,9 @@ impl Resolution {
     /// member we leased it to.
     fn planned(&mut self, view: &View<'_>) -> Step {
         let me = self.start.me;
-        let Some(plan) = plan_peer_phase(&self.start.key, me, &self.candidates(view)) else {
+        let owners = self.owners(view);
+        let Some(plan) = plan_peer_phase(&self.start.key, me, &owners, &self.candidates(view))
+        else {
             return self.done(End::Upstream);
         };
         self.owner = plan.owner;
@@ -531,13 +542,13 @@ impl Resolution {
             }
         }
         let left = MAX_OWNER_ASKS.saturating_sub(self.asked.len());
-        let candidates = self.candidates(view);
+        let owners = self.owners(view);
         let next = next_owner(
             &step,
             &self.start.key,
             self.start.me,
             &self.asked,
-            &candidates,
+            &owners,
             left,
         );
         self.ask_owner(next, view)

@@ -120,7 +120,16 @@ impl FakeGithub {
 
     /// Binds `127.0.0.1:0` and serves in a background tokio task.
     pub async fn start() -> anyhow::Result<FakeGithub> {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        Self::serve(TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?)
+    }
+
+    /// Serves on `listener` (bound elsewhere, e.g. inside a network namespace).
+    pub fn start_on(listener: std::net::TcpListener) -> anyhow::Result<FakeGithub> {
+        listener.set_nonblocking(true)?;
+        Self::serve(TcpListener::from_std(listener)?)
+    }
+
+    fn serve(listener: TcpListener) -> anyhow::Result<FakeGithub> {
         let addr = listener.local_addr()?;
         let (shutdown, _) = watch::channel(false);
         let shared = Arc::new(Shared::new(format!("http://{addr}"), shutdown));

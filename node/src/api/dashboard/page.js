@@ -69,13 +69,11 @@ function renderStats(s) {
   fillRows($("budgets").tBodies[0], rows);
 }
 function renderPeers(peers) {
-  // How we reach a peer is read off our connection's address.
   const rows = peers.map((p) => {
     const addr = (p.addrs || [])[0] || "";
-    const connection = p.connection || (addr.includes("/p2p-circuit") ? "relayed" : "direct");
-    const transport = p.transport || (addr.includes("/quic") ? "quic" : "tcp");
     return [cell(p.peer_id), cell(p.member ? "yes" : "no"), cell(p.in_mesh ? "yes" : "no"),
-      cell(connection), cell(transport), cell(addr)];
+      cell(p.connection), cell(p.transport),
+      cell(p.member ? p.reachability : "", p.reachability === "public" ? "" : "dim"), cell(addr)];
   });
   if (!rows.length) rows.push([cell("no peer connected", "dim")]);
   fillRows($("peers").tBodies[0], rows);

@@ -223,8 +223,9 @@ fn parse_addrs(values: &[String], what: &str) -> Result<Vec<Multiaddr>, CliError
     })
 }
 
-/// Listen addresses: `--listen`…, `GHMESH_LISTEN`, `CACHE_LISTEN_PORT`, else
-/// `/ip4/0.0.0.0/tcp/9100`.
+/// Listen addresses: `--listen`…, `GHMESH_LISTEN`, `CACHE_LISTEN_PORT` (TCP and QUIC on
+/// that port), else TCP and QUIC on 9100 (QUIC punches through more NATs, and a port
+/// shared by both keeps one mapping to open).
 pub fn listen(flags: &[String], env: EnvLookup<'_>) -> Result<Vec<Multiaddr>, CliError> {
     if !flags.is_empty() {
         return parse_addrs(flags, "--listen");
@@ -238,9 +239,16 @@ pub fn listen(flags: &[String], env: EnvLookup<'_>) -> Result<Vec<Multiaddr>, Cl
                 "bad CACHE_LISTEN_PORT '{v}': expected a TCP port number"
             ))
         })?;
-        return parse_addrs(&[format!("/ip4/0.0.0.0/tcp/{port}")], "CACHE_LISTEN_PORT");
+        return parse_addrs(&both(port), "CACHE_LISTEN_PORT");
     }
-    parse_addrs(&["/ip4/0.0.0.0/tcp/9100".into()], "default")
+    parse_addrs(&both(9100), "default")
+}
+
+fn both(port: u16) -> [String; 2] {
+    [
+        format!("/ip4/0.0.0.0/tcp/{port}"),
+        format!("/ip4/0.0.0.0/udp/{port}/quic-v1"),
+    ]
 }
 
 /// Bootstrap addresses: `--bootstrap`…, `GHMESH_BOOTSTRAP`, `CACHE_BOOTSTRAP_PEERS`.
@@ -254,7 +262,12 @@ pub fn bootstrap(flags: &[String], env: EnvLookup<'_>) -> Result<Vec<Multiaddr>,
 
 /// External addresses: `--external-addr`…, `GHMESH_EXTERNAL`.
 pub fn external(flags: &[String], env: EnvLookup<'_>) -> Result<Vec<Multiaddr>, CliError> {
-    match flags_or_env(flags, "--external-addr", env, &["GHMESH_EXTERNAL"]) {
+    match flags_or_env(
+        flags,
+        "--external-addr",
+        env,
+        &["GHMESH_EXTERNAL_ADDR", "GHMESH_EXTERNAL"],
+    ) {
         Some((values, what)) => parse_addrs(&values, what),
         None => Ok(Vec::new()),
     }
@@ -391,6 +404,26 @@ pub fn client_tokens(
         Some((_, v)) if v.eq_ignore_ascii_case("bypass") => Ok(ClientTokens::Bypass),
         Some((name, v)) => Err(CliError::usage(format!(
             "bad {name} '{v}': use share or bypass"
+        ))),
+    }
+}
+
+/// `--relay` (`GHMESH_RELAY`): auto (default), on or off.
+pub fn relay(
+    flag: Option<crate::network::RelayMode>,
+    env: EnvLookup<'_>,
+) -> Result<crate::network::RelayMode, CliError> {
+    use crate::network::RelayMode;
+    if let Some(mode) = flag {
+        return Ok(mode);
+    }
+    match first_env(env, &["GHMESH_RELAY"]) {
+        None => Ok(RelayMode::Auto),
+        Some((_, v)) if v.eq_ignore_ascii_case("auto") => Ok(RelayMode::Auto),
+        Some((_, v)) if v.eq_ignore_ascii_case("on") => Ok(RelayMode::On),
+        Some((_, v)) if v.eq_ignore_ascii_case("off") => Ok(RelayMode::Off),
+        Some((name, v)) => Err(CliError::usage(format!(
+            "bad {name} '{v}': use auto, on or off"
         ))),
     }
 }

@@ -61,14 +61,24 @@ fn listen_and_bootstrap() {
         listen(&[], &e).unwrap()[0].to_string(),
         "/ip4/0.0.0.0/tcp/9200"
     );
+    assert_eq!(
+        listen(&[], &e).unwrap()[1].to_string(),
+        "/ip4/0.0.0.0/udp/9200/quic-v1",
+        "QUIC next to TCP on the same port"
+    );
     let e = env(&[
         ("GHMESH_LISTEN", "/ip4/127.0.0.1/tcp/0,/ip4/127.0.0.2/tcp/0"),
         ("CACHE_LISTEN_PORT", "1"),
     ]);
     assert_eq!(listen(&[], &e).unwrap().len(), 2);
+    let default: Vec<String> = listen(&[], &env(&[]))
+        .unwrap()
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
     assert_eq!(
-        listen(&[], &env(&[])).unwrap()[0].to_string(),
-        "/ip4/0.0.0.0/tcp/9100"
+        default,
+        ["/ip4/0.0.0.0/tcp/9100", "/ip4/0.0.0.0/udp/9100/quic-v1"]
     );
     assert_eq!(listen(&["garbage".into()], &env(&[])).unwrap_err().code, 2);
     assert_eq!(
@@ -173,4 +183,28 @@ fn trust_settings_from_flags_and_env() {
     );
     let e = env(&[("GHMESH_CLIENT_TOKENS", "lend")]);
     assert_eq!(client_tokens(None, &e).unwrap_err().code, 2);
+}
+
+#[test]
+fn relay_mode_and_external_addresses() {
+    use crate::network::RelayMode;
+    assert_eq!(relay(None, &env(&[])).unwrap(), RelayMode::Auto);
+    assert_eq!(
+        relay(None, &env(&[("GHMESH_RELAY", "ON")])).unwrap(),
+        RelayMode::On
+    );
+    assert_eq!(
+        relay(None, &env(&[("GHMESH_RELAY", "off")])).unwrap(),
+        RelayMode::Off
+    );
+    assert_eq!(
+        relay(Some(RelayMode::Off), &env(&[("GHMESH_RELAY", "on")])).unwrap(),
+        RelayMode::Off,
+        "the flag wins"
+    );
+    let e = relay(None, &env(&[("GHMESH_RELAY", "sometimes")])).unwrap_err();
+    assert_eq!(e.code, 2);
+    assert!(e.message.contains("auto, on or off"), "{}", e.message);
+    let e = env(&[("GHMESH_EXTERNAL_ADDR", "/ip4/198.51.100.7/tcp/9100")]);
+    assert_eq!(external(&[], &e).unwrap().len(), 1);
 }

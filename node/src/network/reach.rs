@@ -1,0 +1,235 @@
+//! Reach across NAT, as plain decisions: what AutoNAT's verdict means for the fleet,
+//! which peers may judge our reachability, which fleet relays to hold reservations on,
+//! and which of a peer's addresses to pass on. The event loop carries them out.
+
+use ghmesh_protocol::Reach;
+use libp2p::autonat;
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+use sha2::{Digest, Sha256};
+
+/// Reservations a node behind NAT holds: two, so that a relay that stops leaves it
+/// reachable through the other while it reserves again.
+pub const RESERVATIONS: usize = 2;
+
+/// How a connection runs: through a relay or straight to the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Connection {
+    /// Straight to the peer (possibly after hole punching).
+    Direct,
+    /// Through a relay's circuit.
+    Relayed,
+}
+
+/// The transport under a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// TCP with noise and yamux.
+    Tcp,
+    /// QUIC v1.
+    Quic,
+}
+
+/// AutoNAT's verdict as the fleet hears it.
+pub fn reach_of(status: &autonat::NatStatus) -> Reach {
+    match status {
+        autonat::NatStatus::Public(_) => Reach::Public,
+        autonat::NatStatus::Private => Reach::Private,
+        autonat::NatStatus::Unknown => Reach::Unknown,
+    }
+}
+
+/// Through a relay (`/p2p-circuit`).
+pub fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
+}
+
+/// QUIC or TCP (a relayed address names the relay's transport).
+pub fn transport_of(addr: &Multiaddr) -> Transport {
+    if addr.iter().any(|p| matches!(p, Protocol::QuicV1)) {
+        Transport::Quic
+    } else {
+        Transport::Tcp
+    }
+}
+
+/// On a private or local network: loopback, RFC 1918, shared (CGNAT) space, link-local,
+/// unique-local IPv6. A peer that sees us at such an address is on our side of any NAT:
+/// its dial-back would prove nothing about the fleet reaching us.
+pub fn is_private(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => {
+            let o = ip.octets();
+            ip.is_loopback()
+                || ip.is_private()
+                || ip.is_link_local()
+                || ip.is_unspecified()
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+        }
+        Protocol::Ip6(ip) => {
+            let s = ip.segments();
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+        }
+        _ => false,
+    })
+}
+
+/// Whether a member connected to us at `remote` may judge our reachability (serve us
+/// AutoNAT): only one that reaches us directly from outside any private network we
+/// share. A neighbour on our LAN would dial us back across the LAN and call us public
+/// while the fleet beyond our NAT cannot reach us. This also keeps the check working on
+/// networks AutoNAT does not call global (the documentation ranges of the NAT lab),
+/// which is why its own `only_global_ips` is off.
+pub fn may_judge_us(remote: &Multiaddr) -> bool {
+    let ip = remote
+        .iter()
+        .any(|p| matches!(p, Protocol::Ip4(_) | Protocol::Ip6(_)));
+    ip && !is_relayed(remote) && !is_private(remote)
+}
+
+/// The relays to reserve on now, best first: none when we are publicly reachable
+/// (members dial us directly); otherwise up to [`RESERVATIONS`] in all, picked from
+/// `offered` (members directly connected that offer relaying) that we do not `hold`.
+/// Each node ranks relays by a hash of its own id and the relay's, so that a fleet's
+/// runners spread over its relays instead of all filling the first.
+pub fn relays_to_add(
+    me: &PeerId,
+    reach: Reach,
+    offered: &[PeerId],
+    held: &[PeerId],
+) -> Vec<PeerId> {
+    if reach == Reach::Public {
+        return Vec::new();
+    }
+    let want = RESERVATIONS.saturating_sub(held.len());
+    let mut ranked: Vec<([u8; 32], PeerId)> = offered
+        .iter()
+        .filter(|p| !held.contains(p) && *p != me)
+        .map(|p| {
+            let mut h = Sha256::new();
+            h.update(me.to_bytes());
+            h.update(p.to_bytes());
+            (h.finalize().into(), *p)
+        })
+        .collect();
+    ranked.sort();
+    ranked.dedup_by(|a, b| a.1 == b.1);
+    ranked.into_iter().take(want).map(|(_, p)| p).collect()
+}
+
+/// A peer's addresses in the order to pass them on (member lists carry only a few):
+/// direct and relayed addresses interleaved, so that a member behind NAT is listed with
+/// its LAN address (for its neighbours) and its relayed one (for everyone else);
+/// loopback only when the peer has nothing else (single-host fleets and tests).
+pub fn order_for_sharing(addrs: &[Multiaddr]) -> Vec<Multiaddr> {
+    let loopback = |a: &Multiaddr| {
+        a.iter().any(|p| match p {
+            Protocol::Ip4(ip) => ip.is_loopback(),
+            Protocol::Ip6(ip) => ip.is_loopback(),
+            _ => false,
+        })
+    };
+    let (relayed, direct): (Vec<&Multiaddr>, Vec<&Multiaddr>) =
+        addrs.iter().partition(|a| is_relayed(a));
+    let mut direct: Vec<&Multiaddr> = direct.into_iter().filter(|a| !loopback(a)).collect();
+    if direct.is_empty() && relayed.is_empty() {
+        direct = addrs.iter().collect();
+    }
+    let mut out = Vec::with_capacity(addrs.len());
+    let (mut d, mut r) = (direct.into_iter(), relayed.into_iter());
+    loop {
+        match (d.next(), r.next()) {
+            (None, None) => break,
+            (a, b) => out.extend(a.into_iter().chain(b).cloned()),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ma(s: &str) -> Multiaddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn who_may_judge_our_reachability() {
+        assert!(may_judge_us(&ma("/ip4/198.51.100.7/tcp/9100")));
+        assert!(may_judge_us(&ma("/ip4/203.0.113.9/udp/9100/quic-v1")));
+        for private in [
+            "/ip4/10.1.0.2/tcp/9100",
+            "/ip4/192.168.1.5/tcp/1",
+            "/ip4/172.16.0.1/tcp/1",
+            "/ip4/100.64.3.1/tcp/1",
+            "/ip4/127.0.0.1/tcp/1",
+            "/ip6/fd00::1/tcp/1",
+            "/ip6/fe80::1/tcp/1",
+        ] {
+            assert!(!may_judge_us(&ma(private)), "{private}");
+        }
+        let relayed = ma(&format!(
+            "/ip4/198.51.100.7/tcp/9100/p2p/{}/p2p-circuit",
+            PeerId::random()
+        ));
+        assert!(!may_judge_us(&relayed));
+        // A circuit we accepted names only the peer.
+        assert!(!may_judge_us(&ma(&format!("/p2p/{}", PeerId::random()))));
+        assert!(is_relayed(&relayed));
+        assert_eq!(transport_of(&relayed), Transport::Tcp);
+        assert_eq!(
+            transport_of(&ma("/ip4/1.2.3.4/udp/1/quic-v1")),
+            Transport::Quic
+        );
+    }
+
+    #[test]
+    fn reservations_only_behind_nat_at_most_two_spread_over_relays() {
+        let me = PeerId::random();
+        let relays: Vec<PeerId> = (0..4).map(|_| PeerId::random()).collect();
+        assert!(relays_to_add(&me, Reach::Public, &relays, &[]).is_empty());
+        let first = relays_to_add(&me, Reach::Private, &relays, &[]);
+        assert_eq!(first.len(), RESERVATIONS);
+        assert_eq!(relays_to_add(&me, Reach::Unknown, &relays, &[]), first);
+        // Holding one: one more, never the one held, never ourselves.
+        let more = relays_to_add(&me, Reach::Private, &relays, &first[..1]);
+        assert_eq!(more, vec![first[1]]);
+        assert!(relays_to_add(&me, Reach::Private, &relays, &first).is_empty());
+        assert!(relays_to_add(&me, Reach::Private, &[me], &[]).is_empty());
+        // A relay that stopped: the next-ranked one takes its place.
+        let left: Vec<PeerId> = relays.iter().copied().filter(|r| *r != first[0]).collect();
+        let replacement = relays_to_add(&me, Reach::Private, &left, &first[1..]);
+        assert_eq!(replacement.len(), 1);
+        assert!(!first.contains(&replacement[0]));
+        // Another node ranks the same relays differently (load spreads).
+        let spread = (0..32)
+            .map(|_| relays_to_add(&PeerId::random(), Reach::Private, &relays, &[])[0])
+            .collect::<std::collections::HashSet<_>>();
+        assert!(spread.len() > 1);
+    }
+
+    #[test]
+    fn shared_addresses_interleave_direct_and_relayed() {
+        let r = PeerId::random();
+        let lan = ma("/ip4/10.1.0.2/tcp/9100");
+        let quic = ma("/ip4/10.1.0.2/udp/9100/quic-v1");
+        let lo = ma("/ip4/127.0.0.1/tcp/9100");
+        let c1 = ma(&format!("/ip4/198.51.100.7/tcp/9100/p2p/{r}/p2p-circuit"));
+        let c2 = ma(&format!("/ip4/198.51.100.8/tcp/9100/p2p/{r}/p2p-circuit"));
+        let out = order_for_sharing(&[
+            lo.clone(),
+            lan.clone(),
+            quic.clone(),
+            c1.clone(),
+            c2.clone(),
+        ]);
+        assert_eq!(out, vec![lan, c1, quic, c2]);
+        assert_eq!(order_for_sharing(std::slice::from_ref(&lo)), vec![lo]);
+    }
+}

@@ -1,0 +1,427 @@
+//! A NAT lab in Linux network namespaces, built and torn down by the test itself.
+//!
+//! An "internet" namespace routes between public hubs (198.51.100.0/24) and NAT routers
+//! (WAN sides on 203.0.113.0/24); behind each router, runners on 10.x LANs. The routers
+//! translate with nftables: `masquerade` keeps a runner's source port (each runner in
+//! the lab has its own port, so nothing clashes) and maps it the same for every
+//! destination (endpoint-independent mapping), while `masquerade random` picks a new
+//! port per connection, as cloud NAT gateways do. Both let in only replies to what went
+//! out. No namespace has a route out of the lab, no interface is in the host's
+//! namespace, and every namespace (with the processes in it) is deleted on drop, also
+//! when the test fails.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::{bail, Context};
+
+use crate::daemon::{http_request_over, start_daemon_with, url_host, Daemon};
+use crate::fake_github::FakeGithub;
+
+/// Why the lab cannot run here (`None`: it can): it needs root, `ip` and `nft`.
+pub fn unavailable() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("needs root (network namespaces)".into());
+    }
+    for (tool, arg) in [("ip", "-V"), ("nft", "--version")] {
+        let ok = Command::new(tool)
+            .arg(arg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return Some(format!("needs `{tool}` (Debian: iproute2, nftables)"));
+        }
+    }
+    None
+}
+
+/// The transport runners join the hubs by (and so the one their NATs map first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// TCP.
+    Tcp,
+    /// QUIC.
+    Quic,
+}
+
+/// How a lab router translates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nat {
+    /// Keeps the source port, the same mapping for every destination: hole punching
+    /// works.
+    EndpointIndependent,
+    /// A new random port per connection: hole punching cannot work.
+    RandomPort,
+}
+
+/// The namespaces of one lab; deleted (with every process in them) on drop.
+pub struct Lab {
+    tag: String,
+    namespaces: Vec<String>,
+}
+
+static LABS: AtomicUsize = AtomicUsize::new(0);
+
+impl Default for Lab {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Lab {
+    /// An empty lab with names no other lab (or test process) uses.
+    pub fn new() -> Lab {
+        let n = LABS.fetch_add(1, Ordering::SeqCst);
+        Lab {
+            tag: format!("ghm{}x{n}", std::process::id()),
+            namespaces: Vec::new(),
+        }
+    }
+
+    /// Adds a namespace with loopback up and forwarding on (routers need it; it
+    /// routes nothing on a host).
+    pub fn namespace(&mut self, short: &str) -> anyhow::Result<String> {
+        let ns = format!("{}-{short}", self.tag);
+        ip(&["netns", "add", &ns])?;
+        self.namespaces.push(ns.clone());
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &ns,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ],
+        )?;
+        Ok(ns)
+    }
+
+    /// A veth pair between `a` and `b` with these interface names and addresses
+    /// (CIDR).
+    pub fn wire(
+        &self,
+        (a, a_if, a_cidr): (&str, &str, &str),
+        (b, b_if, b_cidr): (&str, &str, &str),
+    ) -> anyhow::Result<()> {
+        ip(&[
+            "link", "add", a_if, "netns", a, "type", "veth", "peer", "name", b_if, "netns", b,
+        ])?;
+        for (ns, ifname, cidr) in [(a, a_if, a_cidr), (b, b_if, b_cidr)] {
+            ip(&["-n", ns, "addr", "add", cidr, "dev", ifname])?;
+            ip(&["-n", ns, "link", "set", ifname, "up"])?;
+        }
+        Ok(())
+    }
+
+    /// Makes `ns` a NAT router translating what leaves by `wan`.
+    pub fn nat(&self, ns: &str, wan: &str, kind: Nat) -> anyhow::Result<()> {
+        let how = match kind {
+            Nat::EndpointIndependent => "masquerade",
+            Nat::RandomPort => "masquerade random",
+        };
+        let rules = format!(
+            "table ip lab {{
+  chain lab_nat {{ type nat hook postrouting priority srcnat; policy accept;
+    oifname \"{wan}\" {how}
+  }}
+  chain lab_filter {{ type filter hook forward priority filter; policy drop;
+    ct state established,related accept
+    iifname != \"{wan}\" accept
+  }}
+  chain lab_input {{ type filter hook input priority filter; policy accept;
+    iifname \"{wan}\" ct state new drop
+  }}
+}}
+"
+        );
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .context("nft")?;
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .context("nft stdin")?
+            .write_all(rules.as_bytes())?;
+        if !child.wait()?.success() {
+            bail!("nft refused the NAT rules");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for ns in &self.namespaces {
+            // Daemons die with their handles; anything else still in there goes now.
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    if let Ok(pid) = pid.parse::<i32>() {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
+            }
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn run(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(cmd).args(args).output()?;
+    if !out.status.success() {
+        bail!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    run("ip", args)
+}
+
+/// Runs `f` on a thread that entered `ns`: sockets it makes stay in `ns`.
+pub fn in_ns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let path = PathBuf::from("/run/netns").join(ns);
+    let joined = std::thread::spawn(move || -> std::io::Result<T> {
+        let file = std::fs::File::open(&path)?;
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(std::io::Error::from)?;
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?;
+    Ok(joined?)
+}
+
+/// A daemon in a lab namespace.
+pub struct LabNode {
+    /// Its namespace.
+    pub ns: String,
+    /// The process.
+    pub daemon: Daemon,
+    /// The address it listens on.
+    pub ip: Ipv4Addr,
+    /// Its port (TCP and UDP).
+    pub port: u16,
+}
+
+impl LabNode {
+    /// GET `path` from its API, from inside its namespace.
+    pub async fn get(&self, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
+        let url = format!("{}{path}", self.daemon.base());
+        let host = url_host(&url)?.to_string();
+        let stream = in_ns(&self.ns, move || {
+            let s = std::net::TcpStream::connect(host)?;
+            s.set_nonblocking(true)?;
+            Ok(s)
+        })?;
+        let stream = tokio::net::TcpStream::from_std(stream)?;
+        let (status, _, body) = http_request_over(stream, "GET", &url, &[], &[]).await?;
+        Ok((status, body))
+    }
+
+    /// `GET /_ghmesh/<what>` as JSON.
+    pub async fn json(&self, what: &str) -> anyhow::Result<serde_json::Value> {
+        let (_, body) = self.get(&format!("/_ghmesh/{what}")).await?;
+        Ok(serde_json::from_slice(&body)?)
+    }
+
+    /// Its address on `transport`, with its peer id.
+    pub fn addr(&self, transport: Transport) -> String {
+        let proto = match transport {
+            Transport::Tcp => format!("tcp/{}", self.port),
+            Transport::Quic => format!("udp/{}/quic-v1", self.port),
+        };
+        format!("/ip4/{}/{proto}/p2p/{}", self.ip, self.daemon.ready.peer_id)
+    }
+}
+
+/// The hub topology: public hubs (each `--relay on`) and NAT routers with runners
+/// behind them, every runner joined by `--bootstrap` to the hubs only; a fake GitHub in
+/// the internet namespace.
+pub struct HubFleet {
+    /// The fake GitHub every node reads from.
+    pub gh: FakeGithub,
+    /// Public nodes.
+    pub hubs: Vec<LabNode>,
+    /// Runners, per NAT.
+    pub runners: Vec<Vec<LabNode>>,
+    // Dropped last: the daemons above die first, then their namespaces go.
+    lab: Lab,
+}
+
+impl HubFleet {
+    /// Every node.
+    pub fn nodes(&self) -> impl Iterator<Item = &LabNode> {
+        self.hubs.iter().chain(self.runners.iter().flatten())
+    }
+
+    /// The lab's namespaces (to check the cleanup).
+    pub fn namespaces(&self) -> Vec<String> {
+        self.lab.namespaces.clone()
+    }
+
+    /// Builds the lab and starts `hubs` hubs, then `per_nat` runners behind each NAT of
+    /// `nats` that join the hubs over `join`, with `dir` for their data.
+    pub async fn start(
+        hubs: usize,
+        nats: &[Nat],
+        per_nat: usize,
+        join: Transport,
+        dir: &std::path::Path,
+    ) -> anyhow::Result<HubFleet> {
+        let mut lab = Lab::new();
+        let inet = lab.namespace("inet")?;
+        let mut hub_ns = Vec::new();
+        for k in 0..hubs {
+            let ns = lab.namespace(&format!("hub{k}"))?;
+            let (gw, me) = (4 * k as u8 + 1, 4 * k as u8 + 2);
+            lab.wire(
+                (&inet, &format!("h{k}"), &format!("198.51.100.{gw}/30")),
+                (&ns, "eth0", &format!("198.51.100.{me}/30")),
+            )?;
+            ip(&[
+                "-n",
+                &ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("198.51.100.{gw}"),
+            ])?;
+            hub_ns.push((ns, Ipv4Addr::new(198, 51, 100, me)));
+        }
+        let mut runner_ns = Vec::new();
+        for (j, kind) in nats.iter().enumerate() {
+            let router = lab.namespace(&format!("nat{j}"))?;
+            let (gw, wan) = (4 * j as u8 + 1, 4 * j as u8 + 2);
+            lab.wire(
+                (&inet, &format!("n{j}"), &format!("203.0.113.{gw}/30")),
+                (&router, "wan", &format!("203.0.113.{wan}/30")),
+            )?;
+            ip(&[
+                "-n",
+                &router,
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("203.0.113.{gw}"),
+            ])?;
+            lab.nat(&router, "wan", *kind)?;
+            let mut lan = Vec::new();
+            for i in 0..per_nat {
+                let ns = lab.namespace(&format!("r{j}-{i}"))?;
+                let net = format!("10.{}.{}", j + 1, i + 1);
+                lab.wire(
+                    (&router, &format!("l{i}"), &format!("{net}.1/24")),
+                    (&ns, "eth0", &format!("{net}.2/24")),
+                )?;
+                ip(&[
+                    "-n",
+                    &ns,
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &format!("{net}.1"),
+                ])?;
+                lan.push((ns, Ipv4Addr::new(10, j as u8 + 1, i as u8 + 1, 2)));
+            }
+            runner_ns.push(lan);
+        }
+        // The fake GitHub listens in the internet namespace, on its first hub link.
+        let listener = in_ns(&inet, || std::net::TcpListener::bind("198.51.100.1:0"))?;
+        let gh = FakeGithub::start_on(listener)?;
+        let mut env = crate::daemon::env("nat-lab-fleet");
+        // Daemon logs (next to their data directories) at the level asked for.
+        if let Ok(filter) = std::env::var("GHMESH_LAB_LOG") {
+            env.insert("RUST_LOG".into(), filter);
+        }
+        let start = |ns: String, ip: Ipv4Addr, port: u16, name: String, extra: Vec<String>| {
+            let gh_url = gh.url();
+            let mut env = env.clone();
+            // Each node its own token: the fake GitHub's log then tells who called.
+            env.insert("GH_TOKEN".into(), format!("ghp_lab_{name}"));
+            let dir = dir.join(name);
+            async move {
+                let mut args: Vec<String> = [
+                    "--listen".into(),
+                    format!("/ip4/0.0.0.0/tcp/{port}"),
+                    "--listen".into(),
+                    format!("/ip4/0.0.0.0/udp/{port}/quic-v1"),
+                    "--api".into(),
+                    "127.0.0.1:0".into(),
+                    "--no-mdns".into(),
+                    "--upstream".into(),
+                    gh_url,
+                ]
+                .to_vec();
+                args.extend(extra);
+                let wrapper = ["ip", "netns", "exec", &ns].map(String::from);
+                let daemon = start_daemon_with(&wrapper, dir, &args, &env).await?;
+                anyhow::Ok(LabNode {
+                    ns,
+                    daemon,
+                    ip,
+                    port,
+                })
+            }
+        };
+        let mut hub_nodes = Vec::new();
+        for (k, (ns, ip)) in hub_ns.into_iter().enumerate() {
+            let extra = vec!["--relay".into(), "on".into()];
+            hub_nodes.push(start(ns, ip, 9100, format!("hub{k}"), extra).await?);
+        }
+        let boot: Vec<String> = hub_nodes
+            .iter()
+            .flat_map(|h| ["--bootstrap".to_string(), h.addr(join)])
+            .collect();
+        let mut runners = Vec::new();
+        for (j, lan) in runner_ns.into_iter().enumerate() {
+            let mut nodes = Vec::new();
+            for (i, (ns, ip)) in lan.into_iter().enumerate() {
+                // Each runner its own port: masquerade keeps ports that do not clash.
+                let port = 4000 + 10 * j as u16 + i as u16;
+                nodes.push(start(ns, ip, port, format!("r{j}-{i}"), boot.clone()).await?);
+            }
+            runners.push(nodes);
+        }
+        Ok(HubFleet {
+            gh,
+            hubs: hub_nodes,
+            runners,
+            lab,
+        })
+    }
+}
+
+/// Peer id of each node, by namespace (to name nodes in reports).
+pub fn names(fleet: &HubFleet) -> HashMap<String, String> {
+    fleet
+        .nodes()
+        .map(|n| (n.daemon.ready.peer_id.clone(), n.ns.clone()))
+        .collect()
+}

@@ -1,0 +1,346 @@
+//! Reach behind NAT, in a lab of network namespaces the test builds (see
+//! `ghmesh_tests::lab`): a public hub, runners behind NAT routers, a fake GitHub on the
+//! lab's internet. Skips with one line without root, `ip` or `nft`.
+//!
+//! Counts and behaviour are asserted; the times are printed for BENCHMARKS.md.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use ghmesh_tests::daemon::FLEET_WAIT;
+use ghmesh_tests::lab::{unavailable, HubFleet, LabNode, Nat, Transport};
+
+/// One lab at a time: each runs seven or more daemons, and CI has two cores.
+static LABS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn skip() -> bool {
+    if let Some(why) = unavailable() {
+        eprintln!("skipping the NAT lab: {why}");
+        return true;
+    }
+    false
+}
+
+/// Where a lab's daemons keep their data and logs: under `dir`, or with
+/// `GHMESH_LAB_KEEP=<dir>` under `<dir>/<name>`, kept after the test for reading (with
+/// `GHMESH_LAB_LOG=<filter>` for the daemons' log level).
+fn kept(dir: &tempfile::TempDir, name: &str) -> std::path::PathBuf {
+    match std::env::var("GHMESH_LAB_KEEP") {
+        Ok(keep) => {
+            let path = std::path::Path::new(&keep).join(name);
+            let _ = std::fs::remove_dir_all(&path);
+            path
+        }
+        Err(_) => dir.path().to_path_buf(),
+    }
+}
+
+async fn poll_for<F, Fut>(what: &str, mut f: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < FLEET_WAIT, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    start.elapsed()
+}
+
+async fn stat(node: &LabNode, field: &str) -> serde_json::Value {
+    node.json("stats")
+        .await
+        .map(|s| s[field].clone())
+        .unwrap_or_default()
+}
+
+/// Waits until every node counts every other as a member.
+async fn full_membership(fleet: &HubFleet) -> Duration {
+    let n = fleet.nodes().count() as u64;
+    let start = Instant::now();
+    for node in fleet.nodes() {
+        poll_for("every node a member of every view", || async {
+            stat(node, "members").await.as_u64() == Some(n - 1)
+        })
+        .await;
+    }
+    start.elapsed()
+}
+
+/// Waits until AutoNAT settled everywhere: hubs public, runners private (a hub's
+/// dial-back into a NAT fails after the 10 s TCP dial deadline), and every node has
+/// heard each member's verdict. Owners are then the hubs on every node.
+async fn reach_settled(fleet: &HubFleet) -> Duration {
+    let hubs: HashSet<String> = fleet
+        .hubs
+        .iter()
+        .map(|h| h.daemon.ready.peer_id.clone())
+        .collect();
+    let expected = |id: &str| {
+        if hubs.contains(id) {
+            "public"
+        } else {
+            "private"
+        }
+    };
+    let start = Instant::now();
+    for node in fleet.nodes() {
+        poll_for("every node's and every member's reachability", || async {
+            if stat(node, "reachability").await != expected(&node.daemon.ready.peer_id) {
+                return false;
+            }
+            let peers = node.json("peers").await.unwrap_or_default();
+            let peers = peers.as_array().cloned().unwrap_or_default();
+            peers.len() == fleet.nodes().count() - 1
+                && peers.iter().all(|p| {
+                    p["reachability"] == expected(p["peer_id"].as_str().unwrap_or_default())
+                })
+        })
+        .await;
+    }
+    start.elapsed()
+}
+
+/// Reads `keys` keys on every node at once, key after key; every read must succeed.
+/// Returns the slowest read.
+async fn read_everywhere(fleet: &HubFleet, keys: usize) -> Duration {
+    let mut slowest = Duration::ZERO;
+    for k in 0..keys {
+        let path = format!("/repos/lab/r{k}");
+        let reads = fleet.nodes().map(|node| {
+            let path = path.clone();
+            async move {
+                let t = Instant::now();
+                let r = node.get(&path).await;
+                (node.ns.clone(), r, t.elapsed())
+            }
+        });
+        for (ns, r, took) in futures::future::join_all(reads).await {
+            let (status, body) = r.unwrap_or_else(|e| panic!("{ns} {path}: {e}"));
+            assert_eq!(
+                status,
+                200,
+                "{ns} {path}: {}",
+                String::from_utf8_lossy(&body)
+            );
+            slowest = slowest.max(took);
+        }
+    }
+    slowest
+}
+
+/// Pairs of runners behind different NATs, by namespace: (a, b, how a sees b).
+async fn cross_connections(fleet: &HubFleet) -> Vec<(String, String, String, String)> {
+    let nat_of: std::collections::HashMap<String, usize> = fleet
+        .runners
+        .iter()
+        .enumerate()
+        .flat_map(|(j, rs)| rs.iter().map(move |r| (r.daemon.ready.peer_id.clone(), j)))
+        .collect();
+    let names = ghmesh_tests::lab::names(fleet);
+    let mut out = Vec::new();
+    for (j, rs) in fleet.runners.iter().enumerate() {
+        for r in rs {
+            let peers = r.json("peers").await.unwrap_or_default();
+            for p in peers.as_array().into_iter().flatten() {
+                let id = p["peer_id"].as_str().unwrap_or_default();
+                if nat_of.get(id).is_some_and(|other| *other != j) {
+                    out.push((
+                        r.ns.clone(),
+                        names.get(id).cloned().unwrap_or_default(),
+                        p["connection"].as_str().unwrap_or_default().to_string(),
+                        format!(
+                            "{} {}",
+                            p["transport"].as_str().unwrap_or_default(),
+                            p["addrs"]
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+async fn total(fleet: &HubFleet, field: &str) -> u64 {
+    let mut sum = 0;
+    for node in fleet.nodes() {
+        sum += stat(node, field).await.as_u64().unwrap_or(0);
+    }
+    sum
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runners_behind_nat_join_through_a_hub_and_punch_through_to_each_other_over_tcp() {
+    punch_through(Transport::Tcp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runners_behind_nat_join_through_a_hub_and_punch_through_to_each_other_over_quic() {
+    punch_through(Transport::Quic).await;
+}
+
+/// Hub topology, both NATs endpoint-independent, runners joining over `join`.
+async fn punch_through(join: Transport) {
+    if skip() {
+        return;
+    }
+    let _one = LABS.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let nats = [Nat::EndpointIndependent, Nat::EndpointIndependent];
+    let fleet = HubFleet::start(1, &nats, 3, join, &kept(&dir, &format!("punch-{join:?}")))
+        .await
+        .unwrap();
+    let joined = full_membership(&fleet).await;
+
+    // The hub is found public by the runners' dial-backs; every runner behind NAT holds
+    // a reservation on it and is reachable through it.
+    let hub = &fleet.hubs[0];
+    let settled = reach_settled(&fleet).await;
+    for r in fleet.runners.iter().flatten() {
+        assert_eq!(stat(r, "relay_reservations").await, 1, "{}", r.ns);
+        let external = stat(r, "external_addrs").await;
+        assert!(
+            external.to_string().contains("p2p-circuit"),
+            "{}: {external}",
+            r.ns
+        );
+    }
+    assert!(stat(hub, "relay_circuits_served").await.as_u64() > Some(0));
+
+    // Runners behind different NATs connected through the hub, then punched through.
+    let punched = poll_for("direct connections between NATs", || async {
+        let cross = cross_connections(&fleet).await;
+        let want = if join == Transport::Quic {
+            "quic"
+        } else {
+            "tcp"
+        };
+        let done = cross.len() == 18
+            && cross
+                .iter()
+                .all(|c| c.2 == "direct" && c.3.starts_with(want));
+        if !done && std::env::var("GHMESH_LAB_KEEP").is_ok() {
+            eprintln!("{cross:?}");
+        }
+        done
+    })
+    .await;
+    assert!(total(&fleet, "direct_upgrades").await > 0);
+
+    let slowest = read_everywhere(&fleet, 20).await;
+    assert_eq!(
+        fleet.gh.total_requests(),
+        20,
+        "one upstream call per key for seven nodes"
+    );
+    eprintln!(
+        "NAT lab, hub + 2 endpoint-independent NATs x 3 runners joining over {join:?}: full membership {joined:?}, \
+         reachability settled after {settled:?} more, all 18 cross-NAT pairs direct after {punched:?} more, \
+         slowest of 140 reads {slowest:?}, upstream calls {}",
+        fleet.gh.total_requests()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_random_port_nat_reads_go_through_reachable_owners() {
+    if skip() {
+        return;
+    }
+    let _one = LABS.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let nats = [Nat::EndpointIndependent, Nat::RandomPort];
+    let fleet = HubFleet::start(1, &nats, 3, Transport::Tcp, &kept(&dir, "random"))
+        .await
+        .unwrap();
+    let joined = full_membership(&fleet).await;
+    reach_settled(&fleet).await;
+    // Every member hears that the hub is public: owners are the hub only, so nobody
+    // waits on an owner it cannot reach.
+    let slowest = read_everywhere(&fleet, 20).await;
+    let paths: Vec<String> = fleet
+        .gh
+        .requests()
+        .into_iter()
+        .map(|r| format!("{} {:?}", r.path_and_query, r.authorization))
+        .collect();
+    assert_eq!(paths.len(), 20, "calls per key still 1.00: {paths:?}");
+    // Runners behind the random-port NAT stay relayed to the other NAT's runners.
+    let cross = cross_connections(&fleet).await;
+    let random_side: HashSet<&str> = fleet.runners[1].iter().map(|r| r.ns.as_str()).collect();
+    let relayed = cross
+        .iter()
+        .filter(|c| random_side.contains(c.0.as_str()) && c.2 == "relayed")
+        .count();
+    assert!(
+        cross
+            .iter()
+            .filter(|c| random_side.contains(c.0.as_str()))
+            .all(|c| c.2 == "relayed"),
+        "{cross:?}"
+    );
+    eprintln!(
+        "NAT lab, hub + endpoint-independent NAT + random-port NAT x 3 runners: full membership \
+         {joined:?}, {relayed} relayed cross-NAT connections seen from the random side, \
+         holepunch failures {}, slowest of 140 reads {slowest:?}, upstream calls {}",
+        total(&fleet, "holepunch_failures").await,
+        fleet.gh.total_requests()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_relay_is_replaced_and_reads_go_on() {
+    if skip() {
+        return;
+    }
+    let _one = LABS.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut fleet = HubFleet::start(
+        3,
+        &[Nat::EndpointIndependent],
+        2,
+        Transport::Tcp,
+        &kept(&dir, "relays"),
+    )
+    .await
+    .unwrap();
+    full_membership(&fleet).await;
+    let runner = &fleet.runners[0][0];
+    poll_for("two reservations", || async {
+        stat(runner, "relay_reservations").await == 2
+    })
+    .await;
+    let external = stat(runner, "external_addrs").await.to_string();
+    let held = fleet
+        .hubs
+        .iter()
+        .position(|h| external.contains(&h.daemon.ready.peer_id))
+        .expect("a reservation on a hub");
+    let namespaces = fleet.namespaces();
+    fleet.hubs[held].daemon.kill9().await;
+    let stopped = Instant::now();
+    let runner = &fleet.runners[0][0];
+    let (status, _) = runner.get("/repos/lab/after-stop").await.unwrap();
+    assert_eq!(status, 200, "reads go on while the relay is replaced");
+    poll_for("a reservation on the third relay", || async {
+        stat(runner, "relay_reservations").await == 2
+    })
+    .await;
+    let moved = stopped.elapsed();
+    let external = stat(runner, "external_addrs").await.to_string();
+    assert!(!external.contains(&fleet.hubs[held].daemon.ready.peer_id));
+    eprintln!("NAT lab, 3 hubs: a stopped relay replaced after {moved:?}");
+    drop(fleet);
+    // Every namespace is gone with the fleet.
+    let left = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    let left = String::from_utf8_lossy(&left.stdout);
+    for ns in namespaces {
+        assert!(!left.contains(&ns), "{ns} left behind");
+    }
+}
