@@ -190,13 +190,24 @@ async fn the_status_page_in_a_real_browser_shows_the_nodes_figures() {
         dom.contains(">unknown<"),
         "the member's reachability: {dom}"
     );
-    let remaining = stats["rate_limit"]["remaining"].as_u64().unwrap();
-    let limit = stats["rate_limit"]["limit"].as_u64().unwrap();
-    assert!(
-        dom.contains(">this node<")
-            && dom.contains(&format!(">{} of {}<", grouped(remaining), grouped(limit))),
-        "the node token's budget is shown as the stats say ({remaining} of {limit}):\n{dom}"
-    );
+    // Every budget the node knows is shown as the stats say: this node's own when it
+    // fetched (it owned a key), the fleet's as the ledger heard it either way.
+    let budgets = stats["rate_limits"].as_array().unwrap();
+    assert!(!budgets.is_empty(), "{stats}");
+    for budget in budgets {
+        let remaining = budget["remaining"].as_u64().unwrap();
+        let limit = budget["limit"].as_u64().unwrap();
+        let seen_by = if budget["source"] == "fleet" {
+            ">the fleet<"
+        } else {
+            ">this node<"
+        };
+        assert!(
+            dom.contains(seen_by)
+                && dom.contains(&format!(">{} of {}<", grouped(remaining), grouped(limit))),
+            "the budget {budget} is shown as the stats say:\n{dom}"
+        );
+    }
     let samples = dom
         .split("data-samples=\"")
         .nth(1)

@@ -210,20 +210,20 @@ impl Behaviour {
 /// longer and carry more than libp2p's public-relay defaults (2 minutes, 128 KiB), which
 /// would cut a member behind a NAT that cannot be punched off every two minutes.
 fn relay_config(members: MemberSet) -> relay::Config {
-    let mut cfg = relay::Config {
+    // Members only, and no more: libp2p's default rate limits are for strangers, and
+    // their per-IP bucket is shared by every runner behind one NAT, so one member's
+    // retries would starve the others' reservations. The counts above bound a member.
+    relay::Config {
         max_reservations: 256,
         max_reservations_per_peer: 4,
         max_circuits: 256,
         max_circuits_per_peer: 16,
         max_circuit_duration: Duration::from_secs(60 * 60),
         max_circuit_bytes: 32 << 20,
+        reservation_rate_limiters: vec![Box::new(MembersOnly(members.clone()))],
+        circuit_src_rate_limiters: vec![Box::new(MembersOnly(members))],
         ..Default::default()
-    };
-    cfg.reservation_rate_limiters
-        .push(Box::new(MembersOnly(members.clone())));
-    cfg.circuit_src_rate_limiters
-        .push(Box::new(MembersOnly(members)));
-    cfg
+    }
 }
 
 fn gossipsub(cfg: &BehaviourConfig) -> Result<gossipsub::Behaviour, NetError> {

@@ -122,7 +122,13 @@ pub(super) struct EventLoop {
     pub(super) holepunch_failures: u64,
     /// Members we added as AutoNAT servers (see `reach::may_judge_us`).
     pub(super) judges: HashSet<PeerId>,
+    /// Relays that refused us a reservation, not asked again before then.
+    pub(super) refused: HashMap<PeerId, tokio::time::Instant>,
 }
+
+/// How long a relay that refused us a reservation is left alone: one sweep. The
+/// usual refusal is a relay that has not admitted us yet, a moment after we admitted it.
+const REFUSED_PAUSE: Duration = Duration::from_secs(2);
 
 impl EventLoop {
     pub(super) async fn run(mut self) {
@@ -269,6 +275,21 @@ impl EventLoop {
         }
     }
 
+    /// Closes our relayed connections to `peer` but `keep`: with a direct one up they
+    /// would go on carrying a share of the requests (request-response spreads them over
+    /// connections), bodies included.
+    fn close_circuits(&mut self, peer: PeerId, keep: ConnectionId) {
+        let relayed: Vec<ConnectionId> = self
+            .conns
+            .iter()
+            .filter(|(id, c)| **id != keep && c.peer == peer && c.relayed)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in relayed {
+            self.swarm.close_connection(id);
+        }
+    }
+
     /// Two members that learn each other's relayed address at once dial each other
     /// through the relay, and each circuit starts its own hole punch from the same
     /// ports: the punches collide and both fail. Of two circuits between the same
@@ -362,13 +383,17 @@ impl EventLoop {
             }
             return;
         }
+        let now = tokio::time::Instant::now();
+        self.refused.retain(|_, until| *until > now);
         let offered: Vec<PeerId> = {
             let Ok(members) = self.members.read() else {
                 return;
             };
             self.hop
                 .iter()
-                .filter(|p| members.contains(p) && !self.only_relayed(p))
+                .filter(|p| {
+                    members.contains(p) && !self.only_relayed(p) && !self.refused.contains_key(p)
+                })
                 .copied()
                 .collect()
         };
@@ -444,17 +469,7 @@ impl EventLoop {
             Ok(direct) => {
                 self.direct_upgrades += 1;
                 tracing::debug!(peer = %ev.remote_peer_id, "hole punched: direct connection");
-                // The relayed connection would go on carrying a share of the requests
-                // (request-response spreads them over connections), bodies included.
-                let relayed: Vec<ConnectionId> = self
-                    .conns
-                    .iter()
-                    .filter(|(id, c)| **id != direct && c.peer == ev.remote_peer_id && c.relayed)
-                    .map(|(id, _)| *id)
-                    .collect();
-                for id in relayed {
-                    self.swarm.close_connection(id);
-                }
+                self.close_circuits(ev.remote_peer_id, direct);
             }
             Err(e) => {
                 self.holepunch_failures += 1;
@@ -526,12 +541,18 @@ impl EventLoop {
         match ev {
             SwarmEvent::Behaviour(ev) => self.on_behaviour_event(ev),
             SwarmEvent::NewListenAddr { address, .. } => {
-                let full = address
-                    .clone()
-                    .with(Protocol::P2p(*self.swarm.local_peer_id()));
-                if !self.listen.contains(&full) {
-                    self.listen.push(full);
+                let me = Protocol::P2p(*self.swarm.local_peer_id());
+                // A relayed address names us already (`…/p2p-circuit/p2p/<us>`).
+                let full = if address.iter().last() == Some(me.clone()) {
+                    address.clone()
+                } else {
+                    address.clone().with(me)
+                };
+                if self.listen.contains(&full) {
+                    // A renewed reservation: nothing new to tell the members.
+                    return;
                 }
+                self.listen.push(full);
                 if reach::is_relayed(&address) {
                     let plain: Vec<Multiaddr> = self
                         .listen
@@ -561,7 +582,11 @@ impl EventLoop {
                         relayed: endpoint.is_relayed(),
                     },
                 );
-                self.drop_crossed_circuit(peer_id);
+                if endpoint.is_relayed() {
+                    self.drop_crossed_circuit(peer_id);
+                } else {
+                    self.close_circuits(peer_id, connection_id);
+                }
                 if num_established.get() == 1 {
                     self.send_event(NetEvent::Connected(peer_id));
                     if !self.discovered_once {
@@ -596,6 +621,7 @@ impl EventLoop {
             } => {
                 self.conns.remove(&connection_id);
                 self.hop.remove(&peer_id);
+                self.refused.remove(&peer_id);
                 if self.judges.remove(&peer_id) {
                     self.swarm.behaviour_mut().autonat.remove_server(&peer_id);
                 }
@@ -606,21 +632,33 @@ impl EventLoop {
                 // also sweeps its book against the connected peers.
                 self.send_event(NetEvent::Disconnected(peer_id));
             }
-            SwarmEvent::ListenerClosed { listener_id, .. } => {
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                addresses,
+                reason,
+                ..
+            } => {
+                let me = Protocol::P2p(*self.swarm.local_peer_id());
+                self.listen.retain(|a| {
+                    !addresses
+                        .iter()
+                        .any(|x| a == x || *a == x.clone().with(me.clone()))
+                });
                 let gone = self
                     .reservations
                     .iter()
                     .find(|(_, r)| r.listener == listener_id)
                     .map(|(p, _)| *p);
-                let me = *self.swarm.local_peer_id();
-                self.listen.retain(|a| {
-                    !(reach::is_relayed(a)
-                        && gone.is_some_and(|r| a.iter().any(|p| p == Protocol::P2p(r)))
-                        && a.iter().last() == Some(Protocol::P2p(me)))
-                });
                 if let Some(relay) = gone {
                     tracing::debug!(%relay, "relay reservation ended");
                     self.reservations.remove(&relay);
+                    // A relay still connected that ended it refused (not a member in its
+                    // view yet, full): asking it again at once would only be refused
+                    // again, in a loop.
+                    if reason.is_err() && self.swarm.is_connected(&relay) {
+                        self.refused
+                            .insert(relay, tokio::time::Instant::now() + REFUSED_PAUSE);
+                    }
                     self.tend_relays();
                 }
             }

@@ -493,6 +493,7 @@ pub async fn start(
         direct_upgrades: 0,
         holepunch_failures: 0,
         judges: HashSet::new(),
+        refused: HashMap::new(),
     };
     let running = tokio::spawn(event_loop.run());
     if let Ok(mut t) = task.lock() {

@@ -101,7 +101,12 @@ impl Node {
             return;
         }
         tracing::info!(reachability = ?reach, "reachability changed");
-        for peer in self.members() {
+        self.tell_reach();
+    }
+
+    /// Sends a hello to every member that has not heard our reachability as it is.
+    fn tell_reach(&self) {
+        for peer in self.book(|b| b.untold()).unwrap_or_default() {
             let node = self.clone();
             self.spawn(async move {
                 node.hello(peer).await;
@@ -181,7 +186,10 @@ impl Node {
                     && a.is_between(&peer.to_bytes(), &self.inner.me.id.to_bytes());
                 if proved {
                     let now = self.now_ms();
-                    self.book(|b| b.set_reach(&peer, h.reach, now));
+                    self.book(|b| {
+                        b.set_reach(&peer, h.reach, now);
+                        b.told(&peer, reach);
+                    });
                 }
                 proved
             }
@@ -296,6 +304,12 @@ pub(super) async fn sweep(node: Weak<Inner>) {
                     node.on_connected(p);
                 }
                 net.set_members(node.members()).await;
+                // A reachability event dropped under load, or a hello that told it
+                // lost: caught up here.
+                if let Ok(stats) = net.stats().await {
+                    node.on_reach(stats.reach.reachability);
+                }
+                node.tell_reach();
             }
             true
         },

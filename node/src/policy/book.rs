@@ -101,6 +101,8 @@ struct PeerState {
     reach: Reach,
     /// When we last passed its own new addresses on to the other members.
     reintroduced_ms: Option<u64>,
+    /// The reachability of ours it last heard in a hello it answered.
+    told: Option<Reach>,
 }
 
 impl PeerState {
@@ -122,6 +124,7 @@ impl PeerState {
             latencies_ms: VecDeque::new(),
             reach: Reach::Unknown,
             reintroduced_ms: None,
+            told: None,
         }
     }
 
@@ -270,6 +273,23 @@ impl PeerBook {
                 self.last_change_ms = now_ms;
             }
         }
+    }
+
+    /// `peer` answered a hello that told it our reachability was `reach`.
+    pub fn told(&mut self, peer: &PeerId, reach: Reach) {
+        if let Some(st) = self.peers.get_mut(peer) {
+            st.told = Some(reach);
+        }
+    }
+
+    /// Members that have not heard our reachability as it is now (a hello lost, or
+    /// sent before it changed): owners are chosen by it, so they must.
+    pub fn untold(&self) -> Vec<PeerId> {
+        self.peers
+            .iter()
+            .filter(|(_, s)| s.admitted && s.told != Some(self.my_reach))
+            .map(|(p, _)| *p)
+            .collect()
     }
 
     /// Our own reachability changed (true) or not.

@@ -258,3 +258,17 @@ fn a_member_s_new_addresses_are_passed_on_at_most_so_often() {
     assert!(book.may_reintroduce(&a, 10 + REINTRODUCE_EVERY_MS));
     assert!(!book.may_reintroduce(&PeerId::random(), 0), "members only");
 }
+
+#[test]
+fn members_that_did_not_hear_our_reachability_are_told_again() {
+    let mut book = PeerBook::default();
+    let [a, b] = [(); 2].map(|_| admitted(&mut book, 0));
+    let set = |v: Vec<PeerId>| v.into_iter().collect::<HashSet<PeerId>>();
+    assert_eq!(set(book.untold()), set(vec![a, b]), "never told");
+    book.told(&a, Reach::Unknown);
+    book.told(&b, Reach::Unknown);
+    assert!(book.untold().is_empty());
+    assert!(book.set_my_reach(Reach::Private, 1));
+    book.told(&a, Reach::Private);
+    assert_eq!(book.untold(), vec![b], "its hello was lost");
+}
