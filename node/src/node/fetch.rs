@@ -19,6 +19,7 @@ impl Node {
         cred: Credential,
     ) -> Result<Served, GetError> {
         let _slot = self.upstream_slot().await?;
+        tracing::debug!(path = %req.path, revalidate = local.is_some(), "fetching upstream");
         let (mut outcome, mut token) = self.fetch_with(&req, local.as_ref(), &cred).await;
         if matches!(outcome, Err(UpstreamError::Held(_))) && cred != Credential::Node {
             // A client's held token: reads may use the node's token instead.

@@ -396,13 +396,15 @@ impl Node {
         // just joined may lack what older members heard announced before it came: it
         // asks them first.
         let starting = policy::starting(now, self.inner.started.unix_ms);
-        let (flight, _) = self.join_or_start(Resolution {
+        tracing::debug!(%asker, path = %l.request.path, "a member asked us to fetch");
+        let (flight, led) = self.join_or_start(Resolution {
             req: l.request,
             key: l.key,
             local,
             ask_peers: starting,
             cred: Credential::Node,
         });
+        tracing::debug!(%asker, led, "fetch for a member: a new resolution or joined one");
         let node = self.clone();
         let key = l.key;
         self.spawn(async move {

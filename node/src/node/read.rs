@@ -163,7 +163,21 @@ impl Node {
                 flights: &node.inner.flights,
                 key: key_of_flight,
             };
-            let res = node.resolve(r).await;
+            // The caller found nothing stored, but a resolution of this key may have
+            // stored it and landed between that look and this flight (an owner's own
+            // read and a member's lookup asking it to fetch, a few ms apart): serve
+            // what it stored rather than fetching it again.
+            let landed = match r.local {
+                None => node.local_fresh(&r.key),
+                Some(_) => None,
+            };
+            let res = match landed {
+                Some(entry) => {
+                    let status = policy::local_status(&entry.meta, &node.inner.me.text);
+                    Ok(Served::entry(entry, status))
+                }
+                None => node.resolve(r).await,
+            };
             // Remove first: a reader arriving after this sees the stored entry.
             drop(landing);
             let _ = tx.send(Some(res));
