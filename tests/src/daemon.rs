@@ -288,8 +288,8 @@ pub fn env(secret: &str) -> HashMap<String, String> {
     e
 }
 
-/// Polls `f` until it holds, failing the test after [`FLEET_WAIT`].
-pub async fn poll<F, Fut>(what: &str, mut f: F)
+/// Polls `f` until it holds, failing the test after [`FLEET_WAIT`]; how long it took.
+pub async fn poll<F, Fut>(what: &str, mut f: F) -> Duration
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -299,6 +299,7 @@ where
         assert!(start.elapsed() < FLEET_WAIT, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    start.elapsed()
 }
 
 /// Starts `n` daemons; all but the first bootstrap to the first. Waits until every

@@ -121,6 +121,21 @@ impl Lab {
         Ok(())
     }
 
+    /// Wires `ns` below `gateway` (a veth pair on a /`prefix` network) and routes
+    /// everything `ns` sends through the gateway's address: the only route it has.
+    pub fn uplink(
+        &self,
+        (gw_ns, gw_if, gw_ip): (&str, &str, &str),
+        (ns, ns_if, ns_ip): (&str, &str, &str),
+        prefix: u8,
+    ) -> anyhow::Result<()> {
+        self.wire(
+            (gw_ns, gw_if, &format!("{gw_ip}/{prefix}")),
+            (ns, ns_if, &format!("{ns_ip}/{prefix}")),
+        )?;
+        ip(&["-n", ns, "route", "add", "default", "via", gw_ip])
+    }
+
     /// Makes `ns` a NAT router translating what leaves by `wan`.
     pub fn nat(&self, ns: &str, wan: &str, kind: Nat) -> anyhow::Result<()> {
         let how = match kind {
@@ -298,56 +313,32 @@ impl HubFleet {
         for k in 0..hubs {
             let ns = lab.namespace(&format!("hub{k}"))?;
             let (gw, me) = (4 * k as u8 + 1, 4 * k as u8 + 2);
-            lab.wire(
-                (&inet, &format!("h{k}"), &format!("198.51.100.{gw}/30")),
-                (&ns, "eth0", &format!("198.51.100.{me}/30")),
+            lab.uplink(
+                (&inet, &format!("h{k}"), &format!("198.51.100.{gw}")),
+                (&ns, "eth0", &format!("198.51.100.{me}")),
+                30,
             )?;
-            ip(&[
-                "-n",
-                &ns,
-                "route",
-                "add",
-                "default",
-                "via",
-                &format!("198.51.100.{gw}"),
-            ])?;
             hub_ns.push((ns, Ipv4Addr::new(198, 51, 100, me)));
         }
         let mut runner_ns = Vec::new();
         for (j, kind) in nats.iter().enumerate() {
             let router = lab.namespace(&format!("nat{j}"))?;
             let (gw, wan) = (4 * j as u8 + 1, 4 * j as u8 + 2);
-            lab.wire(
-                (&inet, &format!("n{j}"), &format!("203.0.113.{gw}/30")),
-                (&router, "wan", &format!("203.0.113.{wan}/30")),
+            lab.uplink(
+                (&inet, &format!("n{j}"), &format!("203.0.113.{gw}")),
+                (&router, "wan", &format!("203.0.113.{wan}")),
+                30,
             )?;
-            ip(&[
-                "-n",
-                &router,
-                "route",
-                "add",
-                "default",
-                "via",
-                &format!("203.0.113.{gw}"),
-            ])?;
             lab.nat(&router, "wan", *kind)?;
             let mut lan = Vec::new();
             for i in 0..per_nat {
                 let ns = lab.namespace(&format!("r{j}-{i}"))?;
                 let net = format!("10.{}.{}", j + 1, i + 1);
-                lab.wire(
-                    (&router, &format!("l{i}"), &format!("{net}.1/24")),
-                    (&ns, "eth0", &format!("{net}.2/24")),
+                lab.uplink(
+                    (&router, &format!("l{i}"), &format!("{net}.1")),
+                    (&ns, "eth0", &format!("{net}.2")),
+                    24,
                 )?;
-                ip(&[
-                    "-n",
-                    &ns,
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    &format!("{net}.1"),
-                ])?;
                 lan.push((ns, Ipv4Addr::new(10, j as u8 + 1, i as u8 + 1, 2)));
             }
             runner_ns.push(lan);

@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use ghmesh_tests::daemon::FLEET_WAIT;
+use ghmesh_tests::daemon::poll;
 use ghmesh_tests::lab::{unavailable, HubFleet, LabNode, Nat, Transport};
 
 /// One lab at a time: each runs seven or more daemons, and CI has two cores.
@@ -37,19 +37,6 @@ fn kept(dir: &tempfile::TempDir, name: &str) -> std::path::PathBuf {
     }
 }
 
-async fn poll_for<F, Fut>(what: &str, mut f: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !f().await {
-        assert!(start.elapsed() < FLEET_WAIT, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    start.elapsed()
-}
-
 async fn stat(node: &LabNode, field: &str) -> serde_json::Value {
     node.json("stats")
         .await
@@ -62,7 +49,7 @@ async fn full_membership(fleet: &HubFleet) -> Duration {
     let n = fleet.nodes().count() as u64;
     let start = Instant::now();
     for node in fleet.nodes() {
-        poll_for("every node a member of every view", || async {
+        poll("every node a member of every view", || async {
             stat(node, "members").await.as_u64() == Some(n - 1)
         })
         .await;
@@ -88,7 +75,7 @@ async fn reach_settled(fleet: &HubFleet) -> Duration {
     };
     let start = Instant::now();
     for node in fleet.nodes() {
-        poll_for("every node's and every member's reachability", || async {
+        poll("every node's and every member's reachability", || async {
             if stat(node, "reachability").await != expected(&node.daemon.ready.peer_id) {
                 return false;
             }
@@ -230,7 +217,7 @@ async fn punch_through(join: Transport) {
     assert!(stat(hub, "relay_circuits_served").await.as_u64() > Some(0));
 
     // Runners behind different NATs connected through the hub, then punched through.
-    let punched = poll_for("direct connections between NATs", || async {
+    let punched = poll("direct connections between NATs", || async {
         let cross = cross_connections(&fleet).await;
         let want = if join == Transport::Quic {
             "quic"
@@ -317,7 +304,7 @@ async fn a_stopped_relay_is_replaced_and_reads_go_on() {
     .unwrap();
     full_membership(&fleet).await;
     let runner = &fleet.runners[0][0];
-    poll_for("two reservations", || async {
+    poll("two reservations", || async {
         stat(runner, "relay_reservations").await == 2
     })
     .await;
@@ -333,7 +320,7 @@ async fn a_stopped_relay_is_replaced_and_reads_go_on() {
     let runner = &fleet.runners[0][0];
     let (status, _) = runner.get("/repos/lab/after-stop").await.unwrap();
     assert_eq!(status, 200, "reads go on while the relay is replaced");
-    poll_for("a reservation on the third relay", || async {
+    poll("a reservation on the third relay", || async {
         stat(runner, "relay_reservations").await == 2
     })
     .await;

@@ -8,13 +8,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use libp2p::core::transport::ListenerId;
 use libp2p::gossipsub::{self, MessageAcceptance, TopicHash};
 use libp2p::metrics::{Metrics, Recorder};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{autonat, dcutr, identify, kad, mdns, ping, relay, Multiaddr, PeerId, Swarm};
+use libp2p::{identify, kad, mdns, ping, relay, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 
 use ghmesh_protocol::Reach;
@@ -22,6 +21,7 @@ use ghmesh_protocol::Reach;
 use super::behaviour::{Behaviour, BehaviourEvent, MemberSet, RelayMode};
 use super::discovery::next_seeds;
 use super::reach::{self, Connection};
+use super::relays::{Conn, Reservation, REFUSED_PAUSE};
 use super::{Channel, Command, NetError, NetEvent, NetStats, PeerInfo};
 use crate::limits::MAX_PROVIDER_DIALS;
 use crate::limits::{MAX_PENDING_INBOUND, MAX_PENDING_INBOUND_PER_PEER};
@@ -38,39 +38,7 @@ pub(super) struct PendingInbound {
 /// Which listen addresses to advertise to the DHT: real interfaces always; loopback
 /// only when the operator asked for loopback explicitly (tests, single-host fleets).
 pub(super) fn advertise(addr: &Multiaddr, requested: &[Multiaddr]) -> bool {
-    let loopback = addr.iter().any(|p| match p {
-        Protocol::Ip4(ip) => ip.is_loopback(),
-        Protocol::Ip6(ip) => ip.is_loopback(),
-        _ => false,
-    });
-    if !loopback {
-        return true;
-    }
-    requested.iter().any(|r| {
-        r.iter().any(|p| match p {
-            Protocol::Ip4(ip) => ip.is_loopback(),
-            Protocol::Ip6(ip) => ip.is_loopback(),
-            _ => false,
-        })
-    })
-}
-
-/// One open connection.
-pub(super) struct Conn {
-    peer: PeerId,
-    /// The peer's address on it (the relay's circuit address when relayed).
-    remote: Multiaddr,
-    /// We dialled it (then `remote` is an address the peer listens on).
-    dialer: bool,
-    /// Through a relay's circuit. Not always visible in `remote`: a circuit we accepted
-    /// names only the peer (`/p2p/<id>`).
-    relayed: bool,
-}
-
-/// A reservation we asked a fleet relay for, as the listener on its circuit address.
-pub(super) struct Reservation {
-    listener: ListenerId,
-    accepted: bool,
+    !reach::is_loopback(addr) || requested.iter().any(reach::is_loopback)
 }
 
 pub(super) struct EventLoop {
@@ -126,10 +94,6 @@ pub(super) struct EventLoop {
     pub(super) refused: HashMap<PeerId, tokio::time::Instant>,
 }
 
-/// How long a relay that refused us a reservation is left alone: one sweep. The
-/// usual refusal is a relay that has not admitted us yet, a moment after we admitted it.
-const REFUSED_PAUSE: Duration = Duration::from_secs(2);
-
 impl EventLoop {
     pub(super) async fn run(mut self) {
         let mut discovery = tokio::time::interval(self.discovery_interval);
@@ -160,7 +124,7 @@ impl EventLoop {
         tracing::debug!("network loop stopped");
     }
 
-    fn send_event(&mut self, ev: NetEvent) -> bool {
+    pub(super) fn send_event(&mut self, ev: NetEvent) -> bool {
         match self.events.try_send(ev) {
             Ok(()) => true,
             Err(_) => {
@@ -257,224 +221,6 @@ impl EventLoop {
             listen: self.listen.iter().map(|a| a.to_string()).collect(),
             dropped_events: self.dropped_events,
             reach: self.reach_stats(),
-        }
-    }
-
-    fn reach_stats(&self) -> super::ReachStats {
-        super::ReachStats {
-            reachability: self.reach,
-            external_addrs: self
-                .swarm
-                .external_addresses()
-                .map(|a| a.to_string())
-                .collect(),
-            relay_reservations: self.reservations.values().filter(|r| r.accepted).count(),
-            relay_circuits_served: self.circuits_served,
-            direct_upgrades: self.direct_upgrades,
-            holepunch_failures: self.holepunch_failures,
-        }
-    }
-
-    /// Closes our relayed connections to `peer` but `keep`: with a direct one up they
-    /// would go on carrying a share of the requests (request-response spreads them over
-    /// connections), bodies included.
-    fn close_circuits(&mut self, peer: PeerId, keep: ConnectionId) {
-        let relayed: Vec<ConnectionId> = self
-            .conns
-            .iter()
-            .filter(|(id, c)| **id != keep && c.peer == peer && c.relayed)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in relayed {
-            self.swarm.close_connection(id);
-        }
-    }
-
-    /// Two members that learn each other's relayed address at once dial each other
-    /// through the relay, and each circuit starts its own hole punch from the same
-    /// ports: the punches collide and both fail. Of two circuits between the same
-    /// peers, both sides keep the one the smaller peer id dialled.
-    fn drop_crossed_circuit(&mut self, peer: PeerId) {
-        let me = *self.swarm.local_peer_id();
-        let circuits: Vec<(ConnectionId, bool)> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.peer == peer && c.relayed)
-            .map(|(id, c)| (*id, c.dialer))
-            .collect();
-        if circuits.len() < 2 {
-            return;
-        }
-        let keep_ours = me < peer;
-        if circuits.iter().any(|(_, dialer)| *dialer == keep_ours) {
-            for (id, dialer) in circuits {
-                if dialer != keep_ours {
-                    self.swarm.close_connection(id);
-                }
-            }
-        }
-    }
-
-    /// Connected to `peer` only through relays.
-    fn only_relayed(&self, peer: &PeerId) -> bool {
-        let mut any = false;
-        for c in self.conns.values().filter(|c| c.peer == *peer) {
-            if !c.relayed {
-                return false;
-            }
-            any = true;
-        }
-        any
-    }
-
-    /// The connection to show for `peer`: a direct one when there is one.
-    fn shown_conn(&self, peer: &PeerId) -> Option<&Conn> {
-        let mut found = None;
-        for c in self.conns.values().filter(|c| c.peer == *peer) {
-            if !c.relayed {
-                return Some(c);
-            }
-            found = Some(c);
-        }
-        found
-    }
-
-    /// The node's members changed: the relay's access list follows, and so do the
-    /// peers that judge our reachability and the relays we reserve on.
-    fn set_members(&mut self, members: Vec<PeerId>) {
-        let members: HashSet<PeerId> = members.into_iter().collect();
-        if let Ok(mut m) = self.members.write() {
-            *m = members.clone();
-        }
-        self.tend_judges(&members);
-        self.tend_relays();
-    }
-
-    /// AutoNAT asks only members that reach us directly from outside our networks.
-    fn tend_judges(&mut self, members: &HashSet<PeerId>) {
-        let mut judges: HashMap<PeerId, Option<Multiaddr>> = HashMap::new();
-        for c in self.conns.values() {
-            if members.contains(&c.peer) && !c.relayed && reach::may_judge_us(&c.remote) {
-                let addr = c.dialer.then(|| c.remote.clone());
-                let slot = judges.entry(c.peer).or_default();
-                if slot.is_none() {
-                    *slot = addr;
-                }
-            }
-        }
-        let autonat = &mut self.swarm.behaviour_mut().autonat;
-        for gone in self.judges.iter().filter(|p| !judges.contains_key(p)) {
-            autonat.remove_server(gone);
-        }
-        for (peer, addr) in &judges {
-            if !self.judges.contains(peer) {
-                autonat.add_server(*peer, addr.clone());
-            }
-        }
-        self.judges = judges.into_keys().collect();
-    }
-
-    /// Holds reservations on up to two fleet relays while we are not publicly
-    /// reachable; none once we are.
-    fn tend_relays(&mut self) {
-        if self.reach == Reach::Public {
-            for (_, r) in self.reservations.drain() {
-                self.swarm.remove_listener(r.listener);
-            }
-            return;
-        }
-        let now = tokio::time::Instant::now();
-        self.refused.retain(|_, until| *until > now);
-        let offered: Vec<PeerId> = {
-            let Ok(members) = self.members.read() else {
-                return;
-            };
-            self.hop
-                .iter()
-                .filter(|p| {
-                    members.contains(p) && !self.only_relayed(p) && !self.refused.contains_key(p)
-                })
-                .copied()
-                .collect()
-        };
-        let held: Vec<PeerId> = self.reservations.keys().copied().collect();
-        let me = *self.swarm.local_peer_id();
-        for relay in reach::relays_to_add(&me, self.reach, &offered, &held) {
-            let Some(addr) = self.relay_addr(&relay) else {
-                continue;
-            };
-            let circuit = addr.with(Protocol::P2p(relay)).with(Protocol::P2pCircuit);
-            match self.swarm.listen_on(circuit.clone()) {
-                Ok(listener) => {
-                    tracing::debug!(%relay, "asking for a relay reservation");
-                    self.reservations.insert(
-                        relay,
-                        Reservation {
-                            listener,
-                            accepted: false,
-                        },
-                    );
-                }
-                Err(e) => tracing::debug!(%circuit, "cannot reserve: {e}"),
-            }
-        }
-    }
-
-    /// Where to reach `relay` directly: the address we dialled it at, else one it
-    /// listens on.
-    fn relay_addr(&self, relay: &PeerId) -> Option<Multiaddr> {
-        let strip = |a: &Multiaddr| {
-            a.iter()
-                .filter(|p| !matches!(p, Protocol::P2p(_)))
-                .collect::<Multiaddr>()
-        };
-        self.conns
-            .values()
-            .find(|c| c.peer == *relay && c.dialer && !c.relayed)
-            .map(|c| strip(&c.remote))
-            .or_else(|| {
-                self.listen_of
-                    .get(relay)?
-                    .iter()
-                    .find(|a| !reach::is_relayed(a))
-                    .map(strip)
-            })
-    }
-
-    fn on_autonat_event(&mut self, ev: autonat::Event) {
-        let autonat::Event::StatusChanged { new, .. } = ev else {
-            return;
-        };
-        let reach = reach::reach_of(&new);
-        if reach == self.reach {
-            return;
-        }
-        tracing::info!(reachability = ?reach, "AutoNAT changed its verdict");
-        self.reach = reach;
-        if self.relay_mode == RelayMode::Auto {
-            if let Some(relay) = self.swarm.behaviour_mut().relay.as_mut() {
-                relay.set_status(Some(if reach == Reach::Public {
-                    relay::Status::Enable
-                } else {
-                    relay::Status::Disable
-                }));
-            }
-        }
-        self.tend_relays();
-        self.send_event(NetEvent::Reach(reach));
-    }
-
-    fn on_dcutr_event(&mut self, ev: dcutr::Event) {
-        match ev.result {
-            Ok(direct) => {
-                self.direct_upgrades += 1;
-                tracing::debug!(peer = %ev.remote_peer_id, "hole punched: direct connection");
-                self.close_circuits(ev.remote_peer_id, direct);
-            }
-            Err(e) => {
-                self.holepunch_failures += 1;
-                tracing::debug!(peer = %ev.remote_peer_id, "hole punching failed: {e}");
-            }
         }
     }
 

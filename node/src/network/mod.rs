@@ -10,6 +10,7 @@ pub use discovery::{DISCOVERY_MIN_GAP, DISCOVERY_SOON};
 mod dns_seeds;
 mod event_loop;
 pub mod reach;
+mod relays;
 pub use behaviour::RelayMode;
 
 use std::collections::{HashMap, HashSet};

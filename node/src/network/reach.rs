@@ -55,6 +55,15 @@ pub fn transport_of(addr: &Multiaddr) -> Transport {
     }
 }
 
+/// On this host only.
+pub fn is_loopback(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback(),
+        Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    })
+}
+
 /// On a private or local network: loopback, RFC 1918, shared (CGNAT) space, link-local,
 /// unique-local IPv6. A peer that sees us at such an address is on our side of any NAT:
 /// its dial-back would prove nothing about the fleet reaching us.
@@ -127,16 +136,9 @@ pub fn relays_to_add(
 /// its LAN address (for its neighbours) and its relayed one (for everyone else);
 /// loopback only when the peer has nothing else (single-host fleets and tests).
 pub fn order_for_sharing(addrs: &[Multiaddr]) -> Vec<Multiaddr> {
-    let loopback = |a: &Multiaddr| {
-        a.iter().any(|p| match p {
-            Protocol::Ip4(ip) => ip.is_loopback(),
-            Protocol::Ip6(ip) => ip.is_loopback(),
-            _ => false,
-        })
-    };
     let (relayed, direct): (Vec<&Multiaddr>, Vec<&Multiaddr>) =
         addrs.iter().partition(|a| is_relayed(a));
-    let mut direct: Vec<&Multiaddr> = direct.into_iter().filter(|a| !loopback(a)).collect();
+    let mut direct: Vec<&Multiaddr> = direct.into_iter().filter(|a| !is_loopback(a)).collect();
     if direct.is_empty() && relayed.is_empty() {
         direct = addrs.iter().collect();
     }

@@ -125,7 +125,7 @@ impl Node {
         }
     }
 
-    /// Tells every member but `member` its new addresses, `entry`.
+    /// Tells every member but `member` its addresses, `entry`.
     pub(super) async fn pass_on(&self, member: PeerId, entry: MemberAddr) {
         let others: Vec<PeerId> = self
             .members()
@@ -153,19 +153,9 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let Some(entry) = entry else {
-            return;
-        };
-        let others: Vec<PeerId> = self
-            .members()
-            .into_iter()
-            .filter(|p| *p != newcomer)
-            .take(MAX_MEMBER_LIST)
-            .collect();
-        let sends = others
-            .into_iter()
-            .map(|m| self.exchange_members(m, vec![entry.clone()], false));
-        futures::future::join_all(sends).await;
+        if let Some(entry) = entry {
+            self.pass_on(newcomer, entry).await;
+        }
     }
 
     /// Proves the key to `peer` and has it prove the key back; each tells the other its
