@@ -39,6 +39,11 @@ pub struct BudgetEntry {
     /// The hold is for a secondary limit (which also holds the token's other
     /// resources, and backs off on repeats).
     pub secondary: bool,
+    /// How many secondary limits came just before this hold's (0: the first), so that
+    /// the next one anywhere in the fleet holds twice as long. Entries from members
+    /// that predate the field read as first offences.
+    #[serde(default)]
+    pub streak: u8,
 }
 
 /// Gossip: what a member learned of the budgets it spends since it last said.
@@ -110,10 +115,10 @@ impl BudgetEntry {
     pub fn merge(&mut self, other: &BudgetEntry) -> bool {
         let before = self.clone();
         if other.reset > self.reset {
-            let held = (self.held_until, self.secondary);
+            let held = (self.held_until, self.secondary, self.streak);
             *self = other.clone();
             if held.0 > self.held_until {
-                (self.held_until, self.secondary) = held;
+                (self.held_until, self.secondary, self.streak) = held;
             }
         } else if other.reset == self.reset {
             self.remaining = self.remaining.min(other.remaining);
@@ -123,6 +128,7 @@ impl BudgetEntry {
         if other.held_until > self.held_until {
             self.held_until = other.held_until;
             self.secondary = other.secondary;
+            self.streak = other.streak;
         }
         *self != before
     }
@@ -142,6 +148,7 @@ mod tests {
             reset,
             held_until,
             secondary: false,
+            streak: 0,
         }
     }
 
@@ -186,11 +193,49 @@ mod tests {
         let mut a = entry(0, 1000, 1000);
         let mut secondary = entry(4000, 1000, 1600);
         secondary.secondary = true;
+        secondary.streak = 2;
         assert!(a.merge(&secondary));
-        assert_eq!((a.held_until, a.secondary), (1600, true));
+        assert_eq!((a.held_until, a.secondary, a.streak), (1600, true, 2));
         assert!(a.merge(&entry(4999, 4600, 0)), "a new window");
-        assert_eq!((a.held_until, a.secondary), (1600, true), "the hold stays");
+        assert_eq!(
+            (a.held_until, a.secondary, a.streak),
+            (1600, true, 2),
+            "the hold and its streak stay"
+        );
         assert!(!a.merge(&entry(4999, 4600, 1200)));
+    }
+
+    #[test]
+    fn an_entry_without_a_streak_reads_as_a_first_offence() {
+        // The entry as members before the streak wrote it: the same map, one key less.
+        #[derive(Serialize)]
+        struct Before {
+            budget: ByteBuf,
+            resource: String,
+            limit: u64,
+            remaining: u64,
+            used: u64,
+            reset: u64,
+            held_until: u64,
+            secondary: bool,
+        }
+        let before = Before {
+            budget: ByteBuf::from(vec![7; BUDGET_ID_LEN]),
+            resource: "core".into(),
+            limit: 5000,
+            remaining: 0,
+            used: 5000,
+            reset: 1000,
+            held_until: 1060,
+            secondary: true,
+        };
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&before, &mut bytes).unwrap();
+        let read: BudgetEntry = ciborium::from_reader(bytes.as_slice()).unwrap();
+        assert_eq!(
+            (read.held_until, read.secondary, read.streak),
+            (1060, true, 0)
+        );
     }
 
     #[test]

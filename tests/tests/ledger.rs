@@ -5,8 +5,17 @@
 //! one repository are one budget.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use ghmesh_node::clock::{Clock, ManualClock};
+use ghmesh_node::upstream::github::{BudgetRules, GithubClient, GithubConfig};
+use ghmesh_node::upstream::holds::SECONDARY_FIRST;
+use ghmesh_node::CacheStatus;
+use ghmesh_protocol::CanonicalRequest;
 use ghmesh_tests::daemon::*;
 use ghmesh_tests::fake_github::{FakeGithub, Fault};
+use ghmesh_tests::harness::{start_node_with, test_keys, wait_full_membership, wait_until};
 use serde_json::Value;
 
 async fn read(node: &Daemon, path: &str, token: Option<&str>) -> (u16, String) {
@@ -132,6 +141,109 @@ async fn one_refusal_holds_the_fleet(fault: Fault) {
         );
     }
     assert_eq!(gh.total_requests(), sent, "one offence for the fleet");
+
+    // A runner of another fleet spending the same token is not held by this fleet's
+    // ledger: it is never admitted, and its budget ids are keyed by its own secret.
+    let mut args = vec!["--upstream".to_string(), gh.url()];
+    args.extend(["--bootstrap".to_string(), nodes[0].ready.listen[0].clone()]);
+    let stranger = start_daemon(dir.path().join("other"), &args, &env("another-fleet"))
+        .await
+        .unwrap();
+    let (status, cache) = read(&stranger, "/repos/acme/elsewhere", None).await;
+    assert_eq!((status, cache.as_str()), (200, "miss"));
+    assert_eq!(gh.total_requests(), sent + 1);
+    let theirs = budgets(&stranger).await;
+    assert!(
+        theirs.iter().all(|b| b["held_until"].is_null()),
+        "{theirs:?}"
+    );
+    assert!(
+        budgets(&nodes[0])
+            .await
+            .iter()
+            .all(|b| theirs.iter().all(|t| t["budget"] != b["budget"])),
+        "another fleet names the same token's budget otherwise"
+    );
+    assert_eq!(stranger.stats().await.unwrap()["members"], 0);
+}
+
+/// Three in-process nodes on one manual clock sharing one token: a secondary limit on
+/// one, then, after its hold, another on a second node is the fleet's repeat, and the
+/// whole fleet holds twice as long (GitHub backs off per account, not per runner).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_secondary_limit_on_another_node_holds_the_fleet_twice_as_long() {
+    let gh = FakeGithub::start().await.unwrap();
+    let clock = ManualClock::starting_now();
+    let github = || -> Arc<GithubClient> {
+        let client = GithubClient::new(GithubConfig {
+            base_url: gh.url(),
+            token: Some("ghp_e2etoken".into()),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+        })
+        .unwrap()
+        .with_clock(clock.clone())
+        .with_budgets(BudgetRules {
+            key: test_keys().budget_key(),
+            repository: None,
+            reserve: 0,
+        });
+        Arc::new(client)
+    };
+    let on_clock = |c: &mut ghmesh_node::NodeConfig| c.clock = clock.clone();
+    let first = start_node_with(Some(test_keys()), vec![], github(), on_clock)
+        .await
+        .unwrap();
+    let boot = first.addr();
+    let mut nodes = vec![first];
+    for _ in 0..2 {
+        let n = start_node_with(Some(test_keys()), vec![boot.clone()], github(), on_clock)
+            .await
+            .unwrap();
+        nodes.push(n);
+    }
+    wait_full_membership(&nodes, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let get = |n: usize, path: &str| {
+        let node = nodes[n].node.clone();
+        let req = CanonicalRequest::get(path).unwrap();
+        async move { node.get(req).await.unwrap() }
+    };
+    // Every node's hold ends at least `secs` from now.
+    let held_for = |secs: u64| {
+        let nodes = &nodes;
+        let clock = &clock;
+        async move {
+            for n in nodes {
+                wait_until(Duration::from_secs(10), "the fleet's hold", || async {
+                    let until = n
+                        .node
+                        .stats()
+                        .await
+                        .rate_limits
+                        .iter()
+                        .filter_map(|b| b.held_until)
+                        .max();
+                    until.is_some_and(|u| u >= clock.now_secs() + secs - 1)
+                })
+                .await
+                .unwrap();
+            }
+        }
+    };
+    gh.set_fault(Fault::SecondaryLimit);
+    assert_eq!(get(0, "/repos/acme/one").await.http_status(), 403);
+    held_for(SECONDARY_FIRST.as_secs()).await;
+    clock.advance(SECONDARY_FIRST + Duration::from_secs(1));
+    // The hold is over; the limit is not: the next node to try is refused again.
+    assert_eq!(get(1, "/repos/acme/two").await.http_status(), 403);
+    held_for(2 * SECONDARY_FIRST.as_secs()).await;
+    let sent = gh.total_requests();
+    clock.advance(SECONDARY_FIRST + Duration::from_secs(1));
+    let held = get(2, "/repos/acme/three").await;
+    assert_eq!((held.http_status(), held.status), (403, CacheStatus::Held));
+    assert_eq!(gh.total_requests(), sent, "still held a minute later");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

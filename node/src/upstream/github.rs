@@ -15,8 +15,8 @@ use futures::StreamExt;
 use ghmesh_protocol::ledger::BudgetEntry;
 use ghmesh_protocol::{entry::MAX_BODY_LEN, token_fingerprint, CanonicalRequest, GRAPHQL_PATH};
 
-use super::holds::{resource_of_path, HoldKey, Holds};
-use super::ledger::{BudgetBook, BudgetId, BudgetView};
+use super::holds::{resource_of_path, FleetSaid, HoldKey, Holds};
+use super::ledger::{BudgetBook, BudgetId, BudgetView, NewHold};
 use super::{
     BoxFuture, Conditional, Credential, RateLimit, Upstream, UpstreamError, UpstreamResponse,
 };
@@ -222,7 +222,11 @@ impl GithubClient {
             }
         }
         let now_ms = self.clock.now_ms();
-        let started = state.holds.observe(token, resource, resp, now_ms);
+        let fleet = budget.map_or_else(FleetSaid::default, |b| FleetSaid {
+            held: state.book.held_until(b, resource, now_ms / 1000).is_some(),
+            secondary_streak: state.book.secondary_streak(b, now_ms / 1000),
+        });
+        let started = state.holds.observe(token, resource, resp, now_ms, fleet);
         // A refusal, or GitHub saying the budget is down to the reserve (or gone):
         // members should know before they spend past it.
         let remaining = resp
@@ -234,11 +238,10 @@ impl GithubClient {
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         if let Some(budget) = budget {
-            let hold = started.map(|s| {
-                (
-                    (now_ms / 1000).saturating_add(s.wait.as_secs().max(1)),
-                    s.secondary,
-                )
+            let hold = started.map(|s| NewHold {
+                until: (now_ms / 1000).saturating_add(s.wait.as_secs().max(1)),
+                secondary: s.secondary,
+                streak: u8::try_from(s.streak).unwrap_or(u8::MAX),
             });
             state.book.observe(budget, resource, resp, hold);
         }

@@ -21,7 +21,8 @@ pub const SECONDARY_FIRST: Duration = Duration::from_secs(60);
 /// …doubling on repeats up to this.
 pub const SECONDARY_CEILING: Duration = Duration::from_secs(900);
 /// A secondary limit within this long after the previous one counts as a repeat.
-const REPEAT_WINDOW_MS: u64 = 3600 * 1000;
+pub const REPEAT_WINDOW: Duration = Duration::from_secs(3600);
+const REPEAT_WINDOW_MS: u64 = REPEAT_WINDOW.as_secs() * 1000;
 /// The resource name of a hold on all of a token's requests: GitHub's secondary limits
 /// are per account, whatever the resource.
 pub const WHOLE_TOKEN: &str = "*";
@@ -100,13 +101,27 @@ struct Hold {
     streak: u32,
 }
 
-/// A hold that just started (for the one warning it gets).
+/// A hold that just started (for the one warning it gets, and the ledger).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Started {
     /// How long.
     pub wait: Duration,
     /// A secondary limit.
     pub secondary: bool,
+    /// Secondary limits just before this one, ours or the fleet's.
+    pub streak: u32,
+}
+
+/// What the fleet's ledger says of the budget an answer was spent on, when it arrives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FleetSaid {
+    /// A member's hold is on: a refusal arriving now was sent before the hold was
+    /// heard of, and neither extends nor escalates it.
+    pub held: bool,
+    /// The streak of the fleet's latest secondary limit, if it ended less than
+    /// [`REPEAT_WINDOW`] ago: a secondary limit now repeats it (GitHub backs off per
+    /// account, whichever runner offends).
+    pub secondary_streak: Option<u32>,
 }
 
 /// Every token's holds.
@@ -135,14 +150,16 @@ impl Holds {
 
     /// Records `resp`, received with `token` for a request we counted against
     /// `resource`: starts a hold on a rate-limit refusal, ends this token's hold on a
-    /// success. A refusal that arrives while its hold is on (requests that were
-    /// already in flight) neither extends nor escalates it, and starts nothing.
+    /// success. A refusal that arrives while its hold is on, ours or the fleet's
+    /// (requests that were already in flight), neither extends nor escalates it, and
+    /// starts nothing.
     pub fn observe(
         &mut self,
         token: Option<[u8; 8]>,
         resource: &str,
         resp: &UpstreamResponse,
         now_ms: u64,
+        fleet: FleetSaid,
     ) -> Option<Started> {
         let said = resp
             .header("x-ratelimit-resource")
@@ -177,16 +194,19 @@ impl Holds {
             }
             return None;
         }
-        if keys.iter().any(|k| self.active(k, now_ms).is_some())
+        if (fleet.held || keys.iter().any(|k| self.active(k, now_ms).is_some()))
             && hold_for(resp, 0, 0, graphql).is_some()
         {
             return None;
         }
-        let streak = self
+        let ours = self
             .map
             .get(&keys[0])
             .filter(|h| h.secondary && now_ms < h.until_ms.saturating_add(REPEAT_WINDOW_MS))
-            .map_or(0, |h| h.streak + 1);
+            .map(|h| h.streak);
+        let streak = ours
+            .max(fleet.secondary_streak)
+            .map_or(0, |s| s.saturating_add(1));
         let (wait, secondary) = hold_for(resp, now_ms / 1000, streak, graphql)?;
         let hold = Hold {
             until_ms: now_ms.saturating_add(wait.as_millis() as u64),
@@ -198,7 +218,11 @@ impl Holds {
             self.make_room(now_ms);
             self.map.insert(k, hold.clone());
         }
-        Some(Started { wait, secondary })
+        Some(Started {
+            wait,
+            secondary,
+            streak: hold.streak,
+        })
     }
 
     fn make_room(&mut self, now_ms: u64) {
@@ -256,7 +280,7 @@ mod tests {
         let mut holds = Holds::default();
         let token = Some([1; 8]);
         assert!(holds
-            .observe(token, "graphql", &limited, 1_000_000)
+            .observe(token, "graphql", &limited, 1_000_000, FleetSaid::default())
             .is_some());
         let key = |resource: &str| HoldKey {
             token,
@@ -282,7 +306,9 @@ mod tests {
         );
         assert_eq!(hold_for(&file, 1000, 0, false), None);
         let mut rest = Holds::default();
-        assert!(rest.observe(token, "core", &file, 1_000_000).is_none());
+        assert!(rest
+            .observe(token, "core", &file, 1_000_000, FleetSaid::default())
+            .is_none());
         assert!(rest.held(&key("core"), 1_000_001).is_none());
         // Errors that are not the limit, and whole answers, hold nothing.
         let partial = resp(
@@ -365,7 +391,9 @@ mod tests {
             &[("x-ratelimit-remaining", "0"), ("retry-after", "60")],
             "",
         );
-        let started = holds.observe(client, "core", &exhausted, 1_000).unwrap();
+        let started = holds
+            .observe(client, "core", &exhausted, 1_000, FleetSaid::default())
+            .unwrap();
         assert_eq!(started.wait, Duration::from_secs(60));
         assert!(holds.held(&key(client, "core"), 2_000).is_some());
         assert!(
@@ -378,9 +406,15 @@ mod tests {
         );
         assert!(holds.held(&key(client, "core"), 61_000).is_none(), "over");
 
-        holds.observe(node, "core", &exhausted, 1_000);
+        holds.observe(node, "core", &exhausted, 1_000, FleetSaid::default());
         assert!(holds
-            .observe(client, "core", &resp(200, &[], ""), 1_500)
+            .observe(
+                client,
+                "core",
+                &resp(200, &[], ""),
+                1_500,
+                FleetSaid::default()
+            )
             .is_none());
         assert!(
             holds.held(&key(client, "core"), 2_000).is_none(),
@@ -399,7 +433,7 @@ mod tests {
             ],
             "",
         );
-        holds.observe(client, "core", &search, 1_000);
+        holds.observe(client, "core", &search, 1_000, FleetSaid::default());
         assert!(
             holds.held(&key(client, "search"), 2_000).is_some(),
             "GitHub's resource wins"
@@ -411,9 +445,15 @@ mod tests {
         let mut holds = Holds::default();
         let t = Some([3; 8]);
         let secondary = resp(403, &[], SECONDARY);
-        let a = holds.observe(t, "core", &secondary, 0).unwrap();
-        let b = holds.observe(t, "core", &secondary, 61_000).unwrap();
-        let c = holds.observe(t, "core", &secondary, 200_000).unwrap();
+        let a = holds
+            .observe(t, "core", &secondary, 0, FleetSaid::default())
+            .unwrap();
+        let b = holds
+            .observe(t, "core", &secondary, 61_000, FleetSaid::default())
+            .unwrap();
+        let c = holds
+            .observe(t, "core", &secondary, 200_000, FleetSaid::default())
+            .unwrap();
         assert_eq!(
             (a.wait, b.wait, c.wait),
             (SECONDARY_FIRST, SECONDARY_FIRST * 2, SECONDARY_FIRST * 4)
@@ -422,15 +462,51 @@ mod tests {
     }
 
     #[test]
+    fn a_repeat_anywhere_in_the_fleet_doubles_and_a_refusal_under_its_hold_starts_none() {
+        let secondary = resp(403, &[], SECONDARY);
+        let t = Some([9; 8]);
+        // A member's secondary limit (streak 1) ended a minute ago: ours repeats it.
+        let mut holds = Holds::default();
+        let after_members = FleetSaid {
+            held: false,
+            secondary_streak: Some(1),
+        };
+        let started = holds
+            .observe(t, "core", &secondary, 0, after_members)
+            .unwrap();
+        assert_eq!((started.wait, started.streak), (SECONDARY_FIRST * 4, 2));
+        // Our own streak counts when it is the longer one.
+        let mut holds = Holds::default();
+        holds.observe(t, "core", &secondary, 0, FleetSaid::default());
+        let again = FleetSaid {
+            held: false,
+            secondary_streak: Some(0),
+        };
+        let second = holds.observe(t, "core", &secondary, 61_000, again).unwrap();
+        assert_eq!(second.streak, 1);
+        // A refusal sent before a member's hold was heard of starts nothing.
+        let mut holds = Holds::default();
+        let under_members = FleetSaid {
+            held: true,
+            secondary_streak: Some(0),
+        };
+        assert_eq!(holds.observe(t, "core", &secondary, 0, under_members), None);
+        let exhausted = resp(403, &[("x-ratelimit-remaining", "0")], "");
+        assert_eq!(holds.observe(t, "core", &exhausted, 0, under_members), None);
+    }
+
+    #[test]
     fn refusals_in_flight_during_a_hold_neither_extend_nor_escalate_it() {
         let mut holds = Holds::default();
         let t = Some([4; 8]);
         let secondary = resp(403, &[], SECONDARY);
-        let first = holds.observe(t, "core", &secondary, 0).unwrap();
+        let first = holds
+            .observe(t, "core", &secondary, 0, FleetSaid::default())
+            .unwrap();
         // Seven more answers to requests sent before the hold began.
         for i in 1..8 {
             assert_eq!(
-                holds.observe(t, "core", &secondary, i * 10),
+                holds.observe(t, "core", &secondary, i * 10, FleetSaid::default()),
                 None,
                 "one warning"
             );
@@ -450,7 +526,7 @@ mod tests {
         assert!(held(&holds, 59_000));
         assert!(!held(&holds, 60_000), "not extended");
         // A success that was in flight does not end it either.
-        holds.observe(t, "core", &resp(200, &[], ""), 100);
+        holds.observe(t, "core", &resp(200, &[], ""), 100, FleetSaid::default());
         assert!(held(&holds, 1_000));
     }
 
@@ -458,7 +534,13 @@ mod tests {
     fn a_secondary_limit_holds_all_of_the_tokens_requests() {
         let mut holds = Holds::default();
         let t = Some([5; 8]);
-        holds.observe(t, "search", &resp(403, &[], SECONDARY), 0);
+        holds.observe(
+            t,
+            "search",
+            &resp(403, &[], SECONDARY),
+            0,
+            FleetSaid::default(),
+        );
         for r in ["core", "search", "graphql"] {
             let k = HoldKey {
                 token: t,
@@ -486,7 +568,7 @@ mod tests {
             ],
             "",
         );
-        holds.observe(t, "core", &audit, 0);
+        holds.observe(t, "core", &audit, 0, FleetSaid::default());
         for r in ["core", "audit_log"] {
             let k = HoldKey {
                 token: t,
@@ -499,6 +581,7 @@ mod tests {
             "core",
             &resp(200, &[("x-ratelimit-resource", "audit_log")], ""),
             61_000,
+            FleetSaid::default(),
         );
         let k = HoldKey {
             token: t,

@@ -12,6 +12,7 @@ use std::collections::{BTreeSet, HashMap};
 use ghmesh_protocol::ledger::{BudgetEntry, ByteBuf, BUDGET_ID_LEN, MAX_LEDGER_ENTRIES};
 use serde::Serialize;
 
+use super::holds::REPEAT_WINDOW;
 use super::{RateLimit, UpstreamResponse};
 use crate::limits::MAX_BUDGETS;
 
@@ -49,6 +50,17 @@ pub struct BudgetView {
     pub source: Source,
 }
 
+/// A hold one of our answers started, as the ledger records it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NewHold {
+    /// Until when (unix seconds).
+    pub until: u64,
+    /// For a secondary limit.
+    pub secondary: bool,
+    /// Secondary limits just before it.
+    pub streak: u8,
+}
+
 struct Slot {
     entry: BudgetEntry,
     source: Source,
@@ -64,24 +76,24 @@ pub struct BudgetBook {
 
 impl BudgetBook {
     /// Records an answer GitHub gave on `budget` for `resource`, and the hold it
-    /// started (`held_until`, unix seconds; `secondary`), if any.
+    /// started, if any.
     pub fn observe(
         &mut self,
         budget: BudgetId,
         resource: &str,
         resp: &UpstreamResponse,
-        hold: Option<(u64, bool)>,
+        hold: Option<NewHold>,
     ) {
         let rl = RateLimit::from_headers(&resp.headers).unwrap_or_default();
         let resource = rl.resource.unwrap_or(resource).to_string();
         let (Some(limit), Some(remaining), Some(reset)) = (rl.limit, rl.remaining, rl.reset) else {
             // A refusal without the figures (a secondary limit's) still holds.
-            if let Some((until, secondary)) = hold {
-                self.hold(budget, &resource, until, secondary);
+            if let Some(hold) = hold {
+                self.hold(budget, &resource, hold);
             }
             return;
         };
-        let (held_until, secondary) = hold.unwrap_or((0, false));
+        let hold = hold.unwrap_or_default();
         let entry = BudgetEntry {
             budget: ByteBuf::from(budget.to_vec()),
             resource: resource.clone(),
@@ -89,19 +101,21 @@ impl BudgetBook {
             remaining: remaining.min(limit),
             used: rl.used.unwrap_or(limit - remaining.min(limit)).min(limit),
             reset,
-            held_until,
-            secondary,
+            held_until: hold.until,
+            secondary: hold.secondary,
+            streak: hold.streak,
         };
         self.record(entry, Source::Local);
     }
 
     /// A hold without figures (a refusal that named none).
-    fn hold(&mut self, budget: BudgetId, resource: &str, until: u64, secondary: bool) {
+    fn hold(&mut self, budget: BudgetId, resource: &str, hold: NewHold) {
         let key = (budget, resource.to_string());
         let entry = match self.slots.get(&key) {
             Some(s) => BudgetEntry {
-                held_until: until,
-                secondary,
+                held_until: hold.until,
+                secondary: hold.secondary,
+                streak: hold.streak,
                 ..s.entry.clone()
             },
             None => BudgetEntry {
@@ -110,9 +124,10 @@ impl BudgetBook {
                 limit: 0,
                 remaining: 0,
                 used: 0,
-                reset: until,
-                held_until: until,
-                secondary,
+                reset: hold.until,
+                held_until: hold.until,
+                secondary: hold.secondary,
+                streak: hold.streak,
             },
         };
         self.record(entry, Source::Local);
@@ -190,6 +205,17 @@ impl BudgetBook {
             .map(|(_, s)| s.entry.held_until)
             .filter(|until| *until > now_secs)
             .max()
+    }
+
+    /// The streak of the latest secondary limit anyone in the fleet got on `budget`,
+    /// if it is on or ended less than [`REPEAT_WINDOW`] before `now_secs`.
+    pub fn secondary_streak(&self, budget: BudgetId, now_secs: u64) -> Option<u32> {
+        self.slots
+            .iter()
+            .filter(|((id, _), s)| *id == budget && s.entry.secondary)
+            .filter(|(_, s)| now_secs < s.entry.held_until.saturating_add(REPEAT_WINDOW.as_secs()))
+            .max_by_key(|(_, s)| s.entry.held_until)
+            .map(|(_, s)| u32::from(s.entry.streak))
     }
 
     /// The window's figures for `budget` and `resource` when its `remaining` is down to

@@ -18,6 +18,14 @@ fn answer(status: u16, remaining: u64, reset: u64, resource: &str) -> UpstreamRe
     }
 }
 
+fn hold(until: u64, secondary: bool, streak: u8) -> Option<NewHold> {
+    Some(NewHold {
+        until,
+        secondary,
+        streak,
+    })
+}
+
 #[test]
 fn our_answers_are_news_once_and_members_news_is_merged_not_repeated() {
     let mut book = BudgetBook::default();
@@ -49,7 +57,7 @@ fn a_refusal_holds_the_budget_fleet_wide_until_its_time() {
         A,
         "core",
         &answer(403, 0, 2000, "core"),
-        Some((2000, false)),
+        hold(2000, false, 0),
     );
     assert_eq!(member.heard(&me.news()), 1);
     assert_eq!(member.held_until(A, "core", 1500), Some(2000));
@@ -69,10 +77,41 @@ fn a_refusal_holds_the_budget_fleet_wide_until_its_time() {
         B,
         "core",
         &answer(403, 4000, 5000, "core"),
-        Some((1600, true)),
+        hold(1600, true, 0),
     );
     member.heard(&me.news());
     assert_eq!(member.held_until(B, "graphql", 1500), Some(1600));
+}
+
+#[test]
+fn a_members_secondary_limit_is_remembered_for_the_repeat_window() {
+    let mut me = BudgetBook::default();
+    let mut member = BudgetBook::default();
+    assert_eq!(member.secondary_streak(A, 1000), None);
+    me.observe(
+        A,
+        "core",
+        &answer(403, 4000, 5000, "core"),
+        hold(1060, true, 1),
+    );
+    member.heard(&me.news());
+    assert_eq!(member.secondary_streak(A, 1030), Some(1), "on");
+    assert_eq!(member.secondary_streak(A, 1060 + 3599), Some(1), "a repeat");
+    assert_eq!(
+        member.secondary_streak(A, 1060 + 3600),
+        None,
+        "a new offence"
+    );
+    assert_eq!(member.secondary_streak(B, 1030), None, "another budget");
+    // A primary refusal is no streak.
+    me.observe(
+        B,
+        "core",
+        &answer(403, 0, 5000, "core"),
+        hold(5000, false, 0),
+    );
+    member.heard(&me.news());
+    assert_eq!(member.secondary_streak(B, 1030), None);
 }
 
 #[test]

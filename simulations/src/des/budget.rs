@@ -4,7 +4,7 @@
 //! gossips it as the daemon does (a refusal at once, other news once a second). A
 //! node whose book holds the budget sends nothing.
 
-use ghmesh_node::upstream::ledger::BudgetId;
+use ghmesh_node::upstream::ledger::{BudgetId, NewHold};
 use ghmesh_node::upstream::UpstreamResponse;
 use ghmesh_protocol::ledger::BudgetEntry;
 
@@ -65,7 +65,11 @@ impl Des {
             ],
             body: Default::default(),
         };
-        let hold = (!served).then_some((reset, false));
+        let hold = (!served).then_some(NewHold {
+            until: reset,
+            secondary: false,
+            streak: 0,
+        });
         self.peers[n].budgets.observe(BUDGET, RESOURCE, &resp, hold);
         self.refusals += u64::from(!served);
         if !self.net.ledger {
