@@ -68,6 +68,10 @@ struct Args {
     /// before the ledger: one refusal per node)
     #[arg(long)]
     no_ledger: bool,
+    /// Simulated time, with --budget: every node starts knowing the window's figures (a
+    /// budget that ran down while the fleet was up)
+    #[arg(long, requires = "budget")]
+    budget_known: bool,
     /// Named workload (burst, autoscaler, churn) or a TOML file
     #[arg(long)]
     workload: Option<String>,
@@ -108,6 +112,7 @@ fn net_params(args: &Args) -> anyhow::Result<NetParams> {
         join_gap: ms(args.join_gap_ms, "join-gap-ms")?,
         budget: args.budget,
         ledger: !args.no_ledger,
+        budget_known: args.budget_known,
     })
 }
 

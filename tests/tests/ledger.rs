@@ -246,6 +246,56 @@ async fn a_repeat_secondary_limit_on_another_node_holds_the_fleet_twice_as_long(
     assert_eq!(gh.total_requests(), sent, "still held a minute later");
 }
 
+/// A budget near its end is shared out: a burst of misses on every node at once spends
+/// what is left with at most the fleet's one refusal (each node keeps its requests in
+/// flight within its share of the fleet's figures), and what does not fit is held,
+/// not sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_on_every_node_spends_a_budget_near_its_end_with_one_refusal_at_most() {
+    let gh = FakeGithub::start().await.unwrap();
+    gh.set_rate_limit(15);
+    gh.set_latency(Duration::from_millis(50));
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = fleet(3, &gh, &[], &dir).await.unwrap();
+    // Every node learns the window's figures: a read each, then the ledger's news.
+    for (n, node) in nodes.iter().enumerate() {
+        let (status, _) = read(node, &format!("/repos/acme/warm{n}"), None).await;
+        assert_eq!(status, 200);
+    }
+    for n in &nodes {
+        poll("the fleet's figures on every node", || async {
+            budgets(n)
+                .await
+                .iter()
+                .any(|b| b["resource"] == "core" && b["remaining"].as_u64() == Some(12))
+        })
+        .await;
+    }
+    let reads = (0..30).map(|i| {
+        let node = &nodes[i % 3];
+        async move { read(node, &format!("/repos/acme/burst{i}"), None).await }
+    });
+    let answers = futures::future::join_all(reads).await;
+    // Without shares all 30 go at once and 18 are refused. With them, the last two
+    // requests may both go when one node's figures are a round trip older than
+    // another's (news near the end goes out at most every 100 ms): the fleet's one
+    // offence, which then holds everyone.
+    let refused_by_github = gh.total_requests() - gh.full_responses() - gh.not_modified();
+    assert!(refused_by_github <= 1, "{refused_by_github}: {answers:?}");
+    println!("refused by GitHub: {refused_by_github}");
+    let served = answers.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(served, 12, "what was left is spent: {answers:?}");
+    assert!(
+        answers.iter().all(|(s, _)| *s == 200 || *s == 403),
+        "{answers:?}"
+    );
+    assert_eq!(
+        gh.full_responses(),
+        15,
+        "the whole budget, and not one more"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reserve_keeps_the_last_requests_for_people_on_every_node() {
     let gh = FakeGithub::start().await.unwrap();

@@ -7,6 +7,7 @@
 //!   secondary) per token and resource: see [`super::holds`].
 //! - Connect and whole-request timeouts; bodies over the size limit are refused.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -16,7 +17,9 @@ use ghmesh_protocol::ledger::BudgetEntry;
 use ghmesh_protocol::{entry::MAX_BODY_LEN, token_fingerprint, CanonicalRequest, GRAPHQL_PATH};
 
 use super::holds::{resource_of_path, FleetSaid, HoldKey, Holds};
-use super::ledger::{BudgetBook, BudgetId, BudgetView, NewHold};
+use super::ledger::{
+    may_spend, BudgetBook, BudgetId, BudgetView, Fleet, NewHold, Spend, QUIET_SECS,
+};
 use super::{
     BoxFuture, Conditional, Credential, RateLimit, Upstream, UpstreamError, UpstreamResponse,
 };
@@ -94,6 +97,9 @@ pub struct GithubClient {
     /// A hold started, or a budget fell to the reserve, since the node last asked
     /// (see `take_ledger_urgent`).
     ledger_urgent: std::sync::atomic::AtomicBool,
+    /// A request on a budget ended or the figures changed: requests waiting for their
+    /// share look again.
+    share_freed: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -103,6 +109,9 @@ struct LimitState {
     holds: Holds,
     /// Every budget spent here or heard of from members.
     book: BudgetBook,
+    /// Requests on their way to GitHub per budget (entries only while some are).
+    in_flight: HashMap<BudgetId, u64>,
+    fleet: Fleet,
 }
 
 impl GithubClient {
@@ -129,6 +138,7 @@ impl GithubClient {
                 reserve: 0,
             },
             ledger_urgent: std::sync::atomic::AtomicBool::new(false),
+            share_freed: tokio::sync::Notify::new(),
         })
     }
 
@@ -198,6 +208,63 @@ impl GithubClient {
         None
     }
 
+    /// Takes a place in this node's share of `budget` (see [`BudgetBook::share`] and
+    /// [`may_spend`]), waiting while the share is in flight or, without a share, until
+    /// the budget is quiet; or the refusal to answer when nothing is left above the
+    /// reserve. The wait is bounded by the caller's upstream deadline, and looks again
+    /// as soon as a request on the budget ends or members' figures arrive.
+    async fn take_share(
+        &self,
+        budget: BudgetId,
+        resource: &str,
+    ) -> Result<InFlight<'_>, UpstreamResponse> {
+        loop {
+            // Registered before looking, so that a place freed in between is not missed.
+            let freed = self.share_freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let wait = {
+                let Ok(mut state) = self.state.lock() else {
+                    return Ok(InFlight {
+                        client: self,
+                        budget: None,
+                    });
+                };
+                let now = self.clock.now_secs();
+                let fleet = state.fleet;
+                let share = state
+                    .book
+                    .share(budget, resource, self.budgets.reserve, fleet, now);
+                let n = state.in_flight.get(&budget).copied().unwrap_or(0);
+                match may_spend(share, n, now) {
+                    Spend::Go => {
+                        state.in_flight.insert(budget, n + 1);
+                        return Ok(InFlight {
+                            client: self,
+                            budget: Some(budget),
+                        });
+                    }
+                    Spend::Held { until } => {
+                        let why = "the fleet's last requests of this window are members' share";
+                        return Err(held_refusal(resource, until, now, why));
+                    }
+                    Spend::Wait { until } => until.map(|u| {
+                        // The clock is the node's (tests move it): a nap of at most
+                        // a turn looks again whatever the clock does.
+                        let secs = u.saturating_sub(now).clamp(1, QUIET_SECS);
+                        Duration::from_secs(secs)
+                    }),
+                }
+            };
+            match wait {
+                Some(quiet) => {
+                    let _ = tokio::time::timeout(quiet, freed).await;
+                }
+                None => freed.await,
+            }
+        }
+    }
+
     /// Reads time from `clock` (the node's) instead of the system clock.
     pub fn with_clock(mut self, clock: SharedClock) -> Self {
         self.clock = clock;
@@ -232,7 +299,11 @@ impl GithubClient {
         let remaining = resp
             .header("x-ratelimit-remaining")
             .and_then(|r| r.trim().parse::<u64>().ok());
-        let spent = resp.status < 400 && remaining.is_some_and(|r| r <= self.budgets.reserve);
+        // Near the end a budget is shared out by the fleet's figures (`take_share`):
+        // the sooner members hear them, the less they send into a refusal.
+        let near_end = (state.fleet.size as u64).saturating_mul(NEAR_END_PER_NODE);
+        let spent = resp.status < 400
+            && remaining.is_some_and(|r| r.saturating_sub(self.budgets.reserve) < near_end);
         if started.is_some() || spent {
             self.ledger_urgent
                 .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -243,7 +314,9 @@ impl GithubClient {
                 secondary: s.secondary,
                 streak: u8::try_from(s.streak).unwrap_or(u8::MAX),
             });
-            state.book.observe(budget, resource, resp, hold);
+            state
+                .book
+                .observe(budget, resource, resp, hold, now_ms / 1000);
         }
         if let Some(started) = started {
             let whose = if token == self.token_fp {
@@ -365,6 +438,14 @@ impl Upstream for GithubClient {
             if let Some(refusal) = self.held(token, budget, resource, true) {
                 return Err(UpstreamError::Held(Box::new(refusal)));
             }
+            let _in_flight = match budget {
+                Some(b) => Some(
+                    self.take_share(b, resource)
+                        .await
+                        .map_err(|r| UpstreamError::Held(Box::new(r)))?,
+                ),
+                None => None,
+            };
             let mut headers = Vec::new();
             headers.push((
                 "accept".to_string(),
@@ -476,10 +557,25 @@ impl Upstream for GithubClient {
     }
 
     fn ledger_heard(&self, entries: &[BudgetEntry]) -> usize {
-        self.state
+        let now = self.clock.now_secs();
+        let changed = self
+            .state
             .lock()
-            .map(|mut s| s.book.heard(entries))
-            .unwrap_or(0)
+            .map(|mut s| s.book.heard(entries, now))
+            .unwrap_or(0);
+        if changed > 0 {
+            self.share_freed.notify_waiters();
+        }
+        changed
+    }
+
+    fn set_fleet(&self, fleet: Fleet) {
+        if let Ok(mut s) = self.state.lock() {
+            if s.fleet != fleet {
+                s.fleet = fleet;
+                self.share_freed.notify_waiters();
+            }
+        }
     }
 
     fn rate_limits(&self) -> Vec<BudgetView> {
@@ -488,6 +584,35 @@ impl Upstream for GithubClient {
             .lock()
             .map(|s| s.book.view(now))
             .unwrap_or_default()
+    }
+}
+
+/// Requests left per node below which every answer's figures are news at once: a
+/// node's default upstream concurrency, so that shares are counted from fresh figures
+/// once they are small enough to bind.
+pub const NEAR_END_PER_NODE: u64 = 8;
+
+/// A place in a budget's share, given back when the request ends (answered, failed or
+/// dropped at its deadline).
+struct InFlight<'a> {
+    client: &'a GithubClient,
+    budget: Option<BudgetId>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let Some(budget) = self.budget else {
+            return;
+        };
+        if let Ok(mut state) = self.client.state.lock() {
+            if let Some(n) = state.in_flight.get_mut(&budget) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    state.in_flight.remove(&budget);
+                }
+            }
+        }
+        self.client.share_freed.notify_waiters();
     }
 }
 

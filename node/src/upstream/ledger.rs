@@ -50,6 +50,112 @@ pub struct BudgetView {
     pub source: Source,
 }
 
+/// This node's place among the nodes that spend the fleet's budgets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fleet {
+    /// Nodes, this one included.
+    pub size: usize,
+    /// This node's rank among them (by peer id: the same order on every member).
+    pub rank: usize,
+}
+
+impl Fleet {
+    /// `me` among `members` (not counting `me`), ranked by peer id: every member sorts
+    /// the same set the same way.
+    pub fn among(me: libp2p::PeerId, members: &[libp2p::PeerId]) -> Self {
+        let me = me.to_bytes();
+        Self {
+            size: members.len() + 1,
+            rank: members.iter().filter(|m| m.to_bytes() < me).count(),
+        }
+    }
+}
+
+impl Default for Fleet {
+    fn default() -> Self {
+        Self { size: 1, rank: 0 }
+    }
+}
+
+/// What this node may spend of a budget that is running out (see [`BudgetBook::share`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    /// Requests it may have in flight.
+    pub requests: u64,
+    /// What the fleet knows is left above the reserve.
+    pub left: u64,
+    /// When the window ends (unix seconds).
+    pub reset: u64,
+    /// When the budget's figures, unchanged since, say that nobody is spending it
+    /// (unix seconds).
+    pub quiet_at: u64,
+    /// The fleet, for turns once the budget is quiet.
+    pub fleet: Fleet,
+}
+
+/// A budget whose figures did not change for this long is not being spent; from then
+/// on the nodes without a share take turns of this length, one node each, to spend
+/// one request at a time, so that what is left is not stranded with members that have
+/// nothing to fetch.
+pub const QUIET_SECS: u64 = 1;
+/// A request waits at most this long for its node's turn; a later turn is answered
+/// held, with the turn as its retry time.
+pub const MAX_TURN_WAIT_SECS: u64 = 5;
+
+/// What a request on a budget does now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spend {
+    /// Send it.
+    Go,
+    /// Wait until one of ours ends, members' figures change, or `until` (unix
+    /// seconds: this node's turn).
+    Wait {
+        /// This node's turn, if nothing changes before.
+        until: Option<u64>,
+    },
+    /// Held until `until` (unix seconds): nothing is left above the reserve (the
+    /// window's end), or this node's turn is further away than [`MAX_TURN_WAIT_SECS`].
+    Held {
+        /// When to try again.
+        until: u64,
+    },
+}
+
+/// Whether a request on a budget may go now, given this node's `share` of it (`None`:
+/// no figures) and its requests `in_flight` on it.
+pub fn may_spend(share: Option<Share>, in_flight: u64, now_secs: u64) -> Spend {
+    let Some(s) = share else {
+        return Spend::Go;
+    };
+    if s.left == 0 {
+        return Spend::Held { until: s.reset };
+    }
+    if in_flight < s.requests {
+        return Spend::Go;
+    }
+    if in_flight > 0 {
+        // The end of one of ours wakes us.
+        return Spend::Wait { until: None };
+    }
+    // No share: once the budget is quiet, turn `k` is rank `(left + k) % size`'s.
+    let size = s.fleet.size.max(1) as u64;
+    let rank = (s.fleet.rank as u64).min(size - 1);
+    let from = now_secs.max(s.quiet_at);
+    let k0 = (from - s.quiet_at) / QUIET_SECS;
+    let mine = (rank + size - s.left % size) % size;
+    let k = k0 + (mine + size - k0 % size) % size;
+    let turn = s.quiet_at.saturating_add(k.saturating_mul(QUIET_SECS));
+    if turn <= now_secs {
+        Spend::Go
+    } else if turn - now_secs <= MAX_TURN_WAIT_SECS {
+        Spend::Wait { until: Some(turn) }
+    } else {
+        Spend::Held {
+            until: turn.min(s.reset),
+        }
+    }
+}
+
 /// A hold one of our answers started, as the ledger records it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NewHold {
@@ -64,6 +170,8 @@ pub struct NewHold {
 struct Slot {
     entry: BudgetEntry,
     source: Source,
+    /// When the figures last changed (unix seconds).
+    changed: u64,
 }
 
 /// Every budget this node spends or hears of, by id and resource.
@@ -75,21 +183,22 @@ pub struct BudgetBook {
 }
 
 impl BudgetBook {
-    /// Records an answer GitHub gave on `budget` for `resource`, and the hold it
-    /// started, if any.
+    /// Records an answer GitHub gave on `budget` for `resource` at `now_secs`, and the
+    /// hold it started, if any.
     pub fn observe(
         &mut self,
         budget: BudgetId,
         resource: &str,
         resp: &UpstreamResponse,
         hold: Option<NewHold>,
+        now_secs: u64,
     ) {
         let rl = RateLimit::from_headers(&resp.headers).unwrap_or_default();
         let resource = rl.resource.unwrap_or(resource).to_string();
         let (Some(limit), Some(remaining), Some(reset)) = (rl.limit, rl.remaining, rl.reset) else {
             // A refusal without the figures (a secondary limit's) still holds.
             if let Some(hold) = hold {
-                self.hold(budget, &resource, hold);
+                self.hold(budget, &resource, hold, now_secs);
             }
             return;
         };
@@ -105,11 +214,11 @@ impl BudgetBook {
             secondary: hold.secondary,
             streak: hold.streak,
         };
-        self.record(entry, Source::Local);
+        self.record(entry, Source::Local, now_secs);
     }
 
     /// A hold without figures (a refusal that named none).
-    fn hold(&mut self, budget: BudgetId, resource: &str, hold: NewHold) {
+    fn hold(&mut self, budget: BudgetId, resource: &str, hold: NewHold, now_secs: u64) {
         let key = (budget, resource.to_string());
         let entry = match self.slots.get(&key) {
             Some(s) => BudgetEntry {
@@ -130,20 +239,20 @@ impl BudgetBook {
                 streak: hold.streak,
             },
         };
-        self.record(entry, Source::Local);
+        self.record(entry, Source::Local, now_secs);
     }
 
     /// Merges what members said (already checked). Not news: only what we saw
     /// ourselves is gossiped, so that the ledger's traffic follows upstream calls.
-    pub fn heard(&mut self, entries: &[BudgetEntry]) -> usize {
+    pub fn heard(&mut self, entries: &[BudgetEntry], now_secs: u64) -> usize {
         entries
             .iter()
-            .filter(|e| self.merge(e, Source::Fleet))
+            .filter(|e| self.merge(e, Source::Fleet, now_secs))
             .count()
     }
 
-    fn record(&mut self, entry: BudgetEntry, source: Source) {
-        if self.merge(&entry, source) {
+    fn record(&mut self, entry: BudgetEntry, source: Source, now_secs: u64) {
+        if self.merge(&entry, source, now_secs) {
             if let Ok(id) = <BudgetId>::try_from(entry.budget.as_slice()) {
                 self.news.insert((id, entry.resource));
             }
@@ -151,7 +260,7 @@ impl BudgetBook {
     }
 
     /// Merges `entry`; true when it changed what we know.
-    fn merge(&mut self, entry: &BudgetEntry, source: Source) -> bool {
+    fn merge(&mut self, entry: &BudgetEntry, source: Source, now_secs: u64) -> bool {
         let Ok(id) = <BudgetId>::try_from(entry.budget.as_slice()) else {
             return false;
         };
@@ -160,6 +269,7 @@ impl BudgetBook {
             let changed = slot.entry.merge(entry);
             if changed {
                 slot.source = source;
+                slot.changed = now_secs;
             }
             return changed;
         }
@@ -180,6 +290,7 @@ impl BudgetBook {
             Slot {
                 entry: entry.clone(),
                 source,
+                changed: now_secs,
             },
         );
         true
@@ -231,6 +342,42 @@ impl BudgetBook {
         // With no reserve, a window GitHub said is spent (`remaining: 0` on the last
         // request it answered) holds too: the next request would only be refused.
         (slot.entry.reset > now_secs && slot.entry.remaining <= reserve).then_some(&slot.entry)
+    }
+
+    /// How many requests on `budget` for `resource` this node may have in flight at
+    /// `now_secs`: an equal share among the fleet's nodes of half of what the fleet
+    /// knows is left above `reserve` in this window (rounded down, but the last
+    /// request can be spent), the remainder to the lowest ranks. The fleet's requests
+    /// in flight then fit in what GitHub will still answer even when members' figures
+    /// are a round trip old (each round spends at most half of what is left), where a
+    /// burst on a budget near its end would otherwise be refused once per request
+    /// already on its way. `None`: no figures for this window.
+    pub fn share(
+        &self,
+        budget: BudgetId,
+        resource: &str,
+        reserve: u64,
+        fleet: Fleet,
+        now_secs: u64,
+    ) -> Option<Share> {
+        let slot = self.slots.get(&(budget, resource.to_string()))?;
+        if slot.entry.reset <= now_secs {
+            return None;
+        }
+        let left = slot.entry.remaining.saturating_sub(reserve);
+        // Halved down, so that at the very end (3, 2, 1 left) views a round trip
+        // apart agree: one request, rank 0's.
+        let now = (left / 2).max(left.min(1));
+        let size = fleet.size.max(1) as u64;
+        let rank = (fleet.rank as u64).min(size - 1);
+        Some(Share {
+            requests: now / size + u64::from(rank < now % size),
+            left,
+            reset: slot.entry.reset,
+            // `changed` is a whole second: quiet starts a whole turn after its end.
+            quiet_at: slot.changed.saturating_add(1 + QUIET_SECS),
+            fleet,
+        })
     }
 
     /// Every budget, for stats (held ones carry their hold).

@@ -29,8 +29,8 @@ fn hold(until: u64, secondary: bool, streak: u8) -> Option<NewHold> {
 #[test]
 fn our_answers_are_news_once_and_members_news_is_merged_not_repeated() {
     let mut book = BudgetBook::default();
-    book.observe(A, "core", &answer(200, 4000, 2000, "core"), None);
-    book.observe(A, "core", &answer(304, 3990, 2000, "core"), None);
+    book.observe(A, "core", &answer(200, 4000, 2000, "core"), None, 1000);
+    book.observe(A, "core", &answer(304, 3990, 2000, "core"), None, 1000);
     let news = book.news();
     assert_eq!(news.len(), 1, "one entry per budget and resource");
     assert_eq!(news[0].remaining, 3990);
@@ -39,13 +39,13 @@ fn our_answers_are_news_once_and_members_news_is_merged_not_repeated() {
     let mut theirs = news[0].clone();
     theirs.remaining = 100;
     theirs.used = 4900;
-    assert_eq!(book.heard(&[theirs.clone()]), 1);
-    assert_eq!(book.heard(&[theirs]), 0, "old news changes nothing");
+    assert_eq!(book.heard(&[theirs.clone()], 1000), 1);
+    assert_eq!(book.heard(&[theirs], 1000), 0, "old news changes nothing");
     assert!(book.news().is_empty());
     let v = book.view(1000);
     assert_eq!((v[0].remaining, v[0].source), (100, Source::Fleet));
     // Our own higher remaining in that window changes nothing either.
-    book.observe(A, "core", &answer(200, 3980, 2000, "core"), None);
+    book.observe(A, "core", &answer(200, 3980, 2000, "core"), None, 1000);
     assert!(book.news().is_empty());
 }
 
@@ -58,8 +58,9 @@ fn a_refusal_holds_the_budget_fleet_wide_until_its_time() {
         "core",
         &answer(403, 0, 2000, "core"),
         hold(2000, false, 0),
+        1000,
     );
-    assert_eq!(member.heard(&me.news()), 1);
+    assert_eq!(member.heard(&me.news(), 1000), 1);
     assert_eq!(member.held_until(A, "core", 1500), Some(2000));
     assert_eq!(member.held_until(A, "core", 2000), None, "until the reset");
     assert_eq!(
@@ -78,8 +79,9 @@ fn a_refusal_holds_the_budget_fleet_wide_until_its_time() {
         "core",
         &answer(403, 4000, 5000, "core"),
         hold(1600, true, 0),
+        1000,
     );
-    member.heard(&me.news());
+    member.heard(&me.news(), 1000);
     assert_eq!(member.held_until(B, "graphql", 1500), Some(1600));
 }
 
@@ -93,8 +95,9 @@ fn a_members_secondary_limit_is_remembered_for_the_repeat_window() {
         "core",
         &answer(403, 4000, 5000, "core"),
         hold(1060, true, 1),
+        1000,
     );
-    member.heard(&me.news());
+    member.heard(&me.news(), 1000);
     assert_eq!(member.secondary_streak(A, 1030), Some(1), "on");
     assert_eq!(member.secondary_streak(A, 1060 + 3599), Some(1), "a repeat");
     assert_eq!(
@@ -109,17 +112,18 @@ fn a_members_secondary_limit_is_remembered_for_the_repeat_window() {
         "core",
         &answer(403, 0, 5000, "core"),
         hold(5000, false, 0),
+        1000,
     );
-    member.heard(&me.news());
+    member.heard(&me.news(), 1000);
     assert_eq!(member.secondary_streak(B, 1030), None);
 }
 
 #[test]
 fn the_reserve_stops_spending_within_the_window() {
     let mut book = BudgetBook::default();
-    book.observe(A, "core", &answer(200, 60, 2000, "core"), None);
+    book.observe(A, "core", &answer(200, 60, 2000, "core"), None, 1000);
     assert!(book.at_reserve(A, "core", 50, 1000).is_none());
-    book.observe(A, "core", &answer(200, 50, 2000, "core"), None);
+    book.observe(A, "core", &answer(200, 50, 2000, "core"), None, 1000);
     assert_eq!(
         book.at_reserve(A, "core", 50, 1000).map(|e| e.reset),
         Some(2000)
@@ -128,7 +132,7 @@ fn the_reserve_stops_spending_within_the_window() {
         book.at_reserve(A, "core", 0, 1000).is_none(),
         "no reserve, some left"
     );
-    book.observe(A, "graphql", &answer(200, 0, 2000, "graphql"), None);
+    book.observe(A, "graphql", &answer(200, 0, 2000, "graphql"), None, 1000);
     assert!(
         book.at_reserve(A, "graphql", 0, 1000).is_some(),
         "GitHub said nothing is left: the next request would be refused"
@@ -156,7 +160,13 @@ fn the_book_is_bounded_and_forgets_the_oldest_window_first() {
     for i in 0..MAX_BUDGETS + 10 {
         let mut id = [0u8; BUDGET_ID_LEN];
         id[..8].copy_from_slice(&(i as u64).to_be_bytes());
-        book.observe(id, "core", &answer(200, 10, 1000 + i as u64, "core"), None);
+        book.observe(
+            id,
+            "core",
+            &answer(200, 10, 1000 + i as u64, "core"),
+            None,
+            1000,
+        );
     }
     let v = book.view(0);
     assert_eq!(v.len(), MAX_BUDGETS);
@@ -164,4 +174,119 @@ fn the_book_is_bounded_and_forgets_the_oldest_window_first() {
         v.iter().all(|b| b.reset >= 1010),
         "the first windows went first"
     );
+}
+
+#[test]
+fn a_budget_near_its_end_is_shared_out_so_that_in_flight_requests_fit_in_it() {
+    let mut book = BudgetBook::default();
+    let fleet = |rank| Fleet { size: 4, rank };
+    let shares = |book: &BudgetBook, reserve| -> Vec<u64> {
+        (0..4)
+            .map(|r| {
+                book.share(A, "core", reserve, fleet(r), 1000)
+                    .unwrap()
+                    .requests
+            })
+            .collect()
+    };
+    assert_eq!(book.share(A, "core", 0, fleet(0), 1000), None, "no figures");
+    book.observe(A, "core", &answer(200, 20, 2000, "core"), None, 1000);
+    // Half of what is left goes out at once, the remainder to the first ranks.
+    assert_eq!(shares(&book, 0), [3, 3, 2, 2]);
+    // Above a reserve of 16 four are left: two now, to the first two ranks.
+    assert_eq!(shares(&book, 16), [1, 1, 0, 0]);
+    // The last request can be spent, by one node.
+    book.observe(A, "core", &answer(200, 1, 2000, "core"), None, 1000);
+    assert_eq!(shares(&book, 0), [1, 0, 0, 0]);
+    assert_eq!(
+        book.share(A, "core", 0, fleet(0), 2000),
+        None,
+        "the window is over"
+    );
+    book.observe(A, "core", &answer(200, 0, 2000, "core"), None, 1000);
+    assert_eq!(shares(&book, 0), [0, 0, 0, 0]);
+    let alone = book.share(B, "core", 0, Fleet::default(), 1000);
+    assert_eq!(alone, None, "another budget");
+}
+
+#[test]
+fn every_member_ranks_the_fleet_alike() {
+    let ids: Vec<libp2p::PeerId> = (0..5).map(|_| libp2p::PeerId::random()).collect();
+    let mut ranks: Vec<usize> = ids
+        .iter()
+        .map(|me| {
+            let members: Vec<_> = ids.iter().filter(|p| *p != me).copied().collect();
+            let fleet = Fleet::among(*me, &members);
+            assert_eq!(fleet.size, 5);
+            fleet.rank
+        })
+        .collect();
+    ranks.sort_unstable();
+    assert_eq!(ranks, [0, 1, 2, 3, 4], "one rank each");
+}
+
+#[test]
+fn a_request_goes_within_its_share_waits_beyond_it_and_takes_turns_once_the_budget_is_quiet() {
+    let share = |requests, left, rank| Share {
+        requests,
+        left,
+        reset: 2000,
+        quiet_at: 1002,
+        fleet: Fleet { size: 3, rank },
+    };
+    assert_eq!(may_spend(None, 50, 1000), Spend::Go, "no figures: no limit");
+    assert_eq!(may_spend(Some(share(2, 9, 0)), 1, 1000), Spend::Go);
+    // Our share is in flight: the end of one of them wakes us.
+    assert_eq!(
+        may_spend(Some(share(2, 9, 0)), 2, 1000),
+        Spend::Wait { until: None }
+    );
+    // No share: members spend what is left; once nobody has for a while, the nodes
+    // take turns, one each (with 4 left, turn 0 is rank 1's, then 2, 0, 1, …).
+    let turn = |rank, now| may_spend(Some(share(0, 4, rank)), 0, now);
+    assert_eq!(turn(1, 1000), Spend::Wait { until: Some(1002) });
+    assert_eq!(turn(1, 1002), Spend::Go);
+    assert_eq!(turn(2, 1002), Spend::Wait { until: Some(1003) });
+    assert_eq!(turn(0, 1002), Spend::Wait { until: Some(1004) });
+    assert_eq!(turn(0, 1004), Spend::Go);
+    assert_eq!(
+        turn(1, 1003),
+        Spend::Wait { until: Some(1005) },
+        "the next round"
+    );
+    assert_eq!(
+        may_spend(Some(share(0, 4, 1)), 1, 1002),
+        Spend::Wait { until: None },
+        "one at a time"
+    );
+    // A turn too far away is a hold with the turn as its retry time.
+    let big = Share {
+        fleet: Fleet { size: 50, rank: 40 },
+        ..share(0, 4, 0)
+    };
+    assert_eq!(may_spend(Some(big), 0, 1002), Spend::Held { until: 1038 });
+    assert_eq!(
+        may_spend(Some(share(0, 0, 0)), 0, 1002),
+        Spend::Held { until: 2000 },
+        "nothing left above the reserve: until the window's end"
+    );
+}
+
+#[test]
+fn figures_are_quiet_a_while_after_they_last_changed() {
+    let mut book = BudgetBook::default();
+    book.observe(A, "core", &answer(200, 10, 2000, "core"), None, 1000);
+    let quiet = |book: &BudgetBook| {
+        book.share(A, "core", 0, Fleet::default(), 1000)
+            .unwrap()
+            .quiet_at
+    };
+    assert_eq!(quiet(&book), 1001 + QUIET_SECS);
+    // The same figures again change nothing; lower ones do.
+    let news = book.news();
+    book.heard(&news, 1001);
+    book.observe(A, "core", &answer(200, 10, 2000, "core"), None, 1001);
+    assert_eq!(quiet(&book), 1001 + QUIET_SECS);
+    book.observe(A, "core", &answer(200, 9, 2000, "core"), None, 1001);
+    assert_eq!(quiet(&book), 1002 + QUIET_SECS);
 }

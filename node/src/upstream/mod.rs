@@ -242,6 +242,10 @@ pub trait Upstream: Send + Sync + 'static {
         0
     }
 
+    /// The fleet that spends the budgets, as the node last counted it (a budget near
+    /// its end is shared out among its nodes).
+    fn set_fleet(&self, _fleet: ledger::Fleet) {}
+
     /// Every budget known, ours and the fleet's (stats' `rate_limits`).
     fn rate_limits(&self) -> Vec<ledger::BudgetView> {
         Vec::new()

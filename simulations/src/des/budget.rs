@@ -4,11 +4,12 @@
 //! gossips it as the daemon does (a refusal at once, other news once a second). A
 //! node whose book holds the budget sends nothing.
 
-use ghmesh_node::upstream::ledger::{BudgetId, NewHold};
+use ghmesh_node::upstream::github::NEAR_END_PER_NODE;
+use ghmesh_node::upstream::ledger::{may_spend, BudgetId, Fleet, NewHold, Spend};
 use ghmesh_node::upstream::UpstreamResponse;
 use ghmesh_protocol::ledger::BudgetEntry;
 
-use super::{Des, Ev};
+use super::{Des, Ev, Us};
 
 /// The one token's budget id (its name does not matter here).
 const BUDGET: BudgetId = [0x5a; 16];
@@ -33,6 +34,27 @@ impl Des {
                 || book.at_reserve(BUDGET, RESOURCE, 0, now).is_some())
     }
 
+    /// Whether a call of `n` with `in_flight` others on their way may go (the daemon's
+    /// `take_share`, from the same book and rule); always with `--no-ledger`, which
+    /// models the daemon before the ledger.
+    pub(super) fn budget_spend(&self, n: usize, in_flight: u64) -> Spend {
+        if self.budget_left.is_none() || !self.net.ledger {
+            return Spend::Go;
+        }
+        let p = &self.peers[n];
+        let now = self.unix_secs();
+        let fleet = Fleet::among(p.id, &p.book.members());
+        let share = p.budgets.share(BUDGET, RESOURCE, 0, fleet, now);
+        may_spend(share, in_flight, now)
+    }
+
+    /// The simulated time of unix second `secs`.
+    pub(super) fn at_unix_secs(&self, secs: u64) -> Us {
+        secs.saturating_sub(EPOCH_SECS)
+            .saturating_mul(1_000_000)
+            .max(self.now)
+    }
+
     /// GitHub's answer to an upstream call of `n`: true when served, false when
     /// refused (the budget spent). A full answer spends a request; a conditional one
     /// answered 304 spends none, as on GitHub, though it is refused like any other
@@ -49,9 +71,33 @@ impl Des {
             left.saturating_sub(1)
         };
         self.budget_left = Some(remaining);
+        let resp = self.github_answer(served, remaining);
+        let hold = (!served).then_some(NewHold {
+            until: EPOCH_SECS + WINDOW_SECS,
+            secondary: false,
+            streak: 0,
+        });
+        let now = self.unix_secs();
+        self.peers[n]
+            .budgets
+            .observe(BUDGET, RESOURCE, &resp, hold, now);
+        self.refusals += u64::from(!served);
+        if !self.net.ledger {
+            let _ = self.peers[n].budgets.news();
+        } else if !served || remaining < self.near_end(n) {
+            // A refusal, or a budget near its end: said at once, as the daemon does.
+            self.publish_ledger(n);
+        } else if !self.peers[n].ledger_tick {
+            self.peers[n].ledger_tick = true;
+            self.at(self.now + LEDGER_EVERY_US, Ev::LedgerTick(n));
+        }
+        served
+    }
+
+    /// GitHub's answer with its rate-limit figures.
+    fn github_answer(&self, served: bool, remaining: u64) -> UpstreamResponse {
         let limit = self.net.budget.unwrap_or(0).max(1);
-        let reset = EPOCH_SECS + WINDOW_SECS;
-        let resp = UpstreamResponse {
+        UpstreamResponse {
             status: if served { 200 } else { 403 },
             headers: vec![
                 ("x-ratelimit-limit".into(), limit.to_string()),
@@ -60,28 +106,26 @@ impl Des {
                     "x-ratelimit-used".into(),
                     (limit - remaining.min(limit)).to_string(),
                 ),
-                ("x-ratelimit-reset".into(), reset.to_string()),
+                (
+                    "x-ratelimit-reset".into(),
+                    (EPOCH_SECS + WINDOW_SECS).to_string(),
+                ),
                 ("x-ratelimit-resource".into(), RESOURCE.into()),
             ],
             body: Default::default(),
-        };
-        let hold = (!served).then_some(NewHold {
-            until: reset,
-            secondary: false,
-            streak: 0,
-        });
-        self.peers[n].budgets.observe(BUDGET, RESOURCE, &resp, hold);
-        self.refusals += u64::from(!served);
-        if !self.net.ledger {
-            let _ = self.peers[n].budgets.news();
-        } else if !served || remaining == 0 {
-            // A refusal, or the last request spent: said at once, as the daemon does.
-            self.publish_ledger(n);
-        } else if !self.peers[n].ledger_tick {
-            self.peers[n].ledger_tick = true;
-            self.at(self.now + LEDGER_EVERY_US, Ev::LedgerTick(n));
         }
-        served
+    }
+
+    /// `n` starts knowing the window's figures (`--budget-known`).
+    pub(super) fn knows_the_window(&mut self, n: usize) {
+        if let Some(left) = self.net.budget {
+            let resp = self.github_answer(true, left);
+            let now = self.unix_secs();
+            self.peers[n]
+                .budgets
+                .observe(BUDGET, RESOURCE, &resp, None, now);
+            let _ = self.peers[n].budgets.news();
+        }
     }
 
     /// Gossips what changed in `n`'s book, if anything did.
@@ -97,10 +141,17 @@ impl Des {
         }
     }
 
+    /// The daemon's threshold below which every answer's figures are news at once.
+    fn near_end(&self, n: usize) -> u64 {
+        let size = self.peers[n].book.members().len() as u64 + 1;
+        size.saturating_mul(NEAR_END_PER_NODE)
+    }
+
     /// A member's ledger message reached `to`.
     pub(super) fn ledger_arrives(&mut self, to: usize, entries: &[BudgetEntry]) {
-        if self.peers[to].up {
-            self.peers[to].budgets.heard(entries);
+        let now = self.unix_secs();
+        if self.peers[to].up && self.peers[to].budgets.heard(entries, now) > 0 {
+            self.share_freed(to);
         }
     }
 }

@@ -60,6 +60,10 @@ pub struct NetParams {
     /// Nodes share their budgets through the daemon's ledger (its `BudgetBook`, its
     /// messages: a refusal at once, other news once a second).
     pub ledger: bool,
+    /// Every node's book starts with the window's figures (`remaining` = `budget`), as
+    /// when the budget ran down while the fleet was up; else nobody knows them until
+    /// GitHub's first answer.
+    pub budget_known: bool,
 }
 
 impl Default for NetParams {
@@ -73,6 +77,7 @@ impl Default for NetParams {
             join_gap: Duration::from_millis(20),
             budget: None,
             ledger: true,
+            budget_known: false,
         }
     }
 }
@@ -136,6 +141,8 @@ enum Ev {
     },
     /// `node`'s ledger publishes what changed this second.
     LedgerTick(usize),
+    /// The budget may be quiet: calls waiting for `node`'s share look again.
+    ShareQuiet(usize),
     Churn(usize),
 }
 
@@ -169,6 +176,8 @@ struct SimPeer {
     budgets: ghmesh_node::upstream::ledger::BudgetBook,
     /// A ledger tick is scheduled.
     ledger_tick: bool,
+    /// Keys whose upstream call waits for a place in this node's share of the budget.
+    share_waiting: Vec<usize>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -371,8 +380,13 @@ impl Des {
             discovered_once: false,
             budgets: Default::default(),
             ledger_tick: false,
+            share_waiting: Vec::new(),
         });
-        self.peers.len() - 1
+        let n = self.peers.len() - 1;
+        if self.net.budget_known {
+            self.knows_the_window(n);
+        }
+        n
     }
 
     fn at(&mut self, t: Us, ev: Ev) {
@@ -447,6 +461,7 @@ impl Des {
                 self.peers[n].ledger_tick = false;
                 self.publish_ledger(n);
             }
+            Ev::ShareQuiet(n) => self.share_freed(n),
             Ev::Churn(left) => self.churn(left),
         }
     }

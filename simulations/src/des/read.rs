@@ -10,6 +10,7 @@ use std::time::Duration;
 use ghmesh_node::placement;
 use ghmesh_node::policy::resolve::{Ask, End, Input, Resolution, Start, Step, View};
 use ghmesh_node::policy::{self, LookupAnswer, LookupView};
+use ghmesh_node::upstream::ledger::Spend;
 use ghmesh_node::MeshMode;
 use ghmesh_protocol::LookupReply;
 use libp2p::PeerId;
@@ -482,6 +483,20 @@ impl Des {
             self.complete(n, key, Outcome::Held);
             return;
         }
+        match self.budget_spend(n, self.in_flight(n)) {
+            Spend::Go => {}
+            Spend::Held { .. } => return self.complete(n, key, Outcome::Held),
+            Spend::Wait { until } => {
+                // Waits, as the daemon's `take_share` does, for a call to end, news,
+                // or the budget to be quiet.
+                self.peers[n].share_waiting.push(key);
+                if let Some(at) = until {
+                    let at = self.at_unix_secs(at);
+                    self.at(at, Ev::ShareQuiet(n));
+                }
+                return;
+            }
+        }
         let held = self.peers[n].store.contains_key(&key);
         let Some(f) = self.peers[n].flights.get_mut(&key) else {
             return;
@@ -496,10 +511,34 @@ impl Des {
         self.at(self.now + d, Ev::Upstream { node: n, key, gen });
     }
 
+    /// Calls `n` has on their way to GitHub.
+    fn in_flight(&self, n: usize) -> u64 {
+        self.peers[n]
+            .flights
+            .values()
+            .filter(|f| f.upstream)
+            .count() as u64
+    }
+
+    /// Calls waiting for `n`'s share look again (a call ended, or figures arrived).
+    pub(super) fn share_freed(&mut self, n: usize) {
+        let waiting = std::mem::take(&mut self.peers[n].share_waiting);
+        for key in waiting {
+            if self.peers[n].flights.get(&key).is_some_and(|f| !f.upstream) {
+                self.go_upstream(n, key);
+            }
+        }
+    }
+
     pub(super) fn upstream_done(&mut self, n: usize, key: usize, gen: u64) {
         if self.peers[n].flights.get(&key).is_none_or(|f| f.gen != gen) {
             return;
         }
+        self.upstream_answered(n, key);
+        self.share_freed(n);
+    }
+
+    fn upstream_answered(&mut self, n: usize, key: usize) {
         // The content never changes here: a copy held when the fetch began is
         // revalidated for free.
         let held = self.peers[n].flights.get(&key).is_some_and(|f| f.held);
