@@ -143,11 +143,12 @@ pub const MAX_WRITE_BATCH: usize = 256;
 /// Most rate-limit budgets × resources the ledger keeps; the window that ended first
 /// goes first.
 pub const MAX_BUDGETS: usize = 1024;
-/// How often a node gossips what changed in its rate-limit ledger, however busy: at
-/// most one message a second.
+/// How often a node gossips what changed in its rate-limit ledger, however busy: one
+/// message a second, beside the urgent ones below.
 pub const LEDGER_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-/// Least time between two messages a refusal sent at once (a refusal holds the budget,
-/// so refusals are rare; this bounds them anyway).
+/// Least time between two urgent ledger messages (a refusal, a budget down to the
+/// reserve, or every answer on a budget near its end, which is shared out by the
+/// figures): at most ten a second per node however many answers arrive.
 pub const LEDGER_URGENT_GAP: std::time::Duration = std::time::Duration::from_millis(100);
 /// Most holds remembered (tokens × resources); expired ones go first.
 pub const MAX_HOLDS: usize = 4096;

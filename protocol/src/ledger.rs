@@ -51,7 +51,15 @@ pub struct BudgetEntry {
 pub struct Ledger {
     /// At most [`MAX_LEDGER_ENTRIES`].
     pub entries: Vec<BudgetEntry>,
+    /// The member that spent them (its peer id's bytes): gossip is anonymous, and the
+    /// members sharing out a budget near its end are the ones that spend it. Messages
+    /// from members that predate the field name nobody.
+    #[serde(default)]
+    pub spender: Option<ByteBuf>,
 }
+
+/// Longest peer id, in bytes (an identity multihash of an Ed25519 key is 38).
+pub const MAX_SPENDER_LEN: usize = 64;
 
 /// Why a ledger entry from a peer is not believed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -76,6 +84,13 @@ impl Ledger {
     pub fn check(&self, now_secs: u64) -> Result<(), LedgerError> {
         if self.entries.len() > MAX_LEDGER_ENTRIES {
             return Err(LedgerError::TooMany);
+        }
+        if self
+            .spender
+            .as_ref()
+            .is_some_and(|s| s.len() > MAX_SPENDER_LEN)
+        {
+            return Err(LedgerError::BadName);
         }
         self.entries.iter().try_for_each(|e| e.check(now_secs))
     }
@@ -117,7 +132,7 @@ impl BudgetEntry {
         if other.reset > self.reset {
             let held = (self.held_until, self.secondary, self.streak);
             *self = other.clone();
-            if held.0 > self.held_until {
+            if held > (self.held_until, self.secondary, self.streak) {
                 (self.held_until, self.secondary, self.streak) = held;
             }
         } else if other.reset == self.reset {
@@ -125,10 +140,11 @@ impl BudgetEntry {
             self.used = self.used.max(other.used);
             self.limit = self.limit.max(other.limit);
         }
-        if other.held_until > self.held_until {
-            self.held_until = other.held_until;
-            self.secondary = other.secondary;
-            self.streak = other.streak;
+        // Compared whole, so that two holds ending in the same second merge alike on
+        // every member whatever the order.
+        let theirs = (other.held_until, other.secondary, other.streak);
+        if theirs > (self.held_until, self.secondary, self.streak) {
+            (self.held_until, self.secondary, self.streak) = theirs;
         }
         *self != before
     }
@@ -206,6 +222,21 @@ mod tests {
     }
 
     #[test]
+    fn holds_ending_in_the_same_second_merge_alike_in_any_order() {
+        let mut first = entry(4000, 1000, 1600);
+        first.secondary = true;
+        first.streak = 1;
+        let mut second = entry(4000, 1000, 1600);
+        second.secondary = true;
+        second.streak = 2;
+        let (mut a, mut b) = (first.clone(), second.clone());
+        a.merge(&second);
+        b.merge(&first);
+        assert_eq!(a, b);
+        assert_eq!(a.streak, 2);
+    }
+
+    #[test]
     fn an_entry_without_a_streak_reads_as_a_first_offence() {
         // The entry as members before the streak wrote it: the same map, one key less.
         #[derive(Serialize)]
@@ -261,7 +292,13 @@ mod tests {
         );
         let many = Ledger {
             entries: vec![entry(5, now, 0); MAX_LEDGER_ENTRIES + 1],
+            spender: None,
         };
         assert_eq!(many.check(now), Err(LedgerError::TooMany));
+        let named = Ledger {
+            entries: vec![entry(5, now, 0)],
+            spender: Some(ByteBuf::from(vec![0; MAX_SPENDER_LEN + 1])),
+        };
+        assert_eq!(named.check(now), Err(LedgerError::BadName));
     }
 }

@@ -246,52 +246,68 @@ async fn a_repeat_secondary_limit_on_another_node_holds_the_fleet_twice_as_long(
     assert_eq!(gh.total_requests(), sent, "still held a minute later");
 }
 
-/// A budget near its end is shared out: a burst of misses on every node at once spends
-/// what is left with at most the fleet's one refusal (each node keeps its requests in
-/// flight within its share of the fleet's figures), and what does not fit is held,
-/// not sent.
+/// A budget near its end is shared out among the members that spend it: a burst of
+/// misses on every node at once spends what is left with at most the fleet's one
+/// refusal (each node keeps its requests in flight within its share of the fleet's
+/// figures), and what does not fit is held, not sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_on_every_node_spends_a_budget_near_its_end_with_one_refusal_at_most() {
     let gh = FakeGithub::start().await.unwrap();
-    gh.set_rate_limit(15);
+    gh.set_rate_limit(40);
     gh.set_latency(Duration::from_millis(50));
     let dir = tempfile::tempdir().unwrap();
     let nodes = fleet(3, &gh, &[], &dir).await.unwrap();
-    // Every node learns the window's figures: a read each, then the ledger's news.
-    for (n, node) in nodes.iter().enumerate() {
-        let (status, _) = read(node, &format!("/repos/acme/warm{n}"), None).await;
+    // Every node spends the token (reads until each has fetched a key it owns), and
+    // every node hears from the others that they do.
+    let mut warm = 0;
+    loop {
+        let mut idle = 0;
+        for n in &nodes {
+            idle += usize::from(n.stats().await.unwrap()["upstream_calls"] == 0);
+        }
+        if idle == 0 {
+            break;
+        }
+        let (status, _) = read(&nodes[0], &format!("/repos/acme/warm{warm}"), None).await;
         assert_eq!(status, 200);
+        warm += 1;
+        assert!(warm < 30, "a node that owns nothing");
     }
+    let left = 40 - warm as u64;
     for n in &nodes {
-        poll("the fleet's figures on every node", || async {
-            budgets(n)
-                .await
-                .iter()
-                .any(|b| b["resource"] == "core" && b["remaining"].as_u64() == Some(12))
+        poll("the fleet's figures and spenders on every node", || async {
+            budgets(n).await.iter().any(|b| {
+                b["resource"] == "core"
+                    && b["remaining"].as_u64() == Some(left)
+                    && b["members_spending"] == 2
+            })
         })
         .await;
     }
-    let reads = (0..30).map(|i| {
+    // Eighteen misses more than what is left, on all three nodes at once.
+    let misses = left as usize + 18;
+    let reads = (0..misses).map(|i| {
         let node = &nodes[i % 3];
         async move { read(node, &format!("/repos/acme/burst{i}"), None).await }
     });
     let answers = futures::future::join_all(reads).await;
-    // Without shares all 30 go at once and 18 are refused. With them, the last two
-    // requests may both go when one node's figures are a round trip older than
-    // another's (news near the end goes out at most every 100 ms): the fleet's one
-    // offence, which then holds everyone.
+    // Without shares every node sends as many as its upstream concurrency allows, and
+    // those beyond what is left are refused.
+    // With them, the last two requests may both go when one node's figures are a
+    // round trip older than another's (news near the end goes out at most every
+    // 100 ms): the fleet's one offence, which then holds everyone.
     let refused_by_github = gh.total_requests() - gh.full_responses() - gh.not_modified();
     assert!(refused_by_github <= 1, "{refused_by_github}: {answers:?}");
-    println!("refused by GitHub: {refused_by_github}");
-    let served = answers.iter().filter(|(s, _)| *s == 200).count();
-    assert_eq!(served, 12, "what was left is spent: {answers:?}");
+    println!("{left} left for {misses} misses; refused by GitHub: {refused_by_github}");
+    let served = answers.iter().filter(|(s, _)| *s == 200).count() as u64;
+    assert_eq!(served, left, "what was left is spent: {answers:?}");
     assert!(
         answers.iter().all(|(s, _)| *s == 200 || *s == 403),
         "{answers:?}"
     );
     assert_eq!(
         gh.full_responses(),
-        15,
+        40,
         "the whole budget, and not one more"
     );
 }

@@ -19,7 +19,6 @@ use libp2p::{Multiaddr, PeerId};
 use super::{Inner, Node};
 use crate::limits::MAX_SMALL_FRAME;
 use crate::network::Channel;
-use crate::upstream::ledger::Fleet;
 
 /// A node pulls member lists from the members it admits while it has at most this
 /// many: enough to learn the fleet from more than one point of view, without every
@@ -49,15 +48,6 @@ impl Node {
         self.book(|b| b.disconnected(&peer, now));
         // A holder that left fetches nothing more: its leases pass to the next askers.
         self.leases(|l| l.forget_holder(&peer));
-        self.count_the_fleet();
-    }
-
-    /// Tells the upstream client how many nodes spend the fleet's budgets and where we
-    /// rank (a budget near its end is shared out among them): at once when a member
-    /// comes or goes, and again every sweep.
-    pub(super) fn count_the_fleet(&self) {
-        let fleet = Fleet::among(self.peer_id(), &self.members());
-        self.inner.upstream.set_fleet(fleet);
     }
 
     /// Sends our hello and admits `peer` when its reply proves the key.
@@ -81,7 +71,6 @@ impl Node {
             return;
         }
         if newly {
-            self.count_the_fleet();
             if let Some(mesh) = &self.inner.mesh {
                 mesh.admitted.notify_waiters();
             }
@@ -304,7 +293,6 @@ pub(super) async fn sweep(node: Weak<Inner>) {
                 for p in connected {
                     node.on_connected(p);
                 }
-                node.count_the_fleet();
                 net.set_members(node.members()).await;
                 // A reachability event dropped under load, or a hello that told it
                 // lost: caught up here.

@@ -121,9 +121,9 @@ impl Node {
 
 /// Gossips what this node learned of the rate-limit budgets it spends: every
 /// [`LEDGER_EVERY`], however busy it is, what changed in that time in one message; and
-/// at once when a refusal started a hold (then at most every [`LEDGER_URGENT_GAP`]),
-/// so that members stop spending the budget before they are refused too (contract
-/// §10).
+/// at once when a refusal started a hold or a budget is down to the reserve or near
+/// its end (then at most every [`LEDGER_URGENT_GAP`]), so that members stop spending
+/// the budget before they are refused too (contract §10).
 pub(super) async fn ledger(node: std::sync::Weak<super::Inner>) {
     // Only a weak reference between runs: dropping every handle ends the loop too.
     let Some((stopping, Some(urgent))) = node.upgrade().map(|i| {
@@ -154,7 +154,12 @@ impl Node {
         if entries.is_empty() {
             return;
         }
-        let msg = Message::Ledger(Ledger { entries });
+        let msg = Message::Ledger(Ledger {
+            entries,
+            spender: Some(ghmesh_protocol::ledger::ByteBuf::from(
+                self.peer_id().to_bytes(),
+            )),
+        });
         if let Some(bytes) = self.publish_news(&msg).await {
             let counters = &self.inner.telemetry.counters;
             counters.ledger_sent.inc();

@@ -89,7 +89,11 @@ impl Node {
             Message::Ledger(ledger) => match ledger.check(self.clock().now_secs()) {
                 Ok(()) => {
                     self.inner.telemetry.counters.ledger_received.inc();
-                    self.inner.upstream.ledger_heard(&ledger.entries);
+                    let spender = ledger
+                        .spender
+                        .as_ref()
+                        .and_then(|b| PeerId::from_bytes(b).ok());
+                    self.inner.upstream.ledger_heard(&ledger.entries, spender);
                     true
                 }
                 Err(e) => {

@@ -207,6 +207,7 @@ impl Node {
         };
         let (writer, writer_rx) = Writer::channel(WRITE_QUEUE);
         let (prefetch_tx, prefetch_rx) = mpsc::channel(PREFETCH_QUEUE);
+        upstream.set_peer_id(id);
         let node = Node {
             inner: Arc::new(Inner {
                 started: Started {

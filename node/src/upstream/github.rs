@@ -15,10 +15,11 @@ use bytes::Bytes;
 use futures::StreamExt;
 use ghmesh_protocol::ledger::BudgetEntry;
 use ghmesh_protocol::{entry::MAX_BODY_LEN, token_fingerprint, CanonicalRequest, GRAPHQL_PATH};
+use libp2p::PeerId;
 
 use super::holds::{resource_of_path, FleetSaid, HoldKey, Holds};
 use super::ledger::{
-    may_spend, BudgetBook, BudgetId, BudgetView, Fleet, NewHold, Spend, QUIET_SECS,
+    may_spend, BudgetBook, BudgetId, BudgetView, NewHold, Spend, MAX_TURN_WAIT_SECS, QUIET_SECS,
 };
 use super::{
     BoxFuture, Conditional, Credential, RateLimit, Upstream, UpstreamError, UpstreamResponse,
@@ -100,6 +101,8 @@ pub struct GithubClient {
     /// A request on a budget ended or the figures changed: requests waiting for their
     /// share look again.
     share_freed: tokio::sync::Notify,
+    /// Our rank among a budget's spenders before the node says who we are.
+    anonymous: PeerId,
 }
 
 #[derive(Default)]
@@ -110,8 +113,9 @@ struct LimitState {
     /// Every budget spent here or heard of from members.
     book: BudgetBook,
     /// Requests on their way to GitHub per budget (entries only while some are).
-    in_flight: HashMap<BudgetId, u64>,
-    fleet: Fleet,
+    in_flight: HashMap<(BudgetId, String), u64>,
+    /// This node's peer id (a random one until the node says).
+    me: Option<PeerId>,
 }
 
 impl GithubClient {
@@ -139,6 +143,7 @@ impl GithubClient {
             },
             ledger_urgent: std::sync::atomic::AtomicBool::new(false),
             share_freed: tokio::sync::Notify::new(),
+            anonymous: PeerId::random(),
         })
     }
 
@@ -208,16 +213,19 @@ impl GithubClient {
         None
     }
 
-    /// Takes a place in this node's share of `budget` (see [`BudgetBook::share`] and
-    /// [`may_spend`]), waiting while the share is in flight or, without a share, until
-    /// the budget is quiet; or the refusal to answer when nothing is left above the
-    /// reserve. The wait is bounded by the caller's upstream deadline, and looks again
-    /// as soon as a request on the budget ends or members' figures arrive.
+    /// Takes a place in this node's share of `budget` for `resource` (see
+    /// [`BudgetBook::share`] and [`may_spend`]), waiting while the share is in flight
+    /// or, without a share, for this node's turn; or the refusal to answer when
+    /// nothing is left above the reserve, or when the turn has not come within
+    /// [`MAX_TURN_WAIT_SECS`] (then held until the turn). Looks again as soon as a
+    /// request on the budget ends or members' figures arrive.
     async fn take_share(
         &self,
         budget: BudgetId,
         resource: &str,
     ) -> Result<InFlight<'_>, UpstreamResponse> {
+        let slot = (budget, resource.to_string());
+        let started = tokio::time::Instant::now();
         loop {
             // Registered before looking, so that a place freed in between is not missed.
             let freed = self.share_freed.notified();
@@ -227,26 +235,34 @@ impl GithubClient {
                 let Ok(mut state) = self.state.lock() else {
                     return Ok(InFlight {
                         client: self,
-                        budget: None,
+                        slot: None,
                     });
                 };
                 let now = self.clock.now_secs();
-                let fleet = state.fleet;
+                let me = state.me.unwrap_or(self.anonymous);
                 let share = state
                     .book
-                    .share(budget, resource, self.budgets.reserve, fleet, now);
-                let n = state.in_flight.get(&budget).copied().unwrap_or(0);
+                    .share(budget, resource, self.budgets.reserve, me, now);
+                let n = state.in_flight.get(&slot).copied().unwrap_or(0);
+                let held = |until| {
+                    let why = "the fleet's last requests of this window are other members' turn";
+                    held_refusal(resource, until, now, why)
+                };
                 match may_spend(share, n, now) {
                     Spend::Go => {
-                        state.in_flight.insert(budget, n + 1);
+                        state.in_flight.insert(slot.clone(), n + 1);
                         return Ok(InFlight {
                             client: self,
-                            budget: Some(budget),
+                            slot: Some(slot),
                         });
                     }
-                    Spend::Held { until } => {
-                        let why = "the fleet's last requests of this window are members' share";
-                        return Err(held_refusal(resource, until, now, why));
+                    Spend::Held { until } => return Err(held(until)),
+                    // Members' news may move a turn again and again: the whole wait
+                    // for one is bounded, then the client hears when to come back.
+                    Spend::Wait { until: Some(turn) }
+                        if started.elapsed() >= Duration::from_secs(MAX_TURN_WAIT_SECS) =>
+                    {
+                        return Err(held(turn));
                     }
                     Spend::Wait { until } => until.map(|u| {
                         // The clock is the node's (tests move it): a nap of at most
@@ -257,9 +273,11 @@ impl GithubClient {
                 }
             };
             match wait {
-                Some(quiet) => {
-                    let _ = tokio::time::timeout(quiet, freed).await;
+                Some(nap) => {
+                    let _ = tokio::time::timeout(nap, freed).await;
                 }
+                // One of ours is in flight: its end (bounded by the request timeout)
+                // wakes us.
                 None => freed.await,
             }
         }
@@ -294,20 +312,6 @@ impl GithubClient {
             secondary_streak: state.book.secondary_streak(b, now_ms / 1000),
         });
         let started = state.holds.observe(token, resource, resp, now_ms, fleet);
-        // A refusal, or GitHub saying the budget is down to the reserve (or gone):
-        // members should know before they spend past it.
-        let remaining = resp
-            .header("x-ratelimit-remaining")
-            .and_then(|r| r.trim().parse::<u64>().ok());
-        // Near the end a budget is shared out by the fleet's figures (`take_share`):
-        // the sooner members hear them, the less they send into a refusal.
-        let near_end = (state.fleet.size as u64).saturating_mul(NEAR_END_PER_NODE);
-        let spent = resp.status < 400
-            && remaining.is_some_and(|r| r.saturating_sub(self.budgets.reserve) < near_end);
-        if started.is_some() || spent {
-            self.ledger_urgent
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-        }
         if let Some(budget) = budget {
             let hold = started.map(|s| NewHold {
                 until: (now_ms / 1000).saturating_add(s.wait.as_secs().max(1)),
@@ -317,6 +321,26 @@ impl GithubClient {
             state
                 .book
                 .observe(budget, resource, resp, hold, now_ms / 1000);
+        }
+        // A refusal, GitHub saying the budget is down to the reserve (or gone), or a
+        // budget near its end (shared out by the fleet's figures, see `take_share`):
+        // members should know before they spend past it.
+        let remaining = resp
+            .header("x-ratelimit-remaining")
+            .and_then(|r| r.trim().parse::<u64>().ok());
+        let me = state.me.unwrap_or(self.anonymous);
+        let near_end = budget.is_some_and(|b| {
+            let now = now_ms / 1000;
+            state
+                .book
+                .share(b, resource, self.budgets.reserve, me, now)
+                .is_some()
+        });
+        let spent =
+            resp.status < 400 && (near_end || remaining.is_some_and(|r| r <= self.budgets.reserve));
+        if started.is_some() || spent {
+            self.ledger_urgent
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         if let Some(started) = started {
             let whose = if token == self.token_fp {
@@ -556,12 +580,12 @@ impl Upstream for GithubClient {
             .unwrap_or_default()
     }
 
-    fn ledger_heard(&self, entries: &[BudgetEntry]) -> usize {
+    fn ledger_heard(&self, entries: &[BudgetEntry], spender: Option<PeerId>) -> usize {
         let now = self.clock.now_secs();
         let changed = self
             .state
             .lock()
-            .map(|mut s| s.book.heard(entries, now))
+            .map(|mut s| s.book.heard(entries, spender, now))
             .unwrap_or(0);
         if changed > 0 {
             self.share_freed.notify_waiters();
@@ -569,12 +593,9 @@ impl Upstream for GithubClient {
         changed
     }
 
-    fn set_fleet(&self, fleet: Fleet) {
+    fn set_peer_id(&self, me: PeerId) {
         if let Ok(mut s) = self.state.lock() {
-            if s.fleet != fleet {
-                s.fleet = fleet;
-                self.share_freed.notify_waiters();
-            }
+            s.me = Some(me);
         }
     }
 
@@ -587,28 +608,23 @@ impl Upstream for GithubClient {
     }
 }
 
-/// Requests left per node below which every answer's figures are news at once: a
-/// node's default upstream concurrency, so that shares are counted from fresh figures
-/// once they are small enough to bind.
-pub const NEAR_END_PER_NODE: u64 = 8;
-
 /// A place in a budget's share, given back when the request ends (answered, failed or
 /// dropped at its deadline).
 struct InFlight<'a> {
     client: &'a GithubClient,
-    budget: Option<BudgetId>,
+    slot: Option<(BudgetId, String)>,
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        let Some(budget) = self.budget else {
+        let Some(slot) = self.slot.take() else {
             return;
         };
         if let Ok(mut state) = self.client.state.lock() {
-            if let Some(n) = state.in_flight.get_mut(&budget) {
+            if let Some(n) = state.in_flight.get_mut(&slot) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
-                    state.in_flight.remove(&budget);
+                    state.in_flight.remove(&slot);
                 }
             }
         }

@@ -478,12 +478,15 @@ mod tests {
         // Our own streak counts when it is the longer one.
         let mut holds = Holds::default();
         holds.observe(t, "core", &secondary, 0, FleetSaid::default());
-        let again = FleetSaid {
+        holds.observe(t, "core", &secondary, 61_000, FleetSaid::default());
+        let behind = FleetSaid {
             held: false,
             secondary_streak: Some(0),
         };
-        let second = holds.observe(t, "core", &secondary, 61_000, again).unwrap();
-        assert_eq!(second.streak, 1);
+        let third = holds
+            .observe(t, "core", &secondary, 200_000, behind)
+            .unwrap();
+        assert_eq!((third.wait, third.streak), (SECONDARY_FIRST * 4, 2));
         // A refusal sent before a member's hold was heard of starts nothing.
         let mut holds = Holds::default();
         let under_members = FleetSaid {

@@ -10,6 +10,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use ghmesh_protocol::ledger::{BudgetEntry, ByteBuf, BUDGET_ID_LEN, MAX_LEDGER_ENTRIES};
+use libp2p::PeerId;
 use serde::Serialize;
 
 use super::holds::REPEAT_WINDOW;
@@ -48,9 +49,12 @@ pub struct BudgetView {
     pub held_until: Option<u64>,
     /// Whose figures these are.
     pub source: Source,
+    /// Members heard spending it in this window (this node not counted): those it is
+    /// shared out among near its end.
+    pub members_spending: usize,
 }
 
-/// This node's place among the nodes that spend the fleet's budgets.
+/// This node's place among the nodes that spend a budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fleet {
     /// Nodes, this one included.
@@ -60,16 +64,25 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// `me` among `members` (not counting `me`), ranked by peer id: every member sorts
-    /// the same set the same way.
-    pub fn among(me: libp2p::PeerId, members: &[libp2p::PeerId]) -> Self {
-        let me = me.to_bytes();
-        Self {
-            size: members.len() + 1,
-            rank: members.iter().filter(|m| m.to_bytes() < me).count(),
+    /// `me` among `others` (whether or not they include `me`), ranked by peer id:
+    /// every member sorts the same set the same way.
+    pub fn among<'a>(me: PeerId, others: impl IntoIterator<Item = &'a PeerId>) -> Self {
+        let mine = me.to_bytes();
+        let (mut size, mut rank) = (1, 0);
+        for p in others.into_iter().filter(|p| **p != me) {
+            size += 1;
+            rank += usize::from(p.to_bytes() < mine);
         }
+        Self { size, rank }
     }
 }
+
+/// Requests left per spending node below which a budget is near its end: a node's
+/// default upstream concurrency. Only then is it shared out, and every answer's
+/// figures are news at once.
+pub const NEAR_END_PER_NODE: u64 = 8;
+/// Spenders remembered per budget and resource (the fleet's peers are bounded alike).
+const MAX_SPENDERS: usize = crate::limits::MAX_PEERS;
 
 impl Default for Fleet {
     fn default() -> Self {
@@ -172,6 +185,8 @@ struct Slot {
     source: Source,
     /// When the figures last changed (unix seconds).
     changed: u64,
+    /// Members that said they spent this budget in the current window.
+    spenders: BTreeSet<PeerId>,
 }
 
 /// Every budget this node spends or hears of, by id and resource.
@@ -244,11 +259,26 @@ impl BudgetBook {
 
     /// Merges what members said (already checked). Not news: only what we saw
     /// ourselves is gossiped, so that the ledger's traffic follows upstream calls.
-    pub fn heard(&mut self, entries: &[BudgetEntry], now_secs: u64) -> usize {
-        entries
-            .iter()
-            .filter(|e| self.merge(e, Source::Fleet, now_secs))
-            .count()
+    /// `spender`: the member that spent them, if its message named it.
+    pub fn heard(
+        &mut self,
+        entries: &[BudgetEntry],
+        spender: Option<PeerId>,
+        now_secs: u64,
+    ) -> usize {
+        let mut changed = 0;
+        for e in entries {
+            changed += usize::from(self.merge(e, Source::Fleet, now_secs));
+            let (Some(p), Ok(id)) = (spender, <BudgetId>::try_from(e.budget.as_slice())) else {
+                continue;
+            };
+            if let Some(slot) = self.slots.get_mut(&(id, e.resource.clone())) {
+                if slot.entry.reset == e.reset && slot.spenders.len() < MAX_SPENDERS {
+                    slot.spenders.insert(p);
+                }
+            }
+        }
+        changed
     }
 
     fn record(&mut self, entry: BudgetEntry, source: Source, now_secs: u64) {
@@ -266,10 +296,14 @@ impl BudgetBook {
         };
         let key = (id, entry.resource.clone());
         if let Some(slot) = self.slots.get_mut(&key) {
+            let window = slot.entry.reset;
             let changed = slot.entry.merge(entry);
             if changed {
                 slot.source = source;
                 slot.changed = now_secs;
+            }
+            if slot.entry.reset != window {
+                slot.spenders.clear();
             }
             return changed;
         }
@@ -291,6 +325,7 @@ impl BudgetBook {
                 entry: entry.clone(),
                 source,
                 changed: now_secs,
+                spenders: BTreeSet::new(),
             },
         );
         true
@@ -325,7 +360,7 @@ impl BudgetBook {
             .iter()
             .filter(|((id, _), s)| *id == budget && s.entry.secondary)
             .filter(|(_, s)| now_secs < s.entry.held_until.saturating_add(REPEAT_WINDOW.as_secs()))
-            .max_by_key(|(_, s)| s.entry.held_until)
+            .max_by_key(|(_, s)| (s.entry.held_until, s.entry.streak))
             .map(|(_, s)| u32::from(s.entry.streak))
     }
 
@@ -344,20 +379,22 @@ impl BudgetBook {
         (slot.entry.reset > now_secs && slot.entry.remaining <= reserve).then_some(&slot.entry)
     }
 
-    /// How many requests on `budget` for `resource` this node may have in flight at
-    /// `now_secs`: an equal share among the fleet's nodes of half of what the fleet
-    /// knows is left above `reserve` in this window (rounded down, but the last
-    /// request can be spent), the remainder to the lowest ranks. The fleet's requests
-    /// in flight then fit in what GitHub will still answer even when members' figures
-    /// are a round trip old (each round spends at most half of what is left), where a
-    /// burst on a budget near its end would otherwise be refused once per request
-    /// already on its way. `None`: no figures for this window.
+    /// How many requests on `budget` for `resource` this node (`me`) may have in
+    /// flight at `now_secs`, when the budget is near its end ([`NEAR_END_PER_NODE`]
+    /// per spender): an equal share among its spenders (the members that said they
+    /// spent it this window, and us) of half of what the fleet knows is left above
+    /// `reserve` (rounded down, but the last request can be spent), the remainder to
+    /// the lowest ranks. The spenders' requests in flight then fit in what GitHub will
+    /// still answer even when their figures are a round trip apart (each round spends
+    /// at most half of what is left), where a burst on a budget near its end would
+    /// otherwise be refused once per request already on its way. `None`: no limit (no
+    /// figures for this window, or plenty left).
     pub fn share(
         &self,
         budget: BudgetId,
         resource: &str,
         reserve: u64,
-        fleet: Fleet,
+        me: PeerId,
         now_secs: u64,
     ) -> Option<Share> {
         let slot = self.slots.get(&(budget, resource.to_string()))?;
@@ -365,11 +402,15 @@ impl BudgetBook {
             return None;
         }
         let left = slot.entry.remaining.saturating_sub(reserve);
+        let fleet = Fleet::among(me, &slot.spenders);
+        if left >= (fleet.size as u64).saturating_mul(NEAR_END_PER_NODE) {
+            return None;
+        }
         // Halved down, so that at the very end (3, 2, 1 left) views a round trip
         // apart agree: one request, rank 0's.
         let now = (left / 2).max(left.min(1));
-        let size = fleet.size.max(1) as u64;
-        let rank = (fleet.rank as u64).min(size - 1);
+        let size = fleet.size as u64;
+        let rank = fleet.rank as u64;
         Some(Share {
             requests: now / size + u64::from(rank < now % size),
             left,
@@ -399,6 +440,7 @@ impl BudgetBook {
                     (s.entry.remaining == 0 && s.entry.reset > now_secs).then_some(s.entry.reset)
                 },
                 source: s.source,
+                members_spending: s.spenders.len(),
             })
             .collect();
         out.sort_by(|a, b| (&a.budget, &a.resource).cmp(&(&b.budget, &b.resource)));

@@ -39,8 +39,12 @@ fn our_answers_are_news_once_and_members_news_is_merged_not_repeated() {
     let mut theirs = news[0].clone();
     theirs.remaining = 100;
     theirs.used = 4900;
-    assert_eq!(book.heard(&[theirs.clone()], 1000), 1);
-    assert_eq!(book.heard(&[theirs], 1000), 0, "old news changes nothing");
+    assert_eq!(book.heard(&[theirs.clone()], None, 1000), 1);
+    assert_eq!(
+        book.heard(&[theirs], None, 1000),
+        0,
+        "old news changes nothing"
+    );
     assert!(book.news().is_empty());
     let v = book.view(1000);
     assert_eq!((v[0].remaining, v[0].source), (100, Source::Fleet));
@@ -60,7 +64,7 @@ fn a_refusal_holds_the_budget_fleet_wide_until_its_time() {
         hold(2000, false, 0),
         1000,
     );
-    assert_eq!(member.heard(&me.news(), 1000), 1);
+    assert_eq!(member.heard(&me.news(), None, 1000), 1);
     assert_eq!(member.held_until(A, "core", 1500), Some(2000));
     assert_eq!(member.held_until(A, "core", 2000), None, "until the reset");
     assert_eq!(
@@ -81,7 +85,7 @@ fn a_refusal_holds_the_budget_fleet_wide_until_its_time() {
         hold(1600, true, 0),
         1000,
     );
-    member.heard(&me.news(), 1000);
+    member.heard(&me.news(), None, 1000);
     assert_eq!(member.held_until(B, "graphql", 1500), Some(1600));
 }
 
@@ -97,7 +101,7 @@ fn a_members_secondary_limit_is_remembered_for_the_repeat_window() {
         hold(1060, true, 1),
         1000,
     );
-    member.heard(&me.news(), 1000);
+    member.heard(&me.news(), None, 1000);
     assert_eq!(member.secondary_streak(A, 1030), Some(1), "on");
     assert_eq!(member.secondary_streak(A, 1060 + 3599), Some(1), "a repeat");
     assert_eq!(
@@ -114,7 +118,7 @@ fn a_members_secondary_limit_is_remembered_for_the_repeat_window() {
         hold(5000, false, 0),
         1000,
     );
-    member.heard(&me.news(), 1000);
+    member.heard(&me.news(), None, 1000);
     assert_eq!(member.secondary_streak(B, 1030), None);
 }
 
@@ -177,36 +181,48 @@ fn the_book_is_bounded_and_forgets_the_oldest_window_first() {
 }
 
 #[test]
-fn a_budget_near_its_end_is_shared_out_so_that_in_flight_requests_fit_in_it() {
+fn a_budget_near_its_end_is_shared_out_among_its_spenders() {
+    let mut ids: Vec<libp2p::PeerId> = (0..4).map(|_| libp2p::PeerId::random()).collect();
+    ids.sort_by_key(|p| p.to_bytes());
     let mut book = BudgetBook::default();
-    let fleet = |rank| Fleet { size: 4, rank };
-    let shares = |book: &BudgetBook, reserve| -> Vec<u64> {
-        (0..4)
-            .map(|r| {
-                book.share(A, "core", reserve, fleet(r), 1000)
-                    .unwrap()
-                    .requests
+    assert_eq!(book.share(A, "core", 0, ids[0], 1000), None, "no figures");
+    book.observe(A, "core", &answer(200, 20, 2000, "core"), None, 1000);
+    let shares = |book: &BudgetBook, reserve| -> Vec<Option<u64>> {
+        ids.iter()
+            .map(|me| {
+                book.share(A, "core", reserve, *me, 1000)
+                    .map(|s| s.requests)
             })
             .collect()
     };
-    assert_eq!(book.share(A, "core", 0, fleet(0), 1000), None, "no figures");
-    book.observe(A, "core", &answer(200, 20, 2000, "core"), None, 1000);
+    // Alone, 20 left is plenty (8 per spender): no limit.
+    assert_eq!(shares(&book, 0), [None, None, None, None]);
+    // Members said they spend it too: four spenders (whoever of them is us), 20 < 32,
+    // shared out.
+    let entry = book.news();
+    for p in &ids {
+        book.heard(&entry, Some(*p), 1000);
+    }
     // Half of what is left goes out at once, the remainder to the first ranks.
-    assert_eq!(shares(&book, 0), [3, 3, 2, 2]);
+    assert_eq!(shares(&book, 0), [Some(3), Some(3), Some(2), Some(2)]);
     // Above a reserve of 16 four are left: two now, to the first two ranks.
-    assert_eq!(shares(&book, 16), [1, 1, 0, 0]);
+    assert_eq!(shares(&book, 16), [Some(1), Some(1), Some(0), Some(0)]);
     // The last request can be spent, by one node.
     book.observe(A, "core", &answer(200, 1, 2000, "core"), None, 1000);
-    assert_eq!(shares(&book, 0), [1, 0, 0, 0]);
+    assert_eq!(shares(&book, 0), [Some(1), Some(0), Some(0), Some(0)]);
     assert_eq!(
-        book.share(A, "core", 0, fleet(0), 2000),
+        book.share(A, "core", 0, ids[0], 2000),
         None,
         "the window is over"
     );
-    book.observe(A, "core", &answer(200, 0, 2000, "core"), None, 1000);
-    assert_eq!(shares(&book, 0), [0, 0, 0, 0]);
-    let alone = book.share(B, "core", 0, Fleet::default(), 1000);
-    assert_eq!(alone, None, "another budget");
+    // A new window: the spenders of the last one are not counted.
+    book.observe(A, "core", &answer(200, 20, 5600, "core"), None, 2000);
+    assert_eq!(book.share(A, "core", 0, ids[3], 2000), None);
+    assert_eq!(
+        book.share(B, "core", 0, ids[0], 1000),
+        None,
+        "another budget"
+    );
 }
 
 #[test]
@@ -215,8 +231,8 @@ fn every_member_ranks_the_fleet_alike() {
     let mut ranks: Vec<usize> = ids
         .iter()
         .map(|me| {
-            let members: Vec<_> = ids.iter().filter(|p| *p != me).copied().collect();
-            let fleet = Fleet::among(*me, &members);
+            // Whether or not the set names us.
+            let fleet = Fleet::among(*me, &ids);
             assert_eq!(fleet.size, 5);
             fleet.rank
         })
@@ -275,18 +291,15 @@ fn a_request_goes_within_its_share_waits_beyond_it_and_takes_turns_once_the_budg
 #[test]
 fn figures_are_quiet_a_while_after_they_last_changed() {
     let mut book = BudgetBook::default();
-    book.observe(A, "core", &answer(200, 10, 2000, "core"), None, 1000);
-    let quiet = |book: &BudgetBook| {
-        book.share(A, "core", 0, Fleet::default(), 1000)
-            .unwrap()
-            .quiet_at
-    };
+    book.observe(A, "core", &answer(200, 5, 2000, "core"), None, 1000);
+    let me = libp2p::PeerId::random();
+    let quiet = |book: &BudgetBook| book.share(A, "core", 0, me, 1000).unwrap().quiet_at;
     assert_eq!(quiet(&book), 1001 + QUIET_SECS);
     // The same figures again change nothing; lower ones do.
     let news = book.news();
-    book.heard(&news, 1001);
-    book.observe(A, "core", &answer(200, 10, 2000, "core"), None, 1001);
+    book.heard(&news, None, 1001);
+    book.observe(A, "core", &answer(200, 5, 2000, "core"), None, 1001);
     assert_eq!(quiet(&book), 1001 + QUIET_SECS);
-    book.observe(A, "core", &answer(200, 9, 2000, "core"), None, 1001);
+    book.observe(A, "core", &answer(200, 4, 2000, "core"), None, 1001);
     assert_eq!(quiet(&book), 1002 + QUIET_SECS);
 }

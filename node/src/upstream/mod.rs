@@ -236,15 +236,18 @@ pub trait Upstream: Send + Sync + 'static {
         false
     }
 
-    /// What members learned of budgets (entries already checked); how many changed
-    /// what this node knows.
-    fn ledger_heard(&self, _entries: &[ghmesh_protocol::ledger::BudgetEntry]) -> usize {
+    /// What a member (`spender`, when its message named it) learned of budgets
+    /// (entries already checked); how many changed what this node knows.
+    fn ledger_heard(
+        &self,
+        _entries: &[ghmesh_protocol::ledger::BudgetEntry],
+        _spender: Option<libp2p::PeerId>,
+    ) -> usize {
         0
     }
 
-    /// The fleet that spends the budgets, as the node last counted it (a budget near
-    /// its end is shared out among its nodes).
-    fn set_fleet(&self, _fleet: ledger::Fleet) {}
+    /// This node's peer id: its rank among the spenders of a budget near its end.
+    fn set_peer_id(&self, _me: libp2p::PeerId) {}
 
     /// Every budget known, ours and the fleet's (stats' `rate_limits`).
     fn rate_limits(&self) -> Vec<ledger::BudgetView> {

@@ -4,10 +4,11 @@
 //! gossips it as the daemon does (a refusal at once, other news once a second). A
 //! node whose book holds the budget sends nothing.
 
-use ghmesh_node::upstream::github::NEAR_END_PER_NODE;
-use ghmesh_node::upstream::ledger::{may_spend, BudgetId, Fleet, NewHold, Spend};
+use ghmesh_node::upstream::ledger::{may_spend, BudgetId, NewHold, Spend};
 use ghmesh_node::upstream::UpstreamResponse;
 use ghmesh_protocol::ledger::BudgetEntry;
+
+use libp2p::PeerId;
 
 use super::{Des, Ev, Us};
 
@@ -43,8 +44,7 @@ impl Des {
         }
         let p = &self.peers[n];
         let now = self.unix_secs();
-        let fleet = Fleet::among(p.id, &p.book.members());
-        let share = p.budgets.share(BUDGET, RESOURCE, 0, fleet, now);
+        let share = p.budgets.share(BUDGET, RESOURCE, 0, p.id, now);
         may_spend(share, in_flight, now)
     }
 
@@ -84,7 +84,7 @@ impl Des {
         self.refusals += u64::from(!served);
         if !self.net.ledger {
             let _ = self.peers[n].budgets.news();
-        } else if !served || remaining < self.near_end(n) {
+        } else if !served || self.near_end(n) {
             // A refusal, or a budget near its end: said at once, as the daemon does.
             self.publish_ledger(n);
         } else if !self.peers[n].ledger_tick {
@@ -116,15 +116,21 @@ impl Des {
         }
     }
 
-    /// `n` starts knowing the window's figures (`--budget-known`).
-    pub(super) fn knows_the_window(&mut self, n: usize) {
-        if let Some(left) = self.net.budget {
-            let resp = self.github_answer(true, left);
-            let now = self.unix_secs();
-            self.peers[n]
-                .budgets
-                .observe(BUDGET, RESOURCE, &resp, None, now);
-            let _ = self.peers[n].budgets.news();
+    /// Every node starts knowing the window's figures and that every other node spends
+    /// the budget (`--budget-known`).
+    pub(super) fn knows_the_window(&mut self) {
+        let Some(left) = self.net.budget else {
+            return;
+        };
+        let resp = self.github_answer(true, left);
+        let now = self.unix_secs();
+        let ids: Vec<PeerId> = self.peers.iter().map(|p| p.id).collect();
+        for p in &mut self.peers {
+            p.budgets.observe(BUDGET, RESOURCE, &resp, None, now);
+            let told = p.budgets.news();
+            for id in &ids {
+                p.budgets.heard(&told, Some(*id), now);
+            }
         }
     }
 
@@ -135,22 +141,33 @@ impl Des {
             return;
         }
         self.ledger_messages += 1;
+        let spender = self.peers[n].id;
         for (to, at) in self.gossip_deliveries(n) {
             let entries = entries.clone();
-            self.at(at, Ev::Ledger { to, entries });
+            self.at(
+                at,
+                Ev::Ledger {
+                    to,
+                    entries,
+                    spender,
+                },
+            );
         }
     }
 
-    /// The daemon's threshold below which every answer's figures are news at once.
-    fn near_end(&self, n: usize) -> u64 {
-        let size = self.peers[n].book.members().len() as u64 + 1;
-        size.saturating_mul(NEAR_END_PER_NODE)
+    /// Whether `n`'s book says the budget is near its end (shared out): every answer's
+    /// figures are then news at once, as in the daemon.
+    fn near_end(&self, n: usize) -> bool {
+        let p = &self.peers[n];
+        let now = self.unix_secs();
+        p.budgets.share(BUDGET, RESOURCE, 0, p.id, now).is_some()
     }
 
-    /// A member's ledger message reached `to`.
-    pub(super) fn ledger_arrives(&mut self, to: usize, entries: &[BudgetEntry]) {
+    /// `spender`'s ledger message reached `to`.
+    pub(super) fn ledger_arrives(&mut self, to: usize, entries: &[BudgetEntry], spender: PeerId) {
         let now = self.unix_secs();
-        if self.peers[to].up && self.peers[to].budgets.heard(entries, now) > 0 {
+        let heard = self.peers[to].budgets.heard(entries, Some(spender), now);
+        if self.peers[to].up && heard > 0 {
             self.share_freed(to);
         }
     }

@@ -60,9 +60,10 @@ pub struct NetParams {
     /// Nodes share their budgets through the daemon's ledger (its `BudgetBook`, its
     /// messages: a refusal at once, other news once a second).
     pub ledger: bool,
-    /// Every node's book starts with the window's figures (`remaining` = `budget`), as
-    /// when the budget ran down while the fleet was up; else nobody knows them until
-    /// GitHub's first answer.
+    /// Every node's book starts with the window's figures (`remaining` = `budget`) and
+    /// with every other node as its spender, as when the budget ran down while the
+    /// fleet was up and spending it; else nobody knows them until GitHub's first
+    /// answer.
     pub budget_known: bool,
 }
 
@@ -138,6 +139,7 @@ enum Ev {
     Ledger {
         to: usize,
         entries: Vec<ghmesh_protocol::ledger::BudgetEntry>,
+        spender: PeerId,
     },
     /// `node`'s ledger publishes what changed this second.
     LedgerTick(usize),
@@ -178,6 +180,8 @@ struct SimPeer {
     ledger_tick: bool,
     /// Keys whose upstream call waits for a place in this node's share of the budget.
     share_waiting: Vec<usize>,
+    /// When a `ShareQuiet` is due for this node (at most one pending).
+    share_quiet: Option<Us>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -350,6 +354,9 @@ impl Des {
             let at = i as Us * us(des.net.join_gap);
             des.at(at, Ev::Start(i));
         }
+        if des.net.budget_known {
+            des.knows_the_window();
+        }
         Ok(des)
     }
 
@@ -381,12 +388,9 @@ impl Des {
             budgets: Default::default(),
             ledger_tick: false,
             share_waiting: Vec::new(),
+            share_quiet: None,
         });
-        let n = self.peers.len() - 1;
-        if self.net.budget_known {
-            self.knows_the_window(n);
-        }
-        n
+        self.peers.len() - 1
     }
 
     fn at(&mut self, t: Us, ev: Ev) {
@@ -456,12 +460,19 @@ impl Des {
             Ev::Tick(at) => self.on_tick(at),
             Ev::Upstream { node, key, gen } => self.upstream_done(node, key, gen),
             Ev::Gossip { to, key, fetched } => self.gossip_arrives(to, key, fetched),
-            Ev::Ledger { to, entries } => self.ledger_arrives(to, &entries),
+            Ev::Ledger {
+                to,
+                entries,
+                spender,
+            } => self.ledger_arrives(to, &entries, spender),
             Ev::LedgerTick(n) => {
                 self.peers[n].ledger_tick = false;
                 self.publish_ledger(n);
             }
-            Ev::ShareQuiet(n) => self.share_freed(n),
+            Ev::ShareQuiet(n) => {
+                self.peers[n].share_quiet = None;
+                self.share_freed(n);
+            }
             Ev::Churn(left) => self.churn(left),
         }
     }

@@ -492,7 +492,11 @@ impl Des {
                 self.peers[n].share_waiting.push(key);
                 if let Some(at) = until {
                     let at = self.at_unix_secs(at);
-                    self.at(at, Ev::ShareQuiet(n));
+                    // One wake-up per node: every waiting call looks again then.
+                    if self.peers[n].share_quiet.is_none_or(|due| at < due) {
+                        self.peers[n].share_quiet = Some(at);
+                        self.at(at, Ev::ShareQuiet(n));
+                    }
                 }
                 return;
             }
