@@ -13,8 +13,11 @@ pub const MAX_PEERS: usize = 256;
 pub const MAX_INBOUND_CONNECTIONS: u32 = 192;
 /// Most inbound connections still handshaking.
 pub const MAX_PENDING_INBOUND_CONNECTIONS: u32 = 32;
-/// Most connections per peer (two nodes that dial each other at once keep both).
-pub const MAX_CONNECTIONS_PER_PEER: u32 = 2;
+/// Most connections per peer: two nodes that dial each other at once keep both, and
+/// beside them a relayed circuit and an AutoNAT dial-back, which is a new connection
+/// by design (with two, a member that had judged us once refused every later dial-back
+/// at its own limit, and we were called private: the NAT lab caught it).
+pub const MAX_CONNECTIONS_PER_PEER: u32 = 4;
 /// Most yamux streams open on one connection.
 pub const MAX_STREAMS_PER_CONNECTION: usize = 64;
 /// Most concurrent lookup/hello/member streams per connection (request-response).

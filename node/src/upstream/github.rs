@@ -308,7 +308,7 @@ impl GithubClient {
         }
         let now_ms = self.clock.now_ms();
         let fleet = budget.map_or_else(FleetSaid::default, |b| FleetSaid {
-            held: state.book.held_until(b, resource, now_ms / 1000).is_some(),
+            held_until: state.book.held_until(b, resource, now_ms / 1000),
             secondary_streak: state.book.secondary_streak(b, now_ms / 1000),
         });
         let started = state.holds.observe(token, resource, resp, now_ms, fleet);

@@ -115,9 +115,10 @@ pub struct Started {
 /// What the fleet's ledger says of the budget an answer was spent on, when it arrives.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FleetSaid {
-    /// A member's hold is on: a refusal arriving now was sent before the hold was
-    /// heard of, and neither extends nor escalates it.
-    pub held: bool,
+    /// Until when a member's hold is on (unix seconds): a refusal arriving before then
+    /// was sent before the hold was heard of, and escalates nothing; it starts a hold
+    /// only where it ends later (a primary limit's reset past a secondary hold).
+    pub held_until: Option<u64>,
     /// The streak of the fleet's latest secondary limit, if it ended less than
     /// [`REPEAT_WINDOW`] ago: a secondary limit now repeats it (GitHub backs off per
     /// account, whichever runner offends).
@@ -194,7 +195,7 @@ impl Holds {
             }
             return None;
         }
-        if (fleet.held || keys.iter().any(|k| self.active(k, now_ms).is_some()))
+        if keys.iter().any(|k| self.active(k, now_ms).is_some())
             && hold_for(resp, 0, 0, graphql).is_some()
         {
             return None;
@@ -204,10 +205,17 @@ impl Holds {
             .get(&keys[0])
             .filter(|h| h.secondary && now_ms < h.until_ms.saturating_add(REPEAT_WINDOW_MS))
             .map(|h| h.streak);
-        let streak = ours
-            .max(fleet.secondary_streak)
-            .map_or(0, |s| s.saturating_add(1));
+        let last = ours.max(fleet.secondary_streak);
+        // Under a member's hold the offence is the member's: not repeated by ours.
+        let streak = match fleet.held_until {
+            Some(_) => last.unwrap_or(0),
+            None => last.map_or(0, |s| s.saturating_add(1)),
+        };
         let (wait, secondary) = hold_for(resp, now_ms / 1000, streak, graphql)?;
+        let ends = (now_ms / 1000).saturating_add(wait.as_secs());
+        if fleet.held_until.is_some_and(|until| ends <= until) {
+            return None;
+        }
         let hold = Hold {
             until_ms: now_ms.saturating_add(wait.as_millis() as u64),
             refusal: resp.clone(),
@@ -468,7 +476,7 @@ mod tests {
         // A member's secondary limit (streak 1) ended a minute ago: ours repeats it.
         let mut holds = Holds::default();
         let after_members = FleetSaid {
-            held: false,
+            held_until: None,
             secondary_streak: Some(1),
         };
         let started = holds
@@ -480,7 +488,7 @@ mod tests {
         holds.observe(t, "core", &secondary, 0, FleetSaid::default());
         holds.observe(t, "core", &secondary, 61_000, FleetSaid::default());
         let behind = FleetSaid {
-            held: false,
+            held_until: None,
             secondary_streak: Some(0),
         };
         let third = holds
@@ -490,12 +498,29 @@ mod tests {
         // A refusal sent before a member's hold was heard of starts nothing.
         let mut holds = Holds::default();
         let under_members = FleetSaid {
-            held: true,
+            held_until: Some(60),
             secondary_streak: Some(0),
         };
         assert_eq!(holds.observe(t, "core", &secondary, 0, under_members), None);
         let exhausted = resp(403, &[("x-ratelimit-remaining", "0")], "");
         assert_eq!(holds.observe(t, "core", &exhausted, 0, under_members), None);
+        // One that ends later (a primary limit's reset past the member's secondary
+        // hold) holds until then, without escalating anything.
+        let until_reset = resp(
+            403,
+            &[
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", "1800"),
+            ],
+            "",
+        );
+        let started = holds
+            .observe(t, "core", &until_reset, 0, under_members)
+            .unwrap();
+        assert_eq!(
+            (started.wait, started.secondary),
+            (Duration::from_secs(1800), false)
+        );
     }
 
     #[test]
