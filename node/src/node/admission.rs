@@ -125,14 +125,18 @@ impl Node {
         }
     }
 
+    /// Our members but `peer`, as many as one member list carries.
+    fn members_but(&self, peer: PeerId) -> Vec<PeerId> {
+        self.members()
+            .into_iter()
+            .filter(|p| *p != peer)
+            .take(MAX_MEMBER_LIST)
+            .collect()
+    }
+
     /// Tells every member but `member` its addresses, `entry`.
     pub(super) async fn pass_on(&self, member: PeerId, entry: MemberAddr) {
-        let others: Vec<PeerId> = self
-            .members()
-            .into_iter()
-            .filter(|p| *p != member)
-            .take(MAX_MEMBER_LIST)
-            .collect();
+        let others = self.members_but(member);
         let sends = others
             .into_iter()
             .map(|m| self.exchange_members(m, vec![entry.clone()], false));
@@ -248,12 +252,7 @@ impl Node {
 
     /// Our members (but the asker) with the addresses they listen on.
     pub(super) async fn member_list(&self, asker: PeerId) -> MemberList {
-        let members: Vec<PeerId> = self
-            .members()
-            .into_iter()
-            .filter(|p| *p != asker)
-            .take(MAX_MEMBER_LIST)
-            .collect();
+        let members = self.members_but(asker);
         MemberList {
             members: self.member_addrs(members).await,
         }

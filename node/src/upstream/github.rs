@@ -19,7 +19,8 @@ use libp2p::PeerId;
 
 use super::holds::{resource_of_path, FleetSaid, HoldKey, Holds};
 use super::ledger::{
-    may_spend, BudgetBook, BudgetId, BudgetView, NewHold, Spend, MAX_TURN_WAIT_SECS, QUIET_SECS,
+    may_spend, BudgetBook, BudgetId, BudgetView, NewHold, Share, Spend, MAX_TURN_WAIT_SECS,
+    QUIET_SECS,
 };
 use super::{
     BoxFuture, Conditional, Credential, RateLimit, Upstream, UpstreamError, UpstreamResponse,
@@ -213,6 +214,21 @@ impl GithubClient {
         None
     }
 
+    /// This node's share of `budget` for `resource` near its end, by the book in
+    /// `state` (see [`BudgetBook::share`]).
+    fn share(
+        &self,
+        state: &LimitState,
+        budget: BudgetId,
+        resource: &str,
+        now: u64,
+    ) -> Option<Share> {
+        let me = state.me.unwrap_or(self.anonymous);
+        state
+            .book
+            .share(budget, resource, self.budgets.reserve, me, now)
+    }
+
     /// Takes a place in this node's share of `budget` for `resource` (see
     /// [`BudgetBook::share`] and [`may_spend`]), waiting while the share is in flight
     /// or, without a share, for this node's turn; or the refusal to answer when
@@ -239,10 +255,7 @@ impl GithubClient {
                     });
                 };
                 let now = self.clock.now_secs();
-                let me = state.me.unwrap_or(self.anonymous);
-                let share = state
-                    .book
-                    .share(budget, resource, self.budgets.reserve, me, now);
+                let share = self.share(&state, budget, resource, now);
                 let n = state.in_flight.get(&slot).copied().unwrap_or(0);
                 let held = |until| {
                     let why = "the fleet's last requests of this window are other members' turn";
@@ -328,14 +341,8 @@ impl GithubClient {
         let remaining = resp
             .header("x-ratelimit-remaining")
             .and_then(|r| r.trim().parse::<u64>().ok());
-        let me = state.me.unwrap_or(self.anonymous);
-        let near_end = budget.is_some_and(|b| {
-            let now = now_ms / 1000;
-            state
-                .book
-                .share(b, resource, self.budgets.reserve, me, now)
-                .is_some()
-        });
+        let near_end =
+            budget.is_some_and(|b| self.share(&state, b, resource, now_ms / 1000).is_some());
         let spent =
             resp.status < 400 && (near_end || remaining.is_some_and(|r| r <= self.budgets.reserve));
         if started.is_some() || spent {

@@ -151,9 +151,10 @@ impl Holds {
 
     /// Records `resp`, received with `token` for a request we counted against
     /// `resource`: starts a hold on a rate-limit refusal, ends this token's hold on a
-    /// success. A refusal that arrives while its hold is on, ours or the fleet's
-    /// (requests that were already in flight), neither extends nor escalates it, and
-    /// starts nothing.
+    /// success. A refusal that arrives while our hold is on (requests that were
+    /// already in flight) neither extends nor escalates it, and starts nothing; one
+    /// that arrives under a member's hold escalates nothing and holds only past that
+    /// hold's end (see [`FleetSaid::held_until`]).
     pub fn observe(
         &mut self,
         token: Option<[u8; 8]>,

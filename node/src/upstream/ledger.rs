@@ -84,12 +84,6 @@ pub const NEAR_END_PER_NODE: u64 = 8;
 /// Spenders remembered per budget and resource (the fleet's peers are bounded alike).
 const MAX_SPENDERS: usize = crate::limits::MAX_PEERS;
 
-impl Default for Fleet {
-    fn default() -> Self {
-        Self { size: 1, rank: 0 }
-    }
-}
-
 /// What this node may spend of a budget that is running out (see [`BudgetBook::share`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Share {

@@ -35,17 +35,17 @@ impl Des {
                 || book.at_reserve(BUDGET, RESOURCE, 0, now).is_some())
     }
 
-    /// Whether a call of `n` with `in_flight` others on their way may go (the daemon's
+    /// Whether a call of `n` may go beside those it has on their way (the daemon's
     /// `take_share`, from the same book and rule); always with `--no-ledger`, which
     /// models the daemon before the ledger.
-    pub(super) fn budget_spend(&self, n: usize, in_flight: u64) -> Spend {
+    pub(super) fn budget_spend(&self, n: usize) -> Spend {
         if self.budget_left.is_none() || !self.net.ledger {
             return Spend::Go;
         }
         let p = &self.peers[n];
         let now = self.unix_secs();
         let share = p.budgets.share(BUDGET, RESOURCE, 0, p.id, now);
-        may_spend(share, in_flight, now)
+        may_spend(share, self.in_flight(n), now)
     }
 
     /// The simulated time of unix second `secs`.

@@ -483,7 +483,7 @@ impl Des {
             self.complete(n, key, Outcome::Held);
             return;
         }
-        match self.budget_spend(n, self.in_flight(n)) {
+        match self.budget_spend(n) {
             Spend::Go => {}
             Spend::Held { .. } => return self.complete(n, key, Outcome::Held),
             Spend::Wait { until } => {
@@ -516,7 +516,7 @@ impl Des {
     }
 
     /// Calls `n` has on their way to GitHub.
-    fn in_flight(&self, n: usize) -> u64 {
+    pub(super) fn in_flight(&self, n: usize) -> u64 {
         self.peers[n]
             .flights
             .values()
