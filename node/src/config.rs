@@ -26,6 +26,9 @@ pub struct NodeConfig {
     pub external: Vec<Multiaddr>,
     /// Whether to serve as a circuit relay for members (`--relay`).
     pub relay: crate::network::RelayMode,
+    /// `--public-dht`: the public DHT's bootstrap addresses to enter it through, as a
+    /// rendezvous; `None` (the default) never contacts a public node.
+    pub public_dht: Option<Vec<Multiaddr>>,
     /// mDNS discovery.
     pub mdns: bool,
     /// Fixed freshness in seconds (`--ttl`), else per-endpoint defaults.
@@ -72,6 +75,7 @@ impl NodeConfig {
             bootstrap: Vec::new(),
             external: Vec::new(),
             relay: crate::network::RelayMode::Auto,
+            public_dht: None,
             mdns: true,
             ttl: None,
             graphql_ttl: None,

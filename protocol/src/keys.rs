@@ -23,6 +23,9 @@ pub struct MeshKeys {
     fernet: fernet::Fernet,
     topic: String,
     rendezvous: [u8; 32],
+    /// The base of the hourly rendezvous keys on the public DHT
+    /// ([`hourly_rendezvous`]); never published itself.
+    public_rendezvous: [u8; 32],
     key_id: [u8; 8],
     /// Keys the names of rate-limit budgets: a member can tell two members' budgets
     /// apart or alike, nobody can tell which token either is.
@@ -60,6 +63,7 @@ impl MeshKeys {
             fernet,
             topic: format!("{TOPIC_PREFIX}{}", hex::encode(topic_key)),
             rendezvous: subkey("rendezvous", master),
+            public_rendezvous: subkey("public-rendezvous", master),
             key_id,
             budget_key: subkey("budget", master),
         }
@@ -79,6 +83,12 @@ impl MeshKeys {
     /// The Kademlia key that members provide and look up to find each other.
     pub fn rendezvous_key(&self) -> &[u8; 32] {
         &self.rendezvous
+    }
+
+    /// The base of this mesh's hourly keys on the public DHT: see
+    /// [`hourly_rendezvous`].
+    pub fn public_rendezvous_base(&self) -> &[u8; 32] {
+        &self.public_rendezvous
     }
 
     /// A public, non-secret identifier of the encryption key, sent in clear in front of
@@ -155,6 +165,21 @@ pub fn budget_id(key: &[u8; 32], token: &str, repository: Option<&str>) -> [u8; 
     id
 }
 
+/// Seconds per rendezvous period on the public DHT: a provider record names its key's
+/// hour only, so it links to nothing once the hour is over.
+pub const RENDEZVOUS_HOUR_SECS: u64 = 3600;
+
+/// The key a mesh provides on the public DHT during `hour` (Unix seconds / 3600), from
+/// its [`MeshKeys::public_rendezvous_base`]: unlinkable to another hour's key or to
+/// the mesh without the secret.
+pub fn hourly_rendezvous(base: &[u8; 32], hour: u64) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"ghmesh/public-rendezvous/v1\0");
+    h.update(base);
+    h.update(hour.to_be_bytes());
+    h.finalize().into()
+}
+
 fn subkey(label: &str, master: &[u8; 32]) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(label.as_bytes());
@@ -201,6 +226,26 @@ mod tests {
         assert_ne!(a.topic(), b.topic());
         assert_ne!(a.rendezvous_key(), c.rendezvous_key());
         assert_eq!(a, MeshKeys::derive(b"one", "o/r"));
+    }
+
+    #[test]
+    fn hourly_rendezvous_keys_differ_by_hour_and_mesh_and_hide_the_base() {
+        let a = MeshKeys::derive(b"one", "o/r");
+        let b = MeshKeys::derive(b"two", "o/r");
+        let base = a.public_rendezvous_base();
+        assert_eq!(hourly_rendezvous(base, 7), hourly_rendezvous(base, 7));
+        assert_ne!(hourly_rendezvous(base, 7), hourly_rendezvous(base, 8));
+        assert_ne!(
+            hourly_rendezvous(base, 7),
+            hourly_rendezvous(b.public_rendezvous_base(), 7)
+        );
+        assert_ne!(
+            base,
+            a.rendezvous_key(),
+            "the private DHT's key is not reused"
+        );
+        assert_ne!(&hourly_rendezvous(base, 7), base);
+        assert!(!format!("{a:?}").contains(&hex::encode(base)));
     }
 
     #[test]

@@ -14,12 +14,18 @@ use tokio::process::{Child, Command};
 /// Path of the `ghmesh` binary built by this workspace (`target/<profile>/ghmesh`).
 /// `cargo test --workspace` builds it, because `ghmesh-node` has integration tests.
 pub fn ghmesh_bin() -> PathBuf {
+    target_bin("ghmesh")
+}
+
+/// A binary of this workspace next to the running test (`cargo test` builds the
+/// binaries of the package under test, and `--workspace` builds them all).
+pub fn target_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/ghmesh
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
     let bin = exe
         .parent()
         .and_then(|deps| deps.parent())
-        .map(|profile| profile.join("ghmesh"))
+        .map(|profile| profile.join(name))
         .expect("target dir");
     assert!(
         bin.exists(),

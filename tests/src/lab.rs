@@ -157,20 +157,7 @@ impl Lab {
 }}
 "
         );
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, "nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .spawn()
-            .context("nft")?;
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .context("nft stdin")?
-            .write_all(rules.as_bytes())?;
-        if !child.wait()?.success() {
-            bail!("nft refused the NAT rules");
-        }
+        nft_in(ns, &rules).context("the NAT rules")?;
         Ok(())
     }
 }
@@ -283,6 +270,8 @@ pub struct HubFleet {
     pub hubs: Vec<LabNode>,
     /// Runners, per NAT.
     pub runners: Vec<Vec<LabNode>>,
+    /// Stand-ins for public DHT nodes on the lab's internet.
+    pub standins: Vec<StandIn>,
     // Dropped last: the daemons above die first, then their namespaces go.
     lab: Lab,
 }
@@ -307,8 +296,47 @@ impl HubFleet {
         join: Transport,
         dir: &std::path::Path,
     ) -> anyhow::Result<HubFleet> {
+        let plan = Plan {
+            hubs,
+            nats: nats.to_vec(),
+            per_nat,
+            join,
+            ..Plan::default()
+        };
+        Self::start_plan(&plan, dir).await
+    }
+
+    /// Builds the lab as `plan` says, with `dir` for the daemons' data.
+    pub async fn start_plan(plan: &Plan, dir: &std::path::Path) -> anyhow::Result<HubFleet> {
+        let Plan {
+            hubs,
+            ref nats,
+            per_nat,
+            join,
+            ..
+        } = *plan;
         let mut lab = Lab::new();
         let inet = lab.namespace("inet")?;
+        if hubs == 0 {
+            // The fake GitHub's address, with no hub link to carry it.
+            ip(&["-n", &inet, "addr", "add", "198.51.100.1/32", "dev", "lo"])?;
+        }
+        let mut standins = Vec::new();
+        for k in 0..plan.standins {
+            let ns = lab.namespace(&format!("pub{k}"))?;
+            let (gw, me) = (128 + 4 * k as u8 + 1, 128 + 4 * k as u8 + 2);
+            lab.uplink(
+                (&inet, &format!("p{k}"), &format!("198.51.100.{gw}")),
+                (&ns, "eth0", &format!("198.51.100.{me}")),
+                30,
+            )?;
+            let peers: Vec<String> = standins.iter().map(|s: &StandIn| s.addr.clone()).collect();
+            standins.push(StandIn::start(
+                &ns,
+                Ipv4Addr::new(198, 51, 100, me),
+                &peers,
+            )?);
+        }
         let mut hub_ns = Vec::new();
         for k in 0..hubs {
             let ns = lab.namespace(&format!("hub{k}"))?;
@@ -354,6 +382,9 @@ impl HubFleet {
         let start = |ns: String, ip: Ipv4Addr, port: u16, name: String, extra: Vec<String>| {
             let gh_url = gh.url();
             let mut env = env.clone();
+            if let Some((_, secret)) = plan.secrets.iter().find(|(who, _)| name.starts_with(who)) {
+                env.insert("GHMESH_SECRET".into(), secret.clone());
+            }
             // Each node its own token: the fake GitHub's log then tells who called.
             env.insert("GH_TOKEN".into(), format!("ghp_lab_{name}"));
             let dir = dir.join(name);
@@ -381,15 +412,29 @@ impl HubFleet {
                 })
             }
         };
+        let mut public = Vec::new();
+        if plan.public_bootstrap {
+            for s in &standins {
+                public.extend(["--public-bootstrap".to_string(), s.addr.clone()]);
+            }
+        }
+        if plan.public_dht {
+            public.push("--public-dht".into());
+        }
         let mut hub_nodes = Vec::new();
         for (k, (ns, ip)) in hub_ns.into_iter().enumerate() {
-            let extra = vec!["--relay".into(), "on".into()];
+            let mut extra = public.clone();
+            if plan.hub_relay_on {
+                extra.extend(["--relay".into(), "on".into()]);
+            }
             hub_nodes.push(start(ns, ip, 9100, format!("hub{k}"), extra).await?);
         }
-        let boot: Vec<String> = hub_nodes
+        let mut boot: Vec<String> = hub_nodes
             .iter()
+            .filter(|_| plan.bootstrap_hubs)
             .flat_map(|h| ["--bootstrap".to_string(), h.addr(join)])
             .collect();
+        boot.extend(public);
         let mut runners = Vec::new();
         for (j, lan) in runner_ns.into_iter().enumerate() {
             let mut nodes = Vec::new();
@@ -404,6 +449,7 @@ impl HubFleet {
             gh,
             hubs: hub_nodes,
             runners,
+            standins,
             lab,
         })
     }
@@ -415,4 +461,151 @@ pub fn names(fleet: &HubFleet) -> HashMap<String, String> {
         .nodes()
         .map(|n| (n.daemon.ready.peer_id.clone(), n.ns.clone()))
         .collect()
+}
+
+/// What to build in a lab ([`HubFleet::start_plan`]).
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Public ghmesh hubs, joined by every runner with `--bootstrap`.
+    pub hubs: usize,
+    /// Hubs run with `--relay on` (else the default, `auto`).
+    pub hub_relay_on: bool,
+    /// Runners get `--bootstrap` with every hub.
+    pub bootstrap_hubs: bool,
+    /// The NAT routers, each with `per_nat` runners behind it.
+    pub nats: Vec<Nat>,
+    /// Runners per NAT.
+    pub per_nat: usize,
+    /// The transport runners join the hubs by.
+    pub join: Transport,
+    /// Stand-ins for public DHT nodes on the lab's internet (`standin-dht`).
+    pub standins: usize,
+    /// Every node gets `--public-bootstrap` with every stand-in.
+    pub public_bootstrap: bool,
+    /// Every node gets `--public-dht`.
+    pub public_dht: bool,
+    /// Secrets by node-name prefix (`r0-` for the runners behind the first NAT, `hub`);
+    /// the others share one.
+    pub secrets: Vec<(String, String)>,
+}
+
+impl Default for Plan {
+    fn default() -> Self {
+        Plan {
+            hubs: 1,
+            hub_relay_on: true,
+            bootstrap_hubs: true,
+            nats: vec![Nat::EndpointIndependent; 2],
+            per_nat: 3,
+            join: Transport::Tcp,
+            standins: 0,
+            public_bootstrap: false,
+            public_dht: false,
+            secrets: Vec::new(),
+        }
+    }
+}
+
+/// A stand-in public DHT node (the `standin-dht` binary) in its own namespace
+/// (198.51.100.128/25), with a counter of the packets that reach it from ghmesh nodes.
+pub struct StandIn {
+    /// Its namespace.
+    pub ns: String,
+    /// Its address, `/ip4/…/tcp/4001/p2p/<id>`.
+    pub addr: String,
+    child: std::process::Child,
+}
+
+impl StandIn {
+    fn start(ns: &str, ip: Ipv4Addr, peers: &[String]) -> anyhow::Result<StandIn> {
+        use std::io::BufRead;
+        // Everything but the other stand-ins: hubs (198.51.100.0/25) and NATs.
+        let rules = "table ip watch {
+  counter from_fleet {}
+  chain input { type filter hook input priority filter; policy accept;
+    ip saddr != 198.51.100.128/25 counter name from_fleet
+  }
+}
+";
+        nft_in(ns, rules)?;
+        let exe = crate::daemon::target_bin("standin-dht");
+        let mut args = vec![
+            "netns".to_string(),
+            "exec".into(),
+            ns.into(),
+            exe.display().to_string(),
+            "--listen".into(),
+            format!("/ip4/{ip}/tcp/4001"),
+        ];
+        for p in peers {
+            args.extend(["--peer".to_string(), p.clone()]);
+        }
+        let mut child = Command::new("ip")
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("standin-dht")?;
+        let stdout = child.stdout.take().context("standin stdout")?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        let Some(id) = line.trim().strip_prefix("standin ") else {
+            let _ = child.kill();
+            bail!("standin-dht did not start: {line:?}");
+        };
+        Ok(StandIn {
+            ns: ns.to_string(),
+            addr: format!("/ip4/{ip}/tcp/4001/p2p/{id}"),
+            child,
+        })
+    }
+
+    /// Packets that reached it from a ghmesh node (a hub, or a runner behind a NAT).
+    pub fn packets_from_fleet(&self) -> anyhow::Result<u64> {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns,
+                "nft",
+                "list",
+                "counter",
+                "ip",
+                "watch",
+                "from_fleet",
+            ])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("no packet counter in {text:?}"))
+    }
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Loads nftables `rules` in `ns`.
+fn nft_in(ns: &str, rules: &str) -> anyhow::Result<()> {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .context("nft")?;
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .context("nft stdin")?
+        .write_all(rules.as_bytes())?;
+    if !child.wait()?.success() {
+        bail!("nft refused the rules");
+    }
+    Ok(())
 }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use ghmesh_node::network::behaviour::GOSSIP_PROTOCOL_PREFIX;
 use ghmesh_node::network::codec::{BODY_PROTOCOL, RR_PROTOCOL};
 use ghmesh_protocol::{seal, Addressing, Entry, LookupReply, MeshKeys, Message, SealLimits};
 use libp2p::gossipsub::{self, IdentTopic};
@@ -150,6 +151,7 @@ impl Rogue {
             .with_behaviour(|_| {
                 let cfg = gossipsub::ConfigBuilder::default()
                     .validation_mode(gossipsub::ValidationMode::Anonymous)
+                    .protocol_id_prefix(GOSSIP_PROTOCOL_PREFIX)
                     .message_id_fn(|m: &gossipsub::Message| {
                         gossipsub::MessageId::from(Sha256::digest(&m.data)[..20].to_vec())
                     })

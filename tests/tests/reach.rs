@@ -2,6 +2,10 @@
 //! `ghmesh_tests::lab`): a public hub, runners behind NAT routers, a fake GitHub on the
 //! lab's internet. Skips with one line without root, `ip` or `nft`.
 //!
+//! The public DHT rendezvous (`--public-dht`) is tested against stand-ins for public
+//! nodes on the lab's internet (`standin-dht`: libp2p's Kademlia, identify and relay,
+//! no ghmesh code).
+//!
 //! Counts and behaviour are asserted; the times are printed for BENCHMARKS.md.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
@@ -10,7 +14,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use ghmesh_tests::daemon::poll;
-use ghmesh_tests::lab::{unavailable, HubFleet, LabNode, Nat, Transport};
+use ghmesh_tests::lab::{unavailable, HubFleet, LabNode, Nat, Plan, Transport};
 
 /// One lab at a time: each runs seven or more daemons, and CI has two cores.
 static LABS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -337,5 +341,236 @@ async fn a_stopped_relay_is_replaced_and_reads_go_on() {
     let left = String::from_utf8_lossy(&left.stdout);
     for ns in namespaces {
         assert!(!left.contains(&ns), "{ns} left behind");
+    }
+}
+
+/// Runners behind two endpoint-independent NATs with nothing but the secret and the
+/// (stand-in) public DHT: no ghmesh node on the lab's internet, no `--bootstrap`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runners_behind_nat_find_each_other_through_the_public_dht_alone() {
+    if skip() {
+        return;
+    }
+    let _one = LABS.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let plan = Plan {
+        hubs: 0,
+        standins: 3,
+        public_bootstrap: true,
+        public_dht: true,
+        ..Plan::default()
+    };
+    let started = Instant::now();
+    let fleet = HubFleet::start_plan(&plan, &kept(&dir, "public-dht"))
+        .await
+        .unwrap();
+    let up = started.elapsed();
+    let joined = full_membership(&fleet).await;
+    for r in fleet.runners.iter().flatten() {
+        let external = stat(r, "external_addrs").await.to_string();
+        assert!(
+            external.contains("p2p-circuit"),
+            "{}: reachable through a public relay: {external}",
+            r.ns
+        );
+    }
+    let punched = poll("direct connections between NATs", || async {
+        let cross = cross_connections(&fleet).await;
+        cross.len() == 18 && cross.iter().all(|c| c.2 == "direct")
+    })
+    .await;
+    let slowest = read_everywhere(&fleet, 20).await;
+    one_call_per_key(&fleet, 20);
+    let mut reached = 0;
+    for s in &fleet.standins {
+        reached += s.packets_from_fleet().unwrap();
+    }
+    assert!(reached > 0, "the runners used the stand-in DHT");
+    eprintln!(
+        "NAT lab, public DHT stand-ins (3) + 2 endpoint-independent NATs x 3 runners, no hub: \
+         daemons up after {up:?}, full membership {joined:?} later ({:?} from the start), \
+         all 18 cross-NAT pairs direct after {punched:?} more, slowest of 120 reads \
+         {slowest:?}, upstream calls {}, direct upgrades {}, holepunch failures {}",
+        up + joined,
+        fleet.gh.total_requests(),
+        total(&fleet, "direct_upgrades").await,
+        total(&fleet, "holepunch_failures").await,
+    );
+}
+
+/// The public DHT with a random-port NAT on one side: punching cannot work there, the
+/// runners meet through public relays and every read succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_random_port_nat_the_public_dht_still_joins_and_reads_succeed() {
+    if skip() {
+        return;
+    }
+    let _one = LABS.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let plan = Plan {
+        hubs: 0,
+        nats: vec![Nat::EndpointIndependent, Nat::RandomPort],
+        standins: 3,
+        public_bootstrap: true,
+        public_dht: true,
+        ..Plan::default()
+    };
+    let fleet = HubFleet::start_plan(&plan, &kept(&dir, "public-dht-random"))
+        .await
+        .unwrap();
+    let joined = full_membership(&fleet).await;
+    let slowest = read_everywhere(&fleet, 20).await;
+    // Public relays end a circuit after 128 KiB (gossip with bodies spends that within
+    // the reads): cross-NAT connections end, and no punch makes them direct.
+    let cross = cross_connections(&fleet).await;
+    assert!(cross.iter().all(|c| c.2 == "relayed"), "{cross:?}");
+    eprintln!(
+        "NAT lab, public DHT stand-ins (3) + endpoint-independent NAT + random-port NAT x 3 \
+         runners, no hub: full membership {joined:?}, {} cross-NAT connections left (relayed) \
+         after the reads, slowest of 120 reads {slowest:?}, upstream calls {} for 20 keys, \
+         holepunch failures {}",
+        cross.len(),
+        fleet.gh.total_requests(),
+        total(&fleet, "holepunch_failures").await,
+    );
+}
+
+/// A fleet member on a public address, found through the public DHT like the runners
+/// (no `--bootstrap`, no `--relay on`): public DHT nodes find it public (AutoNAT), so
+/// it relays for the fleet and owns every key, and runners behind a random-port NAT read
+/// through it as through a hub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_public_member_found_through_the_public_dht_serves_as_the_fleets_relay() {
+    if skip() {
+        return;
+    }
+    let _one = LABS.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let plan = Plan {
+        hubs: 1,
+        hub_relay_on: false,
+        bootstrap_hubs: false,
+        nats: vec![Nat::EndpointIndependent, Nat::RandomPort],
+        standins: 3,
+        public_bootstrap: true,
+        public_dht: true,
+        ..Plan::default()
+    };
+    let fleet = HubFleet::start_plan(&plan, &kept(&dir, "public-dht-member"))
+        .await
+        .unwrap();
+    let joined = full_membership(&fleet).await;
+    let hub = &fleet.hubs[0];
+    let hub_id = hub.daemon.ready.peer_id.clone();
+    let relayed = poll("runners reserve on the public member", || async {
+        for r in fleet.runners.iter().flatten() {
+            if !stat(r, "external_addrs")
+                .await
+                .to_string()
+                .contains(&hub_id)
+            {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    assert_eq!(stat(hub, "reachability").await, "public");
+    // Every runner heard the member's verdict: it alone owns keys.
+    for r in fleet.runners.iter().flatten() {
+        poll("the member's verdict heard", || async {
+            let peers = r.json("peers").await.unwrap_or_default();
+            peers.as_array().into_iter().flatten().any(|p| {
+                p["peer_id"].as_str() == Some(hub_id.as_str()) && p["reachability"] == "public"
+            })
+        })
+        .await;
+    }
+    let slowest = read_everywhere(&fleet, 20).await;
+    one_call_per_key(&fleet, 20);
+    eprintln!(
+        "NAT lab, public DHT stand-ins (3) + a member on a public address (relay auto) + \
+         endpoint-independent NAT + random-port NAT x 3 runners, no bootstrap: full \
+         membership {joined:?}, every runner reserved on the member {relayed:?} later, \
+         slowest of 140 reads {slowest:?}, upstream calls {}",
+        fleet.gh.total_requests()
+    );
+}
+
+/// Two fleets (different secrets) on the same public DHT: their keys differ, so
+/// neither finds, dials or admits the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleets_with_different_secrets_on_one_public_dht_never_meet() {
+    if skip() {
+        return;
+    }
+    let _one = LABS.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let plan = Plan {
+        hubs: 0,
+        per_nat: 2,
+        standins: 2,
+        public_bootstrap: true,
+        public_dht: true,
+        secrets: vec![("r1-".into(), "another-fleet".into())],
+        ..Plan::default()
+    };
+    let fleet = HubFleet::start_plan(&plan, &kept(&dir, "two-fleets"))
+        .await
+        .unwrap();
+    for node in fleet.nodes() {
+        poll("each runner a member of its own fleet", || async {
+            stat(node, "members").await.as_u64() == Some(1)
+        })
+        .await;
+    }
+    // The same three keys read in both fleets: one call per key per fleet.
+    for k in 0..3 {
+        let path = format!("/repos/lab/two-{k}");
+        for node in fleet.nodes() {
+            let (status, _) = node.get(&path).await.unwrap();
+            assert_eq!(status, 200, "{} {path}", node.ns);
+        }
+    }
+    assert_eq!(fleet.gh.total_requests(), 6, "{:?}", fleet.gh.requests());
+    for (j, side) in fleet.runners.iter().enumerate() {
+        let others: HashSet<String> = fleet.runners[1 - j]
+            .iter()
+            .map(|r| r.daemon.ready.peer_id.clone())
+            .collect();
+        for r in side {
+            assert_eq!(stat(r, "members").await, 1, "{}", r.ns);
+            let peers = r.json("peers").await.unwrap();
+            for p in peers.as_array().unwrap() {
+                let id = p["peer_id"].as_str().unwrap_or_default();
+                assert!(!others.contains(id), "{} met {id} of the other fleet", r.ns);
+            }
+        }
+    }
+}
+
+/// `--public-dht` is off by default: runners given the public bootstrap addresses but
+/// not the flag send nothing to them (counted by nftables on the stand-ins).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_public_dht_no_packet_reaches_a_public_node() {
+    if skip() {
+        return;
+    }
+    let _one = LABS.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let plan = Plan {
+        per_nat: 2,
+        standins: 2,
+        public_bootstrap: true,
+        public_dht: false,
+        ..Plan::default()
+    };
+    let fleet = HubFleet::start_plan(&plan, &kept(&dir, "no-public-dht"))
+        .await
+        .unwrap();
+    full_membership(&fleet).await;
+    read_everywhere(&fleet, 3).await;
+    for s in &fleet.standins {
+        assert_eq!(s.packets_from_fleet().unwrap(), 0, "{} was contacted", s.ns);
     }
 }

@@ -211,6 +211,19 @@ function tail(file, lines = 30) {
   }
 }
 
+/**
+ * The `public-dht` input as GHMESH_PUBLIC_DHT: `true` or `false` as given, and when empty
+ * `true` on GitHub-hosted runners (RUNNER_ENVIRONMENT=github-hosted: no LAN neighbours,
+ * no inbound connections, only the public DHT can bring runners together) and `false`
+ * elsewhere. Throws on anything else.
+ */
+function publicDht(input, runnerEnvironment) {
+  const v = String(input || '').trim().toLowerCase();
+  if (v === '') return runnerEnvironment === 'github-hosted' ? 'true' : 'false';
+  if (v === 'true' || v === 'false') return v;
+  throw new Error(`bad "public-dht" input '${input}': use true, false or leave it empty`);
+}
+
 module.exports = {
   addPath,
   alive,
@@ -224,6 +237,7 @@ module.exports = {
   getText,
   info,
   parseChecksum,
+  publicDht,
   saveState,
   setFailed,
   setOutput,

@@ -189,6 +189,7 @@ async function start(binary, settings) {
   set('GHMESH_SECRET', settings.secret);
   set('GHMESH_REPO', settings.repo);
   set('GHMESH_BOOTSTRAP', settings.bootstrap);
+  env.GHMESH_PUBLIC_DHT = settings.publicDht;
   set('GH_TOKEN', settings.upstreamToken);
   env.GHMESH_API = settings.api;
 
@@ -263,12 +264,20 @@ async function run() {
     lib.warning('no "secret" input: unless GHMESH_SECRET or GH_TOKEN is set, the node runs local-only and shares nothing with other runners');
   }
 
+  let publicDht;
+  try {
+    publicDht = lib.publicDht(lib.getInput('public-dht'), process.env.RUNNER_ENVIRONMENT);
+  } catch (e) {
+    throw new Failure(e.message);
+  }
+
   const binary = await install(repository, version);
   const { ready, pid, files } = await start(binary, {
     secret,
     upstreamToken,
     repo: lib.getInput('repo'),
     bootstrap: lib.getInput('bootstrap'),
+    publicDht,
     api,
     dataDir,
   });

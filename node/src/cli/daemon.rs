@@ -69,6 +69,7 @@ pub fn resolve(args: &NodeArgs, env: EnvLookup<'_>) -> Result<DaemonSettings, Cl
     node.bootstrap = settings::bootstrap(&args.bootstrap, env)?;
     node.external = settings::external(&args.external_addr, env)?;
     node.relay = settings::relay(args.relay.map(Into::into), env)?;
+    node.public_dht = settings::public_dht(args.public_dht, &args.public_bootstrap, env)?;
     node.mdns = !(args.no_mdns || settings::env_flag_off(env, "GHMESH_MDNS"));
     node.ttl = settings::ttl(args.ttl, env)?;
     node.graphql_ttl = settings::graphql_ttl(args.graphql_ttl, env)?;

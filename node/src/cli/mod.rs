@@ -186,6 +186,17 @@ pub struct NodeArgs {
     /// [env: GHMESH_RELAY] [default: auto]
     #[arg(long, value_enum, value_name = "MODE")]
     pub relay: Option<RelayArg>,
+    /// Find the fleet through the public libp2p DHT (/ipfs/kad/1.0.0) as a rendezvous:
+    /// one key derived from the secret and scope, changing every hour, is provided and
+    /// looked up; nothing else goes to public nodes. Off by default
+    /// [env: GHMESH_PUBLIC_DHT=true]
+    #[arg(long)]
+    pub public_dht: bool,
+    /// Where to enter the public DHT (with --public-dht), repeatable; each address ends
+    /// in /p2p/<peer id> [env: GHMESH_PUBLIC_BOOTSTRAP (comma-separated)]
+    /// [default: the public libp2p bootstrap nodes]
+    #[arg(long, value_name = "MULTIADDR")]
+    pub public_bootstrap: Vec<String>,
     /// Whole-request timeout for GitHub, in seconds [env: GHMESH_UPSTREAM_TIMEOUT] [default: 15]
     #[arg(long, value_name = "SECONDS")]
     pub upstream_timeout: Option<u64>,

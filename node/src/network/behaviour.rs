@@ -27,6 +27,11 @@ use crate::limits::{
 
 /// Private DHT: only ghmesh nodes speak it, so fleets never pollute the public IPFS DHT.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/ghmesh/kad/1.0.0");
+/// The fleet's gossip protocol: ghmesh's own, not gossipsub's `/meshsub/…`, so that a
+/// public DHT node (most speak gossipsub) never hears our subscription, whose topic
+/// names the fleet for good. Gossipsub v1.1 (custom ids cannot say v1.2: no
+/// IDONTWANT).
+pub const GOSSIP_PROTOCOL_PREFIX: &str = "/ghmesh/meshsub";
 /// Identify protocol version string.
 pub const IDENTIFY_PROTOCOL: &str = "/ghmesh/id/1.0.0";
 
@@ -50,6 +55,8 @@ pub struct BehaviourConfig {
     /// How soon after start AutoNAT first asks, and how often it asks again while it is
     /// not sure (once sure, every [`AUTONAT_REFRESH`]).
     pub autonat_retry: Duration,
+    /// A client of the public DHT (`--public-dht`) next to the private one.
+    pub public_dht: bool,
 }
 
 /// `--relay`: whether this node serves as a circuit relay (v2) for fleet members.
@@ -90,6 +97,8 @@ pub(crate) struct Behaviour {
     pub gossipsub: gossipsub::Behaviour,
     /// The private DHT: rendezvous providers across networks.
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    /// The public DHT as a rendezvous, a client only; absent without `--public-dht`.
+    pub public_kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
     /// LAN discovery, off with `--no-mdns`.
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     /// Listen addresses and protocols of peers, fed to Kademlia.
@@ -158,6 +167,7 @@ impl Behaviour {
             limits,
             gossipsub: gossipsub(cfg)?,
             kad: kademlia(peer_id, cfg),
+            public_kad: Toggle::from(cfg.public_dht.then(|| public_kademlia(peer_id))),
             mdns: Toggle::from(mdns(peer_id, cfg)),
             identify,
             rr: request_response::Behaviour::with_codec(
@@ -238,6 +248,7 @@ fn gossipsub(cfg: &BehaviourConfig) -> Result<gossipsub::Behaviour, NetError> {
         // and membership is proven by the sealed payload. Verifying ed25519 on every
         // copy of every message was the largest single CPU cost at 20+ nodes.
         .validation_mode(gossipsub::ValidationMode::Anonymous)
+        .protocol_id_prefix(GOSSIP_PROTOCOL_PREFIX)
         .validate_messages()
         // Content-addressed ids: stable across builds, unlike DefaultHasher.
         .message_id_fn(|m: &gossipsub::Message| {
@@ -289,6 +300,21 @@ fn kademlia(
     // (it waits for a confirmed external address, which LANs and tests never get).
     // See README "Discovery".
     kad.set_mode(Some(kad::Mode::Server));
+    kad
+}
+
+/// The public DHT (`/ipfs/kad/1.0.0`) as its clients use it: we ask, we never answer
+/// nor join anyone's routing table (a server would carry strangers' queries and be
+/// listed to the world), whatever external addresses we hold.
+fn public_kademlia(peer_id: libp2p::PeerId) -> kad::Behaviour<kad::store::MemoryStore> {
+    let mut kad_cfg = kad::Config::new(kad::PROTOCOL_NAME);
+    kad_cfg.set_query_timeout(KAD_QUERY_TIMEOUT);
+    // Our record is republished by the event loop as the hour turns and when our
+    // addresses change (`public_dht::plan`), not on kad's 12-hour timer.
+    kad_cfg.set_provider_publication_interval(None);
+    let mut kad =
+        kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_cfg);
+    kad.set_mode(Some(kad::Mode::Client));
     kad
 }
 

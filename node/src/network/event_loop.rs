@@ -13,13 +13,15 @@ use libp2p::metrics::{Metrics, Recorder};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{identify, kad, mdns, ping, relay, Multiaddr, PeerId, Swarm};
+use libp2p::{autonat, identify, kad, mdns, ping, relay, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 
 use ghmesh_protocol::Reach;
 
 use super::behaviour::{Behaviour, BehaviourEvent, MemberSet, RelayMode};
+use super::codec::RR_PROTOCOL;
 use super::discovery::next_seeds;
+use super::public_dht::PublicDht;
 use super::reach::{self, Connection};
 use super::relays::{Conn, Reservation, REFUSED_PAUSE};
 use super::{Channel, Command, NetError, NetEvent, NetStats, PeerInfo};
@@ -34,6 +36,10 @@ pub(super) struct PendingInbound {
     peer: PeerId,
     reply: ResponseChannel<Bytes>,
 }
+
+/// How often the public DHT's rendezvous is looked at (`public_dht::plan` decides
+/// what, if anything, is due).
+const PUBLIC_ROUND: Duration = Duration::from_secs(1);
 
 /// Which listen addresses to advertise to the DHT: real interfaces always; loopback
 /// only when the operator asked for loopback explicitly (tests, single-host fleets).
@@ -81,6 +87,8 @@ pub(super) struct EventLoop {
     pub(super) conns: HashMap<ConnectionId, Conn>,
     /// Connected peers that offer relaying (identify lists the relay's HOP protocol).
     pub(super) hop: HashSet<PeerId>,
+    /// Connected peers that serve AutoNAT (identify lists it).
+    pub(super) autonat_offered: HashSet<PeerId>,
     /// Our reservations, by relay.
     pub(super) reservations: HashMap<PeerId, Reservation>,
     /// AutoNAT's verdict.
@@ -92,6 +100,11 @@ pub(super) struct EventLoop {
     pub(super) judges: HashSet<PeerId>,
     /// Relays that refused us a reservation, not asked again before then.
     pub(super) refused: HashMap<PeerId, tokio::time::Instant>,
+    /// The rendezvous on the public DHT (`--public-dht`).
+    pub(super) public: Option<PublicDht>,
+    /// With the public DHT on: connected peers whose identify said they speak ghmesh's
+    /// requests. Only they are passed on to be greeted; public nodes are not.
+    pub(super) fleet: HashSet<PeerId>,
 }
 
 impl EventLoop {
@@ -99,6 +112,8 @@ impl EventLoop {
         let mut discovery = tokio::time::interval(self.discovery_interval);
         discovery.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks: u64 = 0;
+        let mut public_rounds = tokio::time::interval(PUBLIC_ROUND);
+        public_rounds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if let Some(at) = self.discover_at.take() {
                 discovery.reset_at(at);
@@ -119,6 +134,7 @@ impl EventLoop {
                     self.discover(ticks);
                 }
                 Some(addrs) = next_seeds(&mut self.seeds) => self.dial_seeds(addrs),
+                _ = public_rounds.tick(), if self.public.is_some() => self.public_round(),
             }
         }
         tracing::debug!("network loop stopped");
@@ -235,6 +251,7 @@ impl EventLoop {
             .collect();
         self.swarm
             .connected_peers()
+            .filter(|p| self.may_greet(p))
             .map(|p| {
                 let shown = self.shown_conn(p);
                 PeerInfo {
@@ -326,6 +343,7 @@ impl EventLoop {
                         remote: endpoint.get_remote_address().clone(),
                         dialer: endpoint.is_dialer(),
                         relayed: endpoint.is_relayed(),
+                        since: tokio::time::Instant::now(),
                     },
                 );
                 if endpoint.is_relayed() {
@@ -333,11 +351,8 @@ impl EventLoop {
                 } else {
                     self.close_circuits(peer_id, connection_id);
                 }
-                if num_established.get() == 1 {
-                    self.send_event(NetEvent::Connected(peer_id));
-                    if !self.discovered_once {
-                        self.discover_soon();
-                    }
+                if num_established.get() == 1 && self.public.is_none() {
+                    self.on_first_connection(peer_id);
                 }
                 let addr = endpoint.get_remote_address().clone();
                 if let Some(seed) = self.seed_peers.get_mut(&addr) {
@@ -366,7 +381,9 @@ impl EventLoop {
                 ..
             } => {
                 self.conns.remove(&connection_id);
+                self.fleet.remove(&peer_id);
                 self.hop.remove(&peer_id);
+                self.autonat_offered.remove(&peer_id);
                 self.refused.remove(&peer_id);
                 if self.judges.remove(&peer_id) {
                     self.swarm.behaviour_mut().autonat.remove_server(&peer_id);
@@ -422,6 +439,10 @@ impl EventLoop {
                 self.metrics.record(&ev);
                 self.on_kad_event(ev);
             }
+            BehaviourEvent::PublicKad(ev) => {
+                self.metrics.record(&ev);
+                self.on_public_kad_event(ev);
+            }
             BehaviourEvent::Mdns(ev) => {
                 if let mdns::Event::Discovered(found) = ev {
                     let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
@@ -440,11 +461,26 @@ impl EventLoop {
                     let addrs = reach::order_for_sharing(&info.listen_addrs);
                     let addrs: Vec<Multiaddr> = addrs.into_iter().take(8).collect();
                     if self.swarm.is_connected(&peer_id) {
+                        if self.public.is_some()
+                            && info.protocols.contains(&RR_PROTOCOL)
+                            && self.fleet.insert(peer_id)
+                        {
+                            self.on_first_connection(peer_id);
+                        }
                         self.listen_of.insert(peer_id, addrs);
                         if info.protocols.contains(&relay::HOP_PROTOCOL_NAME) {
                             self.hop.insert(peer_id);
                         } else {
                             self.hop.remove(&peer_id);
+                        }
+                        if info.protocols.contains(&autonat::DEFAULT_PROTOCOL_NAME)
+                            && self.autonat_offered.insert(peer_id)
+                            && self.public.is_some()
+                        {
+                            let members = self.members.read().map(|m| m.clone()).ok();
+                            if let Some(members) = members {
+                                self.tend_judges(&members);
+                            }
                         }
                         self.tend_relays();
                     }
@@ -484,6 +520,20 @@ impl EventLoop {
                 self.on_dcutr_event(ev);
             }
         }
+    }
+
+    /// A peer the node may greet is connected (for the first time, or again).
+    fn on_first_connection(&mut self, peer: PeerId) {
+        self.send_event(NetEvent::Connected(peer));
+        if !self.discovered_once {
+            self.discover_soon();
+        }
+    }
+
+    /// Whether the node hears of `peer`: every peer, or with the public DHT on, only
+    /// those that said they speak ghmesh (a public node never gets a hello).
+    pub(super) fn may_greet(&self, peer: &PeerId) -> bool {
+        self.public.is_none() || self.fleet.contains(peer)
     }
 
     fn on_gossipsub_event(&mut self, ev: gossipsub::Event) {

@@ -9,7 +9,9 @@ mod discovery;
 pub use discovery::{DISCOVERY_MIN_GAP, DISCOVERY_SOON};
 mod dns_seeds;
 mod event_loop;
+mod public_dht;
 pub mod reach;
+pub use public_dht::PublicDhtConfig;
 mod relays;
 pub use behaviour::RelayMode;
 
@@ -102,6 +104,8 @@ pub struct NetConfig {
     pub rendezvous: Vec<u8>,
     /// How often to look up the rendezvous providers.
     pub discovery_interval: Duration,
+    /// The public DHT as a rendezvous (`--public-dht`); `None`: never a public node.
+    pub public_dht: Option<PublicDhtConfig>,
     /// Behaviour tunables.
     pub behaviour: BehaviourConfig,
 }
@@ -207,6 +211,11 @@ pub struct ReachStats {
     pub direct_upgrades: u64,
     /// Hole punches that failed, since start.
     pub holepunch_failures: u64,
+    /// `--public-dht`: the public DHT serves as a rendezvous.
+    pub public_dht: bool,
+    /// Public DHT nodes in our routing table (0 without `--public-dht`, or before any
+    /// bootstrap node answered).
+    pub public_dht_peers: usize,
 }
 
 pub(crate) enum Command {
@@ -488,6 +497,7 @@ pub async fn start(
         members,
         conns: HashMap::new(),
         hop: HashSet::new(),
+        autonat_offered: HashSet::new(),
         reservations: HashMap::new(),
         reach: Reach::Unknown,
         circuits_served: 0,
@@ -495,6 +505,8 @@ pub async fn start(
         holepunch_failures: 0,
         judges: HashSet::new(),
         refused: HashMap::new(),
+        public: cfg.public_dht.map(public_dht::PublicDht::new),
+        fleet: HashSet::new(),
     };
     let running = tokio::spawn(event_loop.run());
     if let Ok(mut t) = task.lock() {

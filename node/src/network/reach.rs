@@ -46,6 +46,19 @@ pub fn is_relayed(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
 }
 
+/// The relay a relayed address goes through (`…/p2p/<relay>/p2p-circuit…`).
+pub fn relay_of(addr: &Multiaddr) -> Option<PeerId> {
+    let mut last = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::P2p(id) => last = Some(id),
+            Protocol::P2pCircuit => return last,
+            _ => {}
+        }
+    }
+    None
+}
+
 /// QUIC or TCP (a relayed address names the relay's transport).
 pub fn transport_of(addr: &Multiaddr) -> Transport {
     if addr.iter().any(|p| matches!(p, Protocol::QuicV1)) {
@@ -185,6 +198,13 @@ mod tests {
         assert!(!may_judge_us(&ma(&format!("/p2p/{}", PeerId::random()))));
         assert!(is_relayed(&relayed));
         assert_eq!(transport_of(&relayed), Transport::Tcp);
+        let relay = PeerId::random();
+        let through = ma(&format!(
+            "/ip4/198.51.100.7/tcp/9100/p2p/{relay}/p2p-circuit/p2p/{}",
+            PeerId::random()
+        ));
+        assert_eq!(relay_of(&through), Some(relay));
+        assert_eq!(relay_of(&ma("/ip4/198.51.100.7/tcp/9100")), None);
         assert_eq!(
             transport_of(&ma("/ip4/1.2.3.4/udp/1/quic-v1")),
             Transport::Quic

@@ -27,6 +27,8 @@ pub(super) struct Conn {
     /// Through a relay's circuit. Not always visible in `remote`: a circuit we accepted
     /// names only the peer (`/p2p/<id>`).
     pub(super) relayed: bool,
+    /// When it was established.
+    pub(super) since: tokio::time::Instant,
 }
 
 /// A reservation we asked a fleet relay for, as the listener on its circuit address.
@@ -52,6 +54,8 @@ impl EventLoop {
             relay_circuits_served: self.circuits_served,
             direct_upgrades: self.direct_upgrades,
             holepunch_failures: self.holepunch_failures,
+            public_dht: self.public.is_some(),
+            public_dht_peers: self.public.as_ref().map_or(0, |p| p.routing_peers),
         }
     }
 
@@ -123,11 +127,20 @@ impl EventLoop {
         self.tend_relays();
     }
 
-    /// AutoNAT asks only members that reach us directly from outside our networks.
+    /// AutoNAT asks only peers that reach us directly from outside our networks:
+    /// members, and with the public DHT on, public nodes that serve AutoNAT (a
+    /// runner on a public address is then found public, and serves its fleet as a relay,
+    /// with no hub).
     pub(super) fn tend_judges(&mut self, members: &HashSet<PeerId>) {
         let mut judges: HashMap<PeerId, Option<Multiaddr>> = HashMap::new();
+        let public_judge = |p: &PeerId| {
+            self.public.is_some() && !self.fleet.contains(p) && self.autonat_offered.contains(p)
+        };
         for c in self.conns.values() {
-            if members.contains(&c.peer) && !c.relayed && reach::may_judge_us(&c.remote) {
+            if (members.contains(&c.peer) || public_judge(&c.peer))
+                && !c.relayed
+                && reach::may_judge_us(&c.remote)
+            {
                 let addr = c.dialer.then(|| c.remote.clone());
                 let slot = judges.entry(c.peer).or_default();
                 if slot.is_none() {
@@ -158,17 +171,45 @@ impl EventLoop {
         }
         let now = tokio::time::Instant::now();
         self.refused.retain(|_, until| *until > now);
-        let offered: Vec<PeerId> = {
-            let Ok(members) = self.members.read() else {
-                return;
-            };
+        let Some(members) = self.members.read().map(|m| m.clone()).ok() else {
+            return;
+        };
+        let usable = |p: &&PeerId| !self.only_relayed(p) && !self.refused.contains_key(p);
+        let fleet: Vec<PeerId> = self
+            .hop
+            .iter()
+            .filter(|p| members.contains(p))
+            .filter(usable)
+            .copied()
+            .collect();
+        let offered = if !fleet.is_empty() {
+            // A fleet relay beats a public one (no 2-minute, 128 KiB circuits): public
+            // reservations are given up as soon as one is offered.
+            let public: Vec<PeerId> = self
+                .reservations
+                .keys()
+                .filter(|p| !members.contains(p))
+                .copied()
+                .collect();
+            for relay in public {
+                if let Some(r) = self.reservations.remove(&relay) {
+                    tracing::debug!(%relay, "leaving a public relay for a fleet relay");
+                    self.swarm.remove_listener(r.listener);
+                }
+            }
+            fleet
+        } else if self.public.is_some() {
+            // No fleet relay: with the public DHT on, public relays (nodes that offer
+            // relay v2 and do not speak ghmesh). They carry hellos and hole-punch
+            // signalling; their circuits end after 2 minutes or 128 KiB.
             self.hop
                 .iter()
-                .filter(|p| {
-                    members.contains(p) && !self.only_relayed(p) && !self.refused.contains_key(p)
-                })
+                .filter(|p| !self.fleet.contains(p))
+                .filter(usable)
                 .copied()
                 .collect()
+        } else {
+            fleet
         };
         let held: Vec<PeerId> = self.reservations.keys().copied().collect();
         let me = *self.swarm.local_peer_id();

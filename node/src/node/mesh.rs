@@ -57,6 +57,13 @@ impl Mesh {
             topic: keys.topic().to_string(),
             rendezvous: keys.rendezvous_key().to_vec(),
             discovery_interval: cfg.discovery_interval,
+            public_dht: cfg
+                .public_dht
+                .clone()
+                .map(|bootstrap| network::PublicDhtConfig {
+                    bootstrap,
+                    base: *keys.public_rendezvous_base(),
+                }),
             behaviour: network::behaviour::BehaviourConfig {
                 heartbeat: cfg.heartbeat,
                 mdns: cfg.mdns,
@@ -66,6 +73,7 @@ impl Mesh {
                 ping_timeout: deadlines.ping_timeout,
                 relay: cfg.relay,
                 autonat_retry: deadlines.autonat_retry,
+                public_dht: cfg.public_dht.is_some(),
             },
         };
         let (net, events) = network::start(keypair, net_cfg, registry).await?;

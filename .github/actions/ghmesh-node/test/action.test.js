@@ -106,6 +106,8 @@ function runner(release, inputs = {}) {
     RUNNER_ARCH: 'X64',
     RUNNER_TEMP: dir('runner-temp'),
     RUNNER_TOOL_CACHE: dir('tool-cache'),
+    // Never github-hosted by inheritance: that would turn the public DHT on.
+    RUNNER_ENVIRONMENT: 'self-hosted',
     GITHUB_OUTPUT: file('output'),
     GITHUB_ENV: file('env'),
     GITHUB_STATE: file('state'),
@@ -128,6 +130,7 @@ function runner(release, inputs = {}) {
     'INPUT_VERSION': VERSION,
     'INPUT_CACHE-DIR': path.join(root, 'data'),
     'INPUT_UPSTREAM-TOKEN': '',
+    'INPUT_PUBLIC-DHT': '',
   };
   for (const [name, value] of Object.entries(inputs)) env[`INPUT_${name.toUpperCase()}`] = value;
   return { root, env };
@@ -249,6 +252,16 @@ test("the job summary shows the fleet's remaining for every budget the job spent
   assert.doesNotMatch(text, /a7af0a02fba3632f/, 'ids are shortened');
 });
 
+test('public-dht is on by default on GitHub-hosted runners only, and says what is wrong', () => {
+  const { publicDht } = require('../lib');
+  assert.equal(publicDht('', 'github-hosted'), 'true');
+  assert.equal(publicDht('', 'self-hosted'), 'false');
+  assert.equal(publicDht('', undefined), 'false');
+  assert.equal(publicDht('false', 'github-hosted'), 'false');
+  assert.equal(publicDht(' TRUE ', 'self-hosted'), 'true');
+  assert.throws(() => publicDht('yes please', ''), /bad "public-dht" input 'yes please': use true, false/);
+});
+
 test('the ghmesh binary is built', () => {
   assert.equal(MISSING_BINARY, null, MISSING_BINARY);
 });
@@ -324,6 +337,7 @@ describe('ghmesh-node action', { timeout: 120000, skip: MISSING_BINARY ? 'no ghm
     assert.equal(health.status, 200);
     const { body: stats } = await getJson(`${api}/_ghmesh/stats`);
     assert.equal(stats.peer_id, outputs['peer-id']);
+    assert.equal(stats.public_dht, false, 'a self-hosted runner leaves the public DHT alone');
 
     const post = await runScript('post.js', { ...env, ...state });
     assert.equal(post.code, 0, `post failed:\n${post.stdout}\n${post.stderr}`);
@@ -380,6 +394,29 @@ describe('ghmesh-node action', { timeout: 120000, skip: MISSING_BINARY ? 'no ghm
     const stop = await runScript('post.js', { ...second.env, ...state });
     assert.equal(stop.code, 0);
     assert.ok(await waitGone(Number(state.STATE_pid), 5000));
+  });
+
+  test('on a GitHub-hosted runner the node joins the public DHT; a bad public-dht input starts nothing', async () => {
+    const { env } = runner('good');
+    env.RUNNER_ENVIRONMENT = 'github-hosted';
+    // Nothing leaves the machine: the "public DHT" is a closed port on loopback.
+    env.GHMESH_PUBLIC_BOOTSTRAP = '/ip4/127.0.0.1/tcp/9/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN';
+    const main = await runScript('main.js', env);
+    assert.equal(main.code, 0, `main failed:\n${main.stdout}\n${main.stderr}`);
+    const state = stateEnv(env);
+    spawnedPids.add(Number(state.STATE_pid));
+    const api = fileCommands(env.GITHUB_OUTPUT)['api-url'];
+    const { body: stats } = await getJson(`${api}/_ghmesh/stats`);
+    assert.equal(stats.public_dht, true);
+    const stop = await runScript('post.js', { ...env, ...state });
+    assert.equal(stop.code, 0);
+    assert.ok(await waitGone(Number(state.STATE_pid), 5000));
+
+    const bad = runner('good', { 'public-dht': 'sometimes' });
+    const refused = await runScript('main.js', bad.env);
+    assert.equal(refused.code, 1);
+    assert.match(refused.stdout, /^::error::bad "public-dht" input 'sometimes': use true, false or leave it empty/m);
+    assert.equal(fs.readFileSync(bad.env.GITHUB_STATE, 'utf8'), '', 'nothing started');
   });
 
   test('a checksum mismatch fails the step with a clear message and starts nothing', async () => {

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use ghmesh_store::Limits;
+use libp2p::multiaddr::Protocol;
 use libp2p::Multiaddr;
 
 use super::CliError;
@@ -426,6 +427,65 @@ pub fn relay(
             "bad {name} '{v}': use auto, on or off"
         ))),
     }
+}
+
+/// The public libp2p bootstrap nodes (as kubo and rust-libp2p's examples list them).
+pub const PUBLIC_BOOTSTRAP: [&str; 5] = [
+    "/dnsaddr/bootstrap.libp2p.io/p2p/QmNnooDu7bfjPFoTZYxMNLWUQJyrVwtbZg5gBMjTezGAJN",
+    "/dnsaddr/bootstrap.libp2p.io/p2p/QmQCU2EcMqAqQPR2i9bChDtGNJchTbq5TbXJJ16u19uLTa",
+    "/dnsaddr/bootstrap.libp2p.io/p2p/QmbLHAnMoJPWSCR5Zhtx6BHJX9KiKNN6tpvbUcqanj75Nb",
+    "/dnsaddr/bootstrap.libp2p.io/p2p/QmcZf59bWwK5XFi76CZX8cbJ4BhTzzA3gU1ZjYZcYW3dwt",
+    "/ip4/104.131.131.82/tcp/4001/p2p/QmaCpDMGvV2BGHeYERUEnRQAwe3N8SzbUtfsmvsqQLuvuJ",
+];
+
+/// `--public-dht` (`GHMESH_PUBLIC_DHT=true`) with `--public-bootstrap`…
+/// (`GHMESH_PUBLIC_BOOTSTRAP`, else [`PUBLIC_BOOTSTRAP`]): where to enter the public
+/// DHT, or `None` when it is off. Each address must name its peer (`/p2p/<id>`): the
+/// public DHT is entered only through nodes we know by key.
+pub fn public_dht(
+    flag: bool,
+    bootstrap: &[String],
+    env: EnvLookup<'_>,
+) -> Result<Option<Vec<Multiaddr>>, CliError> {
+    let on = flag
+        || match first_env(env, &["GHMESH_PUBLIC_DHT"]) {
+            None => false,
+            Some((_, v)) => match v.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => true,
+                "false" | "0" | "no" | "off" | "" => false,
+                _ => {
+                    return Err(CliError::usage(format!(
+                        "bad GHMESH_PUBLIC_DHT '{v}': use true or false"
+                    )))
+                }
+            },
+        };
+    let addrs = match flags_or_env(
+        bootstrap,
+        "--public-bootstrap",
+        env,
+        &["GHMESH_PUBLIC_BOOTSTRAP"],
+    ) {
+        Some((values, what)) => parse_addrs(&values, what)?,
+        None => parse_addrs(&PUBLIC_BOOTSTRAP.map(String::from), "default")?,
+    };
+    if !on {
+        return Ok(None);
+    }
+    if addrs.is_empty() {
+        return Err(CliError::usage(
+            "--public-dht needs at least one --public-bootstrap address",
+        ));
+    }
+    if let Some(bad) = addrs
+        .iter()
+        .find(|a| !matches!(a.iter().last(), Some(Protocol::P2p(_))))
+    {
+        return Err(CliError::usage(format!(
+            "bad public bootstrap address '{bad}': it must end in /p2p/<peer id>"
+        )));
+    }
+    Ok(Some(addrs))
 }
 
 /// Store limits: `--max-entries` (`GHMESH_MAX_ENTRIES`, `CACHE_MAX_SIZE`) and

@@ -208,3 +208,35 @@ fn relay_mode_and_external_addresses() {
     let e = env(&[("GHMESH_EXTERNAL_ADDR", "/ip4/198.51.100.7/tcp/9100")]);
     assert_eq!(external(&[], &e).unwrap().len(), 1);
 }
+
+#[test]
+fn public_dht_is_off_unless_asked_and_enters_only_through_named_peers() {
+    assert_eq!(public_dht(false, &[], &env(&[])).unwrap(), None);
+    let e = env(&[("GHMESH_PUBLIC_BOOTSTRAP", "/ip4/203.0.113.9/tcp/4001")]);
+    assert_eq!(
+        public_dht(false, &[], &e).unwrap(),
+        None,
+        "bootstrap addresses alone turn nothing on"
+    );
+    let default = public_dht(false, &[], &env(&[("GHMESH_PUBLIC_DHT", "true")]))
+        .unwrap()
+        .unwrap();
+    assert_eq!(default.len(), PUBLIC_BOOTSTRAP.len());
+    let id = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
+    let one = format!("/ip4/198.51.100.9/tcp/4001/p2p/{id}");
+    let flags = [one.clone()];
+    assert_eq!(
+        public_dht(true, &flags, &env(&[])).unwrap().unwrap(),
+        vec![one.parse::<Multiaddr>().unwrap()]
+    );
+    let e = public_dht(
+        true,
+        &[],
+        &env(&[("GHMESH_PUBLIC_BOOTSTRAP", "/ip4/1.2.3.4/tcp/1")]),
+    )
+    .unwrap_err();
+    assert_eq!(e.code, 2);
+    assert!(e.message.contains("/p2p/<peer id>"), "{}", e.message);
+    let e = public_dht(false, &[], &env(&[("GHMESH_PUBLIC_DHT", "maybe")])).unwrap_err();
+    assert!(e.message.contains("true or false"), "{}", e.message);
+}
