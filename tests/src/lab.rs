@@ -331,11 +331,10 @@ impl HubFleet {
                 30,
             )?;
             let peers: Vec<String> = standins.iter().map(|s: &StandIn| s.addr.clone()).collect();
-            standins.push(StandIn::start(
-                &ns,
-                Ipv4Addr::new(198, 51, 100, me),
-                &peers,
-            )?);
+            // The first with an RSA identity, as the oldest public bootstrap nodes have.
+            let rsa = k == 0;
+            let ip = Ipv4Addr::new(198, 51, 100, me);
+            standins.push(StandIn::start(&ns, ip, &peers, rsa)?);
         }
         let mut hub_ns = Vec::new();
         for k in 0..hubs {
@@ -517,7 +516,7 @@ pub struct StandIn {
 }
 
 impl StandIn {
-    fn start(ns: &str, ip: Ipv4Addr, peers: &[String]) -> anyhow::Result<StandIn> {
+    fn start(ns: &str, ip: Ipv4Addr, peers: &[String], rsa: bool) -> anyhow::Result<StandIn> {
         use std::io::BufRead;
         // Everything but the other stand-ins: hubs (198.51.100.0/25) and NATs.
         let rules = "table ip watch {
@@ -540,10 +539,14 @@ impl StandIn {
         for p in peers {
             args.extend(["--peer".to_string(), p.clone()]);
         }
+        if rsa {
+            let key = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/standin-rsa.pk8");
+            args.extend(["--rsa-key".to_string(), key.to_string()]);
+        }
         let mut child = Command::new("ip")
             .args(&args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::inherit())
             .spawn()
             .context("standin-dht")?;
         let stdout = child.stdout.take().context("standin stdout")?;

@@ -29,8 +29,9 @@ use crate::limits::{
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/ghmesh/kad/1.0.0");
 /// The fleet's gossip protocol: ghmesh's own, not gossipsub's `/meshsub/…`, so that a
 /// public DHT node (most speak gossipsub) never hears our subscription, whose topic
-/// names the fleet for good. Gossipsub v1.1 (custom ids cannot say v1.2: no
-/// IDONTWANT).
+/// names the fleet for good. Gossipsub v1.1: a custom id cannot say v1.2, so no
+/// IDONTWANT (which ghmesh sent only for messages of 8 KiB or more: below that it cost
+/// a peer as much as the duplicate it saved).
 pub const GOSSIP_PROTOCOL_PREFIX: &str = "/ghmesh/meshsub";
 /// Identify protocol version string.
 pub const IDENTIFY_PROTOCOL: &str = "/ghmesh/id/1.0.0";
@@ -132,8 +133,6 @@ pub const MESH_N: usize = 4;
 pub const MESH_N_LOW: usize = 3;
 /// Upper mesh bound.
 pub const MESH_N_HIGH: usize = 8;
-/// Smallest gossip message a receiver tells its mesh peers not to send again.
-const IDONTWANT_MIN_MESSAGE: usize = 8 * 1024;
 /// Outbound peers kept in the mesh.
 pub const MESH_OUTBOUND_MIN: usize = 2;
 
@@ -263,11 +262,6 @@ fn gossipsub(cfg: &BehaviourConfig) -> Result<gossipsub::Behaviour, NetError> {
         .mesh_outbound_min(MESH_OUTBOUND_MIN)
         // Small fleets: publish straight to every subscribed peer for latency.
         .flood_publish(true)
-        // An IDONTWANT costs a peer as much as a small message it saves (a frame, a
-        // timer, a syscall: per-message costs dominate below a few KiB), and every
-        // receiver sends one to each mesh peer: only worth it for announces that
-        // carry a body.
-        .idontwant_message_size_threshold(IDONTWANT_MIN_MESSAGE)
         .build()
         .map_err(|e| setup("gossipsub config", &e))?;
     gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_cfg)

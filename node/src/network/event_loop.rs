@@ -104,7 +104,7 @@ pub(super) struct EventLoop {
     pub(super) public: Option<PublicDht>,
     /// With the public DHT on: connected peers whose identify said they speak ghmesh's
     /// requests. Only they are passed on to be greeted; public nodes are not.
-    pub(super) fleet: HashSet<PeerId>,
+    pub(super) speaks_ghmesh: HashSet<PeerId>,
 }
 
 impl EventLoop {
@@ -381,7 +381,7 @@ impl EventLoop {
                 ..
             } => {
                 self.conns.remove(&connection_id);
-                self.fleet.remove(&peer_id);
+                self.speaks_ghmesh.remove(&peer_id);
                 self.hop.remove(&peer_id);
                 self.autonat_offered.remove(&peer_id);
                 self.refused.remove(&peer_id);
@@ -439,10 +439,8 @@ impl EventLoop {
                 self.metrics.record(&ev);
                 self.on_kad_event(ev);
             }
-            BehaviourEvent::PublicKad(ev) => {
-                self.metrics.record(&ev);
-                self.on_public_kad_event(ev);
-            }
+            // Not recorded in the metrics: they would mix with the private DHT's.
+            BehaviourEvent::PublicKad(ev) => self.on_public_kad_event(ev),
             BehaviourEvent::Mdns(ev) => {
                 if let mdns::Event::Discovered(found) = ev {
                     let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
@@ -461,11 +459,14 @@ impl EventLoop {
                     let addrs = reach::order_for_sharing(&info.listen_addrs);
                     let addrs: Vec<Multiaddr> = addrs.into_iter().take(8).collect();
                     if self.swarm.is_connected(&peer_id) {
-                        if self.public.is_some()
-                            && info.protocols.contains(&RR_PROTOCOL)
-                            && self.fleet.insert(peer_id)
-                        {
-                            self.on_first_connection(peer_id);
+                        if self.public.is_some() {
+                            if info.protocols.contains(&RR_PROTOCOL) {
+                                if self.speaks_ghmesh.insert(peer_id) {
+                                    self.on_first_connection(peer_id);
+                                }
+                            } else if info.protocols.contains(&kad::PROTOCOL_NAME) {
+                                self.public_answered(peer_id);
+                            }
                         }
                         self.listen_of.insert(peer_id, addrs);
                         if info.protocols.contains(&relay::HOP_PROTOCOL_NAME) {
@@ -533,7 +534,7 @@ impl EventLoop {
     /// Whether the node hears of `peer`: every peer, or with the public DHT on, only
     /// those that said they speak ghmesh (a public node never gets a hello).
     pub(super) fn may_greet(&self, peer: &PeerId) -> bool {
-        self.public.is_none() || self.fleet.contains(peer)
+        self.public.is_none() || self.speaks_ghmesh.contains(peer)
     }
 
     fn on_gossipsub_event(&mut self, ev: gossipsub::Event) {
@@ -599,6 +600,12 @@ impl EventLoop {
     }
 
     fn on_rr_event(&mut self, kind: Channel, ev: request_response::Event<Vec<u8>, Bytes>) {
+        if let request_response::Event::Message { peer, .. } = &ev {
+            // It speaks ghmesh, whatever identify said or failed to say.
+            if self.public.is_some() {
+                self.speaks_ghmesh.insert(*peer);
+            }
+        }
         match ev {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {

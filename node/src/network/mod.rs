@@ -506,7 +506,7 @@ pub async fn start(
         judges: HashSet::new(),
         refused: HashMap::new(),
         public: cfg.public_dht.map(public_dht::PublicDht::new),
-        fleet: HashSet::new(),
+        speaks_ghmesh: HashSet::new(),
     };
     let running = tokio::spawn(event_loop.run());
     if let Ok(mut t) = task.lock() {

@@ -41,23 +41,30 @@ impl std::fmt::Debug for PublicDhtConfig {
     }
 }
 
-/// Lookups while the node has no member yet: a runner that just started should find
-/// its fleet within seconds.
+/// The first lookups while the node has no member: a runner that just started should
+/// find its fleet within seconds. The gap doubles each round it stays alone, up to
+/// [`LOOKUP_WITH_MEMBERS`]: a fleet that starts later finds it through its record.
 pub const LOOKUP_ALONE: Duration = Duration::from_secs(3);
 /// Lookups once it has members: newcomers find us through their own lookups and our
 /// record; ours only catch fleets split in two.
 pub const LOOKUP_WITH_MEMBERS: Duration = Duration::from_secs(60);
-/// Least time between two entries through the bootstrap nodes (while the routing table
-/// is empty, e.g. none answered).
+/// Least time between two entries through the bootstrap nodes (while no DHT node has
+/// answered).
 pub const REENTER_EVERY: Duration = Duration::from_secs(10);
-/// How long a connection to a public node (one that does not speak ghmesh) is kept,
-/// unless we hold a reservation on it: longer than a DHT query may last (20 s), far
-/// shorter than the idle timeout (5 min), which would let a minute's lookups pile up
-/// dozens of connections, each taking a slot members need.
+/// How long a connection to a public node (one that does not speak ghmesh) is kept
+/// once no public query is running, unless a relay in use: far shorter than the idle
+/// timeout (5 min), which would let a few minutes' lookups pile up dozens of
+/// connections, each taking a slot members need.
 pub const PUBLIC_LINGER: Duration = Duration::from_secs(30);
 /// Least time between two publications of our record when only our addresses changed
-/// (a reservation accepted, then another).
-pub const REPROVIDE_GAP: Duration = Duration::from_secs(2);
+/// (a reservation accepted, then another; AutoNAT confirming an address): each is a
+/// walk of the DHT.
+pub const REPROVIDE_GAP: Duration = Duration::from_secs(5);
+/// Providers dialled per answer to a lookup; [`MAX_PROVIDER_DIALS`] per round. Any DHT
+/// node may answer with made-up providers: one answer cannot spend a round's dials.
+pub const DIALS_PER_ANSWER: usize = 4;
+/// Public DHT nodes remembered as having answered (a bound on [`PublicDht::answered`]).
+pub const MAX_ANSWERED: usize = 1024;
 
 /// What the rendezvous has done, for [`plan`].
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -70,6 +77,8 @@ pub struct Rendezvous {
     pub entered_at: Option<Duration>,
     /// When we last looked up providers.
     pub looked_up_at: Option<Duration>,
+    /// Lookup rounds in a row without a member (the gap doubles with each).
+    pub alone_rounds: u32,
 }
 
 /// One step for the event loop.
@@ -88,8 +97,8 @@ pub enum Step {
     LookUp(Vec<u64>),
 }
 
-/// What to do now (`now`: time since the Unix epoch), given how many peers the public
-/// routing table holds, our external addresses and whether we have members.
+/// What to do now (`now`: time since the Unix epoch), given how many peers of the public
+/// routing table have answered us, our external addresses and whether we have members.
 pub fn plan(
     state: &Rendezvous,
     now: Duration,
@@ -128,6 +137,8 @@ pub fn plan(
         LOOKUP_WITH_MEMBERS
     } else {
         LOOKUP_ALONE
+            .saturating_mul(1 << state.alone_rounds.min(8))
+            .min(LOOKUP_WITH_MEMBERS)
     };
     if since(state.looked_up_at).is_none_or(|d| d >= every) {
         steps.push(Step::LookUp(vec![hour, hour.saturating_sub(1)]));
@@ -175,7 +186,12 @@ pub(super) struct PublicDht {
     /// lookup with made-up providers, so a round dials at most
     /// [`MAX_PROVIDER_DIALS`] of them.
     pub(super) dials_left: usize,
-    /// Peers in the public routing table at the last round.
+    /// Providers dialled this round (an answer naming them again costs nothing).
+    pub(super) dialled: HashSet<PeerId>,
+    /// Public DHT nodes that answered us (identify listed the DHT protocol): the
+    /// routing table holds the bootstrap nodes from the start, answered or not.
+    pub(super) answered: HashSet<PeerId>,
+    /// Peers in the public routing table that answered, at the last round.
     pub(super) routing_peers: usize,
 }
 
@@ -186,6 +202,8 @@ impl PublicDht {
             cfg,
             state: Rendezvous::default(),
             dials_left: 0,
+            dialled: HashSet::new(),
+            answered: HashSet::new(),
             routing_peers: 0,
         }
     }
@@ -206,29 +224,46 @@ impl EventLoop {
         let Some(kad) = self.swarm.behaviour_mut().public_kad.as_mut() else {
             return;
         };
-        let routing_peers: usize = kad.kbuckets().map(|b| b.num_entries()).sum();
+        let in_table: HashSet<PeerId> = kad
+            .kbuckets()
+            .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
+            .collect();
+        public.answered.retain(|p| in_table.contains(p));
+        let routing_peers = public.answered.len();
         public.routing_peers = routing_peers;
+        let querying = kad.iter_queries().next().is_some();
         let mut external: Vec<Multiaddr> = self.swarm.external_addresses().cloned().collect();
         external.sort();
         let has_members = self.members.read().is_ok_and(|m| !m.is_empty());
         let now = wall_now();
         let steps = plan(&public.state, now, routing_peers, &external, has_members);
         for step in steps {
-            self.public_step(step, now, &external);
+            self.public_step(step, now, &external, !has_members);
         }
-        self.close_public_connections();
+        if !querying {
+            self.close_public_connections();
+        }
     }
 
     /// Closes connections to public nodes that [`public_to_close`] names.
     fn close_public_connections(&mut self) {
         let now = tokio::time::Instant::now();
         let reserved: HashSet<PeerId> = self.reservations.keys().copied().collect();
-        for id in public_to_close(&self.conns, &self.fleet, &reserved, now) {
+        for id in public_to_close(&self.conns, &self.speaks_ghmesh, &reserved, now) {
             self.swarm.close_connection(id);
         }
     }
 
-    fn public_step(&mut self, step: Step, now: Duration, external: &[Multiaddr]) {
+    /// A public DHT node answered us (identify lists the DHT protocol).
+    pub(super) fn public_answered(&mut self, peer: PeerId) {
+        if let Some(public) = self.public.as_mut() {
+            if public.answered.len() < MAX_ANSWERED {
+                public.answered.insert(peer);
+            }
+        }
+    }
+
+    fn public_step(&mut self, step: Step, now: Duration, external: &[Multiaddr], alone: bool) {
         let Some(public) = self.public.as_mut() else {
             return;
         };
@@ -265,7 +300,13 @@ impl EventLoop {
             }
             Step::LookUp(hours) => {
                 public.state.looked_up_at = Some(now);
+                public.state.alone_rounds = if alone {
+                    public.state.alone_rounds.saturating_add(1)
+                } else {
+                    0
+                };
                 public.dials_left = MAX_PROVIDER_DIALS;
+                public.dialled.clear();
                 for hour in hours {
                     let key = public.key(hour);
                     kad.get_providers(key);
@@ -292,9 +333,11 @@ impl EventLoop {
                 let found: Vec<PeerId> = providers
                     .into_iter()
                     .filter(|p| *p != me && !self.swarm.is_connected(p))
-                    .take(public.dials_left)
+                    .filter(|p| !public.dialled.contains(p))
+                    .take(public.dials_left.min(DIALS_PER_ANSWER))
                     .collect();
                 public.dials_left -= found.len();
+                public.dialled.extend(found.iter().copied());
                 for p in found {
                     tracing::debug!(peer = %p, "public DHT: found a provider of our key");
                     self.dial_peer(p, Vec::new());
@@ -356,6 +399,7 @@ mod tests {
             provided_at: Some(at(5 * HOUR + 10)),
             entered_at: Some(at(5 * HOUR)),
             looked_up_at: Some(at(5 * HOUR + 10)),
+            alone_rounds: 0,
         };
         let now = at(5 * HOUR + 11);
         assert!(plan(&s, now, 3, std::slice::from_ref(&a), false).is_empty());
@@ -365,7 +409,7 @@ mod tests {
             "not twice within the gap"
         );
         assert_eq!(
-            plan(&s, at(5 * HOUR + 12), 3, &both, true),
+            plan(&s, at(5 * HOUR + 10) + REPROVIDE_GAP, 3, &both, true),
             vec![Step::Provide { hour: 5, old: None }]
         );
         assert_eq!(
@@ -433,6 +477,7 @@ mod tests {
             provided_at: Some(at(5 * HOUR)),
             entered_at: Some(at(5 * HOUR)),
             looked_up_at: Some(at(5 * HOUR)),
+            alone_rounds: 0,
         };
         let later = at(5 * HOUR) + LOOKUP_ALONE;
         let ext = std::slice::from_ref(&a);
@@ -443,6 +488,24 @@ mod tests {
         assert!(plan(&s, later, 3, ext, true).is_empty());
         assert_eq!(
             plan(&s, at(5 * HOUR) + LOOKUP_WITH_MEMBERS, 3, ext, true),
+            vec![Step::LookUp(vec![5, 4])]
+        );
+        // Alone for a while: the gap doubles, up to the gap with members.
+        let s = Rendezvous {
+            alone_rounds: 2,
+            ..s
+        };
+        assert!(plan(&s, at(5 * HOUR) + LOOKUP_ALONE * 4 - at(1), 3, ext, false).is_empty());
+        assert_eq!(
+            plan(&s, at(5 * HOUR) + LOOKUP_ALONE * 4, 3, ext, false),
+            vec![Step::LookUp(vec![5, 4])]
+        );
+        let s = Rendezvous {
+            alone_rounds: 30,
+            ..s
+        };
+        assert_eq!(
+            plan(&s, at(5 * HOUR) + LOOKUP_WITH_MEMBERS, 3, ext, false),
             vec![Step::LookUp(vec![5, 4])]
         );
     }

@@ -134,7 +134,9 @@ impl EventLoop {
     pub(super) fn tend_judges(&mut self, members: &HashSet<PeerId>) {
         let mut judges: HashMap<PeerId, Option<Multiaddr>> = HashMap::new();
         let public_judge = |p: &PeerId| {
-            self.public.is_some() && !self.fleet.contains(p) && self.autonat_offered.contains(p)
+            self.public.is_some()
+                && !self.speaks_ghmesh.contains(p)
+                && self.autonat_offered.contains(p)
         };
         for c in self.conns.values() {
             if (members.contains(&c.peer) || public_judge(&c.peer))
@@ -174,44 +176,37 @@ impl EventLoop {
         let Some(members) = self.members.read().map(|m| m.clone()).ok() else {
             return;
         };
-        let usable = |p: &&PeerId| !self.only_relayed(p) && !self.refused.contains_key(p);
-        let fleet: Vec<PeerId> = self
+        let usable = |p: &PeerId| !self.only_relayed(p) && !self.refused.contains_key(p);
+        let offers: Vec<RelayOffer> = self
             .hop
             .iter()
-            .filter(|p| members.contains(p))
-            .filter(usable)
+            .filter(|p| usable(p))
+            .map(|p| RelayOffer {
+                peer: *p,
+                member: members.contains(p),
+                speaks_ghmesh: self.speaks_ghmesh.contains(p),
+            })
+            .collect();
+        let held: Vec<(PeerId, bool, bool)> = self
+            .reservations
+            .iter()
+            .map(|(p, r)| (*p, members.contains(p), r.accepted))
+            .collect();
+        let (offered, leave) = choose_relays(&offers, &held, self.public.is_some());
+        let fleet_offered = self.public.is_some() && offered.iter().any(|p| members.contains(p));
+        for relay in leave {
+            if let Some(r) = self.reservations.remove(&relay) {
+                tracing::debug!(%relay, "leaving a public relay for a fleet relay");
+                self.swarm.remove_listener(r.listener);
+            }
+        }
+        // Fleet relays are reserved on next to public ones held until a fleet one accepts.
+        let held: Vec<PeerId> = self
+            .reservations
+            .keys()
+            .filter(|p| !fleet_offered || members.contains(p))
             .copied()
             .collect();
-        let offered = if !fleet.is_empty() {
-            // A fleet relay beats a public one (no 2-minute, 128 KiB circuits): public
-            // reservations are given up as soon as one is offered.
-            let public: Vec<PeerId> = self
-                .reservations
-                .keys()
-                .filter(|p| !members.contains(p))
-                .copied()
-                .collect();
-            for relay in public {
-                if let Some(r) = self.reservations.remove(&relay) {
-                    tracing::debug!(%relay, "leaving a public relay for a fleet relay");
-                    self.swarm.remove_listener(r.listener);
-                }
-            }
-            fleet
-        } else if self.public.is_some() {
-            // No fleet relay: with the public DHT on, public relays (nodes that offer
-            // relay v2 and do not speak ghmesh). They carry hellos and hole-punch
-            // signalling; their circuits end after 2 minutes or 128 KiB.
-            self.hop
-                .iter()
-                .filter(|p| !self.fleet.contains(p))
-                .filter(usable)
-                .copied()
-                .collect()
-        } else {
-            fleet
-        };
-        let held: Vec<PeerId> = self.reservations.keys().copied().collect();
         let me = *self.swarm.local_peer_id();
         for relay in reach::relays_to_add(&me, self.reach, &offered, &held) {
             let Some(addr) = self.relay_addr(&relay) else {
@@ -290,5 +285,94 @@ impl EventLoop {
                 tracing::debug!(peer = %ev.remote_peer_id, "hole punching failed: {e}");
             }
         }
+    }
+}
+
+/// A connected peer that offers relaying, as `tend_relays` sees it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RelayOffer {
+    pub(super) peer: PeerId,
+    /// An admitted member: a fleet relay.
+    pub(super) member: bool,
+    /// Speaks ghmesh (a ghmesh node, ours or another fleet's): never a public relay.
+    pub(super) speaks_ghmesh: bool,
+}
+
+/// Which relays to reserve on (`relays_to_add` picks among them) and which public
+/// reservations to leave, from the relays offered and our reservations
+/// (`(relay, is a member, accepted)`). Fleet relays first. With the public DHT on
+/// (`public`) and no fleet relay, public relays (offering relay v2, not speaking ghmesh);
+/// public reservations are left once a fleet relay has accepted us, not before: a fleet
+/// relay may refuse a member it has not admitted yet, and the node would be unreachable
+/// meanwhile.
+pub(super) fn choose_relays(
+    offers: &[RelayOffer],
+    held: &[(PeerId, bool, bool)],
+    public: bool,
+) -> (Vec<PeerId>, Vec<PeerId>) {
+    let fleet: Vec<PeerId> = offers.iter().filter(|o| o.member).map(|o| o.peer).collect();
+    if !public {
+        return (fleet, Vec::new());
+    }
+    let fleet_accepted = held
+        .iter()
+        .any(|(_, member, accepted)| *member && *accepted);
+    let leave: Vec<PeerId> = if fleet_accepted {
+        held.iter()
+            .filter(|(_, member, _)| !member)
+            .map(|(p, _, _)| *p)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if !fleet.is_empty() {
+        return (fleet, leave);
+    }
+    let public_relays = offers
+        .iter()
+        .filter(|o| !o.member && !o.speaks_ghmesh)
+        .map(|o| o.peer)
+        .collect();
+    (public_relays, leave)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fleet_relays_first_public_ones_only_with_the_public_dht_and_left_once_a_fleet_one_took_us() {
+        let (hub, public, other_fleet) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let offer = |peer, member, speaks_ghmesh| RelayOffer {
+            peer,
+            member,
+            speaks_ghmesh,
+        };
+        let offers = [
+            offer(hub, true, true),
+            offer(public, false, false),
+            offer(other_fleet, false, true),
+        ];
+        assert_eq!(choose_relays(&offers, &[], false), (vec![hub], vec![]));
+        assert_eq!(choose_relays(&offers, &[], true), (vec![hub], vec![]));
+        let only_public = [offers[1], offers[2]];
+        assert_eq!(
+            choose_relays(&only_public, &[], false),
+            (vec![], vec![]),
+            "no public relay without --public-dht"
+        );
+        assert_eq!(
+            choose_relays(&only_public, &[], true),
+            (vec![public], vec![]),
+            "never a ghmesh node of another fleet"
+        );
+        // Holding a public reservation while the hub's is pending: keep it.
+        let pending = [(public, false, true), (hub, true, false)];
+        assert_eq!(choose_relays(&offers, &pending, true), (vec![hub], vec![]));
+        let accepted = [(public, false, true), (hub, true, true)];
+        assert_eq!(
+            choose_relays(&offers, &accepted, true),
+            (vec![hub], vec![public])
+        );
     }
 }

@@ -32,6 +32,13 @@ const HELLO_RETRIES: usize = 2;
 /// disconnect event dropped under load must not leave it wrong for long).
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
 
+/// How often a node swaps member lists with one member, in turn: member lists are
+/// otherwise swapped only on admission and when an address changes, so a member a
+/// node failed to dial once (its relay changing under the dial, say) stayed a
+/// stranger until the next discovery round, which with the public DHT alone comes
+/// once a minute. Two small messages per node per period.
+pub(super) const REPAIR_EVERY: Duration = Duration::from_secs(10);
+
 impl Node {
     /// A connection to `peer` is up: greet it unless it is a member already.
     pub(super) fn on_connected(&self, peer: PeerId) {
@@ -273,6 +280,34 @@ fn member_addr(peer: PeerId, addrs: Vec<Multiaddr>) -> MemberAddr {
     }
 }
 
+/// Which member to swap lists with at `now_ms`: each in turn, one per
+/// [`REPAIR_EVERY`], the same order on every node (members sorted).
+pub(super) fn repair_partner(mut members: Vec<PeerId>, now_ms: u64) -> Option<PeerId> {
+    if members.is_empty() {
+        return None;
+    }
+    members.sort();
+    let turn = now_ms / REPAIR_EVERY.as_millis() as u64;
+    members.get((turn % members.len() as u64) as usize).copied()
+}
+
+/// Swaps member lists with one member every [`REPAIR_EVERY`], and dials the members
+/// it names that we are not connected to.
+pub(super) async fn repair(node: Weak<Inner>) {
+    super::periodically(
+        node,
+        |_| REPAIR_EVERY,
+        |node| async move {
+            if let Some(peer) = repair_partner(node.members(), node.now_ms()) {
+                let ours = node.member_list(peer).await.members;
+                node.exchange_members(peer, ours, false).await;
+            }
+            true
+        },
+    )
+    .await;
+}
+
 /// Keeps the book in line with the connected peers: forgets who is gone, greets who is
 /// there and was never greeted (an event lost while the node was behind).
 pub(super) async fn sweep(node: Weak<Inner>) {
@@ -304,4 +339,27 @@ pub(super) async fn sweep(node: Weak<Inner>) {
         },
     )
     .await;
+}
+
+#[cfg(test)]
+mod repair_tests {
+    use super::*;
+
+    #[test]
+    fn members_take_turns_at_swapping_lists() {
+        assert_eq!(repair_partner(Vec::new(), 0), None);
+        let mut m: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
+        m.sort();
+        let every = REPAIR_EVERY.as_millis() as u64;
+        let picked: Vec<PeerId> = (0..3)
+            .filter_map(|k| repair_partner(m.clone(), k * every + 1))
+            .collect();
+        assert_eq!(picked, m, "each member in turn");
+        let reversed: Vec<PeerId> = m.iter().rev().copied().collect();
+        assert_eq!(
+            repair_partner(reversed, every),
+            Some(m[1]),
+            "whatever the order given"
+        );
+    }
 }

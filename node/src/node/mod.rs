@@ -265,6 +265,7 @@ impl Node {
             tasks.spawn_loop(inbound::run(weak.clone(), events));
             tasks.spawn_loop(prefetch::run(weak.clone(), prefetch_rx));
             tasks.spawn_loop(admission::sweep(weak.clone()));
+            tasks.spawn_loop(admission::repair(weak.clone()));
             tasks.spawn_loop(announce::ledger(weak.clone()));
         }
         tasks.spawn_loop(history_sampler(weak.clone()));

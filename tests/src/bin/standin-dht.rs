@@ -5,8 +5,9 @@
 //! circuit). Built from libp2p alone,
 //! no ghmesh code, so that ghmesh meets in the lab what it would meet on the internet.
 //!
-//! `standin-dht --listen <multiaddr> [--peer <multiaddr/p2p/id>]…` prints
-//! `standin <peer id>` once it listens, then runs until killed.
+//! `standin-dht --listen <multiaddr> [--peer <multiaddr/p2p/id>]… [--rsa-key <pkcs8 der>]`
+//! prints `standin <peer id>` once it listens, then runs until killed. With `--rsa-key`
+//! its identity is that RSA key, as the oldest public bootstrap nodes' are (`Qm…` ids).
 
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use anyhow::{bail, Context};
 use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{autonat, identify, kad, noise, ping, relay, tcp, yamux, Multiaddr};
+use libp2p::{autonat, identify, identity, kad, noise, ping, relay, tcp, yamux, Multiaddr};
 
 #[derive(NetworkBehaviour)]
 struct StandIn {
@@ -29,6 +30,7 @@ struct StandIn {
 async fn main() -> anyhow::Result<()> {
     let mut listen: Option<Multiaddr> = None;
     let mut peers: Vec<Multiaddr> = Vec::new();
+    let mut rsa_key: Option<std::path::PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let value = args
@@ -37,11 +39,19 @@ async fn main() -> anyhow::Result<()> {
         match arg.as_str() {
             "--listen" => listen = Some(value.parse()?),
             "--peer" => peers.push(value.parse()?),
+            "--rsa-key" => rsa_key = Some(value.into()),
             _ => bail!("unknown argument {arg}"),
         }
     }
     let listen = listen.context("--listen is required")?;
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+    let key = match rsa_key {
+        Some(path) => {
+            let mut der = std::fs::read(&path).with_context(|| format!("{}", path.display()))?;
+            identity::Keypair::rsa_from_pkcs8(&mut der)?
+        }
+        None => identity::Keypair::generate_ed25519(),
+    };
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
             tcp::Config::default().nodelay(true),

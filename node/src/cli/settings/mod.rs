@@ -429,12 +429,14 @@ pub fn relay(
     }
 }
 
-/// The public libp2p bootstrap nodes (as kubo and rust-libp2p's examples list them).
-pub const PUBLIC_BOOTSTRAP: [&str; 5] = [
+/// The public libp2p bootstrap nodes, as kubo lists them (the `Qm…` ones have RSA
+/// keys: libp2p's `rsa` feature is on for them).
+pub const PUBLIC_BOOTSTRAP: [&str; 6] = [
     "/dnsaddr/bootstrap.libp2p.io/p2p/QmNnooDu7bfjPFoTZYxMNLWUQJyrVwtbZg5gBMjTezGAJN",
     "/dnsaddr/bootstrap.libp2p.io/p2p/QmQCU2EcMqAqQPR2i9bChDtGNJchTbq5TbXJJ16u19uLTa",
     "/dnsaddr/bootstrap.libp2p.io/p2p/QmbLHAnMoJPWSCR5Zhtx6BHJX9KiKNN6tpvbUcqanj75Nb",
     "/dnsaddr/bootstrap.libp2p.io/p2p/QmcZf59bWwK5XFi76CZX8cbJ4BhTzzA3gU1ZjYZcYW3dwt",
+    "/dnsaddr/va1.bootstrap.libp2p.io/p2p/12D3KooWKnDdG3iXw9eTFijk3EWSunZcFi54Zka4wmtqtt6rPxc8",
     "/ip4/104.131.131.82/tcp/4001/p2p/QmaCpDMGvV2BGHeYERUEnRQAwe3N8SzbUtfsmvsqQLuvuJ",
 ];
 
@@ -460,6 +462,9 @@ pub fn public_dht(
                 }
             },
         };
+    if !on {
+        return Ok(None);
+    }
     let addrs = match flags_or_env(
         bootstrap,
         "--public-bootstrap",
@@ -469,9 +474,6 @@ pub fn public_dht(
         Some((values, what)) => parse_addrs(&values, what)?,
         None => parse_addrs(&PUBLIC_BOOTSTRAP.map(String::from), "default")?,
     };
-    if !on {
-        return Ok(None);
-    }
     if addrs.is_empty() {
         return Err(CliError::usage(
             "--public-dht needs at least one --public-bootstrap address",

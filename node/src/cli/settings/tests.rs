@@ -218,6 +218,12 @@ fn public_dht_is_off_unless_asked_and_enters_only_through_named_peers() {
         None,
         "bootstrap addresses alone turn nothing on"
     );
+    let e = env(&[("GHMESH_PUBLIC_BOOTSTRAP", "not an address")]);
+    assert_eq!(
+        public_dht(false, &[], &e).unwrap(),
+        None,
+        "not even read while off"
+    );
     let default = public_dht(false, &[], &env(&[("GHMESH_PUBLIC_DHT", "true")]))
         .unwrap()
         .unwrap();
