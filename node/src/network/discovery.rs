@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::dial_opts::PeerCondition;
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::mpsc;
 
@@ -90,18 +91,47 @@ impl EventLoop {
         {
             return;
         }
+        // A dial to the peer under way may be trying only addresses that no longer work
+        // (a relay it just left, its LAN address from another network, which takes the
+        // whole 10 s dial deadline to fail): addresses it is not trying get a dial of
+        // their own at once instead of waiting for it to fail.
+        let under_way = self.dialing.get(&peer);
+        let fresh: Vec<Multiaddr> = addrs
+            .into_iter()
+            .filter(|a| under_way.is_none_or(|tried| !tried.contains(a)))
+            .collect();
+        let condition = match under_way {
+            Some(_) if fresh.is_empty() => return,
+            Some(_) => PeerCondition::Disconnected,
+            None => PeerCondition::DisconnectedAndNotDialing,
+        };
+        if under_way.is_none() && self.dialing.len() >= MAX_PEERS {
+            return;
+        }
         // A fresh source port: two nodes that discover each other at the same moment
         // would otherwise dial from their listening ports, turning the crossing dials
         // into one TCP simultaneous open that both handshakes reject.
         let opts = DialOpts::peer_id(peer)
-            .addresses(addrs)
+            .condition(condition)
+            .addresses(fresh.clone())
             .allocate_new_port()
             .build();
-        if let Err(e) = self.swarm.dial(opts) {
-            tracing::trace!(%peer, "dial: {e}");
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                let tried = self.dialing.entry(peer).or_default();
+                for a in fresh {
+                    if tried.len() < MAX_DIALLED_ADDRS {
+                        tried.push(a);
+                    }
+                }
+            }
+            Err(e) => tracing::trace!(%peer, "dial: {e}"),
         }
     }
 }
+
+/// Addresses remembered per peer while dials to it are under way.
+const MAX_DIALLED_ADDRS: usize = 16;
 
 /// The next batch of resolved bootstrap addresses; never, without DNS seeds.
 pub(super) async fn next_seeds(

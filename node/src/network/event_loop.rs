@@ -100,6 +100,9 @@ pub(super) struct EventLoop {
     pub(super) judges: HashSet<PeerId>,
     /// Relays that refused us a reservation, not asked again before then.
     pub(super) refused: HashMap<PeerId, tokio::time::Instant>,
+    /// Peers with dials under way, and the addresses given to them (at most
+    /// `MAX_PEERS` peers).
+    pub(super) dialing: HashMap<PeerId, Vec<Multiaddr>>,
     /// The rendezvous on the public DHT (`--public-dht`).
     pub(super) public: Option<PublicDht>,
     /// With the public DHT on: connected peers whose identify said they speak ghmesh's
@@ -351,6 +354,7 @@ impl EventLoop {
                 } else {
                     self.close_circuits(peer_id, connection_id);
                 }
+                self.dialing.remove(&peer_id);
                 if num_established.get() == 1 && self.public.is_none() {
                     self.on_first_connection(peer_id);
                 }
@@ -367,6 +371,12 @@ impl EventLoop {
                 if !known.contains(&addr) && known.len() < 8 {
                     known.push(addr);
                 }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                ..
+            } => {
+                self.dialing.remove(&peer);
             }
             SwarmEvent::ConnectionClosed {
                 connection_id,

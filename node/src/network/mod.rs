@@ -505,6 +505,7 @@ pub async fn start(
         holepunch_failures: 0,
         judges: HashSet::new(),
         refused: HashMap::new(),
+        dialing: HashMap::new(),
         public: cfg.public_dht.map(public_dht::PublicDht::new),
         speaks_ghmesh: HashSet::new(),
     };
