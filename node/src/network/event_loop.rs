@@ -91,8 +91,12 @@ pub(super) struct EventLoop {
     pub(super) autonat_offered: HashSet<PeerId>,
     /// Our reservations, by relay.
     pub(super) reservations: HashMap<PeerId, Reservation>,
-    /// AutoNAT's verdict.
+    /// Our reachability (`reach::verdict`).
     pub(super) reach: Reach,
+    /// AutoNAT's own status.
+    pub(super) autonat_says: Reach,
+    /// AutoNAT servers that dialled us back since the status was last not public.
+    pub(super) confirmed_by: HashSet<PeerId>,
     pub(super) circuits_served: u64,
     pub(super) direct_upgrades: u64,
     pub(super) holepunch_failures: u64,

@@ -500,6 +500,8 @@ pub async fn start(
         autonat_offered: HashSet::new(),
         reservations: HashMap::new(),
         reach: Reach::Unknown,
+        autonat_says: Reach::Unknown,
+        confirmed_by: HashSet::new(),
         circuits_served: 0,
         direct_upgrades: 0,
         holepunch_failures: 0,

@@ -41,6 +41,18 @@ pub fn reach_of(status: &autonat::NatStatus) -> Reach {
     }
 }
 
+/// Our reachability from AutoNAT's status and who dialled us back since it was last
+/// not public: members, or other servers (public DHT nodes). A public verdict resting on
+/// servers that are not members needs two of them: one stranger that lies about dialling
+/// us back would otherwise make a node behind NAT claim to be public, drop its relays
+/// and be chosen as an owner nobody can reach.
+pub fn verdict(autonat: Reach, confirmed_by_members: usize, confirmed_by_others: usize) -> Reach {
+    if autonat == Reach::Public && confirmed_by_members == 0 && confirmed_by_others < 2 {
+        return Reach::Unknown;
+    }
+    autonat
+}
+
 /// Through a relay (`/p2p-circuit`).
 pub fn is_relayed(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
@@ -172,6 +184,15 @@ mod tests {
 
     fn ma(s: &str) -> Multiaddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_public_verdict_needs_a_member_or_two_strangers() {
+        assert_eq!(verdict(Reach::Public, 1, 0), Reach::Public);
+        assert_eq!(verdict(Reach::Public, 0, 2), Reach::Public);
+        assert_eq!(verdict(Reach::Public, 0, 1), Reach::Unknown, "one stranger");
+        assert_eq!(verdict(Reach::Private, 0, 0), Reach::Private);
+        assert_eq!(verdict(Reach::Unknown, 3, 3), Reach::Unknown);
     }
 
     #[test]

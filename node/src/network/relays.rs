@@ -41,6 +41,9 @@ pub(super) struct Reservation {
 /// usual refusal is a relay that has not admitted us yet, a moment after we admitted it.
 pub(super) const REFUSED_PAUSE: Duration = Duration::from_secs(2);
 
+/// AutoNAT servers remembered as having dialled us back (they are our judges: a few).
+const MAX_CONFIRMERS: usize = 64;
+
 impl EventLoop {
     pub(super) fn reach_stats(&self) -> super::ReachStats {
         super::ReachStats {
@@ -251,10 +254,30 @@ impl EventLoop {
     }
 
     pub(super) fn on_autonat_event(&mut self, ev: autonat::Event) {
-        let autonat::Event::StatusChanged { new, .. } = ev else {
-            return;
+        match ev {
+            autonat::Event::StatusChanged { new, .. } => {
+                self.autonat_says = reach::reach_of(&new);
+                if self.autonat_says != Reach::Public {
+                    self.confirmed_by.clear();
+                }
+            }
+            autonat::Event::OutboundProbe(autonat::OutboundProbeEvent::Response {
+                peer, ..
+            }) => {
+                if self.confirmed_by.len() < MAX_CONFIRMERS {
+                    self.confirmed_by.insert(peer);
+                }
+            }
+            _ => return,
+        }
+        let (from_members, from_others) = match self.members.read() {
+            Ok(m) => {
+                let n = self.confirmed_by.iter().filter(|p| m.contains(p)).count();
+                (n, self.confirmed_by.len() - n)
+            }
+            Err(_) => (0, self.confirmed_by.len()),
         };
-        let reach = reach::reach_of(&new);
+        let reach = reach::verdict(self.autonat_says, from_members, from_others);
         if reach == self.reach {
             return;
         }
