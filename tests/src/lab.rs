@@ -513,6 +513,8 @@ pub struct StandIn {
     /// Its address, `/ip4/…/tcp/4001/p2p/<id>`.
     pub addr: String,
     child: std::process::Child,
+    /// Where it writes the gossip topics peers subscribed to.
+    heard: PathBuf,
 }
 
 impl StandIn {
@@ -543,6 +545,9 @@ impl StandIn {
             let key = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/standin-rsa.pk8");
             args.extend(["--rsa-key".to_string(), key.to_string()]);
         }
+        let heard = std::env::temp_dir().join(format!("{ns}.heard"));
+        let _ = std::fs::remove_file(&heard);
+        args.extend(["--heard".to_string(), heard.display().to_string()]);
         let mut child = Command::new("ip")
             .args(&args)
             .stdout(Stdio::piped())
@@ -560,7 +565,18 @@ impl StandIn {
             ns: ns.to_string(),
             addr: format!("/ip4/{ip}/tcp/4001/p2p/{id}"),
             child,
+            heard,
         })
+    }
+
+    /// The gossip topics peers subscribed to on it (`/meshsub/…`, as public nodes speak
+    /// it), one `<peer> <topic>` per line.
+    pub fn heard_topics(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.heard)
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
     }
 
     /// Packets that reached it from a ghmesh node (a hub, or a runner behind a NAT).
@@ -591,6 +607,7 @@ impl Drop for StandIn {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.heard);
     }
 }
 

@@ -2,7 +2,8 @@
 //! (`/ipfs/kad/1.0.0`, server), identify, ping, AutoNAT (v1, dialling back the lab's
 //! documentation ranges, which libp2p's default would refuse as not global) and a
 //! circuit relay (v2) with libp2p's default public limits (2 minutes and 128 KiB per
-//! circuit). Built from libp2p alone,
+//! circuit), and gossipsub as public nodes speak it (`/meshsub/…`), writing every topic a
+//! peer subscribes to into the `--heard` file: ghmesh's must never appear there. Built from libp2p alone,
 //! no ghmesh code, so that ghmesh meets in the lab what it would meet on the internet.
 //!
 //! `standin-dht --listen <multiaddr> [--peer <multiaddr/p2p/id>]… [--rsa-key <pkcs8 der>]`
@@ -15,7 +16,9 @@ use anyhow::{bail, Context};
 use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{autonat, identify, identity, kad, noise, ping, relay, tcp, yamux, Multiaddr};
+use libp2p::{
+    autonat, gossipsub, identify, identity, kad, noise, ping, relay, tcp, yamux, Multiaddr,
+};
 
 #[derive(NetworkBehaviour)]
 struct StandIn {
@@ -24,6 +27,7 @@ struct StandIn {
     ping: ping::Behaviour,
     relay: relay::Behaviour,
     autonat: autonat::Behaviour,
+    gossipsub: gossipsub::Behaviour,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -31,6 +35,7 @@ async fn main() -> anyhow::Result<()> {
     let mut listen: Option<Multiaddr> = None;
     let mut peers: Vec<Multiaddr> = Vec::new();
     let mut rsa_key: Option<std::path::PathBuf> = None;
+    let mut heard: Option<std::path::PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let value = args
@@ -40,6 +45,7 @@ async fn main() -> anyhow::Result<()> {
             "--listen" => listen = Some(value.parse()?),
             "--peer" => peers.push(value.parse()?),
             "--rsa-key" => rsa_key = Some(value.into()),
+            "--heard" => heard = Some(value.into()),
             _ => bail!("unknown argument {arg}"),
         }
     }
@@ -66,7 +72,11 @@ async fn main() -> anyhow::Result<()> {
                 kad::Config::new(kad::PROTOCOL_NAME),
             );
             kad.set_mode(Some(kad::Mode::Server));
-            StandIn {
+            let gossipsub = gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gossipsub::Config::default(),
+            )?;
+            Ok(StandIn {
                 kad,
                 identify: identify::Behaviour::new(identify::Config::new(
                     "/ipfs/id/1.0.0".into(),
@@ -74,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
                 )),
                 ping: ping::Behaviour::default(),
                 relay: relay::Behaviour::new(id, relay::Config::default()),
+                gossipsub,
                 autonat: autonat::Behaviour::new(
                     id,
                     autonat::Config {
@@ -81,7 +92,7 @@ async fn main() -> anyhow::Result<()> {
                         ..Default::default()
                     },
                 ),
-            }
+            })
         })?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build();
@@ -113,6 +124,19 @@ async fn main() -> anyhow::Result<()> {
             })) if info.protocols.contains(&kad::PROTOCOL_NAME) => {
                 for addr in info.listen_addrs {
                     swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            SwarmEvent::Behaviour(StandInEvent::Gossipsub(gossipsub::Event::Subscribed {
+                peer_id,
+                topic,
+            })) => {
+                if let Some(path) = &heard {
+                    use std::io::Write;
+                    let mut f = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)?;
+                    writeln!(f, "{peer_id} {topic}")?;
                 }
             }
             _ => {}
