@@ -32,12 +32,22 @@ const HELLO_RETRIES: usize = 2;
 /// disconnect event dropped under load must not leave it wrong for long).
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
 
-/// How often a node swaps member lists with one member, in turn: member lists are
-/// otherwise swapped only on admission and when an address changes, so a member a
-/// node failed to dial once (its relay changing under the dial, say) stayed a
-/// stranger until the next discovery round, which with the public DHT alone comes
-/// once a minute. Two small messages per node per period.
-pub(super) const REPAIR_EVERY: Duration = Duration::from_secs(10);
+/// How often a node swaps member lists with one member, in turn, during its first
+/// minute: member lists are otherwise swapped only on admission and when an address
+/// changes, so a member a node failed to dial once (its relay changing under the dial,
+/// say: a list swapped a moment too early carries the old address) stayed a stranger
+/// until the next discovery round, which with the public DHT alone comes once a
+/// minute. Two small messages per node per period.
+pub(super) const REPAIR_EVERY: Duration = Duration::from_secs(5);
+/// Turns of [`REPAIR_EVERY`] that make a node's first minute.
+const REPAIR_YOUNG_TURNS: u64 = 12;
+/// After its first minute a node swaps lists every this many turns (30 s).
+const REPAIR_LATER_EVERY: u64 = 6;
+
+/// Whether turn `turn` (1, 2, … since start) swaps lists.
+pub(super) fn repair_due(turn: u64) -> bool {
+    turn <= REPAIR_YOUNG_TURNS || turn.is_multiple_of(REPAIR_LATER_EVERY)
+}
 
 impl Node {
     /// A connection to `peer` is up: greet it unless it is a member already.
@@ -291,18 +301,25 @@ pub(super) fn repair_partner(mut members: Vec<PeerId>, now_ms: u64) -> Option<Pe
     members.get((turn % members.len() as u64) as usize).copied()
 }
 
-/// Swaps member lists with one member every [`REPAIR_EVERY`], and dials the members
-/// it names that we are not connected to.
+/// Swaps member lists with one member when [`repair_due`], and dials the members it
+/// names that we are not connected to.
 pub(super) async fn repair(node: Weak<Inner>) {
+    let mut turn = 0u64;
     super::periodically(
         node,
         |_| REPAIR_EVERY,
-        |node| async move {
-            if let Some(peer) = repair_partner(node.members(), node.now_ms()) {
-                let ours = node.member_list(peer).await.members;
-                node.exchange_members(peer, ours, false).await;
+        move |node| {
+            turn += 1;
+            let due = repair_due(turn);
+            async move {
+                if due {
+                    if let Some(peer) = repair_partner(node.members(), node.now_ms()) {
+                        let ours = node.member_list(peer).await.members;
+                        node.exchange_members(peer, ours, false).await;
+                    }
+                }
+                true
             }
-            true
         },
     )
     .await;
@@ -361,5 +378,11 @@ mod repair_tests {
             Some(m[1]),
             "whatever the order given"
         );
+    }
+
+    #[test]
+    fn lists_are_swapped_often_in_the_first_minute_and_seldom_after() {
+        let due: Vec<u64> = (1..=30).filter(|t| repair_due(*t)).collect();
+        assert_eq!(due, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 18, 24, 30]);
     }
 }
