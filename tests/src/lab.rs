@@ -272,6 +272,8 @@ pub struct HubFleet {
     pub runners: Vec<Vec<LabNode>>,
     /// Stand-ins for public DHT nodes on the lab's internet.
     pub standins: Vec<StandIn>,
+    /// When building the lab began.
+    pub begun: std::time::Instant,
     // Dropped last: the daemons above die first, then their namespaces go.
     lab: Lab,
 }
@@ -315,6 +317,7 @@ impl HubFleet {
             join,
             ..
         } = *plan;
+        let begun = std::time::Instant::now();
         let mut lab = Lab::new();
         let inet = lab.namespace("inet")?;
         if hubs == 0 {
@@ -449,6 +452,7 @@ impl HubFleet {
             hubs: hub_nodes,
             runners,
             standins,
+            begun,
             lab,
         })
     }

@@ -41,6 +41,28 @@ fn kept(dir: &tempfile::TempDir, name: &str) -> std::path::PathBuf {
     }
 }
 
+/// Builds the lab `plan` describes, one lab at a time, with its data under `name`
+/// (see [`kept`]); `None`, after one line, where labs cannot run. Bind all three: the
+/// fleet goes first, then its directory, then the turn.
+async fn lab(
+    plan: Plan,
+    name: &str,
+) -> Option<(
+    tokio::sync::MutexGuard<'static, ()>,
+    tempfile::TempDir,
+    HubFleet,
+)> {
+    if skip() {
+        return None;
+    }
+    let one = LABS.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = HubFleet::start_plan(&plan, &kept(&dir, name))
+        .await
+        .unwrap();
+    Some((one, dir, fleet))
+}
+
 async fn stat(node: &LabNode, field: &str) -> serde_json::Value {
     node.json("stats")
         .await
@@ -194,15 +216,13 @@ async fn runners_behind_nat_join_through_a_hub_and_punch_through_to_each_other_o
 
 /// Hub topology, both NATs endpoint-independent, runners joining over `join`.
 async fn punch_through(join: Transport) {
-    if skip() {
+    let plan = Plan {
+        join,
+        ..Plan::default()
+    };
+    let Some((_one, _dir, fleet)) = lab(plan, &format!("punch-{join:?}")).await else {
         return;
-    }
-    let _one = LABS.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let nats = [Nat::EndpointIndependent, Nat::EndpointIndependent];
-    let fleet = HubFleet::start(1, &nats, 3, join, &kept(&dir, &format!("punch-{join:?}")))
-        .await
-        .unwrap();
+    };
     let joined = full_membership(&fleet).await;
 
     // The hub is found public by the runners' dial-backs; every runner behind NAT holds
@@ -252,15 +272,13 @@ async fn punch_through(join: Transport) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_a_random_port_nat_reads_go_through_reachable_owners() {
-    if skip() {
+    let plan = Plan {
+        nats: vec![Nat::EndpointIndependent, Nat::RandomPort],
+        ..Plan::default()
+    };
+    let Some((_one, _dir, fleet)) = lab(plan, "random").await else {
         return;
-    }
-    let _one = LABS.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let nats = [Nat::EndpointIndependent, Nat::RandomPort];
-    let fleet = HubFleet::start(1, &nats, 3, Transport::Tcp, &kept(&dir, "random"))
-        .await
-        .unwrap();
+    };
     let joined = full_membership(&fleet).await;
     reach_settled(&fleet).await;
     // Every member hears that the hub is public: owners are the hub only, so nobody
@@ -292,20 +310,15 @@ async fn behind_a_random_port_nat_reads_go_through_reachable_owners() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_relay_is_replaced_and_reads_go_on() {
-    if skip() {
+    let plan = Plan {
+        hubs: 3,
+        nats: vec![Nat::EndpointIndependent],
+        per_nat: 2,
+        ..Plan::default()
+    };
+    let Some((_one, _dir, mut fleet)) = lab(plan, "relays").await else {
         return;
-    }
-    let _one = LABS.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut fleet = HubFleet::start(
-        3,
-        &[Nat::EndpointIndependent],
-        2,
-        Transport::Tcp,
-        &kept(&dir, "relays"),
-    )
-    .await
-    .unwrap();
+    };
     full_membership(&fleet).await;
     let runner = &fleet.runners[0][0];
     poll("two reservations", || async {
@@ -348,23 +361,21 @@ async fn a_stopped_relay_is_replaced_and_reads_go_on() {
 /// (stand-in) public DHT: no ghmesh node on the lab's internet, no `--bootstrap`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runners_behind_nat_find_each_other_through_the_public_dht_alone() {
-    if skip() {
+    let Some((_one, _dir, fleet)) = lab(
+        Plan {
+            hubs: 0,
+            standins: 3,
+            public_bootstrap: true,
+            public_dht: true,
+            ..Plan::default()
+        },
+        "public-dht",
+    )
+    .await
+    else {
         return;
-    }
-    let _one = LABS.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let plan = Plan {
-        hubs: 0,
-        standins: 3,
-        public_bootstrap: true,
-        public_dht: true,
-        ..Plan::default()
     };
-    let started = Instant::now();
-    let fleet = HubFleet::start_plan(&plan, &kept(&dir, "public-dht"))
-        .await
-        .unwrap();
-    let up = started.elapsed();
+    let up = fleet.begun.elapsed();
     let joined = full_membership(&fleet).await;
     for r in fleet.runners.iter().flatten() {
         // Every stand-in answered, the one with an RSA key (`Qm…`, as the oldest public
@@ -411,22 +422,21 @@ async fn runners_behind_nat_find_each_other_through_the_public_dht_alone() {
 /// runners meet through public relays and every read succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_a_random_port_nat_the_public_dht_still_joins_and_reads_succeed() {
-    if skip() {
+    let Some((_one, _dir, fleet)) = lab(
+        Plan {
+            hubs: 0,
+            nats: vec![Nat::EndpointIndependent, Nat::RandomPort],
+            standins: 3,
+            public_bootstrap: true,
+            public_dht: true,
+            ..Plan::default()
+        },
+        "public-dht-random",
+    )
+    .await
+    else {
         return;
-    }
-    let _one = LABS.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let plan = Plan {
-        hubs: 0,
-        nats: vec![Nat::EndpointIndependent, Nat::RandomPort],
-        standins: 3,
-        public_bootstrap: true,
-        public_dht: true,
-        ..Plan::default()
     };
-    let fleet = HubFleet::start_plan(&plan, &kept(&dir, "public-dht-random"))
-        .await
-        .unwrap();
     let joined = full_membership(&fleet).await;
     let slowest = read_everywhere(&fleet, 20).await;
     // Public relays end a circuit after 128 KiB (gossip with bodies spends that within
@@ -450,24 +460,23 @@ async fn behind_a_random_port_nat_the_public_dht_still_joins_and_reads_succeed()
 /// through it as through a hub.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_public_member_found_through_the_public_dht_serves_as_the_fleets_relay() {
-    if skip() {
+    let Some((_one, _dir, fleet)) = lab(
+        Plan {
+            hubs: 1,
+            hub_relay_on: false,
+            bootstrap_hubs: false,
+            nats: vec![Nat::EndpointIndependent, Nat::RandomPort],
+            standins: 3,
+            public_bootstrap: true,
+            public_dht: true,
+            ..Plan::default()
+        },
+        "public-dht-member",
+    )
+    .await
+    else {
         return;
-    }
-    let _one = LABS.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let plan = Plan {
-        hubs: 1,
-        hub_relay_on: false,
-        bootstrap_hubs: false,
-        nats: vec![Nat::EndpointIndependent, Nat::RandomPort],
-        standins: 3,
-        public_bootstrap: true,
-        public_dht: true,
-        ..Plan::default()
     };
-    let fleet = HubFleet::start_plan(&plan, &kept(&dir, "public-dht-member"))
-        .await
-        .unwrap();
     let joined = full_membership(&fleet).await;
     let hub = &fleet.hubs[0];
     let hub_id = hub.daemon.ready.peer_id.clone();
@@ -510,23 +519,22 @@ async fn a_public_member_found_through_the_public_dht_serves_as_the_fleets_relay
 /// neither finds, dials or admits the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleets_with_different_secrets_on_one_public_dht_never_meet() {
-    if skip() {
+    let Some((_one, _dir, fleet)) = lab(
+        Plan {
+            hubs: 0,
+            per_nat: 2,
+            standins: 2,
+            public_bootstrap: true,
+            public_dht: true,
+            secrets: vec![("r1-".into(), "another-fleet".into())],
+            ..Plan::default()
+        },
+        "two-fleets",
+    )
+    .await
+    else {
         return;
-    }
-    let _one = LABS.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let plan = Plan {
-        hubs: 0,
-        per_nat: 2,
-        standins: 2,
-        public_bootstrap: true,
-        public_dht: true,
-        secrets: vec![("r1-".into(), "another-fleet".into())],
-        ..Plan::default()
     };
-    let fleet = HubFleet::start_plan(&plan, &kept(&dir, "two-fleets"))
-        .await
-        .unwrap();
     for node in fleet.nodes() {
         poll("each runner a member of its own fleet", || async {
             stat(node, "members").await.as_u64() == Some(1)
@@ -562,21 +570,20 @@ async fn fleets_with_different_secrets_on_one_public_dht_never_meet() {
 /// not the flag send nothing to them (counted by nftables on the stand-ins).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_public_dht_no_packet_reaches_a_public_node() {
-    if skip() {
+    let Some((_one, _dir, fleet)) = lab(
+        Plan {
+            per_nat: 2,
+            standins: 2,
+            public_bootstrap: true,
+            public_dht: false,
+            ..Plan::default()
+        },
+        "no-public-dht",
+    )
+    .await
+    else {
         return;
-    }
-    let _one = LABS.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let plan = Plan {
-        per_nat: 2,
-        standins: 2,
-        public_bootstrap: true,
-        public_dht: false,
-        ..Plan::default()
     };
-    let fleet = HubFleet::start_plan(&plan, &kept(&dir, "no-public-dht"))
-        .await
-        .unwrap();
     full_membership(&fleet).await;
     read_everywhere(&fleet, 3).await;
     for s in &fleet.standins {

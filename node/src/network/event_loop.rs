@@ -13,13 +13,12 @@ use libp2p::metrics::{Metrics, Recorder};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{autonat, identify, kad, mdns, ping, relay, Multiaddr, PeerId, Swarm};
+use libp2p::{identify, kad, mdns, ping, relay, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 
 use ghmesh_protocol::Reach;
 
 use super::behaviour::{Behaviour, BehaviourEvent, MemberSet, RelayMode};
-use super::codec::RR_PROTOCOL;
 use super::discovery::next_seeds;
 use super::public_dht::PublicDht;
 use super::reach::{self, Connection};
@@ -470,35 +469,7 @@ impl EventLoop {
             BehaviourEvent::Identify(ev) => {
                 self.metrics.record(&ev);
                 if let identify::Event::Received { peer_id, info, .. } = ev {
-                    let addrs = reach::order_for_sharing(&info.listen_addrs);
-                    let addrs: Vec<Multiaddr> = addrs.into_iter().take(8).collect();
-                    if self.swarm.is_connected(&peer_id) {
-                        if self.public.is_some() {
-                            if info.protocols.contains(&RR_PROTOCOL) {
-                                if self.speaks_ghmesh.insert(peer_id) {
-                                    self.on_first_connection(peer_id);
-                                }
-                            } else if info.protocols.contains(&kad::PROTOCOL_NAME) {
-                                self.public_answered(peer_id);
-                            }
-                        }
-                        self.listen_of.insert(peer_id, addrs);
-                        if info.protocols.contains(&relay::HOP_PROTOCOL_NAME) {
-                            self.hop.insert(peer_id);
-                        } else {
-                            self.hop.remove(&peer_id);
-                        }
-                        if info.protocols.contains(&autonat::DEFAULT_PROTOCOL_NAME)
-                            && self.autonat_offered.insert(peer_id)
-                            && self.public.is_some()
-                        {
-                            let members = self.members.read().map(|m| m.clone()).ok();
-                            if let Some(members) = members {
-                                self.tend_judges(&members);
-                            }
-                        }
-                        self.tend_relays();
-                    }
+                    self.on_identify(peer_id, &info);
                 }
             }
             BehaviourEvent::Rr(ev) => self.on_rr_event(Channel::Small, ev),
@@ -538,7 +509,7 @@ impl EventLoop {
     }
 
     /// A peer the node may greet is connected (for the first time, or again).
-    fn on_first_connection(&mut self, peer: PeerId) {
+    pub(super) fn on_first_connection(&mut self, peer: PeerId) {
         self.send_event(NetEvent::Connected(peer));
         if !self.discovered_once {
             self.discover_soon();

@@ -10,9 +10,10 @@ use ghmesh_protocol::Reach;
 use libp2p::core::transport::ListenerId;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::ConnectionId;
-use libp2p::{autonat, dcutr, relay, Multiaddr, PeerId};
+use libp2p::{autonat, dcutr, identify, kad, relay, Multiaddr, PeerId};
 
 use super::behaviour::RelayMode;
+use super::codec::RR_PROTOCOL;
 use super::event_loop::EventLoop;
 use super::reach;
 use super::NetEvent;
@@ -124,9 +125,9 @@ impl EventLoop {
     pub(super) fn set_members(&mut self, members: Vec<PeerId>) {
         let members: HashSet<PeerId> = members.into_iter().collect();
         if let Ok(mut m) = self.members.write() {
-            *m = members.clone();
+            *m = members;
         }
-        self.tend_judges(&members);
+        self.tend_judges();
         self.tend_relays();
     }
 
@@ -134,7 +135,10 @@ impl EventLoop {
     /// members, and with the public DHT on, public nodes that serve AutoNAT (a
     /// runner on a public address is then found public, and serves its fleet as a relay,
     /// with no hub).
-    pub(super) fn tend_judges(&mut self, members: &HashSet<PeerId>) {
+    pub(super) fn tend_judges(&mut self) {
+        let Ok(members) = self.members.read().map(|m| m.clone()) else {
+            return;
+        };
         let mut judges: HashMap<PeerId, Option<Multiaddr>> = HashMap::new();
         let public_judge = |p: &PeerId| {
             self.public.is_some()
@@ -163,6 +167,40 @@ impl EventLoop {
             }
         }
         self.judges = judges.into_keys().collect();
+    }
+
+    /// What a connected peer says it listens on and speaks: its addresses for member
+    /// lists; whether it relays and judges reachability; with the public DHT on, whether
+    /// it speaks ghmesh (then it is greeted) or is a public DHT node that answered.
+    pub(super) fn on_identify(&mut self, peer: PeerId, info: &identify::Info) {
+        if !self.swarm.is_connected(&peer) {
+            return;
+        }
+        let speaks = |p| info.protocols.contains(&p);
+        if self.public.is_some() {
+            if speaks(RR_PROTOCOL) {
+                if self.speaks_ghmesh.insert(peer) {
+                    self.on_first_connection(peer);
+                }
+            } else if speaks(kad::PROTOCOL_NAME) {
+                self.public_answered(peer);
+            }
+        }
+        let addrs = reach::order_for_sharing(&info.listen_addrs);
+        self.listen_of
+            .insert(peer, addrs.into_iter().take(8).collect());
+        if speaks(relay::HOP_PROTOCOL_NAME) {
+            self.hop.insert(peer);
+        } else {
+            self.hop.remove(&peer);
+        }
+        if speaks(autonat::DEFAULT_PROTOCOL_NAME)
+            && self.autonat_offered.insert(peer)
+            && self.public.is_some()
+        {
+            self.tend_judges();
+        }
+        self.tend_relays();
     }
 
     /// Holds reservations on up to two fleet relays while we are not publicly
