@@ -29,14 +29,70 @@ pub fn owner(key: &CacheKey, candidates: impl IntoIterator<Item = PeerId>) -> Op
     ranked(key, candidates).into_iter().next()
 }
 
-/// Whether a member that is `reach` may own keys. When any member (we too) is publicly
-/// reachable, only the publicly reachable ones may: a member behind NAT may be out of
-/// reach of the others, and a miss would wait out its budget for an owner nobody can
-/// ask. Otherwise (a LAN, one routed network, reachability not known yet) every member
-/// may. Every node decides from the reachability members announce in their hellos, so
-/// they pick the same owners.
-pub fn may_own(reach: Reach, any_public: bool) -> bool {
-    !any_public || reach == Reach::Public
+/// How well the fleet can reach a member, as the member announced in its hello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Standing {
+    /// What AutoNAT found.
+    pub reach: Reach,
+    /// It holds a direct connection to every member it knows.
+    pub direct_to_all: bool,
+}
+
+/// What the members' standings say about the whole fleet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FleetStanding {
+    /// Some member (we too) is publicly reachable.
+    pub any_public: bool,
+    /// Some member (we too) is directly connected to every member it knows.
+    pub any_direct_to_all: bool,
+}
+
+impl FleetStanding {
+    /// The fleet's standing from its members' (ours included).
+    pub fn of(members: impl IntoIterator<Item = Standing>) -> Self {
+        members.into_iter().fold(Self::default(), |f, s| Self {
+            any_public: f.any_public || s.reach == Reach::Public,
+            any_direct_to_all: f.any_direct_to_all || s.direct_to_all,
+        })
+    }
+}
+
+/// Whether a member of `standing` may own keys in a fleet of `fleet`. When any member
+/// (we too) is publicly reachable, only the publicly reachable ones may: a member behind
+/// NAT may be out of reach of the others, and a miss would wait out its budget for an
+/// owner nobody can ask. Else, when any member is directly connected to every member it
+/// knows (one on a routed network that members behind NAT dial out to, or one found
+/// public by nobody yet), only those may: they are the members everyone reaches without
+/// a relay's limits. Otherwise (a LAN, reachability not known yet) every member may.
+/// Every node decides from the standings members announce in their hellos, so they pick
+/// the same owners.
+pub fn may_own(standing: Standing, fleet: FleetStanding) -> bool {
+    if fleet.any_public {
+        standing.reach == Reach::Public
+    } else if fleet.any_direct_to_all {
+        standing.direct_to_all
+    } else {
+        true
+    }
+}
+
+/// How long a member newly admitted over a relay does not count against our being
+/// directly connected to every member: hole punching upgrades most relayed connections
+/// within a few seconds, and owners should not move away and back for each newcomer.
+pub const DIRECT_GRACE_MS: u64 = 10_000;
+
+/// Whether we hold a direct connection to every member, from `members` (each with when
+/// we admitted it and whether a direct connection to it is open) at `now_ms`; `was`:
+/// what we said before. With no member at all we are not (there is nobody to reach). A
+/// member admitted less than [`DIRECT_GRACE_MS`] ago without a direct connection yet
+/// keeps what we said, rather than taking it away at once.
+pub fn direct_to_all(was: bool, members: &[(u64, bool)], now_ms: u64) -> bool {
+    if members.is_empty() {
+        return false;
+    }
+    members.iter().all(|&(admitted_ms, direct)| {
+        direct || (was && now_ms.saturating_sub(admitted_ms) < DIRECT_GRACE_MS)
+    })
 }
 
 #[cfg(test)]
@@ -83,5 +139,53 @@ mod tests {
         }
         assert_eq!(counts.len(), 4);
         assert!(counts.values().all(|&c| c > 50), "{counts:?}");
+    }
+
+    fn standing(reach: Reach, direct_to_all: bool) -> Standing {
+        Standing {
+            reach,
+            direct_to_all,
+        }
+    }
+
+    #[test]
+    fn public_members_own_first_then_those_directly_connected_to_all() {
+        let public = standing(Reach::Public, false);
+        let direct = standing(Reach::Unknown, true);
+        let natted = standing(Reach::Private, false);
+        let fleet = FleetStanding::of([public, direct, natted]);
+        assert!(may_own(public, fleet));
+        assert!(!may_own(direct, fleet), "a public member outranks");
+        assert!(!may_own(natted, fleet));
+
+        let fleet = FleetStanding::of([direct, natted]);
+        assert!(may_own(direct, fleet));
+        assert!(
+            !may_own(natted, fleet),
+            "out of direct reach of some member"
+        );
+
+        let fleet = FleetStanding::of([natted, standing(Reach::Unknown, false)]);
+        assert!(may_own(natted, fleet), "nobody stands out: everyone owns");
+        assert!(may_own(standing(Reach::Unknown, false), fleet));
+    }
+
+    #[test]
+    fn directly_connected_to_all_holds_through_a_newcomers_grace_only() {
+        let g = DIRECT_GRACE_MS;
+        assert!(!direct_to_all(true, &[], 0), "no member, nobody to reach");
+        assert!(direct_to_all(false, &[(0, true), (5, true)], 10));
+        assert!(
+            !direct_to_all(false, &[(0, true), (5, false)], 10),
+            "not yet: a member only relayed"
+        );
+        assert!(
+            direct_to_all(true, &[(0, true), (100, false)], 100 + g - 1),
+            "a newcomer relayed for a moment keeps it"
+        );
+        assert!(
+            !direct_to_all(true, &[(0, true), (100, false)], 100 + g),
+            "a member relayed past the grace takes it away"
+        );
     }
 }

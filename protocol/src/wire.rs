@@ -21,7 +21,9 @@ use crate::request::{CacheKey, CanonicalRequest};
 /// `Lookup::release`, `LookupReply::Lease`); version 4 added GraphQL queries
 /// (`CanonicalRequest::graphql`), which a version 3 node would take for a REST `POST`,
 /// and the rate-limit ledger (`Message::Ledger`); version 5 made the hello and its reply
-/// carry the sender's reachability ([`Hello`]).
+/// carry the sender's reachability ([`Hello`]). Later additions that older version 5
+/// nodes can ignore come as defaulted fields (`Hello::direct_to_all`,
+/// `MemberAddr::reach`).
 pub const MESSAGE_VERSION: u16 = 5;
 
 /// Bodies up to this size travel inline in a gossip announce; larger ones are
@@ -80,13 +82,19 @@ impl Addressing {
     }
 }
 
-/// A member as another member sees it: who, and where to dial it.
+/// A member as another member sees it: who, where to dial it, and the reachability it
+/// announced in its hello.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberAddr {
     /// Peer id bytes.
     pub peer: ByteBuf,
     /// Multiaddr bytes (at most [`MAX_MEMBER_ADDRS`], each at most [`MAX_ADDR_LEN`]).
     pub addrs: Vec<ByteBuf>,
+    /// What the member said of its reachability (`Unknown` from senders before it was
+    /// listed, or before the member said). A newcomer dials the public members first:
+    /// they are the owners it will ask.
+    #[serde(default)]
+    pub reach: Reach,
 }
 
 /// Whether a node takes connections from anywhere its fleet may be, as AutoNAT found.
@@ -105,13 +113,19 @@ pub enum Reach {
 }
 
 /// The hello and its reply: the addressing whose nonce proves the key, and the
-/// sender's reachability (sent again when it changes).
+/// sender's standing: its reachability and whether it is directly connected to every
+/// member (sent again when either changes; owners are chosen by them).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     /// Who greets whom, with the nonce to seal back.
     pub addr: Addressing,
     /// The sender's reachability.
     pub reach: Reach,
+    /// The sender holds a direct (not relayed) connection to every member it knows:
+    /// with no public member, owners are chosen among such members. `false` from
+    /// senders before the field existed.
+    #[serde(default)]
+    pub direct_to_all: bool,
 }
 
 /// An entry announced to the mesh: with its body when small, else only its metadata.

@@ -254,6 +254,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
                 5 => Message::Hello(Hello {
                     addr: addressing(dt),
                     reach: [Reach::Unknown, Reach::Public, Reach::Private][dt as usize % 3],
+                    direct_to_all: flag,
                 }),
                 6 => Message::LookupReply(match dt % 3 {
                     0 => LookupReply::Redirect(ByteBuf::from(vec![7u8; 38])),
@@ -264,6 +265,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
                     members: vec![MemberAddr {
                         peer: ByteBuf::from(vec![1u8; 38]),
                         addrs: vec![ByteBuf::from(vec![4u8, 127, 0, 0, 1])],
+                        reach: Reach::Public,
                     }],
                 }),
                 _ => Message::BodyReply(if flag {
@@ -321,4 +323,53 @@ proptest! {
         prop_assert_eq!(back.validate(&e.meta.key(), NOW * 1000), Ok(()));
         prop_assert_eq!(back, e);
     }
+}
+
+/// The shapes of a hello and a member list entry before `direct_to_all` and `reach`
+/// were added: version 5 nodes that predate them still send these.
+#[derive(serde::Serialize)]
+struct HelloBefore {
+    addr: Addressing,
+    reach: Reach,
+}
+
+#[derive(serde::Serialize)]
+struct MemberAddrBefore {
+    peer: ByteBuf,
+    addrs: Vec<ByteBuf>,
+}
+
+fn cbor<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    ciborium::into_writer(v, &mut out).unwrap();
+    out
+}
+
+#[test]
+fn fields_added_within_version_5_default_when_absent_and_are_ignored_by_older_nodes() {
+    let old = HelloBefore {
+        addr: addressing(7),
+        reach: Reach::Public,
+    };
+    let hello: Hello = ciborium::from_reader(cbor(&old).as_slice()).unwrap();
+    assert_eq!((hello.reach, hello.direct_to_all), (Reach::Public, false));
+    let old = MemberAddrBefore {
+        peer: ByteBuf::from(vec![1u8; 38]),
+        addrs: Vec::new(),
+    };
+    let member: MemberAddr = ciborium::from_reader(cbor(&old).as_slice()).unwrap();
+    assert_eq!(member.reach, Reach::Unknown);
+
+    // An older node reads the new shapes (serde ignores fields it does not know).
+    #[derive(serde::Deserialize)]
+    struct OldHello {
+        reach: Reach,
+    }
+    let new = Hello {
+        addr: addressing(8),
+        reach: Reach::Private,
+        direct_to_all: true,
+    };
+    let read: OldHello = ciborium::from_reader(cbor(&new).as_slice()).unwrap();
+    assert_eq!(read.reach, Reach::Private);
 }

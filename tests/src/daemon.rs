@@ -295,14 +295,23 @@ pub fn env(secret: &str) -> HashMap<String, String> {
 }
 
 /// Polls `f` until it holds, failing the test after [`FLEET_WAIT`]; how long it took.
-pub async fn poll<F, Fut>(what: &str, mut f: F) -> Duration
+pub async fn poll<F, Fut>(what: &str, f: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    poll_up_to(FLEET_WAIT, what, f).await
+}
+
+/// Polls `f` until it holds, failing the test after `limit`; how long it took.
+pub async fn poll_up_to<F, Fut>(limit: Duration, what: &str, mut f: F) -> Duration
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     let start = Instant::now();
     while !f().await {
-        assert!(start.elapsed() < FLEET_WAIT, "timed out waiting for {what}");
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     start.elapsed()

@@ -6,9 +6,11 @@
 //! the lab has its own port, so nothing clashes) and maps it the same for every
 //! destination (endpoint-independent mapping), while `masquerade random` picks a new
 //! port per connection, as cloud NAT gateways do. Both let in only replies to what went
-//! out. No namespace has a route out of the lab, no interface is in the host's
-//! namespace, and every namespace (with the processes in it) is deleted on drop, also
-//! when the test fails.
+//! out. A [`Nat::Routed`] router translates nothing: its LAN is routed. With
+//! [`Plan::private_core`] the routers' WAN sides are on 10.250.0.0/24 instead, so that
+//! routed LANs and NATs form one private network. No namespace has a route out of the
+//! lab, no interface is in the host's namespace, and every namespace (with the
+//! processes in it) is deleted on drop, also when the test fails.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -57,6 +59,9 @@ pub enum Nat {
     EndpointIndependent,
     /// A new random port per connection: hole punching cannot work.
     RandomPort,
+    /// No translation and no filter: a router on one routed network, its LAN reachable
+    /// from the rest of the lab at the runners' own addresses.
+    Routed,
 }
 
 /// The namespaces of one lab; deleted (with every process in them) on drop.
@@ -136,11 +141,13 @@ impl Lab {
         ip(&["-n", ns, "route", "add", "default", "via", gw_ip])
     }
 
-    /// Makes `ns` a NAT router translating what leaves by `wan`.
+    /// Makes `ns` a NAT router translating what leaves by `wan` (a plain router for
+    /// [`Nat::Routed`]).
     pub fn nat(&self, ns: &str, wan: &str, kind: Nat) -> anyhow::Result<()> {
         let how = match kind {
             Nat::EndpointIndependent => "masquerade",
             Nat::RandomPort => "masquerade random",
+            Nat::Routed => return Ok(()),
         };
         let rules = format!(
             "table ip lab {{
@@ -351,15 +358,33 @@ impl HubFleet {
             hub_ns.push((ns, Ipv4Addr::new(198, 51, 100, me)));
         }
         let mut runner_ns = Vec::new();
+        // Routers' WAN sides: on the lab's internet, or on one private routed network.
+        let core = if plan.private_core {
+            "10.250.0"
+        } else {
+            "203.0.113"
+        };
         for (j, kind) in nats.iter().enumerate() {
             let router = lab.namespace(&format!("nat{j}"))?;
             let (gw, wan) = (4 * j as u8 + 1, 4 * j as u8 + 2);
             lab.uplink(
-                (&inet, &format!("n{j}"), &format!("203.0.113.{gw}")),
-                (&router, "wan", &format!("203.0.113.{wan}")),
+                (&inet, &format!("n{j}"), &format!("{core}.{gw}")),
+                (&router, "wan", &format!("{core}.{wan}")),
                 30,
             )?;
             lab.nat(&router, "wan", *kind)?;
+            if *kind == Nat::Routed {
+                // The rest of the lab reaches this LAN at the runners' own addresses.
+                ip(&[
+                    "-n",
+                    &inet,
+                    "route",
+                    "add",
+                    &format!("10.{}.0.0/16", j + 1),
+                    "via",
+                    &format!("{core}.{wan}"),
+                ])?;
+            }
             let mut lan = Vec::new();
             for i in 0..per_nat {
                 let ns = lab.namespace(&format!("r{j}-{i}"))?;
@@ -437,13 +462,18 @@ impl HubFleet {
             .flat_map(|h| ["--bootstrap".to_string(), h.addr(join)])
             .collect();
         boot.extend(public);
-        let mut runners = Vec::new();
+        let mut runners: Vec<Vec<LabNode>> = Vec::new();
         for (j, lan) in runner_ns.into_iter().enumerate() {
             let mut nodes = Vec::new();
             for (i, (ns, ip)) in lan.into_iter().enumerate() {
                 // Each runner its own port: masquerade keeps ports that do not clash.
                 let port = 4000 + 10 * j as u16 + i as u16;
-                nodes.push(start(ns, ip, port, format!("r{j}-{i}"), boot.clone()).await?);
+                let mut extra = boot.clone();
+                let first = runners.first().map_or(nodes.first(), |r| r.first());
+                if let Some(first) = first.filter(|_| plan.bootstrap_first_runner) {
+                    extra.extend(["--bootstrap".to_string(), first.addr(join)]);
+                }
+                nodes.push(start(ns, ip, port, format!("r{j}-{i}"), extra).await?);
             }
             runners.push(nodes);
         }
@@ -487,6 +517,12 @@ pub struct Plan {
     pub public_bootstrap: bool,
     /// Every node gets `--public-dht`.
     pub public_dht: bool,
+    /// The routers' WAN sides are on a private routed network (10.250.0.0/24) instead
+    /// of the lab's internet: with [`Nat::Routed`] LANs, one private network.
+    pub private_core: bool,
+    /// Every runner but the first gets `--bootstrap` with the first runner (behind
+    /// the first router).
+    pub bootstrap_first_runner: bool,
     /// Secrets by node-name prefix (`r0-` for the runners behind the first NAT, `hub`);
     /// the others share one.
     pub secrets: Vec<(String, String)>,
@@ -504,6 +540,8 @@ impl Default for Plan {
             standins: 0,
             public_bootstrap: false,
             public_dht: false,
+            private_core: false,
+            bootstrap_first_runner: false,
             secrets: Vec::new(),
         }
     }

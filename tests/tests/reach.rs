@@ -13,7 +13,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use ghmesh_tests::daemon::poll;
+use ghmesh_tests::daemon::{poll, poll_up_to};
 use ghmesh_tests::lab::{unavailable, HubFleet, LabNode, Nat, Plan, Transport};
 
 /// One lab at a time: each runs seven or more daemons, and CI has two cores.
@@ -299,10 +299,19 @@ async fn behind_a_random_port_nat_reads_go_through_reachable_owners() {
             .all(|c| c.2 == "relayed"),
         "{cross:?}"
     );
+    // DCUtR gives up after three dials, each waiting out the 10 s TCP dial deadline
+    // (the NAT drops what it did not map): the failures are counted then.
+    let counted = poll_up_to(
+        Duration::from_secs(60),
+        "hole punch failures counted",
+        || async { total(&fleet, "holepunch_failures").await > 0 },
+    )
+    .await;
     eprintln!(
         "NAT lab, hub + endpoint-independent NAT + random-port NAT x 3 runners: full membership \
          {joined:?}, {relayed} relayed cross-NAT connections seen from the random side, \
-         holepunch failures {}, slowest of 140 reads {slowest:?}, upstream calls {}",
+         holepunch failures {} ({counted:?} after the reads), slowest of 140 reads \
+         {slowest:?}, upstream calls {}",
         total(&fleet, "holepunch_failures").await,
         fleet.gh.total_requests()
     );
@@ -589,4 +598,96 @@ async fn without_public_dht_no_packet_reaches_a_public_node() {
     for s in &fleet.standins {
         assert_eq!(s.packets_from_fleet().unwrap(), 0, "{} was contacted", s.ns);
     }
+}
+
+/// Two LANs routed without NAT on a private network, and a third LAN behind a NAT inside
+/// that network; no hub, no public address anywhere: runners join through the first
+/// runner. The routed runners see every member directly at a private address and are
+/// seen at their own, so after a short settling they judge each other across subnets and
+/// are found public (AutoNAT alone would never count a private address); the runners
+/// behind the NAT are seen translated by the routed ones, which alone judge them (their
+/// neighbours would dial them back across the LAN): they are found private. Owners are
+/// then the routed runners: one call per key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_one_private_routed_network_members_judge_each_other_and_own_the_keys() {
+    let Some((_one, _dir, fleet)) = lab(
+        Plan {
+            hubs: 0,
+            bootstrap_hubs: false,
+            nats: vec![Nat::Routed, Nat::Routed, Nat::EndpointIndependent],
+            per_nat: 2,
+            private_core: true,
+            bootstrap_first_runner: true,
+            ..Plan::default()
+        },
+        "routed-private",
+    )
+    .await
+    else {
+        return;
+    };
+    let joined = full_membership(&fleet).await;
+    let routed: HashSet<String> = fleet.runners[..2]
+        .iter()
+        .flatten()
+        .map(|r| r.daemon.ready.peer_id.clone())
+        .collect();
+    let started = Instant::now();
+    for node in fleet.nodes() {
+        // The settling (20 s) and a probe: longer than `poll` waits.
+        poll_up_to(
+            Duration::from_secs(90),
+            "routed runners found public, and heard",
+            || async {
+                let peers = node.json("peers").await.unwrap_or_default();
+                let heard = peers.as_array().into_iter().flatten().all(|p| {
+                    let id = p["peer_id"].as_str().unwrap_or_default();
+                    !routed.contains(id) || p["reachability"] == "public"
+                });
+                heard
+                    && (!routed.contains(&node.daemon.ready.peer_id)
+                        || stat(node, "reachability").await == "public")
+            },
+        )
+        .await;
+    }
+    let settled = started.elapsed();
+    for node in fleet.nodes() {
+        assert_eq!(
+            stat(node, "direct_to_all").await,
+            true,
+            "{}: every connection here is direct",
+            node.ns
+        );
+    }
+    let slowest = read_everywhere(&fleet, 20).await;
+    one_call_per_key(&fleet, 20);
+    // Behind the NAT: judged by the members beyond it (their dial-backs fail), never
+    // by its neighbours (theirs would succeed across the LAN).
+    for r in &fleet.runners[2] {
+        // After the settling, the dial-backs into the NAT time out (10 s).
+        poll_up_to(
+            Duration::from_secs(60),
+            "runners behind the NAT found private",
+            || async { stat(r, "reachability").await == "private" },
+        )
+        .await;
+    }
+    // Each runner calls GitHub with its own token (`ghp_lab_<name>`): owners fetch.
+    let calls: Vec<String> = fleet
+        .gh
+        .requests()
+        .into_iter()
+        .map(|r| r.authorization.unwrap_or_default())
+        .collect();
+    assert!(
+        calls.iter().all(|c| !c.contains("ghp_lab_r2-")),
+        "a runner behind the NAT owned a key: {calls:?}"
+    );
+    eprintln!(
+        "NAT lab, one private routed network (2 routed LANs + a NAT LAN inside it) x 2 \
+         runners, no hub: full membership {joined:?}, routed runners found public and heard \
+         {settled:?} later, slowest of 120 reads {slowest:?}, upstream calls {}",
+        fleet.gh.total_requests()
+    );
 }

@@ -101,6 +101,12 @@ pub(super) struct EventLoop {
     pub(super) holepunch_failures: u64,
     /// Members we added as AutoNAT servers (see `reach::may_judge_us`).
     pub(super) judges: HashSet<PeerId>,
+    /// Since when every member has been connected directly at a private address
+    /// (`reach::private_network`).
+    pub(super) private_since: Option<tokio::time::Instant>,
+    /// Whether each connected peer's identify said it sees us at an address of our
+    /// own (true) or a translated one.
+    pub(super) sees_us: HashMap<PeerId, bool>,
     /// Relays that refused us a reservation, not asked again before then.
     pub(super) refused: HashMap<PeerId, tokio::time::Instant>,
     /// Peers with dials under way, and the addresses given to them (at most
@@ -270,6 +276,7 @@ impl EventLoop {
                     in_mesh: mesh.contains(p),
                     member: false,
                     reachability: Reach::Unknown,
+                    direct_to_all: false,
                     connection: match shown {
                         Some(c) if c.relayed => Connection::Relayed,
                         _ => Connection::Direct,
@@ -403,6 +410,7 @@ impl EventLoop {
                 }
                 self.addrs.remove(&peer_id);
                 self.listen_of.remove(&peer_id);
+                self.sees_us.remove(&peer_id);
                 self.inbound_per_peer.remove(&peer_id);
                 // A missed Disconnected would leave a member that is gone: the node
                 // also sweeps its book against the connected peers.

@@ -174,6 +174,9 @@ pub struct PeerInfo {
     pub member: bool,
     /// What it said of its reachability in its hello; filled in by the node.
     pub reachability: Reach,
+    /// It said (in its hello) it holds a direct connection to every member; filled in
+    /// by the node.
+    pub direct_to_all: bool,
     /// Direct, or only through a relay.
     pub connection: reach::Connection,
     /// The transport of the connection shown (the direct one when there is one).
@@ -200,6 +203,9 @@ pub struct NetStats {
 pub struct ReachStats {
     /// Whether members can reach us (AutoNAT).
     pub reachability: Reach,
+    /// We hold a direct connection to every member (then, with no public member, we
+    /// may own keys: see `placement::may_own`); filled in by the node.
+    pub direct_to_all: bool,
     /// Addresses confirmed reachable from outside (AutoNAT, relayed addresses, and
     /// `--external-addr`).
     pub external_addrs: Vec<String>,
@@ -502,6 +508,8 @@ pub async fn start(
         reach: Reach::Unknown,
         autonat_says: Reach::Unknown,
         confirmed_by: HashSet::new(),
+        private_since: None,
+        sees_us: HashMap::new(),
         circuits_served: 0,
         direct_upgrades: 0,
         holepunch_failures: 0,

@@ -7,6 +7,8 @@ use libp2p::autonat;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use sha2::{Digest, Sha256};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Reservations a node behind NAT holds: two, so that a relay that stops leaves it
 /// reachable through the other while it reserves again.
@@ -80,6 +82,15 @@ pub fn transport_of(addr: &Multiaddr) -> Transport {
     }
 }
 
+/// The IP address in `addr`, if any.
+pub fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(ip.into()),
+        Protocol::Ip6(ip) => Some(ip.into()),
+        _ => None,
+    })
+}
+
 /// On this host only.
 pub fn is_loopback(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| match p {
@@ -113,17 +124,86 @@ pub fn is_private(addr: &Multiaddr) -> bool {
     })
 }
 
+/// How a member sees us: at an address of our own, or translated by a NAT between us
+/// (identify's observed address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeenAs {
+    /// Its identify has not come yet.
+    Unknown,
+    /// At one of our own addresses: no NAT between us.
+    Untranslated,
+    /// At an address that is not ours: a NAT between us.
+    Translated,
+}
+
 /// Whether a member connected to us at `remote` may judge our reachability (serve us
-/// AutoNAT): only one that reaches us directly from outside any private network we
-/// share. A neighbour on our LAN would dial us back across the LAN and call us public
-/// while the fleet beyond our NAT cannot reach us. This also keeps the check working on
-/// networks AutoNAT does not call global (the documentation ranges of the NAT lab),
-/// which is why its own `only_global_ips` is off.
-pub fn may_judge_us(remote: &Multiaddr) -> bool {
+/// AutoNAT). One that reaches us directly from a public address may. One at a private
+/// address may only when the fleet lives on one private network (`private_network`,
+/// see [`private_network`]), and then, when some member sees us through a NAT
+/// (`anyone_translates`), only such members (`seen`): their dial-backs test that NAT,
+/// while a neighbour on our LAN would dial us back across the LAN and call us public
+/// although the members beyond the NAT cannot reach us. When no member sees us through
+/// a NAT, members on other routed subnets that dial us back prove every member can.
+/// Never over loopback or a relay. This also keeps the check working on networks
+/// AutoNAT does not call global (the documentation ranges of the NAT lab), which is why
+/// its own `only_global_ips` is off.
+pub fn may_judge_us(
+    remote: &Multiaddr,
+    private_network: bool,
+    seen: SeenAs,
+    anyone_translates: bool,
+) -> bool {
     let ip = remote
         .iter()
         .any(|p| matches!(p, Protocol::Ip4(_) | Protocol::Ip6(_)));
-    ip && !is_relayed(remote) && !is_private(remote)
+    if !ip || is_relayed(remote) || is_loopback(remote) {
+        return false;
+    }
+    if !is_private(remote) {
+        return true;
+    }
+    private_network
+        && match seen {
+            SeenAs::Translated => true,
+            SeenAs::Untranslated => !anyone_translates,
+            SeenAs::Unknown => false,
+        }
+}
+
+/// How long every member must have been directly connected at a private address
+/// before the fleet counts as living on one private network: members from beyond a
+/// NAT (through a hub, a relay, or a punched connection at a public address) come
+/// within seconds of the first neighbour, and until they do a neighbour's dial-back
+/// proves nothing for them.
+pub const PRIVATE_NETWORK_SETTLE: Duration = Duration::from_secs(20);
+
+/// Whether the fleet lives on one private network with us, as our connections to
+/// members (`remote`, relayed) show it: every one direct, at a private address but not
+/// loopback, since `since` (when that first held; `None`: it does not) for at least
+/// [`PRIVATE_NETWORK_SETTLE`] at `now`. Then members at private addresses may judge
+/// our reachability (see [`may_judge_us`]). Never with the public DHT on
+/// (`public_dht`): the node looks for members across the internet, who cannot reach a
+/// private address. Returns whether the fleet does, and the new `since`.
+pub fn private_network<'a>(
+    member_conns: impl IntoIterator<Item = (&'a Multiaddr, bool)>,
+    public_dht: bool,
+    since: Option<Instant>,
+    now: Instant,
+) -> (bool, Option<Instant>) {
+    let mut any = false;
+    let mut all_private = !public_dht;
+    for (remote, relayed) in member_conns {
+        any = true;
+        all_private &= !relayed && !is_loopback(remote) && is_private(remote);
+    }
+    if !(any && all_private) {
+        return (false, None);
+    }
+    let since = since.unwrap_or(now);
+    (
+        now.duration_since(since) >= PRIVATE_NETWORK_SETTLE,
+        Some(since),
+    )
 }
 
 /// The relays to reserve on now, best first: none when we are publicly reachable
@@ -196,9 +276,51 @@ mod tests {
     }
 
     #[test]
+    fn a_fleet_lives_on_one_private_network_once_every_member_stayed_direct_and_private() {
+        let t0 = Instant::now();
+        let lan = ma("/ip4/10.2.1.2/tcp/4010");
+        let other = ma("/ip4/10.3.1.2/tcp/4020");
+        let public = ma("/ip4/203.0.113.6/tcp/4000");
+        let loopback = ma("/ip4/127.0.0.1/tcp/1");
+        let both = [(&lan, false), (&other, false)];
+        assert_eq!(private_network(both, false, None, t0), (false, Some(t0)));
+        let later = t0 + PRIVATE_NETWORK_SETTLE;
+        assert_eq!(
+            private_network(both, false, Some(t0), later),
+            (true, Some(t0))
+        );
+        for not in [
+            vec![(&lan, false), (&public, false)],
+            vec![(&lan, false), (&other, true)],
+            vec![(&lan, false), (&loopback, false)],
+            vec![],
+        ] {
+            assert_eq!(
+                private_network(not.clone(), false, Some(t0), later),
+                (false, None),
+                "{not:?}"
+            );
+        }
+        assert_eq!(
+            private_network(both, true, Some(t0), later),
+            (false, None),
+            "never with the public DHT on"
+        );
+    }
+
+    #[test]
     fn who_may_judge_our_reachability() {
-        assert!(may_judge_us(&ma("/ip4/198.51.100.7/tcp/9100")));
-        assert!(may_judge_us(&ma("/ip4/203.0.113.9/udp/9100/quic-v1")));
+        use SeenAs::*;
+        let judge = |a: &str, private_network, seen, anyone_translates| {
+            may_judge_us(&ma(a), private_network, seen, anyone_translates)
+        };
+        assert!(judge("/ip4/198.51.100.7/tcp/9100", false, Unknown, true));
+        assert!(judge(
+            "/ip4/203.0.113.9/udp/9100/quic-v1",
+            false,
+            Untranslated,
+            false
+        ));
         for private in [
             "/ip4/10.1.0.2/tcp/9100",
             "/ip4/192.168.1.5/tcp/1",
@@ -208,15 +330,37 @@ mod tests {
             "/ip6/fd00::1/tcp/1",
             "/ip6/fe80::1/tcp/1",
         ] {
-            assert!(!may_judge_us(&ma(private)), "{private}");
+            assert!(!judge(private, false, Translated, true), "{private}");
+            let loopback = private.contains("127.0.0.1");
+            // On one private network: a member across our NAT, or anyone when no
+            // member sees us through a NAT; never a neighbour while one does.
+            assert_eq!(
+                judge(private, true, Translated, true),
+                !loopback,
+                "{private}"
+            );
+            assert_eq!(judge(private, true, Untranslated, false), !loopback);
+            assert!(
+                !judge(private, true, Untranslated, true),
+                "{private}: a neighbour"
+            );
+            assert!(
+                !judge(private, true, Unknown, false),
+                "{private}: not heard yet"
+            );
         }
         let relayed = ma(&format!(
             "/ip4/198.51.100.7/tcp/9100/p2p/{}/p2p-circuit",
             PeerId::random()
         ));
-        assert!(!may_judge_us(&relayed));
+        assert!(!may_judge_us(&relayed, true, Translated, false));
         // A circuit we accepted names only the peer.
-        assert!(!may_judge_us(&ma(&format!("/p2p/{}", PeerId::random()))));
+        assert!(!may_judge_us(
+            &ma(&format!("/p2p/{}", PeerId::random())),
+            true,
+            Translated,
+            false
+        ));
         assert!(is_relayed(&relayed));
         assert_eq!(transport_of(&relayed), Transport::Tcp);
         let relay = PeerId::random();

@@ -49,6 +49,8 @@ impl EventLoop {
     pub(super) fn reach_stats(&self) -> super::ReachStats {
         super::ReachStats {
             reachability: self.reach,
+            // The node knows its members' connections; it fills this in.
+            direct_to_all: false,
             external_addrs: self
                 .swarm
                 .external_addresses()
@@ -139,6 +141,22 @@ impl EventLoop {
         let Ok(members) = self.members.read().map(|m| m.clone()) else {
             return;
         };
+        let (private_network, since) = reach::private_network(
+            self.conns
+                .values()
+                .filter(|c| members.contains(&c.peer))
+                .map(|c| (&c.remote, c.relayed)),
+            self.public.is_some(),
+            self.private_since,
+            tokio::time::Instant::now(),
+        );
+        self.private_since = since;
+        let seen = |p: &PeerId| match self.sees_us.get(p) {
+            Some(true) => reach::SeenAs::Untranslated,
+            Some(false) => reach::SeenAs::Translated,
+            None => reach::SeenAs::Unknown,
+        };
+        let anyone_translates = members.iter().any(|p| seen(p) == reach::SeenAs::Translated);
         let mut judges: HashMap<PeerId, Option<Multiaddr>> = HashMap::new();
         let public_judge = |p: &PeerId| {
             self.public.is_some()
@@ -148,7 +166,7 @@ impl EventLoop {
         for c in self.conns.values() {
             if (members.contains(&c.peer) || public_judge(&c.peer))
                 && !c.relayed
-                && reach::may_judge_us(&c.remote)
+                && reach::may_judge_us(&c.remote, private_network, seen(&c.peer), anyone_translates)
             {
                 let addr = c.dialer.then(|| c.remote.clone());
                 let slot = judges.entry(c.peer).or_default();
@@ -166,7 +184,21 @@ impl EventLoop {
                 autonat.add_server(*peer, addr.clone());
             }
         }
+        // A judge still connected but no judge any more (members came from beyond the
+        // private network, or from beyond our NAT): what it found of us no longer
+        // holds for every member. One that left keeps its word.
+        let demoted: Vec<PeerId> = self
+            .judges
+            .iter()
+            .filter(|p| !judges.contains_key(p) && self.swarm.is_connected(p))
+            .copied()
+            .collect();
         self.judges = judges.into_keys().collect();
+        let before = self.confirmed_by.len();
+        self.confirmed_by.retain(|p| !demoted.contains(p));
+        if self.confirmed_by.len() != before {
+            self.settle_reach();
+        }
     }
 
     /// What a connected peer says it listens on and speaks: its addresses for member
@@ -186,6 +218,12 @@ impl EventLoop {
                 self.public_answered(peer);
             }
         }
+        let ours = |a: &Multiaddr| {
+            let ip = reach::ip_of(a);
+            ip.is_some() && self.swarm.listeners().any(|l| reach::ip_of(l) == ip)
+        };
+        let untranslated = ours(&info.observed_addr);
+        self.sees_us.insert(peer, untranslated);
         let addrs = reach::order_for_sharing(&info.listen_addrs);
         self.listen_of
             .insert(peer, addrs.into_iter().take(8).collect());
@@ -308,6 +346,12 @@ impl EventLoop {
             }
             _ => return,
         }
+        self.settle_reach();
+    }
+
+    /// Our reachability from AutoNAT's status and who confirmed it (`reach::verdict`),
+    /// carried out when it changed.
+    fn settle_reach(&mut self) {
         let (from_members, from_others) = match self.members.read() {
             Ok(m) => {
                 let n = self.confirmed_by.iter().filter(|p| m.contains(p)).count();

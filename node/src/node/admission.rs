@@ -18,7 +18,9 @@ use libp2p::{Multiaddr, PeerId};
 
 use super::{Inner, Node};
 use crate::limits::MAX_SMALL_FRAME;
+use crate::network::reach::Connection;
 use crate::network::Channel;
+use crate::placement::Standing;
 
 /// A node pulls member lists from the members it admits while it has at most this
 /// many: enough to learn the fleet from more than one point of view, without every
@@ -118,11 +120,11 @@ impl Node {
             return;
         }
         tracing::info!(reachability = ?reach, "reachability changed");
-        self.tell_reach();
+        self.tell_standing();
     }
 
-    /// Sends a hello to every member that has not heard our reachability as it is.
-    fn tell_reach(&self) {
+    /// Sends a hello to every member that has not heard our standing as it is.
+    fn tell_standing(&self) {
         for peer in self.book(|b| b.untold()).unwrap_or_default() {
             let node = self.clone();
             self.spawn(async move {
@@ -134,7 +136,8 @@ impl Node {
     /// A relay reserved us a slot: every member hears our addresses now, and passes
     /// them on to the members that could not reach us.
     pub(super) fn on_relayed(&self, addrs: Vec<Multiaddr>) {
-        let me = member_addr(self.inner.me.id, addrs);
+        let reach = self.book(|b| b.my_reach()).unwrap_or_default();
+        let me = member_addr(self.inner.me.id, addrs, reach);
         for peer in self.members() {
             let node = self.clone();
             let me = me.clone();
@@ -180,13 +183,17 @@ impl Node {
     }
 
     /// Proves the key to `peer` and has it prove the key back; each tells the other its
-    /// reachability. Sent again to every member when ours changes.
+    /// standing. Sent again to every member when ours changes.
     pub(super) async fn hello(&self, peer: PeerId) -> bool {
         let addr = self.address(peer);
         let nonce = addr.nonce;
         let timeout = self.deadlines().hello;
-        let reach = self.book(|b| b.my_reach()).unwrap_or_default();
-        let msg = Message::Hello(Hello { addr, reach });
+        let mine = self.book(|b| b.mine()).unwrap_or_default();
+        let msg = Message::Hello(Hello {
+            addr,
+            reach: mine.reach,
+            direct_to_all: mine.direct_to_all,
+        });
         match self
             .ask(peer, Channel::Small, &msg, timeout, MAX_SMALL_FRAME)
             .await
@@ -198,8 +205,8 @@ impl Node {
                 if proved {
                     let now = self.now_ms();
                     self.book(|b| {
-                        b.set_reach(&peer, h.reach, now);
-                        b.told(&peer, reach);
+                        b.set_standing(&peer, standing_of(&h), now);
+                        b.told(&peer, mine);
                     });
                 }
                 proved
@@ -238,11 +245,19 @@ impl Node {
             return;
         };
         let known: HashSet<PeerId> = self.members().into_iter().collect();
-        for m in list.into_iter().take(MAX_MEMBER_LIST) {
+        let mut list: Vec<MemberAddr> = list.into_iter().take(MAX_MEMBER_LIST).collect();
+        // Public members first: with any in the fleet, they are the owners we will ask.
+        list.sort_by_key(|m| m.reach != Reach::Public);
+        for m in list {
             let Ok(p) = PeerId::from_bytes(&m.peer) else {
                 continue;
             };
-            if p == self.inner.me.id || known.contains(&p) {
+            if p == self.inner.me.id {
+                continue;
+            }
+            let now = self.now_ms();
+            self.book(|b| b.listed(p, now));
+            if known.contains(&p) {
                 continue;
             }
             let addrs: Vec<Multiaddr> = m
@@ -264,7 +279,18 @@ impl Node {
             Some(net) => net.listen_addrs_of(peers).await.unwrap_or_default(),
             None => Vec::new(),
         };
-        addrs.into_iter().map(|(p, a)| member_addr(p, a)).collect()
+        let standing: std::collections::HashMap<PeerId, Standing> = self
+            .book(|b| b.members_standing())
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        addrs
+            .into_iter()
+            .map(|(p, a)| {
+                let reach = standing.get(&p).map(|s| s.reach).unwrap_or_default();
+                member_addr(p, a, reach)
+            })
+            .collect()
     }
 
     /// Our members (but the asker) with the addresses they listen on.
@@ -276,9 +302,19 @@ impl Node {
     }
 }
 
-/// `peer` as a member list carries it: with the first few of `addrs` that fit.
-fn member_addr(peer: PeerId, addrs: Vec<Multiaddr>) -> MemberAddr {
+/// A member's standing as its hello (or hello reply) says it.
+pub(super) fn standing_of(h: &Hello) -> Standing {
+    Standing {
+        reach: h.reach,
+        direct_to_all: h.direct_to_all,
+    }
+}
+
+/// `peer` as a member list carries it: with the first few of `addrs` that fit, and the
+/// reachability it told us.
+fn member_addr(peer: PeerId, addrs: Vec<Multiaddr>, reach: Reach) -> MemberAddr {
     MemberAddr {
+        reach,
         peer: peer.to_bytes().into(),
         addrs: addrs
             .into_iter()
@@ -344,13 +380,25 @@ pub(super) async fn sweep(node: Weak<Inner>) {
                 for p in connected {
                     node.on_connected(p);
                 }
+                let direct: HashSet<PeerId> = peers
+                    .iter()
+                    .filter(|p| p.connection == Connection::Direct)
+                    .filter_map(|p| p.peer_id.parse().ok())
+                    .collect();
+                let now = node.now_ms();
+                if node.book(|b| b.set_my_direct(&direct, now)) == Some(true) {
+                    tracing::info!(
+                        direct_to_all = node.book(|b| b.mine().direct_to_all),
+                        "direct connections to every member changed"
+                    );
+                }
                 net.set_members(node.members()).await;
                 // A reachability event dropped under load, or a hello that told it
                 // lost: caught up here.
                 if let Ok(stats) = net.stats().await {
                     node.on_reach(stats.reach.reachability);
                 }
-                node.tell_reach();
+                node.tell_standing();
             }
             true
         },

@@ -239,10 +239,12 @@ impl Node {
         let reply = match msg {
             Message::Hello(h) => {
                 let now = self.now_ms();
-                self.book(|b| b.set_reach(&peer, h.reach, now));
+                self.book(|b| b.set_standing(&peer, super::admission::standing_of(&h), now));
+                let mine = self.book(|b| b.mine()).unwrap_or_default();
                 Message::HelloReply(ghmesh_protocol::Hello {
                     addr: h.addr.reversed(),
-                    reach: self.book(|b| b.my_reach()).unwrap_or_default(),
+                    reach: mine.reach,
+                    direct_to_all: mine.direct_to_all,
                 })
             }
             Message::Lookup(l) => {

@@ -372,7 +372,10 @@ impl Node {
             rate_limit: self.inner.upstream.rate_limit(),
             rate_limits: self.inner.upstream.rate_limits(),
             listen: net.listen,
-            reach: net.reach,
+            reach: crate::network::ReachStats {
+                direct_to_all: self.book(|b| b.mine().direct_to_all).unwrap_or(false),
+                ..net.reach
+            },
         }
     }
 
@@ -382,16 +385,17 @@ impl Node {
             Some(n) => n.peers().await.unwrap_or_default(),
             None => Vec::new(),
         };
-        let members: std::collections::HashMap<String, ghmesh_protocol::Reach> = self
-            .book(|b| b.members_reach())
+        let members: std::collections::HashMap<String, crate::placement::Standing> = self
+            .book(|b| b.members_standing())
             .unwrap_or_default()
             .into_iter()
-            .map(|(m, r)| (m.to_string(), r))
+            .map(|(m, s)| (m.to_string(), s))
             .collect();
         for p in &mut peers {
-            if let Some(reach) = members.get(&p.peer_id) {
+            if let Some(standing) = members.get(&p.peer_id) {
                 p.member = true;
-                p.reachability = *reach;
+                p.reachability = standing.reach;
+                p.direct_to_all = standing.direct_to_all;
             }
         }
         peers

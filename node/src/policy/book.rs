@@ -12,7 +12,7 @@ use ghmesh_protocol::Reach;
 use libp2p::PeerId;
 
 use crate::limits::{LATENCY_MIN_SAMPLES, LATENCY_SAMPLES};
-use crate::placement;
+use crate::placement::{self, FleetStanding, Standing};
 
 /// A peer whose hello failed is greeted again after this long (or when it reconnects).
 const REGREET_AFTER_MS: u64 = 5_000;
@@ -97,12 +97,13 @@ struct PeerState {
     nonces: HashSet<u64>,
     nonce_order: VecDeque<(u64, u64)>,
     latencies_ms: VecDeque<u64>,
-    /// What it said of its reachability in its last hello.
-    reach: Reach,
+    /// What it said of its standing (reachability, direct connections) in its last
+    /// hello.
+    standing: Standing,
     /// When we last passed its own new addresses on to the other members.
     reintroduced_ms: Option<u64>,
-    /// The reachability of ours it last heard in a hello it answered.
-    told: Option<Reach>,
+    /// The standing of ours it last heard in a hello it answered.
+    told: Option<Standing>,
 }
 
 impl PeerState {
@@ -122,7 +123,7 @@ impl PeerState {
             nonces: HashSet::new(),
             nonce_order: VecDeque::new(),
             latencies_ms: VecDeque::new(),
-            reach: Reach::Unknown,
+            standing: Standing::default(),
             reintroduced_ms: None,
             told: None,
         }
@@ -153,14 +154,23 @@ impl PeerState {
     }
 }
 
+/// How long a member another member listed counts as one of the fleet's: members swap
+/// lists at least every 30 s, and a member that left is listed by nobody.
+pub const LISTED_FOR_MS: u64 = 90_000;
+
 /// Every connected peer's record, at most [`MAX_PEERS`].
 #[derive(Debug, Default)]
 pub struct PeerBook {
     peers: HashMap<PeerId, PeerState>,
     /// When the set of members (or greetings under way) last changed.
     last_change_ms: u64,
-    /// Our own reachability, as our network last found it.
-    my_reach: Reach,
+    /// Our own standing: reachability as our network last found it, direct
+    /// connections as the last sweep found them.
+    mine: Standing,
+    /// Members that members listed to us (member lists), with when we first and last
+    /// heard of each, at most [`MAX_PEERS`]: a member we are not connected to at all
+    /// is one we are not directly connected to.
+    listed: HashMap<PeerId, (u64, u64)>,
 }
 
 impl PeerBook {
@@ -266,37 +276,77 @@ impl PeerBook {
 
     /// `peer` said (in a hello) how reachable it is. Kept while it is connected; a
     /// change counts as a change of the view (owners may move).
-    pub fn set_reach(&mut self, peer: &PeerId, reach: Reach, now_ms: u64) {
+    pub fn set_standing(&mut self, peer: &PeerId, standing: Standing, now_ms: u64) {
         if let Some(st) = self.peers.get_mut(peer) {
-            if st.reach != reach {
-                st.reach = reach;
+            if st.standing != standing {
+                st.standing = standing;
                 self.last_change_ms = now_ms;
             }
         }
     }
 
-    /// `peer` answered a hello that told it our reachability was `reach`.
-    pub fn told(&mut self, peer: &PeerId, reach: Reach) {
+    /// `peer` answered a hello that told it our standing was `standing`.
+    pub fn told(&mut self, peer: &PeerId, standing: Standing) {
         if let Some(st) = self.peers.get_mut(peer) {
-            st.told = Some(reach);
+            st.told = Some(standing);
         }
     }
 
-    /// Members that have not heard our reachability as it is now (a hello lost, or
-    /// sent before it changed): owners are chosen by it, so they must.
+    /// Members that have not heard our standing as it is now (a hello lost, or sent
+    /// before it changed): owners are chosen by it, so they must.
     pub fn untold(&self) -> Vec<PeerId> {
         self.peers
             .iter()
-            .filter(|(_, s)| s.admitted && s.told != Some(self.my_reach))
+            .filter(|(_, s)| s.admitted && s.told != Some(self.mine))
             .map(|(p, _)| *p)
             .collect()
     }
 
     /// Our own reachability changed (true) or not.
     pub fn set_my_reach(&mut self, reach: Reach, now_ms: u64) -> bool {
-        let changed = self.my_reach != reach;
+        let changed = self.mine.reach != reach;
         if changed {
-            self.my_reach = reach;
+            self.mine.reach = reach;
+            self.last_change_ms = now_ms;
+        }
+        changed
+    }
+
+    /// A member listed `peer` as a member (not us).
+    pub fn listed(&mut self, peer: PeerId, now_ms: u64) {
+        self.listed
+            .retain(|_, (_, last)| now_ms.saturating_sub(*last) < LISTED_FOR_MS);
+        if let Some((_, last)) = self.listed.get_mut(&peer) {
+            *last = now_ms;
+        } else if self.listed.len() < MAX_PEERS {
+            self.listed.insert(peer, (now_ms, now_ms));
+        }
+    }
+
+    /// Whether we hold a direct connection to every member, from the members `direct`
+    /// connections go to (see [`placement::direct_to_all`]); true when that changed.
+    /// Members others listed within [`LISTED_FOR_MS`] that we are not a member with
+    /// count as not direct, from when we first heard of them.
+    pub fn set_my_direct(&mut self, direct: &HashSet<PeerId>, now_ms: u64) -> bool {
+        let admitted = |p: &PeerId| self.peers.get(p).is_some_and(|s| s.admitted);
+        let members: Vec<(u64, bool)> = self
+            .peers
+            .iter()
+            .filter(|(_, s)| s.admitted)
+            .map(|(p, s)| (s.admitted_ms, direct.contains(p)))
+            .chain(
+                self.listed
+                    .iter()
+                    .filter(|(p, (_, last))| {
+                        !admitted(p) && now_ms.saturating_sub(*last) < LISTED_FOR_MS
+                    })
+                    .map(|(_, (first, _))| (*first, false)),
+            )
+            .collect();
+        let now = placement::direct_to_all(self.mine.direct_to_all, &members, now_ms);
+        let changed = self.mine.direct_to_all != now;
+        if changed {
+            self.mine.direct_to_all = now;
             self.last_change_ms = now_ms;
         }
         changed
@@ -304,7 +354,12 @@ impl PeerBook {
 
     /// Our own reachability.
     pub fn my_reach(&self) -> Reach {
-        self.my_reach
+        self.mine.reach
+    }
+
+    /// Our own standing, as our hellos tell it.
+    pub fn mine(&self) -> Standing {
+        self.mine
     }
 
     /// Who may own keys (see [`placement::may_own`]): the members we may ask and we
@@ -312,30 +367,32 @@ impl PeerBook {
     /// on probation count when deciding whether any member is public, so that every
     /// node draws the line the same way whatever its own timeouts.
     pub fn owners(&self, me: PeerId, now_ms: u64) -> Vec<PeerId> {
-        let any_public = self.my_reach == Reach::Public
-            || self
-                .peers
+        let fleet = FleetStanding::of(
+            self.peers
                 .values()
-                .any(|s| s.admitted && s.reach == Reach::Public);
+                .filter(|s| s.admitted)
+                .map(|s| s.standing)
+                .chain([self.mine]),
+        );
         let mut owners: Vec<PeerId> = self
             .peers
             .iter()
             .filter(|(_, s)| s.admitted && now_ms >= s.probation_until_ms)
-            .filter(|(_, s)| placement::may_own(s.reach, any_public))
+            .filter(|(_, s)| placement::may_own(s.standing, fleet))
             .map(|(p, _)| *p)
             .collect();
-        if placement::may_own(self.my_reach, any_public) {
+        if placement::may_own(self.mine, fleet) {
             owners.push(me);
         }
         owners
     }
 
-    /// Every admitted member with the reachability it announced.
-    pub fn members_reach(&self) -> Vec<(PeerId, Reach)> {
+    /// Every admitted member with the standing it announced.
+    pub fn members_standing(&self) -> Vec<(PeerId, Standing)> {
         self.peers
             .iter()
             .filter(|(_, s)| s.admitted)
-            .map(|(p, s)| (*p, s.reach))
+            .map(|(p, s)| (*p, s.standing))
             .collect()
     }
 

@@ -1,5 +1,6 @@
 //! The peer book's rules, on a clock the tests set.
 use super::*;
+use crate::placement::DIRECT_GRACE_MS;
 
 fn rule() -> BudgetRule {
     BudgetRule {
@@ -224,8 +225,8 @@ fn owners_are_the_publicly_reachable_members_when_there_are_any() {
     // Nobody known to be public (a LAN, or AutoNAT not done): everyone may own keys.
     assert_eq!(set(book.owners(me, 1)), set(vec![a, b, c, me]));
     // One member announced it is public: only it, and we are not among them.
-    book.set_reach(&b, Reach::Private, 1);
-    book.set_reach(&a, Reach::Public, 1);
+    book.set_standing(&b, reach(Reach::Private), 1);
+    book.set_standing(&a, reach(Reach::Public), 1);
     assert_eq!(book.owners(me, 2), vec![a]);
     assert_eq!(book.last_change_ms(), 1, "owners moved: the view changed");
     // We are public too: both of us.
@@ -246,7 +247,58 @@ fn owners_are_the_publicly_reachable_members_when_there_are_any() {
     // The public member left: everyone again.
     book.disconnected(&a, 13);
     assert_eq!(set(book.owners(me, 14)), set(vec![b, c, me]));
-    assert_eq!(book.members_reach().len(), 2);
+    assert_eq!(book.members_standing().len(), 2);
+}
+
+fn reach(reach: Reach) -> Standing {
+    Standing {
+        reach,
+        direct_to_all: false,
+    }
+}
+
+#[test]
+fn with_no_public_member_the_members_directly_connected_to_all_own_keys() {
+    let mut book = PeerBook::default();
+    let me = PeerId::random();
+    let [a, b] = [(); 2].map(|_| admitted(&mut book, 0));
+    let set = |v: Vec<PeerId>| v.into_iter().collect::<HashSet<PeerId>>();
+    let direct = Standing {
+        reach: Reach::Unknown,
+        direct_to_all: true,
+    };
+    book.set_standing(&a, direct, 1);
+    assert_eq!(book.owners(me, 2), vec![a], "a reaches everyone directly");
+    // We hold direct connections to both: we own too, and the members must hear it.
+    book.told(&a, book.mine());
+    book.told(&b, book.mine());
+    assert!(book.set_my_direct(&set(vec![a, b]), 3));
+    assert!(!book.set_my_direct(&set(vec![a, b]), 4), "no change");
+    assert_eq!(set(book.owners(me, 5)), set(vec![a, me]));
+    assert_eq!(set(book.untold()), set(vec![a, b]), "our hellos tell it");
+    // A newcomer reached only through a relay: we keep our standing through its grace,
+    // and lose it after.
+    let c = admitted(&mut book, 10);
+    let ours = set(vec![a, b]);
+    assert!(!book.set_my_direct(&ours, 10 + DIRECT_GRACE_MS - 1));
+    assert!(book.set_my_direct(&ours, 10 + DIRECT_GRACE_MS));
+    assert_eq!(book.owners(me, 10 + DIRECT_GRACE_MS), vec![a]);
+    // Back to direct with all three; then a member lists one we never reached.
+    assert!(book.set_my_direct(&set(vec![a, b, c]), 10 + DIRECT_GRACE_MS + 1));
+    let t = 20_000;
+    let far = PeerId::random();
+    book.listed(far, t);
+    assert!(!book.set_my_direct(&set(vec![a, b, c]), t + 1), "its grace");
+    assert!(
+        book.set_my_direct(&set(vec![a, b, c]), t + DIRECT_GRACE_MS),
+        "a member we cannot reach at all"
+    );
+    // Nobody lists it any more (it left): it stops counting.
+    let gone = t + LISTED_FOR_MS;
+    assert!(book.set_my_direct(&set(vec![a, b, c]), gone));
+    // A public member outranks them all.
+    book.set_standing(&c, reach(Reach::Public), gone);
+    assert_eq!(book.owners(me, gone + 1), vec![c]);
 }
 
 #[test]
@@ -265,10 +317,10 @@ fn members_that_did_not_hear_our_reachability_are_told_again() {
     let [a, b] = [(); 2].map(|_| admitted(&mut book, 0));
     let set = |v: Vec<PeerId>| v.into_iter().collect::<HashSet<PeerId>>();
     assert_eq!(set(book.untold()), set(vec![a, b]), "never told");
-    book.told(&a, Reach::Unknown);
-    book.told(&b, Reach::Unknown);
+    book.told(&a, reach(Reach::Unknown));
+    book.told(&b, reach(Reach::Unknown));
     assert!(book.untold().is_empty());
     assert!(book.set_my_reach(Reach::Private, 1));
-    book.told(&a, Reach::Private);
+    book.told(&a, reach(Reach::Private));
     assert_eq!(book.untold(), vec![b], "its hello was lost");
 }
