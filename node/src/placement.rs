@@ -34,8 +34,9 @@ pub fn owner(key: &CacheKey, candidates: impl IntoIterator<Item = PeerId>) -> Op
 pub struct Standing {
     /// What AutoNAT found.
     pub reach: Reach,
-    /// It holds a direct connection to every member it knows.
-    pub direct_to_all: bool,
+    /// Whether it holds a direct connection to every member it knows (`None`: not
+    /// found out yet).
+    pub direct_to_all: Option<bool>,
 }
 
 /// What the members' standings say about the whole fleet.
@@ -52,7 +53,7 @@ impl FleetStanding {
     pub fn of(members: impl IntoIterator<Item = Standing>) -> Self {
         members.into_iter().fold(Self::default(), |f, s| Self {
             any_public: f.any_public || s.reach == Reach::Public,
-            any_direct_to_all: f.any_direct_to_all || s.direct_to_all,
+            any_direct_to_all: f.any_direct_to_all || s.direct_to_all == Some(true),
         })
     }
 }
@@ -62,15 +63,17 @@ impl FleetStanding {
 /// NAT may be out of reach of the others, and a miss would wait out its budget for an
 /// owner nobody can ask. Else, when any member is directly connected to every member it
 /// knows (one on a routed network that members behind NAT dial out to, or one found
-/// public by nobody yet), only those may: they are the members everyone reaches without
-/// a relay's limits. Otherwise (a LAN, reachability not known yet) every member may.
+/// public by nobody yet), those that found they are not may not: the others reach them
+/// only within a relay's limits. A member that has not found out yet (it just joined)
+/// may, so that a fleet where everyone is direct never moves its owners while its
+/// members find out. Otherwise (a LAN, reachability not known yet) every member may.
 /// Every node decides from the standings members announce in their hellos, so they pick
 /// the same owners.
 pub fn may_own(standing: Standing, fleet: FleetStanding) -> bool {
     if fleet.any_public {
         standing.reach == Reach::Public
     } else if fleet.any_direct_to_all {
-        standing.direct_to_all
+        standing.direct_to_all != Some(false)
     } else {
         true
     }
@@ -83,16 +86,24 @@ pub const DIRECT_GRACE_MS: u64 = 10_000;
 
 /// Whether we hold a direct connection to every member, from `members` (each with when
 /// we admitted it and whether a direct connection to it is open) at `now_ms`; `was`:
-/// what we said before. With no member at all we are not (there is nobody to reach). A
+/// what we said before. With no member at all there is nothing to say (`None`). A
 /// member admitted less than [`DIRECT_GRACE_MS`] ago without a direct connection yet
-/// keeps what we said, rather than taking it away at once.
-pub fn direct_to_all(was: bool, members: &[(u64, bool)], now_ms: u64) -> bool {
+/// keeps what we said, rather than taking it away at once (or saying `false` before
+/// its punch could succeed).
+pub fn direct_to_all(was: Option<bool>, members: &[(u64, bool)], now_ms: u64) -> Option<bool> {
     if members.is_empty() {
-        return false;
+        return None;
     }
-    members.iter().all(|&(admitted_ms, direct)| {
-        direct || (was && now_ms.saturating_sub(admitted_ms) < DIRECT_GRACE_MS)
-    })
+    let pending = |&(admitted_ms, direct): &(u64, bool)| {
+        !direct && now_ms.saturating_sub(admitted_ms) < DIRECT_GRACE_MS
+    };
+    if members.iter().all(|&(_, direct)| direct) {
+        Some(true)
+    } else if members.iter().all(|m| m.1 || pending(m)) {
+        was
+    } else {
+        Some(false)
+    }
 }
 
 #[cfg(test)]
@@ -141,7 +152,7 @@ mod tests {
         assert!(counts.values().all(|&c| c > 50), "{counts:?}");
     }
 
-    fn standing(reach: Reach, direct_to_all: bool) -> Standing {
+    fn standing(reach: Reach, direct_to_all: Option<bool>) -> Standing {
         Standing {
             reach,
             direct_to_all,
@@ -149,42 +160,57 @@ mod tests {
     }
 
     #[test]
-    fn public_members_own_first_then_those_directly_connected_to_all() {
-        let public = standing(Reach::Public, false);
-        let direct = standing(Reach::Unknown, true);
-        let natted = standing(Reach::Private, false);
-        let fleet = FleetStanding::of([public, direct, natted]);
+    fn public_members_own_first_then_those_not_found_out_of_direct_reach() {
+        let public = standing(Reach::Public, Some(false));
+        let direct = standing(Reach::Unknown, Some(true));
+        let natted = standing(Reach::Private, Some(false));
+        let newcomer = standing(Reach::Unknown, None);
+        let fleet = FleetStanding::of([public, direct, natted, newcomer]);
         assert!(may_own(public, fleet));
         assert!(!may_own(direct, fleet), "a public member outranks");
         assert!(!may_own(natted, fleet));
+        assert!(!may_own(newcomer, fleet));
 
-        let fleet = FleetStanding::of([direct, natted]);
+        let fleet = FleetStanding::of([direct, natted, newcomer]);
         assert!(may_own(direct, fleet));
         assert!(
             !may_own(natted, fleet),
             "out of direct reach of some member"
         );
+        assert!(may_own(newcomer, fleet), "not found out yet: not left out");
 
-        let fleet = FleetStanding::of([natted, standing(Reach::Unknown, false)]);
+        let fleet = FleetStanding::of([natted, newcomer]);
         assert!(may_own(natted, fleet), "nobody stands out: everyone owns");
-        assert!(may_own(standing(Reach::Unknown, false), fleet));
+        assert!(may_own(newcomer, fleet));
     }
 
     #[test]
     fn directly_connected_to_all_holds_through_a_newcomers_grace_only() {
         let g = DIRECT_GRACE_MS;
-        assert!(!direct_to_all(true, &[], 0), "no member, nobody to reach");
-        assert!(direct_to_all(false, &[(0, true), (5, true)], 10));
-        assert!(
-            !direct_to_all(false, &[(0, true), (5, false)], 10),
-            "not yet: a member only relayed"
+        assert_eq!(direct_to_all(Some(true), &[], 0), None, "nobody to reach");
+        assert_eq!(direct_to_all(None, &[(0, true), (5, true)], 10), Some(true));
+        assert_eq!(
+            direct_to_all(None, &[(0, true), (5, false)], 10),
+            None,
+            "not yet: a member only relayed, within its grace"
         );
-        assert!(
-            direct_to_all(true, &[(0, true), (100, false)], 100 + g - 1),
+        assert_eq!(
+            direct_to_all(None, &[(0, true), (5, false)], 5 + g),
+            Some(false),
+            "relayed past its grace"
+        );
+        assert_eq!(
+            direct_to_all(Some(true), &[(0, true), (100, false)], 100 + g - 1),
+            Some(true),
             "a newcomer relayed for a moment keeps it"
         );
-        assert!(
-            !direct_to_all(true, &[(0, true), (100, false)], 100 + g),
+        assert_eq!(
+            direct_to_all(Some(false), &[(0, true), (100, false)], 100 + g - 1),
+            Some(false)
+        );
+        assert_eq!(
+            direct_to_all(Some(true), &[(0, true), (100, false)], 100 + g),
+            Some(false),
             "a member relayed past the grace takes it away"
         );
     }

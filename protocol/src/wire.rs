@@ -121,11 +121,12 @@ pub struct Hello {
     pub addr: Addressing,
     /// The sender's reachability.
     pub reach: Reach,
-    /// The sender holds a direct (not relayed) connection to every member it knows:
-    /// with no public member, owners are chosen among such members. `false` from
-    /// senders before the field existed.
+    /// Whether the sender holds a direct (not relayed) connection to every member it
+    /// knows: with no public member, members that said `false` own no keys while any
+    /// said `true`. `None`: not found out yet (no member, or a newcomer's grace), or a
+    /// sender from before the field existed; such a member is not left out.
     #[serde(default)]
-    pub direct_to_all: bool,
+    pub direct_to_all: Option<bool>,
 }
 
 /// An entry announced to the mesh: with its body when small, else only its metadata.

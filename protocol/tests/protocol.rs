@@ -254,7 +254,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
                 5 => Message::Hello(Hello {
                     addr: addressing(dt),
                     reach: [Reach::Unknown, Reach::Public, Reach::Private][dt as usize % 3],
-                    direct_to_all: flag,
+                    direct_to_all: [None, Some(false), Some(true)][dt as usize % 3],
                 }),
                 6 => Message::LookupReply(match dt % 3 {
                     0 => LookupReply::Redirect(ByteBuf::from(vec![7u8; 38])),
@@ -352,7 +352,7 @@ fn fields_added_within_version_5_default_when_absent_and_are_ignored_by_older_no
         reach: Reach::Public,
     };
     let hello: Hello = ciborium::from_reader(cbor(&old).as_slice()).unwrap();
-    assert_eq!((hello.reach, hello.direct_to_all), (Reach::Public, false));
+    assert_eq!((hello.reach, hello.direct_to_all), (Reach::Public, None));
     let old = MemberAddrBefore {
         peer: ByteBuf::from(vec![1u8; 38]),
         addrs: Vec::new(),
@@ -368,7 +368,7 @@ fn fields_added_within_version_5_default_when_absent_and_are_ignored_by_older_no
     let new = Hello {
         addr: addressing(8),
         reach: Reach::Private,
-        direct_to_all: true,
+        direct_to_all: Some(true),
     };
     let read: OldHello = ciborium::from_reader(cbor(&new).as_slice()).unwrap();
     assert_eq!(read.reach, Reach::Private);

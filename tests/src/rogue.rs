@@ -324,7 +324,7 @@ async fn run(
                                 (_, Ok(Message::Hello(h))) => Some(Message::HelloReply(ghmesh_protocol::Hello {
                                     addr: h.addr.reversed(),
                                     reach: ghmesh_protocol::Reach::Unknown,
-                                    direct_to_all: false,
+                                    direct_to_all: None,
                                 })),
                                 (Answer::FoundOther(e), Ok(Message::Lookup(_))) => Some(
                                     Message::LookupReply(LookupReply::Found(Box::new(

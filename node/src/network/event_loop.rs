@@ -276,7 +276,7 @@ impl EventLoop {
                     in_mesh: mesh.contains(p),
                     member: false,
                     reachability: Reach::Unknown,
-                    direct_to_all: false,
+                    direct_to_all: None,
                     connection: match shown {
                         Some(c) if c.relayed => Connection::Relayed,
                         _ => Connection::Direct,

@@ -174,9 +174,9 @@ pub struct PeerInfo {
     pub member: bool,
     /// What it said of its reachability in its hello; filled in by the node.
     pub reachability: Reach,
-    /// It said (in its hello) it holds a direct connection to every member; filled in
-    /// by the node.
-    pub direct_to_all: bool,
+    /// What it said (in its hello) of holding a direct connection to every member
+    /// (`null`: not found out yet); filled in by the node.
+    pub direct_to_all: Option<bool>,
     /// Direct, or only through a relay.
     pub connection: reach::Connection,
     /// The transport of the connection shown (the direct one when there is one).
@@ -203,9 +203,10 @@ pub struct NetStats {
 pub struct ReachStats {
     /// Whether members can reach us (AutoNAT).
     pub reachability: Reach,
-    /// We hold a direct connection to every member (then, with no public member, we
-    /// may own keys: see `placement::may_own`); filled in by the node.
-    pub direct_to_all: bool,
+    /// Whether we hold a direct connection to every member (`null`: not found out
+    /// yet): with no public member, owners are those that do (`placement::may_own`);
+    /// filled in by the node.
+    pub direct_to_all: Option<bool>,
     /// Addresses confirmed reachable from outside (AutoNAT, relayed addresses, and
     /// `--external-addr`).
     pub external_addrs: Vec<String>,

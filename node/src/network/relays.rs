@@ -50,7 +50,7 @@ impl EventLoop {
         super::ReachStats {
             reachability: self.reach,
             // The node knows its members' connections; it fills this in.
-            direct_to_all: false,
+            direct_to_all: None,
             external_addrs: self
                 .swarm
                 .external_addresses()

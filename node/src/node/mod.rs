@@ -373,7 +373,7 @@ impl Node {
             rate_limits: self.inner.upstream.rate_limits(),
             listen: net.listen,
             reach: crate::network::ReachStats {
-                direct_to_all: self.book(|b| b.mine().direct_to_all).unwrap_or(false),
+                direct_to_all: self.book(|b| b.mine().direct_to_all).flatten(),
                 ..net.reach
             },
         }

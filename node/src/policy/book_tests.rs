@@ -253,7 +253,7 @@ fn owners_are_the_publicly_reachable_members_when_there_are_any() {
 fn reach(reach: Reach) -> Standing {
     Standing {
         reach,
-        direct_to_all: false,
+        direct_to_all: None,
     }
 }
 
@@ -265,10 +265,24 @@ fn with_no_public_member_the_members_directly_connected_to_all_own_keys() {
     let set = |v: Vec<PeerId>| v.into_iter().collect::<HashSet<PeerId>>();
     let direct = Standing {
         reach: Reach::Unknown,
-        direct_to_all: true,
+        direct_to_all: Some(true),
     };
     book.set_standing(&a, direct, 1);
-    assert_eq!(book.owners(me, 2), vec![a], "a reaches everyone directly");
+    assert_eq!(
+        set(book.owners(me, 2)),
+        set(vec![a, b, me]),
+        "a reaches everyone directly; b and we did not find out yet"
+    );
+    let relayed = Standing {
+        reach: Reach::Unknown,
+        direct_to_all: Some(false),
+    };
+    book.set_standing(&b, relayed, 2);
+    assert_eq!(
+        set(book.owners(me, 2)),
+        set(vec![a, me]),
+        "b found it is not"
+    );
     // We hold direct connections to both: we own too, and the members must hear it.
     book.told(&a, book.mine());
     book.told(&b, book.mine());
@@ -282,7 +296,12 @@ fn with_no_public_member_the_members_directly_connected_to_all_own_keys() {
     let ours = set(vec![a, b]);
     assert!(!book.set_my_direct(&ours, 10 + DIRECT_GRACE_MS - 1));
     assert!(book.set_my_direct(&ours, 10 + DIRECT_GRACE_MS));
-    assert_eq!(book.owners(me, 10 + DIRECT_GRACE_MS), vec![a]);
+    assert_eq!(book.mine().direct_to_all, Some(false));
+    assert_eq!(
+        set(book.owners(me, 10 + DIRECT_GRACE_MS)),
+        set(vec![a, c]),
+        "c has not found out yet"
+    );
     // Back to direct with all three; then a member lists one we never reached.
     assert!(book.set_my_direct(&set(vec![a, b, c]), 10 + DIRECT_GRACE_MS + 1));
     let t = 20_000;
