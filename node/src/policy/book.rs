@@ -277,12 +277,47 @@ impl PeerBook {
     /// `peer` said (in a hello) how reachable it is. Kept while it is connected; a
     /// change counts as a change of the view (owners may move).
     pub fn set_standing(&mut self, peer: &PeerId, standing: Standing, now_ms: u64) {
+        let before = self.owning();
         if let Some(st) = self.peers.get_mut(peer) {
-            if st.standing != standing {
-                st.standing = standing;
-                self.last_change_ms = now_ms;
-            }
+            st.standing = standing;
         }
+        self.changed_owning(before, now_ms);
+    }
+
+    /// Who may own keys as the standings say: the admitted members that may, sorted,
+    /// and whether we may.
+    fn owning(&self) -> (Vec<PeerId>, bool) {
+        let fleet = self.fleet();
+        let mut peers: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, s)| s.admitted && placement::may_own(s.standing, fleet))
+            .map(|(p, _)| *p)
+            .collect();
+        peers.sort();
+        (peers, placement::may_own(self.mine, fleet))
+    }
+
+    /// A standing changed: when that moved who may own keys (`before`: as it was), the
+    /// view changed. Other changes (a member saying it is directly connected to all
+    /// while nobody says otherwise) move no owner and do not hold claims back.
+    fn changed_owning(&mut self, before: (Vec<PeerId>, bool), now_ms: u64) -> bool {
+        let moved = self.owning() != before;
+        if moved {
+            self.last_change_ms = now_ms;
+        }
+        moved
+    }
+
+    /// The fleet's standing, ours included.
+    fn fleet(&self) -> FleetStanding {
+        FleetStanding::of(
+            self.peers
+                .values()
+                .filter(|s| s.admitted)
+                .map(|s| s.standing)
+                .chain([self.mine]),
+        )
     }
 
     /// `peer` answered a hello that told it our standing was `standing`.
@@ -293,11 +328,26 @@ impl PeerBook {
     }
 
     /// Members that have not heard our standing as it is now (a hello lost, or sent
-    /// before it changed): owners are chosen by it, so they must.
+    /// before it changed): owners are chosen by it, so they must. While no member (we
+    /// neither) says it is not directly connected to all, saying so or not yet saying
+    /// anything choose the same owners ([`placement::may_own`]): a fleet where everyone
+    /// is direct sends no hellos when its members find out.
     pub fn untold(&self) -> Vec<PeerId> {
+        let someone_not_direct = self.mine.direct_to_all == Some(false)
+            || self
+                .peers
+                .values()
+                .any(|s| s.admitted && s.standing.direct_to_all == Some(false));
+        let heard = |told: Standing| {
+            told == self.mine
+                || (!someone_not_direct
+                    && told.reach == self.mine.reach
+                    && told.direct_to_all != Some(false)
+                    && self.mine.direct_to_all != Some(false))
+        };
         self.peers
             .iter()
-            .filter(|(_, s)| s.admitted && s.told != Some(self.mine))
+            .filter(|(_, s)| s.admitted && !s.told.is_some_and(heard))
             .map(|(p, _)| *p)
             .collect()
     }
@@ -305,10 +355,9 @@ impl PeerBook {
     /// Our own reachability changed (true) or not.
     pub fn set_my_reach(&mut self, reach: Reach, now_ms: u64) -> bool {
         let changed = self.mine.reach != reach;
-        if changed {
-            self.mine.reach = reach;
-            self.last_change_ms = now_ms;
-        }
+        let before = self.owning();
+        self.mine.reach = reach;
+        self.changed_owning(before, now_ms);
         changed
     }
 
@@ -345,10 +394,9 @@ impl PeerBook {
             .collect();
         let now = placement::direct_to_all(self.mine.direct_to_all, &members, now_ms);
         let changed = self.mine.direct_to_all != now;
-        if changed {
-            self.mine.direct_to_all = now;
-            self.last_change_ms = now_ms;
-        }
+        let before = self.owning();
+        self.mine.direct_to_all = now;
+        self.changed_owning(before, now_ms);
         changed
     }
 
@@ -367,13 +415,7 @@ impl PeerBook {
     /// on probation count when deciding whether any member is public, so that every
     /// node draws the line the same way whatever its own timeouts.
     pub fn owners(&self, me: PeerId, now_ms: u64) -> Vec<PeerId> {
-        let fleet = FleetStanding::of(
-            self.peers
-                .values()
-                .filter(|s| s.admitted)
-                .map(|s| s.standing)
-                .chain([self.mine]),
-        );
+        let fleet = self.fleet();
         let mut owners: Vec<PeerId> = self
             .peers
             .iter()

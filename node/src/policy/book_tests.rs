@@ -343,3 +343,29 @@ fn members_that_did_not_hear_our_reachability_are_told_again() {
     book.told(&a, reach(Reach::Private));
     assert_eq!(book.untold(), vec![b], "its hello was lost");
 }
+
+#[test]
+fn finding_out_that_everyone_is_direct_moves_no_owner_and_sends_no_hello() {
+    let mut book = PeerBook::default();
+    let [a, b] = [(); 2].map(|_| admitted(&mut book, 0));
+    book.told(&a, book.mine());
+    book.told(&b, book.mine());
+    let changed = book.last_change_ms();
+    let direct = Standing {
+        reach: Reach::Unknown,
+        direct_to_all: Some(true),
+    };
+    book.set_standing(&a, direct, 5);
+    let set = |v: Vec<PeerId>| v.into_iter().collect::<HashSet<PeerId>>();
+    assert!(book.set_my_direct(&set(vec![a, b]), 6));
+    assert_eq!(book.last_change_ms(), changed, "no owner moved");
+    assert!(book.untold().is_empty(), "nobody needs to hear it");
+    // Once a member says it is not, who is matters: both hear ours, owners move.
+    let relayed = Standing {
+        reach: Reach::Unknown,
+        direct_to_all: Some(false),
+    };
+    book.set_standing(&b, relayed, 7);
+    assert_eq!(book.last_change_ms(), 7);
+    assert_eq!(set(book.untold()), set(vec![a, b]));
+}
