@@ -104,9 +104,8 @@ pub(super) struct EventLoop {
     /// Since when every member has been connected directly at a private address
     /// (`reach::private_network`).
     pub(super) private_since: Option<tokio::time::Instant>,
-    /// Whether each connected peer's identify said it sees us at an address of our
-    /// own (true) or a translated one.
-    pub(super) sees_us: HashMap<PeerId, bool>,
+    /// When a member last saw us through a NAT (`reach::TRANSLATED_MEMORY`).
+    pub(super) translated_seen: Option<tokio::time::Instant>,
     /// Relays that refused us a reservation, not asked again before then.
     pub(super) refused: HashMap<PeerId, tokio::time::Instant>,
     /// Peers with dials under way, and the addresses given to them (at most
@@ -357,6 +356,7 @@ impl EventLoop {
                         dialer: endpoint.is_dialer(),
                         relayed: endpoint.is_relayed(),
                         since: tokio::time::Instant::now(),
+                        seen_untranslated: None,
                     },
                 );
                 if endpoint.is_relayed() {
@@ -410,7 +410,6 @@ impl EventLoop {
                 }
                 self.addrs.remove(&peer_id);
                 self.listen_of.remove(&peer_id);
-                self.sees_us.remove(&peer_id);
                 self.inbound_per_peer.remove(&peer_id);
                 // A missed Disconnected would leave a member that is gone: the node
                 // also sweeps its book against the connected peers.
@@ -476,8 +475,13 @@ impl EventLoop {
             }
             BehaviourEvent::Identify(ev) => {
                 self.metrics.record(&ev);
-                if let identify::Event::Received { peer_id, info, .. } = ev {
-                    self.on_identify(peer_id, &info);
+                if let identify::Event::Received {
+                    peer_id,
+                    connection_id,
+                    info,
+                } = ev
+                {
+                    self.on_identify(peer_id, connection_id, &info);
                 }
             }
             BehaviourEvent::Rr(ev) => self.on_rr_event(Channel::Small, ev),

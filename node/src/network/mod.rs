@@ -510,7 +510,7 @@ pub async fn start(
         autonat_says: Reach::Unknown,
         confirmed_by: HashSet::new(),
         private_since: None,
-        sees_us: HashMap::new(),
+        translated_seen: None,
         circuits_served: 0,
         direct_upgrades: 0,
         holepunch_failures: 0,

@@ -440,6 +440,7 @@ mod tests {
             dialer: true,
             relayed: false,
             since: start,
+            seen_untranslated: None,
         };
         let conns: HashMap<ConnectionId, Conn> = [
             conn(

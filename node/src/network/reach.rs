@@ -101,8 +101,9 @@ pub fn is_loopback(addr: &Multiaddr) -> bool {
 }
 
 /// On a private or local network: loopback, RFC 1918, shared (CGNAT) space, link-local,
-/// unique-local IPv6. A peer that sees us at such an address is on our side of any NAT:
-/// its dial-back would prove nothing about the fleet reaching us.
+/// unique-local IPv6. A member at such an address is on our side of the internet's
+/// NATs: its dial-back proves something only within one private network (see
+/// [`may_judge_us`]).
 pub fn is_private(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| match p {
         Protocol::Ip4(ip) => {
@@ -136,22 +137,41 @@ pub enum SeenAs {
     Translated,
 }
 
-/// Whether a member connected to us at `remote` may judge our reachability (serve us
-/// AutoNAT). One that reaches us directly from a public address may. One at a private
-/// address may only when the fleet lives on one private network (`private_network`,
-/// see [`private_network`]), and then, when some member sees us through a NAT
-/// (`anyone_translates`), only such members (`seen`): their dial-backs test that NAT,
-/// while a neighbour on our LAN would dial us back across the LAN and call us public
-/// although the members beyond the NAT cannot reach us. When no member sees us through
-/// a NAT, members on other routed subnets that dial us back prove every member can.
-/// Never over loopback or a relay. This also keeps the check working on networks
-/// AutoNAT does not call global (the documentation ranges of the NAT lab), which is why
-/// its own `only_global_ips` is off.
+/// What the fleet around us says about who may judge our reachability at a private
+/// address (see [`may_judge_us`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JudgeView {
+    /// The fleet lives on one private network ([`private_network`]).
+    pub private_network: bool,
+    /// Some member sees us through a NAT, now or within [`TRANSLATED_MEMORY`].
+    pub anyone_translates: bool,
+    /// Some member is connected to us directly from a private address outside our own
+    /// subnet ([`same_subnet`]): across a router.
+    pub anyone_routed: bool,
+}
+
+/// How long a member that saw us through a NAT keeps our LAN neighbours from judging us
+/// after it left: a member beyond our NAT that restarts would otherwise leave only
+/// neighbours to judge, and they would call us public.
+pub const TRANSLATED_MEMORY: Duration = Duration::from_secs(600);
+
+/// Whether a member connected to us at `remote`, seeing us as `seen`, on our own subnet
+/// or not (`on_our_subnet`), may judge our reachability (serve us AutoNAT). One that
+/// reaches us directly from a public address may. One at a private address may only
+/// when the fleet lives on one private network (`view`), and then: when some member
+/// sees us through a NAT, only such members (their dial-backs test that NAT, while a
+/// neighbour on our LAN would dial us back across the LAN and call us public although
+/// the members beyond the NAT cannot reach us); else, when some member reaches us across
+/// a router, only members beyond our subnet (a neighbour's dial-back would pass a
+/// firewall between the subnets that theirs meet); else (one LAN) any member. Never
+/// over loopback or a relay. This also keeps the check working on networks AutoNAT
+/// does not call global (the documentation ranges of the NAT lab), which is why its
+/// own `only_global_ips` is off.
 pub fn may_judge_us(
     remote: &Multiaddr,
-    private_network: bool,
     seen: SeenAs,
-    anyone_translates: bool,
+    on_our_subnet: bool,
+    view: JudgeView,
 ) -> bool {
     let ip = remote
         .iter()
@@ -162,12 +182,26 @@ pub fn may_judge_us(
     if !is_private(remote) {
         return true;
     }
-    private_network
+    view.private_network
         && match seen {
             SeenAs::Translated => true,
-            SeenAs::Untranslated => !anyone_translates,
+            SeenAs::Untranslated => {
+                !(view.anyone_translates || (on_our_subnet && view.anyone_routed))
+            }
             SeenAs::Unknown => false,
         }
+}
+
+/// Whether `a` and `b` are on one subnet as far as an address tells: the same /24
+/// (IPv4) or /64 (IPv6). A guess (prefix lengths are not in an address) that only ever
+/// decides which private-network members judge first.
+pub fn same_subnet(a: std::net::IpAddr, b: std::net::IpAddr) -> bool {
+    use std::net::IpAddr::{V4, V6};
+    match (a, b) {
+        (V4(a), V4(b)) => a.octets()[..3] == b.octets()[..3],
+        (V6(a), V6(b)) => a.segments()[..4] == b.segments()[..4],
+        _ => false,
+    }
 }
 
 /// How long every member must have been directly connected at a private address
@@ -312,7 +346,12 @@ mod tests {
     fn who_may_judge_our_reachability() {
         use SeenAs::*;
         let judge = |a: &str, private_network, seen, anyone_translates| {
-            may_judge_us(&ma(a), private_network, seen, anyone_translates)
+            let view = JudgeView {
+                private_network,
+                anyone_translates,
+                anyone_routed: false,
+            };
+            may_judge_us(&ma(a), seen, false, view)
         };
         assert!(judge("/ip4/198.51.100.7/tcp/9100", false, Unknown, true));
         assert!(judge(
@@ -348,18 +387,39 @@ mod tests {
                 !judge(private, true, Unknown, false),
                 "{private}: not heard yet"
             );
+            // Members reach us across a router: a neighbour on our subnet may not judge
+            // (a firewall between the subnets lets its dial-back through), they may.
+            let routed = JudgeView {
+                private_network: true,
+                anyone_translates: false,
+                anyone_routed: true,
+            };
+            assert!(!may_judge_us(&ma(private), Untranslated, true, routed));
+            assert_eq!(
+                may_judge_us(&ma(private), Untranslated, false, routed),
+                !loopback
+            );
         }
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert!(same_subnet(ip("10.1.1.2"), ip("10.1.1.200")));
+        assert!(!same_subnet(ip("10.1.1.2"), ip("10.1.2.2")));
+        assert!(same_subnet(ip("fd00::1"), ip("fd00::2:1")));
+        assert!(!same_subnet(ip("10.1.1.2"), ip("fd00::1")));
         let relayed = ma(&format!(
             "/ip4/198.51.100.7/tcp/9100/p2p/{}/p2p-circuit",
             PeerId::random()
         ));
-        assert!(!may_judge_us(&relayed, true, Translated, false));
+        let anyone = JudgeView {
+            private_network: true,
+            ..JudgeView::default()
+        };
+        assert!(!may_judge_us(&relayed, Translated, false, anyone));
         // A circuit we accepted names only the peer.
         assert!(!may_judge_us(
             &ma(&format!("/p2p/{}", PeerId::random())),
-            true,
             Translated,
-            false
+            false,
+            anyone
         ));
         assert!(is_relayed(&relayed));
         assert_eq!(transport_of(&relayed), Transport::Tcp);

@@ -15,7 +15,7 @@ use libp2p::{autonat, dcutr, identify, kad, relay, Multiaddr, PeerId};
 use super::behaviour::RelayMode;
 use super::codec::RR_PROTOCOL;
 use super::event_loop::EventLoop;
-use super::reach;
+use super::reach::{self, SeenAs};
 use super::NetEvent;
 
 /// One open connection.
@@ -30,6 +30,9 @@ pub(super) struct Conn {
     pub(super) relayed: bool,
     /// When it was established.
     pub(super) since: tokio::time::Instant,
+    /// On a direct connection, whether the peer's identify said it sees us at an
+    /// address of our own (`None`: not said yet, or relayed).
+    pub(super) seen_untranslated: Option<bool>,
 }
 
 /// A reservation we asked a fleet relay for, as the listener on its circuit address.
@@ -105,6 +108,20 @@ impl EventLoop {
         }
     }
 
+    /// How `peer` sees us, from what its direct connections' identify said: through a
+    /// NAT when any says so.
+    fn seen_as(&self, peer: &PeerId) -> SeenAs {
+        let mut seen = SeenAs::Unknown;
+        for c in self.conns.values().filter(|c| c.peer == *peer) {
+            match c.seen_untranslated {
+                Some(false) => return SeenAs::Translated,
+                Some(true) => seen = SeenAs::Untranslated,
+                None => {}
+            }
+        }
+        seen
+    }
+
     /// Connected to `peer` only through relays.
     pub(super) fn only_relayed(&self, peer: &PeerId) -> bool {
         self.shown_conn(peer).is_some_and(|c| c.relayed)
@@ -133,10 +150,11 @@ impl EventLoop {
         self.tend_relays();
     }
 
-    /// AutoNAT asks only peers that reach us directly from outside our networks:
-    /// members, and with the public DHT on, public nodes that serve AutoNAT (a
-    /// runner on a public address is then found public, and serves its fleet as a relay,
-    /// with no hub).
+    /// AutoNAT asks only peers `reach::may_judge_us` allows: members that reach us
+    /// directly from a public address, or on one private network those whose dial-back
+    /// tests what lies between us and the fleet; and with the public DHT on, public nodes
+    /// that serve AutoNAT (a runner on a public address is then found public, and serves
+    /// its fleet as a relay, with no hub).
     pub(super) fn tend_judges(&mut self) {
         let Ok(members) = self.members.read().map(|m| m.clone()) else {
             return;
@@ -151,12 +169,35 @@ impl EventLoop {
             tokio::time::Instant::now(),
         );
         self.private_since = since;
-        let seen = |p: &PeerId| match self.sees_us.get(p) {
-            Some(true) => reach::SeenAs::Untranslated,
-            Some(false) => reach::SeenAs::Translated,
-            None => reach::SeenAs::Unknown,
+        let now = tokio::time::Instant::now();
+        let anyone_translates_now = members
+            .iter()
+            .any(|p| self.seen_as(p) == SeenAs::Translated);
+        if anyone_translates_now {
+            self.translated_seen = Some(now);
+        }
+        let ours: Vec<std::net::IpAddr> = self
+            .swarm
+            .listeners()
+            .filter(|l| !reach::is_relayed(l) && !reach::is_loopback(l))
+            .filter_map(reach::ip_of)
+            .collect();
+        let on_our_subnet = |remote: &Multiaddr| {
+            reach::ip_of(remote).is_some_and(|ip| ours.iter().any(|o| reach::same_subnet(*o, ip)))
         };
-        let anyone_translates = members.iter().any(|p| seen(p) == reach::SeenAs::Translated);
+        let view = reach::JudgeView {
+            private_network,
+            anyone_translates: self
+                .translated_seen
+                .is_some_and(|t| now.duration_since(t) < reach::TRANSLATED_MEMORY),
+            anyone_routed: self.conns.values().any(|c| {
+                members.contains(&c.peer)
+                    && !c.relayed
+                    && reach::is_private(&c.remote)
+                    && !reach::is_loopback(&c.remote)
+                    && !on_our_subnet(&c.remote)
+            }),
+        };
         let mut judges: HashMap<PeerId, Option<Multiaddr>> = HashMap::new();
         let public_judge = |p: &PeerId| {
             self.public.is_some()
@@ -166,7 +207,12 @@ impl EventLoop {
         for c in self.conns.values() {
             if (members.contains(&c.peer) || public_judge(&c.peer))
                 && !c.relayed
-                && reach::may_judge_us(&c.remote, private_network, seen(&c.peer), anyone_translates)
+                && reach::may_judge_us(
+                    &c.remote,
+                    self.seen_as(&c.peer),
+                    on_our_subnet(&c.remote),
+                    view,
+                )
             {
                 let addr = c.dialer.then(|| c.remote.clone());
                 let slot = judges.entry(c.peer).or_default();
@@ -184,11 +230,12 @@ impl EventLoop {
                 autonat.add_server(*peer, addr.clone());
             }
         }
-        // A judge still connected but no judge any more (members came from beyond the
-        // private network, or from beyond our NAT): what it found of us no longer
-        // holds for every member. One that left keeps its word.
+        // A peer that confirmed us, still connected but no judge now (members came from
+        // beyond the private network or our NAT, or it came back as one that may not
+        // judge): what it found of us no longer holds for every member. One that left
+        // keeps its word.
         let demoted: Vec<PeerId> = self
-            .judges
+            .confirmed_by
             .iter()
             .filter(|p| !judges.contains_key(p) && self.swarm.is_connected(p))
             .copied()
@@ -204,7 +251,12 @@ impl EventLoop {
     /// What a connected peer says it listens on and speaks: its addresses for member
     /// lists; whether it relays and judges reachability; with the public DHT on, whether
     /// it speaks ghmesh (then it is greeted) or is a public DHT node that answered.
-    pub(super) fn on_identify(&mut self, peer: PeerId, info: &identify::Info) {
+    pub(super) fn on_identify(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        info: &identify::Info,
+    ) {
         if !self.swarm.is_connected(&peer) {
             return;
         }
@@ -218,12 +270,19 @@ impl EventLoop {
                 self.public_answered(peer);
             }
         }
-        let ours = |a: &Multiaddr| {
-            let ip = reach::ip_of(a);
-            ip.is_some() && self.swarm.listeners().any(|l| reach::ip_of(l) == ip)
-        };
-        let untranslated = ours(&info.observed_addr);
-        self.sees_us.insert(peer, untranslated);
+        // How it sees us, from a direct connection only: over a circuit it sees the
+        // relay's address (or none), which says nothing about a NAT between us.
+        let observed = &info.observed_addr;
+        if let (Some(ip), false) = (reach::ip_of(observed), reach::is_relayed(observed)) {
+            let ours = self
+                .swarm
+                .listeners()
+                .filter(|l| !reach::is_relayed(l))
+                .any(|l| reach::ip_of(l) == Some(ip));
+            if let Some(c) = self.conns.get_mut(&connection).filter(|c| !c.relayed) {
+                c.seen_untranslated = Some(ours);
+            }
+        }
         let addrs = reach::order_for_sharing(&info.listen_addrs);
         self.listen_of
             .insert(peer, addrs.into_iter().take(8).collect());

@@ -123,8 +123,9 @@ impl Node {
         self.tell_standing();
     }
 
-    /// Sends a hello to every member that has not heard our standing as it is.
-    fn tell_standing(&self) {
+    /// Sends a hello to every member that has not heard our standing as it is (owners
+    /// moved: a member saying it is not directly connected to all makes ours matter).
+    pub(super) fn tell_standing(&self) {
         for peer in self.book(|b| b.untold()).unwrap_or_default() {
             let node = self.clone();
             self.spawn(async move {
@@ -204,10 +205,13 @@ impl Node {
                     && a.is_between(&peer.to_bytes(), &self.inner.me.id.to_bytes());
                 if proved {
                     let now = self.now_ms();
-                    self.book(|b| {
-                        b.set_standing(&peer, standing_of(&h), now);
+                    let moved = self.book(|b| {
                         b.told(&peer, mine);
+                        b.set_standing(&peer, standing_of(&h), now)
                     });
+                    if moved == Some(true) {
+                        self.tell_standing();
+                    }
                 }
                 proved
             }

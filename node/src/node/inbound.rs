@@ -239,7 +239,10 @@ impl Node {
         let reply = match msg {
             Message::Hello(h) => {
                 let now = self.now_ms();
-                self.book(|b| b.set_standing(&peer, super::admission::standing_of(&h), now));
+                let standing = super::admission::standing_of(&h);
+                if self.book(|b| b.set_standing(&peer, standing, now)) == Some(true) {
+                    self.tell_standing();
+                }
                 let mine = self.book(|b| b.mine()).unwrap_or_default();
                 Message::HelloReply(ghmesh_protocol::Hello {
                     addr: h.addr.reversed(),

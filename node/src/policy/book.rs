@@ -227,11 +227,24 @@ impl PeerBook {
         if self.peers.remove(peer).is_some_and(|s| s.admitted) {
             self.last_change_ms = now_ms;
         }
+        // Listed again (with a new grace) only if it is still a member elsewhere: a
+        // member that left would otherwise count as one we cannot reach, from when we
+        // first heard of it, until its last listing expired.
+        self.listed.remove(peer);
     }
 
     /// Forgets every peer not in `connected` (their disconnect event was lost).
     pub fn forget_all_but(&mut self, connected: &[PeerId]) {
-        self.peers.retain(|p, _| connected.contains(p));
+        let gone: Vec<PeerId> = self
+            .peers
+            .keys()
+            .filter(|p| !connected.contains(p))
+            .copied()
+            .collect();
+        for p in gone {
+            self.peers.remove(&p);
+            self.listed.remove(&p);
+        }
     }
 
     /// Records that `peer` (a member) was introduced to our members; false when it
@@ -275,13 +288,13 @@ impl PeerBook {
     }
 
     /// `peer` said (in a hello) how reachable it is. Kept while it is connected; a
-    /// change counts as a change of the view (owners may move).
-    pub fn set_standing(&mut self, peer: &PeerId, standing: Standing, now_ms: u64) {
+    /// change that moves owners counts as a change of the view (true).
+    pub fn set_standing(&mut self, peer: &PeerId, standing: Standing, now_ms: u64) -> bool {
         let before = self.owning();
         if let Some(st) = self.peers.get_mut(peer) {
             st.standing = standing;
         }
-        self.changed_owning(before, now_ms);
+        self.changed_owning(before, now_ms)
     }
 
     /// Who may own keys as the standings say: the admitted members that may, sorted,

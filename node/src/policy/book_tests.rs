@@ -369,3 +369,29 @@ fn finding_out_that_everyone_is_direct_moves_no_owner_and_sends_no_hello() {
     assert_eq!(book.last_change_ms(), 7);
     assert_eq!(set(book.untold()), set(vec![a, b]));
 }
+
+#[test]
+fn a_member_that_left_is_not_one_we_cannot_reach() {
+    let mut book = PeerBook::default();
+    let [a, b] = [(); 2].map(|_| admitted(&mut book, 0));
+    book.listed(a, 0);
+    book.listed(b, 0);
+    let set = |v: Vec<PeerId>| v.into_iter().collect::<HashSet<PeerId>>();
+    assert!(book.set_my_direct(&set(vec![a, b]), 1));
+    assert_eq!(book.mine().direct_to_all, Some(true));
+    // b leaves long after we first heard of it: we are still direct to every member.
+    let later = 60_000;
+    book.disconnected(&b, later);
+    assert!(!book.set_my_direct(&set(vec![a]), later + 1));
+    assert_eq!(book.mine().direct_to_all, Some(true));
+    // Nor when its disconnect was missed and the sweep forgot it.
+    book.forget_all_but(&[]);
+    let c = admitted(&mut book, later + 2);
+    book.listed(a, later + 2);
+    assert!(!book.set_my_direct(&set(vec![c]), later + 3));
+    assert_eq!(
+        book.mine().direct_to_all,
+        Some(true),
+        "a stale listing of a starts a new grace"
+    );
+}
