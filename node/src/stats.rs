@@ -260,6 +260,9 @@ pub struct Stats {
     pub rate_limit: RateLimit,
     /// Every rate-limit budget known, this node's and the fleet's (contract §10).
     pub rate_limits: Vec<crate::upstream::ledger::BudgetView>,
+    /// Upstream requests that waited for their share or turn of a budget near its end
+    /// (the fleet's last requests of a window), since start.
+    pub share_waits: u64,
     /// Our listen addresses with `/p2p/<id>`.
     pub listen: Vec<String>,
     /// Reach across NAT (contract §8), flattened into this object.

@@ -18,6 +18,12 @@ use ghmesh_tests::fake_github::{FakeGithub, Fault};
 use ghmesh_tests::harness::{start_node_with, test_keys, wait_full_membership, wait_until};
 use serde_json::Value;
 
+/// The burst test's bound (one refusal at most) rests on members' figures arriving
+/// within a round trip or two; daemons of the other tests sharing the two cores made
+/// them late enough to cost a second refusal (2 of 8 whole-file runs). It runs alone;
+/// the others run together.
+static CORES: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 async fn read(node: &Daemon, path: &str, token: Option<&str>) -> (u16, String) {
     let auth = token.map(|t| format!("Bearer {t}"));
     let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
@@ -53,6 +59,7 @@ async fn held_everywhere(nodes: &[Daemon], resource: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spent_shared_budget_holds_every_node() {
+    let _shared = CORES.read().await;
     let gh = FakeGithub::start().await.unwrap();
     gh.set_rate_limit(5);
     let dir = tempfile::tempdir().unwrap();
@@ -107,11 +114,13 @@ async fn a_spent_shared_budget_holds_every_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_refusal_holds_the_fleet_once() {
+    let _shared = CORES.read().await;
     one_refusal_holds_the_fleet(Fault::RateLimited).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secondary_refusal_holds_the_fleet_once() {
+    let _shared = CORES.read().await;
     one_refusal_holds_the_fleet(Fault::SecondaryLimit).await;
 }
 
@@ -172,6 +181,7 @@ async fn one_refusal_holds_the_fleet(fault: Fault) {
 /// whole fleet holds twice as long (GitHub backs off per account, not per runner).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeat_secondary_limit_on_another_node_holds_the_fleet_twice_as_long() {
+    let _shared = CORES.read().await;
     let gh = FakeGithub::start().await.unwrap();
     let clock = ManualClock::starting_now();
     let github = || -> Arc<GithubClient> {
@@ -252,6 +262,7 @@ async fn a_repeat_secondary_limit_on_another_node_holds_the_fleet_twice_as_long(
 /// figures), and what does not fit is held, not sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_on_every_node_spends_a_budget_near_its_end_with_one_refusal_at_most() {
+    let _alone = CORES.write().await;
     let gh = FakeGithub::start().await.unwrap();
     gh.set_rate_limit(40);
     gh.set_latency(Duration::from_millis(50));
@@ -314,6 +325,7 @@ async fn a_burst_on_every_node_spends_a_budget_near_its_end_with_one_refusal_at_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reserve_keeps_the_last_requests_for_people_on_every_node() {
+    let _shared = CORES.read().await;
     let gh = FakeGithub::start().await.unwrap();
     gh.set_rate_limit(60);
     let dir = tempfile::tempdir().unwrap();
@@ -369,6 +381,7 @@ async fn the_reserve_keeps_the_last_requests_for_people_on_every_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_tokens_of_one_repository_are_one_budget_and_other_tokens_go_on() {
+    let _shared = CORES.read().await;
     let gh = FakeGithub::start().await.unwrap();
     gh.set_rate_limit(3);
     let dir = tempfile::tempdir().unwrap();
@@ -416,4 +429,58 @@ async fn job_tokens_of_one_repository_are_one_budget_and_other_tokens_go_on() {
     );
     let held = known.iter().filter(|b| b["held_until"].is_u64()).count();
     assert_eq!(held, 1, "{known:?}");
+}
+
+/// A read waiting for its share of a budget near its end waits before it takes a place
+/// among the requests in flight: with two places, one read of the node's nearly spent
+/// budget hanging at GitHub and two more waiting for their share, a read with another
+/// token still reaches GitHub at once (it used to queue behind the waiting reads for
+/// as long as the first one hung).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_waiting_for_their_share_leave_other_budgets_a_place() {
+    let _shared = CORES.read().await;
+    let gh = FakeGithub::start().await.unwrap();
+    // Four requests an hour: after one, three are left, fewer than a share's eight,
+    // so this node (the only spender) keeps one request in flight on the budget.
+    gh.set_rate_limit(4);
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = fleet(1, &gh, &["--upstream-concurrency", "2"], &dir)
+        .await
+        .unwrap();
+    let node = Arc::new(nodes.into_iter().next().unwrap());
+    assert_eq!(read(&node, "/repos/acme/a0", None).await.0, 200);
+    gh.set_fault(Fault::Hang);
+    let spawn_read = |k: usize| {
+        let n = node.clone();
+        tokio::spawn(async move { read(&n, &format!("/repos/acme/a{k}"), None).await })
+    };
+    // The first hangs at GitHub; then two more wait for the budget's one place.
+    let mut reads = vec![spawn_read(1)];
+    poll("the first read at GitHub", || async {
+        gh.total_requests() == 2
+    })
+    .await;
+    reads.extend([spawn_read(2), spawn_read(3)]);
+    poll("two reads waiting for their share", || async {
+        node.stats().await.unwrap()["share_waits"].as_u64() >= Some(2)
+    })
+    .await;
+    let n = node.clone();
+    reads.push(tokio::spawn(async move {
+        read(&n, "/repos/acme/b0", Some("ghp_anothertoken")).await
+    }));
+    poll("the other token's read at GitHub", || async {
+        gh.total_requests() == 3
+    })
+    .await;
+    assert!(
+        gh.requests().iter().any(|r| r
+            .authorization
+            .as_deref()
+            .is_some_and(|a| a.contains("ghp_anothertoken"))),
+        "the third request is the other token's"
+    );
+    for r in reads {
+        r.abort();
+    }
 }

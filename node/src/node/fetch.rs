@@ -18,7 +18,7 @@ impl Node {
         local: Option<Entry>,
         cred: Credential,
     ) -> Result<Served, GetError> {
-        let _slot = self.upstream_slot().await?;
+        let _slot = self.read_slot(&req.path, &cred).await?;
         tracing::debug!(path = %req.path, revalidate = local.is_some(), "fetching upstream");
         let (mut outcome, mut token) = self.fetch_with(&req, local.as_ref(), &cred).await;
         if matches!(outcome, Err(UpstreamError::Held(_))) && cred != Credential::Node {
@@ -116,6 +116,20 @@ impl Node {
         self.inner.gate.enter().await.inspect_err(|_| {
             self.inner.telemetry.counters.upstream_busy.inc();
         })
+    }
+
+    /// [`Self::upstream_slot`] for a read of `path` with `cred`: a read that must wait
+    /// for its fleet share of a budget near its end waits before taking the place
+    /// (within the upstream deadline), so that it does not keep other budgets' reads
+    /// from GitHub meanwhile.
+    pub(super) async fn read_slot(
+        &self,
+        path: &str,
+        cred: &Credential,
+    ) -> Result<super::gate::Slot, GetError> {
+        let ready = self.inner.upstream.share_ready(path, cred);
+        let _ = tokio::time::timeout(self.deadlines().upstream, ready).await;
+        self.upstream_slot().await
     }
 
     /// One upstream call within the upstream deadline, counted as sent or as refused

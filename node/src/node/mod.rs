@@ -371,6 +371,7 @@ impl Node {
             dropped_events: net.dropped_events,
             rate_limit: self.inner.upstream.rate_limit(),
             rate_limits: self.inner.upstream.rate_limits(),
+            share_waits: self.inner.upstream.share_waits(),
             listen: net.listen,
             reach: crate::network::ReachStats {
                 direct_to_all: self.book(|b| b.mine().direct_to_all).flatten(),

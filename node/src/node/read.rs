@@ -99,7 +99,7 @@ impl Node {
         req: CanonicalRequest,
         cred: Credential,
     ) -> Result<Served, GetError> {
-        let _slot = self.upstream_slot().await?;
+        let _slot = self.read_slot(&req.path, &cred).await?;
         let upstream = &self.inner.upstream;
         let sent = self
             .call_upstream(upstream.fetch(&req, Conditional::default(), &cred))

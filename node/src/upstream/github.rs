@@ -102,6 +102,8 @@ pub struct GithubClient {
     /// A request on a budget ended or the figures changed: requests waiting for their
     /// share look again.
     share_freed: tokio::sync::Notify,
+    /// Requests that waited for their share or turn of a budget near its end.
+    share_waits: std::sync::atomic::AtomicU64,
     /// Our rank among a budget's spenders before the node says who we are.
     anonymous: PeerId,
 }
@@ -144,6 +146,7 @@ impl GithubClient {
             },
             ledger_urgent: std::sync::atomic::AtomicBool::new(false),
             share_freed: tokio::sync::Notify::new(),
+            share_waits: std::sync::atomic::AtomicU64::new(0),
             anonymous: PeerId::random(),
         })
     }
@@ -240,8 +243,20 @@ impl GithubClient {
         budget: BudgetId,
         resource: &str,
     ) -> Result<InFlight<'_>, UpstreamResponse> {
+        self.share_wait(budget, resource, true).await
+    }
+
+    /// [`Self::take_share`]'s wait; the place is taken only when `take` (else the place
+    /// seen free is left for the caller to take later, see `Upstream::share_ready`).
+    async fn share_wait(
+        &self,
+        budget: BudgetId,
+        resource: &str,
+        take: bool,
+    ) -> Result<InFlight<'_>, UpstreamResponse> {
         let slot = (budget, resource.to_string());
         let started = tokio::time::Instant::now();
+        let mut waited = false;
         loop {
             // Registered before looking, so that a place freed in between is not missed.
             let freed = self.share_freed.notified();
@@ -262,6 +277,12 @@ impl GithubClient {
                     held_refusal(resource, until, now, why)
                 };
                 match may_spend(share, n, now) {
+                    Spend::Go if !take => {
+                        return Ok(InFlight {
+                            client: self,
+                            slot: None,
+                        })
+                    }
                     Spend::Go => {
                         state.in_flight.insert(slot.clone(), n + 1);
                         return Ok(InFlight {
@@ -285,6 +306,11 @@ impl GithubClient {
                     }),
                 }
             };
+            if !waited {
+                waited = true;
+                self.share_waits
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             match wait {
                 Some(nap) => {
                     let _ = tokio::time::timeout(nap, freed).await;
@@ -456,6 +482,19 @@ fn without_url(e: &reqwest::Error) -> String {
 }
 
 impl Upstream for GithubClient {
+    fn share_waits(&self) -> u64 {
+        self.share_waits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn share_ready<'a>(&'a self, path: &'a str, cred: &'a Credential) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Some(budget) = self.budget_of(cred) {
+                // A refusal is `fetch`'s to give: it looks again.
+                let _ = self.share_wait(budget, resource_of_path(path), false).await;
+            }
+        })
+    }
+
     fn fetch<'a>(
         &'a self,
         req: &'a CanonicalRequest,

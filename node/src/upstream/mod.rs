@@ -249,6 +249,22 @@ pub trait Upstream: Send + Sync + 'static {
     /// This node's peer id: its rank among the spenders of a budget near its end.
     fn set_peer_id(&self, _me: libp2p::PeerId) {}
 
+    /// Waits until a request for `path` with `cred` would be sent at once as far as the
+    /// fleet's shares of budgets near their end go (or would be refused): called before
+    /// a place among the requests in flight is taken, so that a request waiting for its
+    /// share or turn does not keep other budgets' requests from GitHub. `fetch` looks
+    /// again (a place taken meanwhile is waited for there). Ready at once where no
+    /// budgets are kept.
+    fn share_ready<'a>(&'a self, _path: &'a str, _cred: &'a Credential) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+
+    /// Requests that waited for their share or turn of a budget near its end, since
+    /// start (stats' `share_waits`).
+    fn share_waits(&self) -> u64 {
+        0
+    }
+
     /// Every budget known, ours and the fleet's (stats' `rate_limits`).
     fn rate_limits(&self) -> Vec<ledger::BudgetView> {
         Vec::new()
