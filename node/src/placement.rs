@@ -79,6 +79,18 @@ pub fn may_own(standing: Standing, fleet: FleetStanding) -> bool {
     }
 }
 
+/// Whether standings `a` and `b` choose the same owners ([`may_own`]) whatever the
+/// others are, given whether any member says it is not directly connected to all
+/// (`anyone_not_direct`): while none does, saying so and not yet saying anything are
+/// alike.
+pub fn owns_alike(a: Standing, b: Standing, anyone_not_direct: bool) -> bool {
+    a == b
+        || (!anyone_not_direct
+            && a.reach == b.reach
+            && a.direct_to_all != Some(false)
+            && b.direct_to_all != Some(false))
+}
+
 /// How long a member newly admitted over a relay does not count against our being
 /// directly connected to every member: hole punching upgrades most relayed connections
 /// within a few seconds, and owners should not move away and back for each newcomer.

@@ -108,15 +108,19 @@ impl EventLoop {
         }
     }
 
-    /// How `peer` sees us, from what its direct connections' identify said: through a
-    /// NAT when any says so.
-    fn seen_as(&self, peer: &PeerId) -> SeenAs {
-        let mut seen = SeenAs::Unknown;
-        for c in self.conns.values().filter(|c| c.peer == *peer) {
-            match c.seen_untranslated {
-                Some(false) => return SeenAs::Translated,
-                Some(true) => seen = SeenAs::Untranslated,
-                None => {}
+    /// How each connected peer sees us, from what its direct connections' identify
+    /// said: through a NAT when any says so.
+    fn seen_by_peer(&self) -> HashMap<PeerId, SeenAs> {
+        let mut seen = HashMap::new();
+        for c in self.conns.values() {
+            let said = match c.seen_untranslated {
+                Some(false) => SeenAs::Translated,
+                Some(true) => SeenAs::Untranslated,
+                None => continue,
+            };
+            let slot = seen.entry(c.peer).or_insert(said);
+            if said == SeenAs::Translated {
+                *slot = said;
             }
         }
         seen
@@ -159,21 +163,18 @@ impl EventLoop {
         let Ok(members) = self.members.read().map(|m| m.clone()) else {
             return;
         };
+        let now = tokio::time::Instant::now();
+        let member_conns = || self.conns.values().filter(|c| members.contains(&c.peer));
         let (private_network, since) = reach::private_network(
-            self.conns
-                .values()
-                .filter(|c| members.contains(&c.peer))
-                .map(|c| (&c.remote, c.relayed)),
+            member_conns().map(|c| (&c.remote, c.relayed)),
             self.public.is_some(),
             self.private_since,
-            tokio::time::Instant::now(),
+            now,
         );
         self.private_since = since;
-        let now = tokio::time::Instant::now();
-        let anyone_translates_now = members
-            .iter()
-            .any(|p| self.seen_as(p) == SeenAs::Translated);
-        if anyone_translates_now {
+        let seen = self.seen_by_peer();
+        let seen_as = |p: &PeerId| seen.get(p).copied().unwrap_or(SeenAs::Unknown);
+        if members.iter().any(|p| seen_as(p) == SeenAs::Translated) {
             self.translated_seen = Some(now);
         }
         let ours: Vec<std::net::IpAddr> = self
@@ -190,13 +191,8 @@ impl EventLoop {
             anyone_translates: self
                 .translated_seen
                 .is_some_and(|t| now.duration_since(t) < reach::TRANSLATED_MEMORY),
-            anyone_routed: self.conns.values().any(|c| {
-                members.contains(&c.peer)
-                    && !c.relayed
-                    && reach::is_private(&c.remote)
-                    && !reach::is_loopback(&c.remote)
-                    && !on_our_subnet(&c.remote)
-            }),
+            // On one private network every member is direct at a private address.
+            anyone_routed: private_network && member_conns().any(|c| !on_our_subnet(&c.remote)),
         };
         let mut judges: HashMap<PeerId, Option<Multiaddr>> = HashMap::new();
         let public_judge = |p: &PeerId| {
@@ -207,12 +203,7 @@ impl EventLoop {
         for c in self.conns.values() {
             if (members.contains(&c.peer) || public_judge(&c.peer))
                 && !c.relayed
-                && reach::may_judge_us(
-                    &c.remote,
-                    self.seen_as(&c.peer),
-                    on_our_subnet(&c.remote),
-                    view,
-                )
+                && reach::may_judge_us(&c.remote, seen_as(&c.peer), on_our_subnet(&c.remote), view)
             {
                 let addr = c.dialer.then(|| c.remote.clone());
                 let slot = judges.entry(c.peer).or_default();

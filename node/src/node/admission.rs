@@ -13,7 +13,7 @@ use std::sync::Weak;
 use std::time::Duration;
 
 use ghmesh_protocol::wire::{MAX_ADDR_LEN, MAX_MEMBER_ADDRS, MAX_MEMBER_LIST};
-use ghmesh_protocol::{Hello, MemberAddr, MemberList, MembersRequest, Message, Reach};
+use ghmesh_protocol::{Addressing, Hello, MemberAddr, MemberList, MembersRequest, Message, Reach};
 use libp2p::{Multiaddr, PeerId};
 
 use super::{Inner, Node};
@@ -190,11 +190,7 @@ impl Node {
         let nonce = addr.nonce;
         let timeout = self.deadlines().hello;
         let mine = self.book(|b| b.mine()).unwrap_or_default();
-        let msg = Message::Hello(Hello {
-            addr,
-            reach: mine.reach,
-            direct_to_all: mine.direct_to_all,
-        });
+        let msg = Message::Hello(hello_of(addr, mine));
         match self
             .ask(peer, Channel::Small, &msg, timeout, MAX_SMALL_FRAME)
             .await
@@ -249,18 +245,17 @@ impl Node {
             return;
         };
         let known: HashSet<PeerId> = self.members().into_iter().collect();
-        let mut list: Vec<MemberAddr> = list.into_iter().take(MAX_MEMBER_LIST).collect();
+        let mut list: Vec<(PeerId, MemberAddr)> = list
+            .into_iter()
+            .take(MAX_MEMBER_LIST)
+            .filter_map(|m| Some((PeerId::from_bytes(&m.peer).ok()?, m)))
+            .filter(|(p, _)| *p != self.inner.me.id)
+            .collect();
+        let now = self.now_ms();
+        self.book(|b| list.iter().for_each(|(p, _)| b.listed(*p, now)));
         // Public members first: with any in the fleet, they are the owners we will ask.
-        list.sort_by_key(|m| m.reach != Reach::Public);
-        for m in list {
-            let Ok(p) = PeerId::from_bytes(&m.peer) else {
-                continue;
-            };
-            if p == self.inner.me.id {
-                continue;
-            }
-            let now = self.now_ms();
-            self.book(|b| b.listed(p, now));
+        list.sort_by_key(|(_, m)| m.reach != Reach::Public);
+        for (p, m) in list {
             if known.contains(&p) {
                 continue;
             }
@@ -303,6 +298,15 @@ impl Node {
         MemberList {
             members: self.member_addrs(members).await,
         }
+    }
+}
+
+/// Our hello (or hello reply) with `addr`, telling our standing `mine`.
+pub(super) fn hello_of(addr: Addressing, mine: Standing) -> Hello {
+    Hello {
+        addr,
+        reach: mine.reach,
+        direct_to_all: mine.direct_to_all,
     }
 }
 

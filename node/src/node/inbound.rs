@@ -244,11 +244,7 @@ impl Node {
                     self.tell_standing();
                 }
                 let mine = self.book(|b| b.mine()).unwrap_or_default();
-                Message::HelloReply(ghmesh_protocol::Hello {
-                    addr: h.addr.reversed(),
-                    reach: mine.reach,
-                    direct_to_all: mine.direct_to_all,
-                })
+                Message::HelloReply(super::admission::hello_of(h.addr.reversed(), mine))
             }
             Message::Lookup(l) => {
                 if l.request.check().is_err()

@@ -290,11 +290,11 @@ impl PeerBook {
     /// `peer` said (in a hello) how reachable it is. Kept while it is connected; a
     /// change that moves owners counts as a change of the view (true).
     pub fn set_standing(&mut self, peer: &PeerId, standing: Standing, now_ms: u64) -> bool {
-        let before = self.owning();
-        if let Some(st) = self.peers.get_mut(peer) {
-            st.standing = standing;
-        }
-        self.changed_owning(before, now_ms)
+        self.restand(now_ms, |book| {
+            if let Some(st) = book.peers.get_mut(peer) {
+                st.standing = standing;
+            }
+        })
     }
 
     /// Who may own keys as the standings say: the admitted members that may, sorted,
@@ -311,10 +311,12 @@ impl PeerBook {
         (peers, placement::may_own(self.mine, fleet))
     }
 
-    /// A standing changed: when that moved who may own keys (`before`: as it was), the
-    /// view changed. Other changes (a member saying it is directly connected to all
+    /// Changes a standing with `change`: when that moved who may own keys, the view
+    /// changed (true). Other changes (a member saying it is directly connected to all
     /// while nobody says otherwise) move no owner and do not hold claims back.
-    fn changed_owning(&mut self, before: (Vec<PeerId>, bool), now_ms: u64) -> bool {
+    fn restand(&mut self, now_ms: u64, change: impl FnOnce(&mut Self)) -> bool {
+        let before = self.owning();
+        change(self);
         let moved = self.owning() != before;
         if moved {
             self.last_change_ms = now_ms;
@@ -346,18 +348,12 @@ impl PeerBook {
     /// anything choose the same owners ([`placement::may_own`]): a fleet where everyone
     /// is direct sends no hellos when its members find out.
     pub fn untold(&self) -> Vec<PeerId> {
-        let someone_not_direct = self.mine.direct_to_all == Some(false)
+        let anyone_not_direct = self.mine.direct_to_all == Some(false)
             || self
                 .peers
                 .values()
                 .any(|s| s.admitted && s.standing.direct_to_all == Some(false));
-        let heard = |told: Standing| {
-            told == self.mine
-                || (!someone_not_direct
-                    && told.reach == self.mine.reach
-                    && told.direct_to_all != Some(false)
-                    && self.mine.direct_to_all != Some(false))
-        };
+        let heard = |told| placement::owns_alike(told, self.mine, anyone_not_direct);
         self.peers
             .iter()
             .filter(|(_, s)| s.admitted && !s.told.is_some_and(heard))
@@ -368,16 +364,13 @@ impl PeerBook {
     /// Our own reachability changed (true) or not.
     pub fn set_my_reach(&mut self, reach: Reach, now_ms: u64) -> bool {
         let changed = self.mine.reach != reach;
-        let before = self.owning();
-        self.mine.reach = reach;
-        self.changed_owning(before, now_ms);
+        self.restand(now_ms, |book| book.mine.reach = reach);
         changed
     }
 
-    /// A member listed `peer` as a member (not us).
+    /// A member listed `peer` as a member (not us). Listings older than
+    /// [`LISTED_FOR_MS`] go at the next [`Self::set_my_direct`].
     pub fn listed(&mut self, peer: PeerId, now_ms: u64) {
-        self.listed
-            .retain(|_, (_, last)| now_ms.saturating_sub(*last) < LISTED_FOR_MS);
         if let Some((_, last)) = self.listed.get_mut(&peer) {
             *last = now_ms;
         } else if self.listed.len() < MAX_PEERS {
@@ -390,6 +383,8 @@ impl PeerBook {
     /// Members others listed within [`LISTED_FOR_MS`] that we are not a member with
     /// count as not direct, from when we first heard of them.
     pub fn set_my_direct(&mut self, direct: &HashSet<PeerId>, now_ms: u64) -> bool {
+        self.listed
+            .retain(|_, (_, last)| now_ms.saturating_sub(*last) < LISTED_FOR_MS);
         let admitted = |p: &PeerId| self.peers.get(p).is_some_and(|s| s.admitted);
         let members: Vec<(u64, bool)> = self
             .peers
@@ -399,17 +394,13 @@ impl PeerBook {
             .chain(
                 self.listed
                     .iter()
-                    .filter(|(p, (_, last))| {
-                        !admitted(p) && now_ms.saturating_sub(*last) < LISTED_FOR_MS
-                    })
+                    .filter(|(p, _)| !admitted(p))
                     .map(|(_, (first, _))| (*first, false)),
             )
             .collect();
         let now = placement::direct_to_all(self.mine.direct_to_all, &members, now_ms);
         let changed = self.mine.direct_to_all != now;
-        let before = self.owning();
-        self.mine.direct_to_all = now;
-        self.changed_owning(before, now_ms);
+        self.restand(now_ms, |book| book.mine.direct_to_all = now);
         changed
     }
 

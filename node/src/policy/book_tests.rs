@@ -257,26 +257,28 @@ fn reach(reach: Reach) -> Standing {
     }
 }
 
+/// Reachability unknown, directly connected to every member or not.
+fn direct(direct_to_all: bool) -> Standing {
+    Standing {
+        reach: Reach::Unknown,
+        direct_to_all: Some(direct_to_all),
+    }
+}
+
 #[test]
 fn with_no_public_member_the_members_directly_connected_to_all_own_keys() {
     let mut book = PeerBook::default();
     let me = PeerId::random();
     let [a, b] = [(); 2].map(|_| admitted(&mut book, 0));
     let set = |v: Vec<PeerId>| v.into_iter().collect::<HashSet<PeerId>>();
-    let direct = Standing {
-        reach: Reach::Unknown,
-        direct_to_all: Some(true),
-    };
-    book.set_standing(&a, direct, 1);
+    let reaches_all = direct(true);
+    book.set_standing(&a, reaches_all, 1);
     assert_eq!(
         set(book.owners(me, 2)),
         set(vec![a, b, me]),
         "a reaches everyone directly; b and we did not find out yet"
     );
-    let relayed = Standing {
-        reach: Reach::Unknown,
-        direct_to_all: Some(false),
-    };
+    let relayed = direct(false);
     book.set_standing(&b, relayed, 2);
     assert_eq!(
         set(book.owners(me, 2)),
@@ -351,20 +353,14 @@ fn finding_out_that_everyone_is_direct_moves_no_owner_and_sends_no_hello() {
     book.told(&a, book.mine());
     book.told(&b, book.mine());
     let changed = book.last_change_ms();
-    let direct = Standing {
-        reach: Reach::Unknown,
-        direct_to_all: Some(true),
-    };
-    book.set_standing(&a, direct, 5);
+    let reaches_all = direct(true);
+    book.set_standing(&a, reaches_all, 5);
     let set = |v: Vec<PeerId>| v.into_iter().collect::<HashSet<PeerId>>();
     assert!(book.set_my_direct(&set(vec![a, b]), 6));
     assert_eq!(book.last_change_ms(), changed, "no owner moved");
     assert!(book.untold().is_empty(), "nobody needs to hear it");
     // Once a member says it is not, who is matters: both hear ours, owners move.
-    let relayed = Standing {
-        reach: Reach::Unknown,
-        direct_to_all: Some(false),
-    };
+    let relayed = direct(false);
     book.set_standing(&b, relayed, 7);
     assert_eq!(book.last_change_ms(), 7);
     assert_eq!(set(book.untold()), set(vec![a, b]));
