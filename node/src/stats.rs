@@ -105,6 +105,9 @@ counters! {
     hellos_failed: "Peers whose hello failed or timed out",
     /// Lookups a member left unanswered within its budget.
     lookup_timeouts: "Lookups unanswered within the peer's budget",
+    /// Lookups not sent to a member reached only through public relays, and lookups
+    /// refused that came through one: public relays carry membership only.
+    public_relay_held: "Lookups kept off public relays",
     /// Requests refused as replays (a nonce seen before).
     replays_refused: "Peer requests refused as replays",
     /// Peer requests answered `Busy` or dropped for being over the peer's budget.

@@ -557,6 +557,8 @@ pub struct StandIn {
     child: std::process::Child,
     /// Where it writes the gossip topics peers subscribed to.
     heard: PathBuf,
+    /// Where it writes the circuits its relay ended on an error.
+    cut: PathBuf,
 }
 
 impl StandIn {
@@ -590,6 +592,9 @@ impl StandIn {
         let heard = std::env::temp_dir().join(format!("{ns}.heard"));
         let _ = std::fs::remove_file(&heard);
         args.extend(["--heard".to_string(), heard.display().to_string()]);
+        let cut = std::env::temp_dir().join(format!("{ns}.cut"));
+        let _ = std::fs::remove_file(&cut);
+        args.extend(["--cut".to_string(), cut.display().to_string()]);
         let mut child = Command::new("ip")
             .args(&args)
             .stdout(Stdio::piped())
@@ -608,6 +613,7 @@ impl StandIn {
             addr: format!("/ip4/{ip}/tcp/4001/p2p/{id}"),
             child,
             heard,
+            cut,
         })
     }
 
@@ -619,6 +625,16 @@ impl StandIn {
             .lines()
             .map(String::from)
             .collect()
+    }
+
+    /// Circuits its relay ended because they carried more than a public relay allows
+    /// (128 KiB): the fleet's traffic crossed it.
+    pub fn circuits_over_their_bytes(&self) -> usize {
+        std::fs::read_to_string(&self.cut)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("Max circuit bytes"))
+            .count()
     }
 
     /// Packets that reached it from a ghmesh node (a hub, or a runner behind a NAT).
@@ -650,6 +666,7 @@ impl Drop for StandIn {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.heard);
+        let _ = std::fs::remove_file(&self.cut);
     }
 }
 

@@ -145,7 +145,8 @@ async fn read_everywhere(fleet: &HubFleet, keys: usize) -> Duration {
     slowest
 }
 
-/// Pairs of runners behind different NATs, by namespace: (a, b, how a sees b).
+/// Pairs of runners behind different NATs, by namespace: (a, b, how a sees b: direct,
+/// relayed, or public relay when only public relays reach b, transport and addresses).
 async fn cross_connections(fleet: &HubFleet) -> Vec<(String, String, String, String)> {
     let nat_of: std::collections::HashMap<String, usize> = fleet
         .runners
@@ -164,7 +165,11 @@ async fn cross_connections(fleet: &HubFleet) -> Vec<(String, String, String, Str
                     out.push((
                         r.ns.clone(),
                         names.get(id).cloned().unwrap_or_default(),
-                        p["connection"].as_str().unwrap_or_default().to_string(),
+                        if p["public_relay"] == true {
+                            "public relay".to_string()
+                        } else {
+                            p["connection"].as_str().unwrap_or_default().to_string()
+                        },
                         format!(
                             "{} {}",
                             p["transport"].as_str().unwrap_or_default(),
@@ -413,6 +418,7 @@ async fn runners_behind_nat_find_each_other_through_the_public_dht_alone() {
         // The stand-ins speak gossipsub as public nodes do: the fleet's topic never
         // reaches them.
         assert_eq!(s.heard_topics(), Vec::<String>::new(), "{}", s.ns);
+        assert_eq!(s.circuits_over_their_bytes(), 0, "{}", s.ns);
     }
     assert!(reached > 0, "the runners used the stand-in DHT");
     eprintln!(
@@ -448,15 +454,32 @@ async fn behind_a_random_port_nat_the_public_dht_still_joins_and_reads_succeed()
     };
     let joined = full_membership(&fleet).await;
     let slowest = read_everywhere(&fleet, 20).await;
-    // Public relays end a circuit after 128 KiB (gossip with bodies spends that within
-    // the reads): cross-NAT connections end (what is left is relayed: no punch goes
-    // through a random-port NAT).
+    // No punch goes through a random-port NAT: the runners across it stay members
+    // through public relays, which carry their hellos and member lists but none of the
+    // fleet's gossip or lookups. Before that rule the reads' gossip spent each circuit's
+    // 128 KiB and the relays cut them.
     let cross = cross_connections(&fleet).await;
+    assert_eq!(
+        cross.len(),
+        18,
+        "every cross-NAT pair still connected: {cross:?}"
+    );
+    assert!(cross.iter().all(|c| c.2 == "public relay"), "{cross:?}");
+    for s in &fleet.standins {
+        assert_eq!(s.circuits_over_their_bytes(), 0, "{}", s.ns);
+    }
+    // Nobody asks across, so each side fetches a key once.
+    assert!(
+        fleet.gh.total_requests() <= 40,
+        "at most one call per key on each side of the NAT: {}",
+        fleet.gh.total_requests()
+    );
+    let held = total(&fleet, "public_relay_held").await;
     eprintln!(
         "NAT lab, public DHT stand-ins (3) + endpoint-independent NAT + random-port NAT x 3 \
-         runners, no hub: full membership {joined:?}, {} cross-NAT connections left (relayed) \
+         runners, no hub: full membership {joined:?}, {} cross-NAT connections left (through public relays) \
          after the reads, slowest of 120 reads {slowest:?}, upstream calls {} for 20 keys, \
-         holepunch failures {}",
+         lookups kept off public relays {held}, holepunch failures {}",
         cross.len(),
         fleet.gh.total_requests(),
         total(&fleet, "holepunch_failures").await,

@@ -16,6 +16,7 @@ use libp2p::{
 };
 use sha2::{Digest, Sha256};
 
+use super::fleet_only::Gated;
 use super::NetError;
 
 use super::codec::{SealedCodec, BODY_PROTOCOL, RR_PROTOCOL};
@@ -94,8 +95,8 @@ impl relay::RateLimiter for MembersOnly {
 pub(crate) struct Behaviour {
     /// Caps on connections: strangers cannot fill our tables.
     pub limits: connection_limits::Behaviour,
-    /// Announcements and refreshes on the fleet's topic.
-    pub gossipsub: gossipsub::Behaviour,
+    /// Announcements and refreshes on the fleet's topic, never over a public relay.
+    pub gossipsub: Gated<gossipsub::Behaviour>,
     /// The private DHT: rendezvous providers across networks.
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     /// The public DHT as a rendezvous, a client only; absent without `--public-dht`.
@@ -164,7 +165,7 @@ impl Behaviour {
         );
         Ok(Self {
             limits,
-            gossipsub: gossipsub(cfg)?,
+            gossipsub: Gated::new(gossipsub(cfg)?),
             kad: kademlia(peer_id, cfg),
             public_kad: Toggle::from(cfg.public_dht.then(|| public_kademlia(peer_id))),
             mdns: Toggle::from(mdns(peer_id, cfg)),

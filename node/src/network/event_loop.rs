@@ -23,7 +23,7 @@ use super::discovery::next_seeds;
 use super::public_dht::PublicDht;
 use super::reach::{self, Connection};
 use super::relays::{Conn, Reservation, REFUSED_PAUSE};
-use super::{Channel, Command, NetError, NetEvent, NetStats, PeerInfo};
+use super::{Channel, Command, NetError, NetEvent, NetStats, PeerInfo, Traffic};
 use crate::limits::MAX_PROVIDER_DIALS;
 use crate::limits::{MAX_PENDING_INBOUND, MAX_PENDING_INBOUND_PER_PEER};
 
@@ -116,6 +116,8 @@ pub(super) struct EventLoop {
     /// With the public DHT on: connected peers whose identify said they speak ghmesh's
     /// requests. Only they are passed on to be greeted; public nodes are not.
     pub(super) speaks_ghmesh: HashSet<PeerId>,
+    /// Connected peers we reach only through public relays, as last told to the node.
+    pub(super) public_relay_only: HashSet<PeerId>,
 }
 
 impl EventLoop {
@@ -169,11 +171,16 @@ impl EventLoop {
             Command::Request {
                 peer,
                 channel,
+                traffic,
                 data,
                 reply,
             } => {
                 if channel == Channel::Body && self.only_relayed(&peer) {
                     let _ = reply.send(Err(NetError::Relayed));
+                    return;
+                }
+                if traffic == Traffic::Fleet && self.only_public_relay(&peer) {
+                    let _ = reply.send(Err(NetError::PublicRelay));
                     return;
                 }
                 let b = self.swarm.behaviour_mut();
@@ -280,6 +287,7 @@ impl EventLoop {
                         Some(c) if c.relayed => Connection::Relayed,
                         _ => Connection::Direct,
                     },
+                    public_relay: self.only_public_relay(p),
                     transport: shown
                         .map_or(reach::Transport::Tcp, |c| reach::transport_of(&c.remote)),
                 }
@@ -355,6 +363,7 @@ impl EventLoop {
                         remote: endpoint.get_remote_address().clone(),
                         dialer: endpoint.is_dialer(),
                         relayed: endpoint.is_relayed(),
+                        fleet: self.swarm.behaviour().gossipsub.shown(connection_id),
                         since: tokio::time::Instant::now(),
                         seen_untranslated: None,
                     },
@@ -364,7 +373,9 @@ impl EventLoop {
                 } else {
                     self.close_circuits(peer_id, connection_id);
                 }
+                self.close_public_circuits(peer_id);
                 self.dialing.remove(&peer_id);
+                self.tell_public_relay(peer_id);
                 if num_established.get() == 1 && self.public.is_none() {
                     self.on_first_connection(peer_id);
                 }
@@ -393,7 +404,9 @@ impl EventLoop {
                 num_established,
                 ..
             } if num_established > 0 => {
-                self.conns.remove(&connection_id);
+                if let Some(c) = self.conns.remove(&connection_id) {
+                    self.tell_public_relay(c.peer);
+                }
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -401,6 +414,7 @@ impl EventLoop {
                 ..
             } => {
                 self.conns.remove(&connection_id);
+                self.public_relay_only.remove(&peer_id);
                 self.speaks_ghmesh.remove(&peer_id);
                 self.hop.remove(&peer_id);
                 self.autonat_offered.remove(&peer_id);
@@ -604,7 +618,11 @@ impl EventLoop {
             }
         }
         match ev {
-            request_response::Event::Message { peer, message, .. } => match message {
+            request_response::Event::Message {
+                peer,
+                connection_id,
+                message,
+            } => match message {
                 request_response::Message::Request {
                     request_id,
                     request,
@@ -617,11 +635,13 @@ impl EventLoop {
                         self.dropped_events += 1;
                         return; // dropping the channel refuses the request
                     }
+                    let public_relay = self.conns.get(&connection_id).is_some_and(|c| !c.fleet);
                     if self.send_event(NetEvent::Request {
                         id: request_id,
                         channel: kind,
                         peer,
                         data: request,
+                        public_relay,
                     }) {
                         *self.inbound_per_peer.entry(peer).or_default() += 1;
                         self.inbound.insert(

@@ -9,6 +9,7 @@ mod discovery;
 pub use discovery::{DISCOVERY_MIN_GAP, DISCOVERY_SOON};
 mod dns_seeds;
 mod event_loop;
+pub mod fleet_only;
 mod public_dht;
 pub mod reach;
 pub use public_dht::PublicDhtConfig;
@@ -69,6 +70,10 @@ pub enum NetError {
     /// signalling, not bodies.
     #[error("the peer is reachable only through a relay")]
     Relayed,
+    /// The fleet's traffic was meant for a peer we reach only through public relays,
+    /// which carry membership only. Nothing was sent.
+    #[error("the peer is reachable only through a public relay")]
+    PublicRelay,
     /// Listening or building the transport failed.
     #[error("network setup failed: {0}")]
     Setup(String),
@@ -119,6 +124,16 @@ pub enum Channel {
     Body,
 }
 
+/// What a request carries, which decides the connections that may carry it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Traffic {
+    /// Hellos and member lists: what two runners need to meet, through any relay.
+    Membership,
+    /// Lookups and bodies: the fleet's own, never through a public relay
+    /// ([`fleet_only::carries_fleet`]).
+    Fleet,
+}
+
 /// What the loop tells the node.
 #[derive(Debug)]
 pub enum NetEvent {
@@ -152,6 +167,16 @@ pub enum NetEvent {
         peer: PeerId,
         /// Sealed payload.
         data: Vec<u8>,
+        /// It came through a public relay: answer membership only.
+        public_relay: bool,
+    },
+    /// Whether we reach `peer` only through public relays changed: public relays carry
+    /// hellos and member lists, none of the fleet's traffic.
+    PublicRelay {
+        /// The peer.
+        peer: PeerId,
+        /// Only through public relays now.
+        only: bool,
     },
     /// AutoNAT changed its mind about our reachability.
     Reach(Reach),
@@ -179,6 +204,9 @@ pub struct PeerInfo {
     pub direct_to_all: Option<bool>,
     /// Direct, or only through a relay.
     pub connection: reach::Connection,
+    /// Reached only through public relays, which carry hellos and member lists but
+    /// none of the fleet's traffic (neither asked nor an owner then).
+    pub public_relay: bool,
     /// The transport of the connection shown (the direct one when there is one).
     pub transport: reach::Transport,
 }
@@ -233,6 +261,7 @@ pub(crate) enum Command {
     Request {
         peer: PeerId,
         channel: Channel,
+        traffic: Traffic,
         data: Vec<u8>,
         reply: oneshot::Sender<Result<Bytes, NetError>>,
     },
@@ -305,12 +334,13 @@ impl NetworkHandle {
         self.call(|reply| Command::Publish { data, reply }).await?
     }
 
-    /// Sends a sealed request on `channel` and waits for the sealed response, at most
-    /// `timeout`.
+    /// Sends a sealed request carrying `traffic` on `channel` and waits for the sealed
+    /// response, at most `timeout`.
     pub async fn request(
         &self,
         peer: PeerId,
         channel: Channel,
+        traffic: Traffic,
         data: Vec<u8>,
         timeout: Duration,
     ) -> Result<Bytes, NetError> {
@@ -319,6 +349,7 @@ impl NetworkHandle {
             .send(Command::Request {
                 peer,
                 channel,
+                traffic,
                 data,
                 reply: tx,
             })
@@ -519,6 +550,7 @@ pub async fn start(
         dialing: HashMap::new(),
         public: cfg.public_dht.map(public_dht::PublicDht::new),
         speaks_ghmesh: HashSet::new(),
+        public_relay_only: HashSet::new(),
     };
     let running = tokio::spawn(event_loop.run());
     if let Ok(mut t) = task.lock() {

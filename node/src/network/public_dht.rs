@@ -439,6 +439,7 @@ mod tests {
             remote: remote.parse().unwrap(),
             dialer: true,
             relayed: false,
+            fleet: true,
             since: start,
             seen_untranslated: None,
         };

@@ -28,6 +28,9 @@ pub(super) struct Conn {
     /// Through a relay's circuit. Not always visible in `remote`: a circuit we accepted
     /// names only the peer (`/p2p/<id>`).
     pub(super) relayed: bool,
+    /// It may carry the fleet's traffic: direct, or through a member relay
+    /// ([`super::fleet_only::carries_fleet`]).
+    pub(super) fleet: bool,
     /// When it was established.
     pub(super) since: tokio::time::Instant,
     /// On a direct connection, whether the peer's identify said it sees us at an
@@ -83,6 +86,23 @@ impl EventLoop {
         }
     }
 
+    /// Closes public relays' circuits to `peer` once another connection to it may carry
+    /// the fleet's traffic: request-response spreads requests over every connection,
+    /// and the fleet's requests are refused on a public relay's.
+    pub(super) fn close_public_circuits(&mut self, peer: PeerId) {
+        let of_peer = || self.conns.iter().filter(move |(_, c)| c.peer == peer);
+        if !of_peer().any(|(_, c)| c.fleet) {
+            return;
+        }
+        let public: Vec<ConnectionId> = of_peer()
+            .filter(|(_, c)| !c.fleet)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in public {
+            self.swarm.close_connection(id);
+        }
+    }
+
     /// Two members that learn each other's relayed address at once dial each other
     /// through the relay, and each circuit starts its own hole punch from the same
     /// ports: the punches collide and both fail. Of two circuits between the same
@@ -124,6 +144,29 @@ impl EventLoop {
             }
         }
         seen
+    }
+
+    /// Connected to `peer`, but only through public relays: none of our connections to
+    /// it may carry the fleet's traffic.
+    pub(super) fn only_public_relay(&self, peer: &PeerId) -> bool {
+        let mut conns = self.conns.values().filter(|c| c.peer == *peer).peekable();
+        conns.peek().is_some() && conns.all(|c| !c.fleet)
+    }
+
+    /// Tells the node when whether we reach `peer` only through public relays changed
+    /// (after a connection to it opened or closed).
+    pub(super) fn tell_public_relay(&mut self, peer: PeerId) {
+        let only = self.only_public_relay(&peer);
+        let was = self.public_relay_only.contains(&peer);
+        if only == was {
+            return;
+        }
+        if only {
+            self.public_relay_only.insert(peer);
+        } else {
+            self.public_relay_only.remove(&peer);
+        }
+        self.send_event(NetEvent::PublicRelay { peer, only });
     }
 
     /// Connected to `peer` only through relays.
@@ -253,7 +296,13 @@ impl EventLoop {
         }
         let speaks = |p| info.protocols.contains(&p);
         if self.public.is_some() {
-            if speaks(RR_PROTOCOL) {
+            let ghmesh = speaks(RR_PROTOCOL);
+            // A circuit through a public node never carries the fleet's gossip.
+            self.swarm
+                .behaviour_mut()
+                .gossipsub
+                .set_public(peer, !ghmesh);
+            if ghmesh {
                 if self.speaks_ghmesh.insert(peer) {
                     self.on_first_connection(peer);
                 }

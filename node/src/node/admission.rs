@@ -393,6 +393,12 @@ pub(super) async fn sweep(node: Weak<Inner>) {
                     .filter(|p| p.connection == Connection::Direct)
                     .filter_map(|p| p.peer_id.parse().ok())
                     .collect();
+                let public_relay: HashSet<PeerId> = peers
+                    .iter()
+                    .filter(|p| p.public_relay)
+                    .filter_map(|p| p.peer_id.parse().ok())
+                    .collect();
+                node.book(|b| b.set_public_relay(&public_relay));
                 let now = node.now_ms();
                 if node.book(|b| b.set_my_direct(&direct, now)) == Some(true) {
                     tracing::info!(

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use super::read::Resolution;
 use super::writer::WriteJob;
 use super::{Inner, Node};
-use crate::network::{Channel, NetEvent};
+use crate::network::{Channel, NetEvent, Traffic};
 use crate::placement;
 use crate::policy::book::RequestVerdict;
 use crate::policy::{self, BodylessAction, LookupAnswer, LookupView};
@@ -45,6 +45,9 @@ pub(super) async fn run(node: Weak<Inner>, mut events: mpsc::Receiver<NetEvent>)
             NetEvent::Subscribed(_) => node.reannounce(),
             NetEvent::Reach(reach) => node.on_reach(reach),
             NetEvent::Relayed(addrs) => node.on_relayed(addrs),
+            NetEvent::PublicRelay { peer, only } => {
+                node.book(|b| b.public_relay_of(peer, only));
+            }
             NetEvent::Gossip {
                 id,
                 source,
@@ -61,10 +64,11 @@ pub(super) async fn run(node: Weak<Inner>, mut events: mpsc::Receiver<NetEvent>)
                 channel,
                 peer,
                 data,
+                public_relay,
             } => {
                 let handler = node.clone();
                 node.spawn(async move {
-                    let reply = handler.on_request(peer, channel, &data).await;
+                    let reply = handler.on_request(peer, channel, &data, public_relay).await;
                     if let Some(net) = handler.network() {
                         match reply {
                             Some(bytes) => net.respond(channel, id, bytes).await,
@@ -200,8 +204,19 @@ impl Node {
 
     /// Answers a peer's request; `None` refuses it (it failed to open, was not
     /// addressed to us, came from a non-member, was a replay, or made no sense).
-    async fn on_request(&self, peer: PeerId, channel: Channel, data: &[u8]) -> Option<Bytes> {
+    async fn on_request(
+        &self,
+        peer: PeerId,
+        channel: Channel,
+        data: &[u8],
+        public_relay: bool,
+    ) -> Option<Bytes> {
         let msg = self.open_request(peer, data)?;
+        if public_relay && super::sealed::traffic_of(&msg) == Traffic::Fleet {
+            // A member that thought it had another way to us; it asks elsewhere.
+            self.inner.telemetry.counters.public_relay_held.inc();
+            return None;
+        }
         let nonce = msg.addressing()?.nonce;
         let hello = matches!(msg, Message::Hello(_));
         if hello {

@@ -13,6 +13,7 @@ use libp2p::PeerId;
 use tokio::time::Instant;
 
 use super::drive::{drive, Carrier};
+use super::sealed::NoAnswer;
 use super::served::CacheStatus;
 use super::writer::WriteJob;
 use super::{Node, Served};
@@ -275,14 +276,22 @@ impl Node {
         });
         self.inner.telemetry.counters.lookups_sent.inc();
         let started = Instant::now();
-        let Ok(answer) = self
+        let answer = match self
             .ask(peer, Channel::Small, &msg, timeout, MAX_SMALL_FRAME)
             .await
-        else {
-            self.inner.telemetry.counters.lookup_timeouts.inc();
-            let (now, rule) = (self.now_ms(), self.deadlines().budget_rule());
-            self.book(|b| b.lookup_unanswered(&peer, timeout, rule, now));
-            return None;
+        {
+            Ok(answer) => answer,
+            Err(NoAnswer::NotCarried) => {
+                self.inner.telemetry.counters.public_relay_held.inc();
+                self.book(|b| b.public_relay_of(peer, true));
+                return None;
+            }
+            Err(NoAnswer::Silent) => {
+                self.inner.telemetry.counters.lookup_timeouts.inc();
+                let (now, rule) = (self.now_ms(), self.deadlines().budget_rule());
+                self.book(|b| b.lookup_unanswered(&peer, timeout, rule, now));
+                return None;
+            }
         };
         let elapsed = started.elapsed();
         match answer? {

@@ -8,9 +8,27 @@ use super::Node;
 use crate::limits::{GOSSIP_MAX_AGE_SECS, MAX_SMALL_FRAME, REQUEST_MAX_AGE_SECS};
 use crate::network;
 
-/// A peer request that got no answer in time.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct NoAnswer;
+/// A peer request that got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NoAnswer {
+    /// Nothing came back in time (or there is no mesh).
+    Silent,
+    /// Not sent: we reach the peer only through public relays, which carry membership
+    /// only. No fault of the peer's.
+    NotCarried,
+}
+
+/// What `msg` carries: hellos and member lists are how runners meet (any relay carries
+/// them); everything else is the fleet's own.
+pub(super) fn traffic_of(msg: &Message) -> network::Traffic {
+    match msg {
+        Message::Hello(_)
+        | Message::HelloReply(_)
+        | Message::Members(_)
+        | Message::MemberList(_) => network::Traffic::Membership,
+        _ => network::Traffic::Fleet,
+    }
+}
 
 impl Node {
     /// Seals a message for the mesh (`None` without one).
@@ -76,8 +94,7 @@ impl Node {
     }
 
     /// Seals `msg` for `peer`, sends it on `channel` and opens the answer (at most
-    /// `max_len`). `Err(NoAnswer)`: nothing came back within `timeout` (or there is no
-    /// mesh); `Ok(None)`: an answer that failed to open, already counted against `peer`.
+    /// `max_len`). `Err`: see [`NoAnswer`]; `Ok(None)`: an answer that failed to open, already counted against `peer`.
     pub(super) async fn ask(
         &self,
         peer: PeerId,
@@ -87,12 +104,15 @@ impl Node {
         max_len: usize,
     ) -> Result<Option<Message>, NoAnswer> {
         let (Some(net), Some(data)) = (self.network(), self.seal(msg)) else {
-            return Err(NoAnswer);
+            return Err(NoAnswer::Silent);
         };
         let resp = net
-            .request(peer, channel, data, timeout)
+            .request(peer, channel, traffic_of(msg), data, timeout)
             .await
-            .map_err(|_| NoAnswer)?;
+            .map_err(|e| match e {
+                network::NetError::PublicRelay => NoAnswer::NotCarried,
+                _ => NoAnswer::Silent,
+            })?;
         Ok(self.open_reply(peer, &resp, max_len))
     }
 

@@ -171,9 +171,18 @@ pub struct PeerBook {
     /// heard of each, at most [`MAX_PEERS`]: a member we are not connected to at all
     /// is one we are not directly connected to.
     listed: HashMap<PeerId, (u64, u64)>,
+    /// Peers we reach only through public relays, which carry hellos and member lists
+    /// but none of the fleet's traffic: neither asked nor owners meanwhile. Connected
+    /// peers only (the network tells each change, the sweep the whole set).
+    public_relay: HashSet<PeerId>,
 }
 
 impl PeerBook {
+    /// A member we may ask now.
+    fn askable(&self, peer: &PeerId, s: &PeerState, now_ms: u64) -> bool {
+        s.admitted && now_ms >= s.probation_until_ms && !self.public_relay.contains(peer)
+    }
+
     /// A connection to `peer` is up. True when we should greet it (prove the key to
     /// each other): not admitted, no greeting under way, and room in the book.
     pub fn connected(&mut self, peer: PeerId, now_ms: u64) -> bool {
@@ -231,6 +240,7 @@ impl PeerBook {
         // member that left would otherwise count as one we cannot reach, from when we
         // first heard of it, until its last listing expired.
         self.listed.remove(peer);
+        self.public_relay.remove(peer);
     }
 
     /// Forgets every peer not in `connected` (their disconnect event was lost).
@@ -245,6 +255,7 @@ impl PeerBook {
             self.peers.remove(&p);
             self.listed.remove(&p);
         }
+        self.public_relay.retain(|p| connected.contains(p));
     }
 
     /// Records that `peer` (a member) was introduced to our members; false when it
@@ -423,7 +434,7 @@ impl PeerBook {
         let mut owners: Vec<PeerId> = self
             .peers
             .iter()
-            .filter(|(_, s)| s.admitted && now_ms >= s.probation_until_ms)
+            .filter(|(p, s)| self.askable(p, s, now_ms))
             .filter(|(_, s)| placement::may_own(s.standing, fleet))
             .map(|(p, _)| *p)
             .collect();
@@ -455,7 +466,7 @@ impl PeerBook {
     pub fn candidates(&self, now_ms: u64) -> Vec<PeerId> {
         self.peers
             .iter()
-            .filter(|(_, s)| s.admitted && now_ms >= s.probation_until_ms)
+            .filter(|(p, s)| self.askable(p, s, now_ms))
             .map(|(p, _)| *p)
             .collect()
     }
@@ -466,11 +477,27 @@ impl PeerBook {
         let mut c: Vec<(u64, PeerId)> = self
             .peers
             .iter()
-            .filter(|(_, s)| s.admitted && now_ms >= s.probation_until_ms)
+            .filter(|(p, s)| self.askable(p, s, now_ms))
             .map(|(p, s)| (s.admitted_ms, *p))
             .collect();
         c.sort();
         c.into_iter().take(n).map(|(_, p)| p).collect()
+    }
+
+    /// Which peers we reach only through public relays (from our connections, each
+    /// sweep): members among them are neither asked nor owners until another
+    /// connection exists.
+    pub fn set_public_relay(&mut self, only_public: &HashSet<PeerId>) {
+        self.public_relay = only_public.iter().take(MAX_PEERS).copied().collect();
+    }
+
+    /// Whether we reach `peer` only through public relays changed (the network says).
+    pub fn public_relay_of(&mut self, peer: PeerId, only: bool) {
+        if !only {
+            self.public_relay.remove(&peer);
+        } else if self.public_relay.len() < MAX_PEERS {
+            self.public_relay.insert(peer);
+        }
     }
 
     /// Members on probation now.

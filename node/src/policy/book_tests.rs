@@ -391,3 +391,37 @@ fn a_member_that_left_is_not_one_we_cannot_reach() {
         "a stale listing of a starts a new grace"
     );
 }
+
+#[test]
+fn members_reached_only_through_public_relays_are_neither_asked_nor_owners() {
+    let mut book = PeerBook::default();
+    let me = PeerId::random();
+    let near = admitted(&mut book, 0);
+    let far = admitted(&mut book, 0);
+    let all = |mut v: Vec<PeerId>| {
+        v.sort();
+        v
+    };
+    assert_eq!(all(book.owners(me, 0)), all(vec![near, far, me]));
+    // The network found only public relays to it.
+    book.public_relay_of(far, true);
+    assert_eq!(all(book.owners(me, 0)), all(vec![near, me]));
+    assert_eq!(book.candidates(0), vec![near]);
+    assert_eq!(book.eldest(0, 5), vec![near]);
+    assert_eq!(all(book.members()), all(vec![near, far]), "still a member");
+    // The sweep found a direct connection (or one through a member relay).
+    book.set_public_relay(&HashSet::new());
+    assert_eq!(all(book.owners(me, 0)), all(vec![near, far, me]));
+    book.set_public_relay(&HashSet::from([near]));
+    assert_eq!(book.candidates(0), vec![far]);
+    book.public_relay_of(near, false);
+    assert_eq!(book.candidates(0).len(), 2);
+    book.public_relay_of(near, true);
+    book.disconnected(&near, 0);
+    assert!(book.connected(near, 0));
+    assert!(book.greeted(near, true, 0));
+    assert!(
+        book.candidates(0).contains(&near),
+        "a new connection starts unmarked"
+    );
+}

@@ -3,7 +3,9 @@
 //! documentation ranges, which libp2p's default would refuse as not global) and a
 //! circuit relay (v2) with libp2p's default public limits (2 minutes and 128 KiB per
 //! circuit), and gossipsub as public nodes speak it (`/meshsub/…`), writing every topic a
-//! peer subscribes to into the `--heard` file: ghmesh's must never appear there. Built from libp2p alone,
+//! peer subscribes to into the `--heard` file: ghmesh's must never appear there; and
+//! every circuit its relay ended on an error (`<src> <dst> <error>`, e.g. "Max circuit
+//! bytes reached.") into the `--cut` file. Built from libp2p alone,
 //! no ghmesh code, so that ghmesh meets in the lab what it would meet on the internet.
 //!
 //! `standin-dht --listen <multiaddr> [--peer <multiaddr/p2p/id>]… [--rsa-key <pkcs8 der>]`
@@ -36,6 +38,7 @@ async fn main() -> anyhow::Result<()> {
     let mut peers: Vec<Multiaddr> = Vec::new();
     let mut rsa_key: Option<std::path::PathBuf> = None;
     let mut heard: Option<std::path::PathBuf> = None;
+    let mut cut: Option<std::path::PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let value = args
@@ -46,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
             "--peer" => peers.push(value.parse()?),
             "--rsa-key" => rsa_key = Some(value.into()),
             "--heard" => heard = Some(value.into()),
+            "--cut" => cut = Some(value.into()),
             _ => bail!("unknown argument {arg}"),
         }
     }
@@ -131,15 +135,28 @@ async fn main() -> anyhow::Result<()> {
                 topic,
             })) => {
                 if let Some(path) = &heard {
-                    use std::io::Write;
-                    let mut f = std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(path)?;
-                    writeln!(f, "{peer_id} {topic}")?;
+                    append(path, &format!("{peer_id} {topic}"))?;
+                }
+            }
+            SwarmEvent::Behaviour(StandInEvent::Relay(relay::Event::CircuitClosed {
+                src_peer_id,
+                dst_peer_id,
+                error: Some(e),
+            })) => {
+                if let Some(path) = &cut {
+                    append(path, &format!("{src_peer_id} {dst_peer_id} {e}"))?;
                 }
             }
             _ => {}
         }
     }
+}
+
+fn append(path: &std::path::Path, line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    writeln!(f, "{line}")
 }
