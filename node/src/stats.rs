@@ -264,7 +264,8 @@ pub struct Stats {
     /// Every rate-limit budget known, this node's and the fleet's (contract §10).
     pub rate_limits: Vec<crate::upstream::ledger::BudgetView>,
     /// Upstream requests that waited for their share or turn of a budget near its end
-    /// (the fleet's last requests of a window), since start.
+    /// (the fleet's last requests of a window), or for a budget's first figures, since
+    /// start.
     pub share_waits: u64,
     /// Our listen addresses with `/p2p/<id>`.
     pub listen: Vec<String>,

@@ -127,6 +127,12 @@ pub struct Hello {
     /// sender from before the field existed; such a member is not left out.
     #[serde(default)]
     pub direct_to_all: Option<bool>,
+    /// What the sender knows of the rate-limit budgets' current windows (at most
+    /// [`crate::ledger::MAX_LEDGER_ENTRIES`], checked like a ledger message's), so that
+    /// a member that just joined knows them before its first request. Empty from senders
+    /// before the field existed.
+    #[serde(default)]
+    pub ledger: Vec<crate::ledger::BudgetEntry>,
 }
 
 /// An entry announced to the mesh: with its body when small, else only its metadata.

@@ -255,6 +255,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
                     addr: addressing(dt),
                     reach: [Reach::Unknown, Reach::Public, Reach::Private][dt as usize % 3],
                     direct_to_all: [None, Some(false), Some(true)][dt as usize % 3],
+                    ledger: Vec::new(),
                 }),
                 6 => Message::LookupReply(match dt % 3 {
                     0 => LookupReply::Redirect(ByteBuf::from(vec![7u8; 38])),
@@ -353,6 +354,7 @@ fn fields_added_within_version_5_default_when_absent_and_are_ignored_by_older_no
     };
     let hello: Hello = ciborium::from_reader(cbor(&old).as_slice()).unwrap();
     assert_eq!((hello.reach, hello.direct_to_all), (Reach::Public, None));
+    assert!(hello.ledger.is_empty());
     let old = MemberAddrBefore {
         peer: ByteBuf::from(vec![1u8; 38]),
         addrs: Vec::new(),
@@ -369,6 +371,7 @@ fn fields_added_within_version_5_default_when_absent_and_are_ignored_by_older_no
         addr: addressing(8),
         reach: Reach::Private,
         direct_to_all: Some(true),
+        ledger: Vec::new(),
     };
     let read: OldHello = ciborium::from_reader(cbor(&new).as_slice()).unwrap();
     assert_eq!(read.reach, Reach::Private);

@@ -325,6 +325,7 @@ async fn run(
                                     addr: h.addr.reversed(),
                                     reach: ghmesh_protocol::Reach::Unknown,
                                     direct_to_all: None,
+                                    ledger: Vec::new(),
                                 })),
                                 (Answer::FoundOther(e), Ok(Message::Lookup(_))) => Some(
                                     Message::LookupReply(LookupReply::Found(Box::new(

@@ -484,3 +484,50 @@ async fn reads_waiting_for_their_share_leave_other_budgets_a_place() {
         r.abort();
     }
 }
+
+/// A member that joins hears the fleet's budgets in its hello, before its first
+/// request: it neither waits for figures nor spends as if it knew nothing (a new
+/// runner in a fleet near the end of its token's window). Ledger messages carry only
+/// news, so without the hello it would learn nothing until someone spends again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_joins_knows_the_fleets_budgets_before_its_first_request() {
+    let _shared = CORES.read().await;
+    let gh = FakeGithub::start().await.unwrap();
+    gh.set_rate_limit(40);
+    let dir = tempfile::tempdir().unwrap();
+    // One runner alone spends three requests: its ledger news reaches nobody.
+    let nodes = fleet(1, &gh, &[], &dir).await.unwrap();
+    for i in 0..3 {
+        let path = format!("/repos/acme/j{i}");
+        assert_eq!(read(&nodes[0], &path, None).await.0, 200);
+    }
+    let sent = gh.total_requests();
+    let args = vec![
+        "--upstream".to_string(),
+        gh.url(),
+        "--bootstrap".to_string(),
+        nodes[0].ready.listen[0].clone(),
+    ];
+    let newcomer = start_daemon(dir.path().join("late"), &args, &env("e2e-fleet"))
+        .await
+        .unwrap();
+    // Its first view of the budget comes with no ledger message received: a hello's.
+    // (Without the hello's list it learns the figures only from the ledger news the
+    // first runner sends once it has a peer.)
+    let first_view = std::sync::Mutex::new(Value::Null);
+    poll("the fleet's budget known to the newcomer", || async {
+        let stats = newcomer.stats().await.unwrap();
+        let known = stats["rate_limits"].as_array().is_some_and(|b| {
+            b.iter()
+                .any(|b| b["resource"] == "core" && b["remaining"].as_u64() == Some(40 - 3))
+        });
+        if known {
+            *first_view.lock().unwrap() = stats;
+        }
+        known
+    })
+    .await;
+    let first_view = first_view.into_inner().unwrap();
+    assert_eq!(first_view["ledger_received"], 0, "{first_view}");
+    assert_eq!(gh.total_requests(), sent, "the newcomer sent nothing");
+}

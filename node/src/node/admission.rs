@@ -12,6 +12,7 @@ use std::collections::HashSet;
 use std::sync::Weak;
 use std::time::Duration;
 
+use ghmesh_protocol::ledger::{BudgetEntry, Ledger};
 use ghmesh_protocol::wire::{MAX_ADDR_LEN, MAX_MEMBER_ADDRS, MAX_MEMBER_LIST};
 use ghmesh_protocol::{Addressing, Hello, MemberAddr, MemberList, MembersRequest, Message, Reach};
 use libp2p::{Multiaddr, PeerId};
@@ -99,7 +100,7 @@ impl Node {
             self.inner.telemetry.counters.members_admitted.inc();
             tracing::debug!(%peer, "member admitted");
             if let Some(net) = self.network() {
-                net.set_members(self.members()).await;
+                self.tell_members(net).await;
                 net.discover_soon().await;
             }
             // Early in our life, pull the lists of the first members we meet (and ask
@@ -190,7 +191,7 @@ impl Node {
         let nonce = addr.nonce;
         let timeout = self.deadlines().hello;
         let mine = self.book(|b| b.mine()).unwrap_or_default();
-        let msg = Message::Hello(hello_of(addr, mine));
+        let msg = Message::Hello(hello_of(addr, mine, self.inner.upstream.ledger_snapshot()));
         match self
             .ask(peer, Channel::Small, &msg, timeout, MAX_SMALL_FRAME)
             .await
@@ -200,6 +201,7 @@ impl Node {
                 let proved = a.nonce == nonce
                     && a.is_between(&peer.to_bytes(), &self.inner.me.id.to_bytes());
                 if proved {
+                    self.heard_hello_ledger(&h);
                     let now = self.now_ms();
                     let moved = self.book(|b| {
                         b.told(&peer, mine);
@@ -292,6 +294,33 @@ impl Node {
             .collect()
     }
 
+    /// The members changed: the network's relay serves only them, and the upstream
+    /// client counts them as possible spenders of a budget.
+    pub(super) async fn tell_members(&self, net: &crate::network::NetworkHandle) {
+        let members = self.members();
+        self.inner.upstream.set_members(&members);
+        net.set_members(members).await;
+    }
+
+    /// What a member's hello (or reply) said of the budgets' current windows: known
+    /// before our first request on them. A list that fails the ledger's checks is
+    /// left out; the hello still counts.
+    pub(super) fn heard_hello_ledger(&self, h: &Hello) {
+        if h.ledger.is_empty() {
+            return;
+        }
+        let ledger = Ledger {
+            entries: h.ledger.clone(),
+            spender: None,
+        };
+        match ledger.check(self.clock().now_secs()) {
+            Ok(()) => {
+                self.inner.upstream.ledger_heard(&ledger.entries, None);
+            }
+            Err(e) => tracing::debug!("a hello's ledger is not believed: {e}"),
+        }
+    }
+
     /// Our members (but the asker) with the addresses they listen on.
     pub(super) async fn member_list(&self, asker: PeerId) -> MemberList {
         let members = self.members_but(asker);
@@ -301,12 +330,14 @@ impl Node {
     }
 }
 
-/// Our hello (or hello reply) with `addr`, telling our standing `mine`.
-pub(super) fn hello_of(addr: Addressing, mine: Standing) -> Hello {
+/// Our hello (or hello reply) with `addr`, telling our standing `mine` and what we
+/// know of the budgets' current windows (`ledger`).
+pub(super) fn hello_of(addr: Addressing, mine: Standing, ledger: Vec<BudgetEntry>) -> Hello {
     Hello {
         addr,
         reach: mine.reach,
         direct_to_all: mine.direct_to_all,
+        ledger,
     }
 }
 
@@ -406,7 +437,7 @@ pub(super) async fn sweep(node: Weak<Inner>) {
                         "direct connections to every member changed"
                     );
                 }
-                net.set_members(node.members()).await;
+                node.tell_members(net).await;
                 // A reachability event dropped under load, or a hello that told it
                 // lost: caught up here.
                 if let Ok(stats) = net.stats().await {

@@ -253,13 +253,15 @@ impl Node {
         }
         let reply = match msg {
             Message::Hello(h) => {
+                self.heard_hello_ledger(&h);
                 let now = self.now_ms();
                 let standing = super::admission::standing_of(&h);
                 if self.book(|b| b.set_standing(&peer, standing, now)) == Some(true) {
                     self.tell_standing();
                 }
                 let mine = self.book(|b| b.mine()).unwrap_or_default();
-                Message::HelloReply(super::admission::hello_of(h.addr.reversed(), mine))
+                let ledger = self.inner.upstream.ledger_snapshot();
+                Message::HelloReply(super::admission::hello_of(h.addr.reversed(), mine, ledger))
             }
             Message::Lookup(l) => {
                 if l.request.check().is_err()

@@ -19,13 +19,14 @@ use libp2p::PeerId;
 
 use super::holds::{resource_of_path, FleetSaid, HoldKey, Holds};
 use super::ledger::{
-    may_spend, BudgetBook, BudgetId, BudgetView, NewHold, Share, Spend, MAX_TURN_WAIT_SECS,
-    QUIET_SECS,
+    before_figures, may_spend, spender_rank, BudgetBook, BudgetId, BudgetView, NewHold, Share,
+    Spend, MAX_TURN_WAIT_SECS, QUIET_SECS,
 };
 use super::{
     BoxFuture, Conditional, Credential, RateLimit, Upstream, UpstreamError, UpstreamResponse,
 };
 use crate::clock::{self, SharedClock};
+use crate::limits::MAX_PEERS;
 
 /// Headers a client may not pass through (hop-by-hop, or ours to set).
 const DROP_REQUEST_HEADERS: &[&str] = &[
@@ -119,6 +120,8 @@ struct LimitState {
     in_flight: HashMap<(BudgetId, String), u64>,
     /// This node's peer id (a random one until the node says).
     me: Option<PeerId>,
+    /// The node's members, as it last said (at most `MAX_PEERS`).
+    members: Vec<PeerId>,
 }
 
 impl GithubClient {
@@ -227,9 +230,14 @@ impl GithubClient {
         now: u64,
     ) -> Option<Share> {
         let me = state.me.unwrap_or(self.anonymous);
-        state
-            .book
-            .share(budget, resource, self.budgets.reserve, me, now)
+        state.book.share(
+            budget,
+            resource,
+            self.budgets.reserve,
+            me,
+            &state.members,
+            now,
+        )
     }
 
     /// Takes a place in this node's share of `budget` for `resource` (see
@@ -270,13 +278,23 @@ impl GithubClient {
                     });
                 };
                 let now = self.clock.now_secs();
-                let share = self.share(&state, budget, resource, now);
                 let n = state.in_flight.get(&slot).copied().unwrap_or(0);
                 let held = |until| {
                     let why = "the fleet's last requests of this window are other members' turn";
                     held_refusal(resource, until, now, why)
                 };
-                match may_spend(share, n, now) {
+                let spend = if state.book.knows(budget, resource) {
+                    may_spend(self.share(&state, budget, resource, now), n, now)
+                } else {
+                    let me = state.me.unwrap_or(self.anonymous);
+                    let rank = spender_rank(budget, resource, me, &state.members);
+                    before_figures(rank, n, started.elapsed().as_millis() as u64)
+                };
+                if matches!(spend, Spend::Wait { .. }) && state.book.wants(budget, resource) {
+                    self.ledger_urgent
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                match spend {
                     Spend::Go if !take => {
                         return Ok(InFlight {
                             client: self,
@@ -298,6 +316,7 @@ impl GithubClient {
                     {
                         return Err(held(turn));
                     }
+                    Spend::AwaitFigures { for_ms } => Some(Duration::from_millis(for_ms)),
                     Spend::Wait { until } => until.map(|u| {
                         // The clock is the node's (tests move it): a nap of at most
                         // a turn looks again whatever the clock does.
@@ -351,6 +370,9 @@ impl GithubClient {
             secondary_streak: state.book.secondary_streak(b, now_ms / 1000),
         });
         let started = state.holds.observe(token, resource, resp, now_ms, fleet);
+        // A budget's first figures: members without them wait for them (see
+        // `ledger::before_figures`).
+        let first_figures = budget.is_some_and(|b| !state.book.knows(b, resource));
         if let Some(budget) = budget {
             let hold = started.map(|s| NewHold {
                 until: (now_ms / 1000).saturating_add(s.wait.as_secs().max(1)),
@@ -360,6 +382,7 @@ impl GithubClient {
             state
                 .book
                 .observe(budget, resource, resp, hold, now_ms / 1000);
+            state.book.answered(budget, resource);
         }
         // A refusal, GitHub saying the budget is down to the reserve (or gone), or a
         // budget near its end (shared out by the fleet's figures, see `take_share`):
@@ -371,7 +394,7 @@ impl GithubClient {
             budget.is_some_and(|b| self.share(&state, b, resource, now_ms / 1000).is_some());
         let spent =
             resp.status < 400 && (near_end || remaining.is_some_and(|r| r <= self.budgets.reserve));
-        if started.is_some() || spent {
+        if started.is_some() || spent || first_figures {
             self.ledger_urgent
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
@@ -643,6 +666,20 @@ impl Upstream for GithubClient {
         if let Ok(mut s) = self.state.lock() {
             s.me = Some(me);
         }
+    }
+
+    fn set_members(&self, members: &[PeerId]) {
+        if let Ok(mut s) = self.state.lock() {
+            s.members = members.iter().take(MAX_PEERS).copied().collect();
+        }
+    }
+
+    fn ledger_snapshot(&self) -> Vec<BudgetEntry> {
+        let now = self.clock.now_secs();
+        self.state
+            .lock()
+            .map(|s| s.book.snapshot(now))
+            .unwrap_or_default()
     }
 
     fn rate_limits(&self) -> Vec<BudgetView> {

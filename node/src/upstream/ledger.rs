@@ -7,11 +7,12 @@
 //! the node gossips, at most once a second), and answers the two questions a request
 //! asks before it goes upstream: is this budget held, and is it down to the reserve.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use ghmesh_protocol::ledger::{BudgetEntry, ByteBuf, BUDGET_ID_LEN, MAX_LEDGER_ENTRIES};
 use libp2p::PeerId;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use super::holds::REPEAT_WINDOW;
 use super::{RateLimit, UpstreamResponse};
@@ -109,6 +110,65 @@ pub const QUIET_SECS: u64 = 1;
 /// held, with the turn as its retry time.
 pub const MAX_TURN_WAIT_SECS: u64 = 5;
 
+/// A budget nobody in the fleet has figures of yet: this many members (ranked by the
+/// budget, [`spender_rank`]) may spend it at once, one request each until figures come;
+/// twice as many may after each [`FIRST_FIGURES_WAIT_MS`] without figures (the first
+/// ones may have nothing to fetch on it). The first answer's figures are news at once,
+/// and every member counts as a spender for [`LEARN_SECS`], so a fleet that starts at
+/// once on a budget near its end sends a few blind requests, not one per node.
+pub const FIRST_SPENDERS: usize = 4;
+/// How long each doubling of the members that may spend a budget without figures waits.
+pub const FIRST_FIGURES_WAIT_MS: u64 = 500;
+/// For this long after a node first has a window's figures, every member counts as a
+/// spender of the budget (see [`BudgetBook::share`]).
+pub const LEARN_SECS: u64 = 2;
+
+/// `me`'s rank among `members` (and itself) for spending `budget` on `resource` before
+/// anyone has figures of it: a rendezvous ranking, the same order on every member.
+pub fn spender_rank(budget: BudgetId, resource: &str, me: PeerId, members: &[PeerId]) -> usize {
+    let rank = |p: &PeerId| {
+        let mut h = Sha256::new();
+        h.update(budget);
+        h.update(resource.as_bytes());
+        h.update(p.to_bytes());
+        h.finalize()
+    };
+    let mine = rank(&me);
+    members
+        .iter()
+        .filter(|p| **p != me)
+        .filter(|p| rank(p) < mine)
+        .count()
+}
+
+/// How long a member of `rank` waits for a budget's first figures before it may send a
+/// request without them: 0 for the first [`FIRST_SPENDERS`], then one more
+/// [`FIRST_FIGURES_WAIT_MS`] for each doubling.
+pub fn figures_wait_ms(rank: usize) -> u64 {
+    let (mut width, mut tier) = (FIRST_SPENDERS.max(1), 0u64);
+    while rank >= width {
+        width = width.saturating_mul(2);
+        tier += 1;
+    }
+    tier * FIRST_FIGURES_WAIT_MS
+}
+
+/// A request on a budget this node (of `rank`, see [`spender_rank`]) has no figures
+/// of, after waiting `waited_ms`: one at a time (its answer brings them), once its
+/// [`figures_wait_ms`] has passed.
+pub fn before_figures(rank: usize, in_flight: u64, waited_ms: u64) -> Spend {
+    let wait = figures_wait_ms(rank);
+    if in_flight > 0 {
+        Spend::Wait { until: None }
+    } else if waited_ms >= wait {
+        Spend::Go
+    } else {
+        Spend::AwaitFigures {
+            for_ms: wait - waited_ms,
+        }
+    }
+}
+
 /// What a request on a budget does now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Spend {
@@ -119,6 +179,12 @@ pub enum Spend {
     Wait {
         /// This node's turn, if nothing changes before.
         until: Option<u64>,
+    },
+    /// Wait for the budget's first figures (news, or one of ours ending), at most
+    /// `for_ms` more.
+    AwaitFigures {
+        /// Milliseconds left to wait.
+        for_ms: u64,
     },
     /// Held until `until` (unix seconds): nothing is left above the reserve (the
     /// window's end), or this node's turn is further away than [`MAX_TURN_WAIT_SECS`].
@@ -181,6 +247,11 @@ struct Slot {
     changed: u64,
     /// Members that said they spent this budget in the current window.
     spenders: BTreeSet<PeerId>,
+    /// When this node first had figures of the current window (unix seconds).
+    window_since: u64,
+    /// This node told members it spends the budget this window (news names its
+    /// sender as a spender).
+    told_spending: bool,
 }
 
 /// Every budget this node spends or hears of, by id and resource.
@@ -189,6 +260,10 @@ pub struct BudgetBook {
     slots: HashMap<(BudgetId, String), Slot>,
     /// Slots changed by our own answers since the last news.
     news: BTreeSet<(BudgetId, String)>,
+    /// Budgets and resources (as the request's path names them) GitHub answered us on,
+    /// with figures or without (GitHub Enterprise Server without rate limits sends
+    /// none), at most [`MAX_BUDGETS`].
+    answered: HashSet<(BudgetId, String)>,
 }
 
 impl BudgetBook {
@@ -298,6 +373,8 @@ impl BudgetBook {
             }
             if slot.entry.reset != window {
                 slot.spenders.clear();
+                slot.window_since = now_secs;
+                slot.told_spending = false;
             }
             return changed;
         }
@@ -320,9 +397,50 @@ impl BudgetBook {
                 source,
                 changed: now_secs,
                 spenders: BTreeSet::new(),
+                window_since: now_secs,
+                told_spending: false,
             },
         );
         true
+    }
+
+    /// GitHub answered a request on `budget` for `resource` (the resource its path
+    /// names, which the answer's own may not be).
+    pub fn answered(&mut self, budget: BudgetId, resource: &str) {
+        let key = (budget, resource.to_string());
+        if self.answered.contains(&key) {
+            return;
+        }
+        if self.answered.len() >= MAX_BUDGETS {
+            // Forgetting costs at most one more wait for figures.
+            self.answered.clear();
+        }
+        self.answered.insert(key);
+    }
+
+    /// Whether this node has had figures of `budget` for `resource` (a window that
+    /// ended since is known too: GitHub starts the next one full), or an answer on it.
+    pub fn knows(&self, budget: BudgetId, resource: &str) -> bool {
+        let key = (budget, resource.to_string());
+        self.slots.contains_key(&key) || self.answered.contains(&key)
+    }
+
+    /// What this node knows of every window not over yet, at most one message's worth,
+    /// for a member that just joined (the hello carries it): a newcomer that knew
+    /// nothing would wait for figures before its first request on each budget.
+    pub fn snapshot(&self, now_secs: u64) -> Vec<BudgetEntry> {
+        let mut current: Vec<&Slot> = self
+            .slots
+            .values()
+            .filter(|s| s.entry.reset.max(s.entry.held_until) > now_secs)
+            .collect();
+        // The budgets nearest their end matter most.
+        current.sort_by_key(|s| (s.entry.remaining, s.entry.reset));
+        current
+            .into_iter()
+            .take(MAX_LEDGER_ENTRIES)
+            .map(|s| s.entry.clone())
+            .collect()
     }
 
     /// What changed from our own answers since last asked, at most one message's worth.
@@ -331,9 +449,26 @@ impl BudgetBook {
         keys.iter()
             .filter_map(|k| {
                 self.news.remove(k);
-                self.slots.get(k).map(|s| s.entry.clone())
+                self.slots.get_mut(k).map(|s| {
+                    s.told_spending = true;
+                    s.entry.clone()
+                })
             })
             .collect()
+    }
+
+    /// A request of ours waits for its share of `budget` for `resource`: members must
+    /// count us among its spenders, or each would share it out as if we wanted none.
+    /// True when that is news (once per window, until we have said so).
+    pub fn wants(&mut self, budget: BudgetId, resource: &str) -> bool {
+        let key = (budget, resource.to_string());
+        match self.slots.get(&key) {
+            Some(s) if !s.told_spending && !self.news.contains(&key) => {
+                self.news.insert(key);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Until when `budget` is held for `resource` at `now_secs` (by a hold on the
@@ -389,6 +524,7 @@ impl BudgetBook {
         resource: &str,
         reserve: u64,
         me: PeerId,
+        members: &[PeerId],
         now_secs: u64,
     ) -> Option<Share> {
         let slot = self.slots.get(&(budget, resource.to_string()))?;
@@ -396,7 +532,15 @@ impl BudgetBook {
             return None;
         }
         let left = slot.entry.remaining.saturating_sub(reserve);
-        let fleet = Fleet::among(me, &slot.spenders);
+        // Who else is about to spend it shows only as their news arrives: until then
+        // every member counts (a fleet that starts at once would otherwise find a
+        // budget near its end far from it, and each node spend as if alone).
+        let fleet = if now_secs < slot.window_since.saturating_add(LEARN_SECS) {
+            let everyone: BTreeSet<&PeerId> = slot.spenders.iter().chain(members).collect();
+            Fleet::among(me, everyone)
+        } else {
+            Fleet::among(me, &slot.spenders)
+        };
         if left >= (fleet.size as u64).saturating_mul(NEAR_END_PER_NODE) {
             return None;
         }

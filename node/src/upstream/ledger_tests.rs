@@ -185,12 +185,16 @@ fn a_budget_near_its_end_is_shared_out_among_its_spenders() {
     let mut ids: Vec<libp2p::PeerId> = (0..4).map(|_| libp2p::PeerId::random()).collect();
     ids.sort_by_key(|p| p.to_bytes());
     let mut book = BudgetBook::default();
-    assert_eq!(book.share(A, "core", 0, ids[0], 1000), None, "no figures");
+    assert_eq!(
+        book.share(A, "core", 0, ids[0], &[], 1000),
+        None,
+        "no figures"
+    );
     book.observe(A, "core", &answer(200, 20, 2000, "core"), None, 1000);
     let shares = |book: &BudgetBook, reserve| -> Vec<Option<u64>> {
         ids.iter()
             .map(|me| {
-                book.share(A, "core", reserve, *me, 1000)
+                book.share(A, "core", reserve, *me, &[], 1000)
                     .map(|s| s.requests)
             })
             .collect()
@@ -211,15 +215,15 @@ fn a_budget_near_its_end_is_shared_out_among_its_spenders() {
     book.observe(A, "core", &answer(200, 1, 2000, "core"), None, 1000);
     assert_eq!(shares(&book, 0), [Some(1), Some(0), Some(0), Some(0)]);
     assert_eq!(
-        book.share(A, "core", 0, ids[0], 2000),
+        book.share(A, "core", 0, ids[0], &[], 2000),
         None,
         "the window is over"
     );
     // A new window: the spenders of the last one are not counted.
     book.observe(A, "core", &answer(200, 20, 5600, "core"), None, 2000);
-    assert_eq!(book.share(A, "core", 0, ids[3], 2000), None);
+    assert_eq!(book.share(A, "core", 0, ids[3], &[], 2000), None);
     assert_eq!(
-        book.share(B, "core", 0, ids[0], 1000),
+        book.share(B, "core", 0, ids[0], &[], 1000),
         None,
         "another budget"
     );
@@ -293,7 +297,7 @@ fn figures_are_quiet_a_while_after_they_last_changed() {
     let mut book = BudgetBook::default();
     book.observe(A, "core", &answer(200, 5, 2000, "core"), None, 1000);
     let me = libp2p::PeerId::random();
-    let quiet = |book: &BudgetBook| book.share(A, "core", 0, me, 1000).unwrap().quiet_at;
+    let quiet = |book: &BudgetBook| book.share(A, "core", 0, me, &[], 1000).unwrap().quiet_at;
     assert_eq!(quiet(&book), 1001 + QUIET_SECS);
     // The same figures again change nothing; lower ones do.
     let news = book.news();
@@ -302,4 +306,94 @@ fn figures_are_quiet_a_while_after_they_last_changed() {
     assert_eq!(quiet(&book), 1001 + QUIET_SECS);
     book.observe(A, "core", &answer(200, 4, 2000, "core"), None, 1001);
     assert_eq!(quiet(&book), 1002 + QUIET_SECS);
+}
+
+#[test]
+fn a_budget_nobody_has_figures_of_is_spent_first_by_a_few_members() {
+    let members: Vec<libp2p::PeerId> = (0..20).map(|_| libp2p::PeerId::random()).collect();
+    let mut ranks: Vec<usize> = members
+        .iter()
+        .map(|me| spender_rank(A, "core", *me, &members))
+        .collect();
+    ranks.sort_unstable();
+    assert_eq!(
+        ranks,
+        (0..20).collect::<Vec<_>>(),
+        "every member ranks the fleet alike"
+    );
+    // Another budget (or resource) ranks them otherwise.
+    let other: Vec<usize> = members
+        .iter()
+        .map(|me| spender_rank(A, "search", *me, &members))
+        .collect();
+    assert_ne!(
+        other,
+        members
+            .iter()
+            .map(|me| spender_rank(A, "core", *me, &members))
+            .collect::<Vec<_>>()
+    );
+    // The first four at once, twice as many after each wait.
+    let w = FIRST_FIGURES_WAIT_MS;
+    let waits: Vec<u64> = [0, 3, 4, 7, 8, 15, 16, 199].map(figures_wait_ms).to_vec();
+    assert_eq!(waits, [0, 0, w, w, 2 * w, 2 * w, 3 * w, 6 * w]);
+    // One call at a time until figures come; the others wait for them, then go.
+    assert_eq!(before_figures(0, 0, 0), Spend::Go);
+    assert_eq!(before_figures(0, 1, 0), Spend::Wait { until: None });
+    assert_eq!(
+        before_figures(5, 0, 300),
+        Spend::AwaitFigures { for_ms: w - 300 }
+    );
+    assert_eq!(before_figures(5, 0, w), Spend::Go);
+    assert_eq!(before_figures(5, 1, w), Spend::Wait { until: None });
+}
+
+#[test]
+fn while_a_window_is_new_every_member_counts_as_a_spender() {
+    let mut ids: Vec<libp2p::PeerId> = (0..200).map(|_| libp2p::PeerId::random()).collect();
+    ids.sort_by_key(|p| p.to_bytes());
+    let mut book = BudgetBook::default();
+    assert!(!book.knows(A, "core"));
+    // A first spender's answer: 46 left. Alone, that is plenty.
+    book.observe(A, "core", &answer(200, 46, 5000, "core"), None, 1000);
+    assert!(book.knows(A, "core"));
+    assert_eq!(book.share(A, "core", 0, ids[0], &[], 1000), None);
+    // With 200 members any of whom may be about to spend it, it is near its end: 23
+    // requests now, one each for the first 23 ranks.
+    let shares: Vec<u64> = ids
+        .iter()
+        .map(|me| {
+            book.share(A, "core", 0, *me, &ids, 1000)
+                .map_or(u64::MAX, |s| s.requests)
+        })
+        .collect();
+    assert_eq!(shares.iter().sum::<u64>(), 23);
+    assert!(shares.iter().all(|s| *s <= 1));
+    // Once the window is no longer new, only the members that said they spent count.
+    let later = 1000 + LEARN_SECS;
+    assert_eq!(book.share(A, "core", 0, ids[0], &ids, later), None);
+    // A new window is new again.
+    book.observe(A, "core", &answer(200, 46, 8600, "core"), None, 5000);
+    assert!(book.share(A, "core", 0, ids[0], &ids, 5000).is_some());
+}
+
+#[test]
+fn a_snapshot_for_a_newcomer_carries_the_current_windows_nearest_their_end_first() {
+    let mut book = BudgetBook::default();
+    book.observe(A, "core", &answer(200, 4000, 5000, "core"), None, 1000);
+    book.observe(B, "core", &answer(200, 12, 5000, "core"), None, 1000);
+    book.observe(B, "search", &answer(200, 29, 1500, "search"), None, 1000);
+    let snap = book.snapshot(1000);
+    assert_eq!(
+        snap.iter().map(|e| e.remaining).collect::<Vec<_>>(),
+        [12, 29, 4000]
+    );
+    assert_eq!(
+        book.snapshot(2000).len(),
+        2,
+        "a window that ended is not told"
+    );
+    let mut newcomer = BudgetBook::default();
+    assert_eq!(newcomer.heard(&snap, None, 1000), 3);
+    assert!(newcomer.knows(B, "core"));
 }

@@ -249,6 +249,16 @@ pub trait Upstream: Send + Sync + 'static {
     /// This node's peer id: its rank among the spenders of a budget near its end.
     fn set_peer_id(&self, _me: libp2p::PeerId) {}
 
+    /// The node's members: who may be about to spend a budget (see
+    /// `ledger::BudgetBook::share` and `ledger::first_spender`).
+    fn set_members(&self, _members: &[libp2p::PeerId]) {}
+
+    /// What this node knows of the budgets' current windows, for a member that just
+    /// joined (carried by hellos). None where no budgets are kept.
+    fn ledger_snapshot(&self) -> Vec<ghmesh_protocol::ledger::BudgetEntry> {
+        Vec::new()
+    }
+
     /// Waits until a request for `path` with `cred` would be sent at once as far as the
     /// fleet's shares of budgets near their end go (or would be refused): called before
     /// a place among the requests in flight is taken, so that a request waiting for its

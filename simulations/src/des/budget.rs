@@ -4,7 +4,9 @@
 //! gossips it as the daemon does (a refusal at once, other news once a second). A
 //! node whose book holds the budget sends nothing.
 
-use ghmesh_node::upstream::ledger::{may_spend, BudgetId, NewHold, Spend};
+use ghmesh_node::upstream::ledger::{
+    before_figures, may_spend, spender_rank, BudgetId, NewHold, Spend,
+};
 use ghmesh_node::upstream::UpstreamResponse;
 use ghmesh_protocol::ledger::BudgetEntry;
 
@@ -36,16 +38,49 @@ impl Des {
     }
 
     /// Whether a call of `n` may go beside those it has on their way (the daemon's
-    /// `take_share`, from the same book and rule); always with `--no-ledger`, which
-    /// models the daemon before the ledger.
-    pub(super) fn budget_spend(&self, n: usize) -> Spend {
+    /// `take_share`, from the same book and rules: before any figures, the budget's
+    /// first spenders go one call at a time and the others wait for their figures);
+    /// always with `--no-ledger`, which models the daemon before the ledger.
+    pub(super) fn budget_spend(&mut self, n: usize) -> Spend {
         if self.budget_left.is_none() || !self.net.ledger {
             return Spend::Go;
         }
-        let p = &self.peers[n];
+        let in_flight = self.in_flight(n);
+        let now_us = self.now;
         let now = self.unix_secs();
-        let share = p.budgets.share(BUDGET, RESOURCE, 0, p.id, now);
-        may_spend(share, self.in_flight(n), now)
+        let p = &mut self.peers[n];
+        let members = p.book.members();
+        if !p.budgets.knows(BUDGET, RESOURCE) {
+            let rank = spender_rank(BUDGET, RESOURCE, p.id, &members);
+            let since = *p.figures_since.get_or_insert(now_us);
+            return before_figures(rank, in_flight, (now_us - since) / 1000);
+        }
+        let share = p.budgets.share(BUDGET, RESOURCE, 0, p.id, &members, now);
+        may_spend(share, in_flight, now)
+    }
+
+    /// A call of `n` waits for its share: whether members must now hear that `n`
+    /// spends the budget (the daemon's `BudgetBook::wants`).
+    pub(super) fn budget_wanted(&mut self, n: usize) -> bool {
+        self.net.ledger && self.peers[n].budgets.wants(BUDGET, RESOURCE)
+    }
+
+    /// A hello carries what each side knows of the budget's window, as the daemon's
+    /// does: a member that joins knows the figures before its first call.
+    pub(super) fn hello_ledgers(&mut self, a: usize, b: usize) {
+        if self.budget_left.is_none() || !self.net.ledger {
+            return;
+        }
+        let now = self.unix_secs();
+        let told = [
+            (b, self.peers[a].budgets.snapshot(now)),
+            (a, self.peers[b].budgets.snapshot(now)),
+        ];
+        for (to, entries) in told {
+            if self.peers[to].budgets.heard(&entries, None, now) > 0 {
+                self.share_freed(to);
+            }
+        }
     }
 
     /// The simulated time of unix second `secs`.
@@ -78,14 +113,17 @@ impl Des {
             streak: 0,
         });
         let now = self.unix_secs();
+        let first_figures = !self.peers[n].budgets.knows(BUDGET, RESOURCE);
         self.peers[n]
             .budgets
             .observe(BUDGET, RESOURCE, &resp, hold, now);
+        self.peers[n].budgets.answered(BUDGET, RESOURCE);
         self.refusals += u64::from(!served);
         if !self.net.ledger {
             let _ = self.peers[n].budgets.news();
-        } else if !served || self.near_end(n) {
-            // A refusal, or a budget near its end: said at once, as the daemon does.
+        } else if !served || first_figures || self.near_end(n) {
+            // A refusal, the budget's first figures, or a budget near its end: said at
+            // once, as the daemon does.
             self.publish_ledger(n);
         } else if !self.peers[n].ledger_tick {
             self.peers[n].ledger_tick = true;
@@ -160,7 +198,10 @@ impl Des {
     fn near_end(&self, n: usize) -> bool {
         let p = &self.peers[n];
         let now = self.unix_secs();
-        p.budgets.share(BUDGET, RESOURCE, 0, p.id, now).is_some()
+        let members = p.book.members();
+        p.budgets
+            .share(BUDGET, RESOURCE, 0, p.id, &members, now)
+            .is_some()
     }
 
     /// `spender`'s ledger message reached `to`.

@@ -182,6 +182,8 @@ struct SimPeer {
     share_waiting: Vec<usize>,
     /// When a `ShareQuiet` is due for this node (at most one pending).
     share_quiet: Option<Us>,
+    /// Since when a call has waited for the budget's first figures.
+    figures_since: Option<Us>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -389,6 +391,7 @@ impl Des {
             ledger_tick: false,
             share_waiting: Vec::new(),
             share_quiet: None,
+            figures_since: None,
         });
         self.peers.len() - 1
     }
@@ -508,6 +511,7 @@ impl Des {
         self.peers[b].book.connected(ia, now);
         let new_a = self.peers[a].book.greeted(ib, true, now);
         let new_b = self.peers[b].book.greeted(ia, true, now);
+        self.hello_ledgers(a, b);
         for (n, new) in [(a, new_a), (b, new_b)] {
             if new {
                 self.schedule_discovery(n);

@@ -483,15 +483,24 @@ impl Des {
             self.complete(n, key, Outcome::Held);
             return;
         }
-        match self.budget_spend(n) {
+        let spend = self.budget_spend(n);
+        match spend {
             Spend::Go => {}
             Spend::Held { .. } => return self.complete(n, key, Outcome::Held),
-            Spend::Wait { until } => {
+            Spend::Wait { .. } | Spend::AwaitFigures { .. } => {
                 // Waits, as the daemon's `take_share` does, for a call to end, news,
-                // or the budget to be quiet.
+                // the budget to be quiet, or the first figures' wait to end; tells
+                // members at once that it spends the budget, as the daemon does.
+                if matches!(spend, Spend::Wait { .. }) && self.budget_wanted(n) {
+                    self.publish_ledger(n);
+                }
                 self.peers[n].share_waiting.push(key);
-                if let Some(at) = until {
-                    let at = self.at_unix_secs(at);
+                let due = match spend {
+                    Spend::Wait { until } => until.map(|at| self.at_unix_secs(at)),
+                    Spend::AwaitFigures { for_ms } => Some(self.now + for_ms * 1000),
+                    _ => None,
+                };
+                if let Some(at) = due {
                     // One wake-up per node: every waiting call looks again then.
                     if self.peers[n].share_quiet.is_none_or(|due| at < due) {
                         self.peers[n].share_quiet = Some(at);
