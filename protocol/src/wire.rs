@@ -133,6 +133,12 @@ pub struct Hello {
     /// before the field existed.
     #[serde(default)]
     pub ledger: Vec<crate::ledger::BudgetEntry>,
+    /// The budget the sender's own token spends (its id, keyed like a ledger entry's;
+    /// [`crate::ledger::BUDGET_ID_LEN`] bytes), so that members sharing a token know
+    /// each other before any of them has spent it. `None`: no token, or a sender from
+    /// before the field existed.
+    #[serde(default)]
+    pub spends: Option<crate::ledger::ByteBuf>,
 }
 
 /// An entry announced to the mesh: with its body when small, else only its metadata.

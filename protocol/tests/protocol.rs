@@ -256,6 +256,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
                     reach: [Reach::Unknown, Reach::Public, Reach::Private][dt as usize % 3],
                     direct_to_all: [None, Some(false), Some(true)][dt as usize % 3],
                     ledger: Vec::new(),
+                    spends: (dt % 2 == 0).then(|| ByteBuf::from(vec![dt as u8; 16])),
                 }),
                 6 => Message::LookupReply(match dt % 3 {
                     0 => LookupReply::Redirect(ByteBuf::from(vec![7u8; 38])),
@@ -372,6 +373,7 @@ fn fields_added_within_version_5_default_when_absent_and_are_ignored_by_older_no
         reach: Reach::Private,
         direct_to_all: Some(true),
         ledger: Vec::new(),
+        spends: Some(ByteBuf::from(vec![3; 16])),
     };
     let read: OldHello = ciborium::from_reader(cbor(&new).as_slice()).unwrap();
     assert_eq!(read.reach, Reach::Private);

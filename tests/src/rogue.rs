@@ -326,6 +326,7 @@ async fn run(
                                     reach: ghmesh_protocol::Reach::Unknown,
                                     direct_to_all: None,
                                     ledger: Vec::new(),
+                                    spends: None,
                                 })),
                                 (Answer::FoundOther(e), Ok(Message::Lookup(_))) => Some(
                                     Message::LookupReply(LookupReply::Found(Box::new(

@@ -323,6 +323,40 @@ async fn a_burst_on_every_node_spends_a_budget_near_its_end_with_one_refusal_at_
     );
 }
 
+/// A fleet that starts spending a token all at once before anyone has heard GitHub's
+/// figures: the members that said in their hellos that they spend it send one request
+/// each, the first figures go out at once, and for a moment every such member counts
+/// as a spender, so the burst spends what is left with at most one refusal. Without
+/// it each node sends as many as its upstream concurrency allows into a budget it
+/// knows nothing of (10 of the 30 refused in a run without it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_fleet_bursting_on_a_budget_near_its_end_is_refused_once_at_most() {
+    let _alone = CORES.write().await;
+    let gh = FakeGithub::start().await.unwrap();
+    gh.set_rate_limit(12);
+    gh.set_latency(Duration::from_millis(50));
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = fleet(3, &gh, &[], &dir).await.unwrap();
+    for n in &nodes {
+        assert!(budgets(n).await.is_empty(), "nobody has figures yet");
+    }
+    let misses = 30;
+    let reads = (0..misses).map(|i| {
+        let node = &nodes[i % 3];
+        async move { read(node, &format!("/repos/acme/cold{i}"), None).await }
+    });
+    let answers = futures::future::join_all(reads).await;
+    let refused_by_github = gh.total_requests() - gh.full_responses() - gh.not_modified();
+    println!("12 left for {misses} misses; refused by GitHub: {refused_by_github}");
+    assert!(refused_by_github <= 1, "{refused_by_github}: {answers:?}");
+    let served = answers.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(served, 12, "what was left is spent: {answers:?}");
+    assert!(
+        answers.iter().all(|(s, _)| *s == 200 || *s == 403),
+        "{answers:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reserve_keeps_the_last_requests_for_people_on_every_node() {
     let _shared = CORES.read().await;

@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::sync::Weak;
 use std::time::Duration;
 
-use ghmesh_protocol::ledger::{BudgetEntry, Ledger};
+use ghmesh_protocol::ledger::{BudgetEntry, ByteBuf, Ledger};
 use ghmesh_protocol::wire::{MAX_ADDR_LEN, MAX_MEMBER_ADDRS, MAX_MEMBER_LIST};
 use ghmesh_protocol::{Addressing, Hello, MemberAddr, MemberList, MembersRequest, Message, Reach};
 use libp2p::{Multiaddr, PeerId};
@@ -22,6 +22,7 @@ use crate::limits::MAX_SMALL_FRAME;
 use crate::network::reach::Connection;
 use crate::network::Channel;
 use crate::placement::Standing;
+use crate::upstream::ledger::BudgetId;
 
 /// A node pulls member lists from the members it admits while it has at most this
 /// many: enough to learn the fleet from more than one point of view, without every
@@ -191,7 +192,8 @@ impl Node {
         let nonce = addr.nonce;
         let timeout = self.deadlines().hello;
         let mine = self.book(|b| b.mine()).unwrap_or_default();
-        let msg = Message::Hello(hello_of(addr, mine, self.inner.upstream.ledger_snapshot()));
+        let up = &self.inner.upstream;
+        let msg = Message::Hello(hello_of(addr, mine, up.ledger_snapshot(), up.own_budget()));
         match self
             .ask(peer, Channel::Small, &msg, timeout, MAX_SMALL_FRAME)
             .await
@@ -201,7 +203,7 @@ impl Node {
                 let proved = a.nonce == nonce
                     && a.is_between(&peer.to_bytes(), &self.inner.me.id.to_bytes());
                 if proved {
-                    self.heard_hello_ledger(&h);
+                    self.heard_hello_budgets(peer, &h);
                     let now = self.now_ms();
                     let moved = self.book(|b| {
                         b.told(&peer, mine);
@@ -295,17 +297,24 @@ impl Node {
     }
 
     /// The members changed: the network's relay serves only them, and the upstream
-    /// client counts them as possible spenders of a budget.
+    /// client counts those that said they spend its token's budget as its spenders
+    /// before they have spent it.
     pub(super) async fn tell_members(&self, net: &crate::network::NetworkHandle) {
         let members = self.members();
         self.inner.upstream.set_members(&members);
         net.set_members(members).await;
     }
 
-    /// What a member's hello (or reply) said of the budgets' current windows: known
-    /// before our first request on them. A list that fails the ledger's checks is
-    /// left out; the hello still counts.
-    pub(super) fn heard_hello_ledger(&self, h: &Hello) {
+    /// What `peer`'s hello (or reply) said of the budgets: the budget its own token
+    /// spends, and what it knows of their current windows (known before our first
+    /// request on them). A list that fails the ledger's checks is left out; the hello
+    /// still counts.
+    pub(super) fn heard_hello_budgets(&self, peer: PeerId, h: &Hello) {
+        let spends = h
+            .spends
+            .as_ref()
+            .and_then(|b| BudgetId::try_from(b.as_slice()).ok());
+        self.inner.upstream.member_spends(peer, spends);
         if h.ledger.is_empty() {
             return;
         }
@@ -330,14 +339,20 @@ impl Node {
     }
 }
 
-/// Our hello (or hello reply) with `addr`, telling our standing `mine` and what we
-/// know of the budgets' current windows (`ledger`).
-pub(super) fn hello_of(addr: Addressing, mine: Standing, ledger: Vec<BudgetEntry>) -> Hello {
+/// Our hello (or hello reply) with `addr`, telling our standing `mine`, what we know
+/// of the budgets' current windows (`ledger`) and the budget our token spends.
+pub(super) fn hello_of(
+    addr: Addressing,
+    mine: Standing,
+    ledger: Vec<BudgetEntry>,
+    spends: Option<BudgetId>,
+) -> Hello {
     Hello {
         addr,
         reach: mine.reach,
         direct_to_all: mine.direct_to_all,
         ledger,
+        spends: spends.map(|b| ByteBuf::from(b.to_vec())),
     }
 }
 

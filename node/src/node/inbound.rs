@@ -253,15 +253,17 @@ impl Node {
         }
         let reply = match msg {
             Message::Hello(h) => {
-                self.heard_hello_ledger(&h);
+                self.heard_hello_budgets(peer, &h);
                 let now = self.now_ms();
                 let standing = super::admission::standing_of(&h);
                 if self.book(|b| b.set_standing(&peer, standing, now)) == Some(true) {
                     self.tell_standing();
                 }
                 let mine = self.book(|b| b.mine()).unwrap_or_default();
-                let ledger = self.inner.upstream.ledger_snapshot();
-                Message::HelloReply(super::admission::hello_of(h.addr.reversed(), mine, ledger))
+                let up = &self.inner.upstream;
+                let (ledger, spends) = (up.ledger_snapshot(), up.own_budget());
+                let addr = h.addr.reversed();
+                Message::HelloReply(super::admission::hello_of(addr, mine, ledger, spends))
             }
             Message::Lookup(l) => {
                 if l.request.check().is_err()

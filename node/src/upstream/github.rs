@@ -26,7 +26,7 @@ use super::{
     BoxFuture, Conditional, Credential, RateLimit, Upstream, UpstreamError, UpstreamResponse,
 };
 use crate::clock::{self, SharedClock};
-use crate::limits::MAX_PEERS;
+use crate::limits::{MAX_BUDGETS, MAX_PEERS};
 
 /// Headers a client may not pass through (hop-by-hop, or ours to set).
 const DROP_REQUEST_HEADERS: &[&str] = &[
@@ -107,6 +107,8 @@ pub struct GithubClient {
     share_waits: std::sync::atomic::AtomicU64,
     /// Our rank among a budget's spenders before the node says who we are.
     anonymous: PeerId,
+    /// The budget the node's own token spends (what its hellos say).
+    own_budget: Option<BudgetId>,
 }
 
 #[derive(Default)]
@@ -122,6 +124,12 @@ struct LimitState {
     me: Option<PeerId>,
     /// The node's members, as it last said (at most `MAX_PEERS`).
     members: Vec<PeerId>,
+    /// The budget each member's hello said its own token spends (at most `MAX_PEERS`).
+    spends: HashMap<PeerId, BudgetId>,
+    /// Since when requests on the node token's budget have waited for its first
+    /// figures, by resource (see `ledger::before_figures`); one instant per resource,
+    /// so that `share_ready`'s wait and `take_share`'s are one wait.
+    awaiting_figures: HashMap<String, tokio::time::Instant>,
 }
 
 impl GithubClient {
@@ -151,20 +159,28 @@ impl GithubClient {
             share_freed: tokio::sync::Notify::new(),
             share_waits: std::sync::atomic::AtomicU64::new(0),
             anonymous: PeerId::random(),
-        })
+            own_budget: None,
+        }
+        .named_by_rules())
+    }
+
+    /// Works out the node token's budget by the current rules.
+    fn named_by_rules(mut self) -> Self {
+        self.own_budget = self.token.as_deref().map(|t| self.budget_of_token(t));
+        self
     }
 
     /// Names and spends budgets by `rules` (the mesh's key, so that members' ledgers
     /// meet).
     pub fn with_budgets(mut self, rules: BudgetRules) -> Self {
         self.budgets = rules;
-        self
+        self.named_by_rules()
     }
 
     /// The budget a request with `cred` spends (`None`: anonymous).
     fn budget_of(&self, cred: &Credential) -> Option<BudgetId> {
         match cred {
-            Credential::Node => self.token.as_deref().map(|t| self.budget_of_token(t)),
+            Credential::Node => self.own_budget,
             Credential::Client(t) => Some(self.budget_of_token(super::bare_token(t.header()))),
         }
     }
@@ -230,14 +246,53 @@ impl GithubClient {
         now: u64,
     ) -> Option<Share> {
         let me = state.me.unwrap_or(self.anonymous);
-        state.book.share(
-            budget,
-            resource,
-            self.budgets.reserve,
-            me,
-            &state.members,
-            now,
-        )
+        let sharers = self.sharers(state, budget);
+        state
+            .book
+            .share(budget, resource, self.budgets.reserve, me, &sharers, now)
+    }
+
+    /// The members that said they spend `budget` with their own token: known only of
+    /// the node token's budget (a client's token is its own business).
+    fn sharers(&self, state: &LimitState, budget: BudgetId) -> Vec<PeerId> {
+        if self.own_budget != Some(budget) {
+            return Vec::new();
+        }
+        state
+            .members
+            .iter()
+            .filter(|m| state.spends.get(m) == Some(&budget))
+            .copied()
+            .collect()
+    }
+
+    /// Whether a request on `budget` for `resource` may go now (see [`may_spend`]), or,
+    /// before anyone has figures of a budget members said they spend too, by
+    /// [`before_figures`].
+    fn spend(&self, state: &mut LimitState, budget: BudgetId, resource: &str, now: u64) -> Spend {
+        let n = state
+            .in_flight
+            .get(&(budget, resource.to_string()))
+            .copied()
+            .unwrap_or(0);
+        let sharers = self.sharers(state, budget);
+        if sharers.is_empty() || state.book.knows(budget, resource) {
+            return may_spend(self.share(state, budget, resource, now), n, now);
+        }
+        let me = state.me.unwrap_or(self.anonymous);
+        let rank = spender_rank(budget, resource, me, &sharers);
+        if state.awaiting_figures.len() >= MAX_BUDGETS
+            && !state.awaiting_figures.contains_key(resource)
+        {
+            // Forgetting costs at most one request sent without figures.
+            state.awaiting_figures.clear();
+        }
+        let since = *state
+            .awaiting_figures
+            .entry(resource.to_string())
+            .or_insert_with(tokio::time::Instant::now);
+        let waited = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        before_figures(rank, n, waited)
     }
 
     /// Takes a place in this node's share of `budget` for `resource` (see
@@ -278,22 +333,18 @@ impl GithubClient {
                     });
                 };
                 let now = self.clock.now_secs();
+                let spend = self.spend(&mut state, budget, resource, now);
+                if matches!(spend, Spend::Wait { .. }) && state.book.wants(budget, resource) {
+                    // Read by the node as soon as this wait starts (see
+                    // `Node::read_slot`).
+                    self.ledger_urgent
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 let n = state.in_flight.get(&slot).copied().unwrap_or(0);
                 let held = |until| {
                     let why = "the fleet's last requests of this window are other members' turn";
                     held_refusal(resource, until, now, why)
                 };
-                let spend = if state.book.knows(budget, resource) {
-                    may_spend(self.share(&state, budget, resource, now), n, now)
-                } else {
-                    let me = state.me.unwrap_or(self.anonymous);
-                    let rank = spender_rank(budget, resource, me, &state.members);
-                    before_figures(rank, n, started.elapsed().as_millis() as u64)
-                };
-                if matches!(spend, Spend::Wait { .. }) && state.book.wants(budget, resource) {
-                    self.ledger_urgent
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
-                }
                 match spend {
                     Spend::Go if !take => {
                         return Ok(InFlight {
@@ -370,7 +421,7 @@ impl GithubClient {
             secondary_streak: state.book.secondary_streak(b, now_ms / 1000),
         });
         let started = state.holds.observe(token, resource, resp, now_ms, fleet);
-        // A budget's first figures: members without them wait for them (see
+        // A budget's first figures: members without them may be waiting for them (see
         // `ledger::before_figures`).
         let first_figures = budget.is_some_and(|b| !state.book.knows(b, resource));
         if let Some(budget) = budget {
@@ -383,6 +434,9 @@ impl GithubClient {
                 .book
                 .observe(budget, resource, resp, hold, now_ms / 1000);
             state.book.answered(budget, resource);
+            if Some(budget) == self.own_budget {
+                state.awaiting_figures.remove(resource);
+            }
         }
         // A refusal, GitHub saying the budget is down to the reserve (or gone), or a
         // budget near its end (shared out by the fleet's figures, see `take_share`):
@@ -671,7 +725,30 @@ impl Upstream for GithubClient {
     fn set_members(&self, members: &[PeerId]) {
         if let Ok(mut s) = self.state.lock() {
             s.members = members.iter().take(MAX_PEERS).copied().collect();
+            let LimitState {
+                members, spends, ..
+            } = &mut *s;
+            spends.retain(|p, _| members.contains(p));
         }
+        self.share_freed.notify_waiters();
+    }
+
+    fn member_spends(&self, peer: PeerId, budget: Option<BudgetId>) {
+        if let Ok(mut s) = self.state.lock() {
+            match budget {
+                Some(b) if s.spends.len() < MAX_PEERS || s.spends.contains_key(&peer) => {
+                    s.spends.insert(peer, b);
+                }
+                Some(_) => {}
+                None => {
+                    s.spends.remove(&peer);
+                }
+            }
+        }
+    }
+
+    fn own_budget(&self) -> Option<BudgetId> {
+        self.own_budget
     }
 
     fn ledger_snapshot(&self) -> Vec<BudgetEntry> {

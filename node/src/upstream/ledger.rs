@@ -99,6 +99,9 @@ pub struct Share {
     pub quiet_at: u64,
     /// The fleet, for turns once the budget is quiet.
     pub fleet: Fleet,
+    /// Until when (unix seconds) members that said they spend the budget count as its
+    /// spenders whether or not they spent yet (see [`LEARN_SECS`]); `None` after.
+    pub learning_until: Option<u64>,
 }
 
 /// A budget whose figures did not change for this long is not being spent; from then
@@ -110,22 +113,25 @@ pub const QUIET_SECS: u64 = 1;
 /// held, with the turn as its retry time.
 pub const MAX_TURN_WAIT_SECS: u64 = 5;
 
-/// A budget nobody in the fleet has figures of yet: this many members (ranked by the
-/// budget, [`spender_rank`]) may spend it at once, one request each until figures come;
-/// twice as many may after each [`FIRST_FIGURES_WAIT_MS`] without figures (the first
-/// ones may have nothing to fetch on it). The first answer's figures are news at once,
-/// and every member counts as a spender for [`LEARN_SECS`], so a fleet that starts at
-/// once on a budget near its end sends a few blind requests, not one per node.
+/// A budget nobody in the fleet has figures of yet, spent with a token other members
+/// said they spend too: this many of them (ranked by the budget, [`spender_rank`]) may
+/// spend it at once, one request each until figures come; twice as many may after
+/// each [`FIRST_FIGURES_WAIT_MS`] without figures (the first ones may have nothing to
+/// fetch on it). The first answer's figures are news at once, and every member that
+/// said it spends the budget counts as a spender for [`LEARN_SECS`], so a fleet that
+/// starts at once on a budget near its end sends a few blind requests, not one per
+/// node.
 pub const FIRST_SPENDERS: usize = 4;
 /// How long each doubling of the members that may spend a budget without figures waits.
 pub const FIRST_FIGURES_WAIT_MS: u64 = 500;
-/// For this long after a node first has a window's figures, every member counts as a
-/// spender of the budget (see [`BudgetBook::share`]).
+/// For this long after a node first has a window's figures, every member that said it
+/// spends the budget counts as a spender (see [`BudgetBook::share`]): who is about to
+/// spend shows only as their news arrives.
 pub const LEARN_SECS: u64 = 2;
 
-/// `me`'s rank among `members` (and itself) for spending `budget` on `resource` before
+/// `me`'s rank among `sharers` (and itself) for spending `budget` on `resource` before
 /// anyone has figures of it: a rendezvous ranking, the same order on every member.
-pub fn spender_rank(budget: BudgetId, resource: &str, me: PeerId, members: &[PeerId]) -> usize {
+pub fn spender_rank(budget: BudgetId, resource: &str, me: PeerId, sharers: &[PeerId]) -> usize {
     let rank = |p: &PeerId| {
         let mut h = Sha256::new();
         h.update(budget);
@@ -134,7 +140,7 @@ pub fn spender_rank(budget: BudgetId, resource: &str, me: PeerId, members: &[Pee
         h.finalize()
     };
     let mine = rank(&me);
-    members
+    sharers
         .iter()
         .filter(|p| **p != me)
         .filter(|p| rank(p) < mine)
@@ -154,8 +160,8 @@ pub fn figures_wait_ms(rank: usize) -> u64 {
 }
 
 /// A request on a budget this node (of `rank`, see [`spender_rank`]) has no figures
-/// of, after waiting `waited_ms`: one at a time (its answer brings them), once its
-/// [`figures_wait_ms`] has passed.
+/// of, after its first such request has waited `waited_ms`: one at a time (its answer
+/// brings them), once its [`figures_wait_ms`] has passed.
 pub fn before_figures(rank: usize, in_flight: u64, waited_ms: u64) -> Spend {
     let wait = figures_wait_ms(rank);
     if in_flight > 0 {
@@ -222,6 +228,12 @@ pub fn may_spend(share: Option<Share>, in_flight: u64, now_secs: u64) -> Spend {
         Spend::Go
     } else if turn - now_secs <= MAX_TURN_WAIT_SECS {
         Spend::Wait { until: Some(turn) }
+    } else if let Some(learnt) = s.learning_until.filter(|t| *t > now_secs) {
+        // Counting every member that may spend makes a turn far away; once the fleet
+        // has shown who does spend, it may be near: looked at again then, not held.
+        Spend::Wait {
+            until: Some(learnt),
+        }
     } else {
         Spend::Held {
             until: turn.min(s.reset),
@@ -249,8 +261,8 @@ struct Slot {
     spenders: BTreeSet<PeerId>,
     /// When this node first had figures of the current window (unix seconds).
     window_since: u64,
-    /// This node told members it spends the budget this window (news names its
-    /// sender as a spender).
+    /// This node told members it spends the budget this window (its news names it as
+    /// a spender).
     told_spending: bool,
 }
 
@@ -426,8 +438,9 @@ impl BudgetBook {
     }
 
     /// What this node knows of every window not over yet, at most one message's worth,
-    /// for a member that just joined (the hello carries it): a newcomer that knew
-    /// nothing would wait for figures before its first request on each budget.
+    /// for a member that just joined (its hello carries it): ledger messages carry only
+    /// news, so a newcomer would otherwise know nothing of a budget until someone
+    /// spends it again, and spend it as if it were alone.
     pub fn snapshot(&self, now_secs: u64) -> Vec<BudgetEntry> {
         let mut current: Vec<&Slot> = self
             .slots
@@ -458,8 +471,9 @@ impl BudgetBook {
     }
 
     /// A request of ours waits for its share of `budget` for `resource`: members must
-    /// count us among its spenders, or each would share it out as if we wanted none.
-    /// True when that is news (once per window, until we have said so).
+    /// count us among its spenders, or each would share it out as if we wanted none
+    /// (and we would spend as if we had a share). True when that is news (once per
+    /// window, until we have said so): the node should say it at once.
     pub fn wants(&mut self, budget: BudgetId, resource: &str) -> bool {
         let key = (budget, resource.to_string());
         match self.slots.get(&key) {
@@ -516,15 +530,17 @@ impl BudgetBook {
     /// the lowest ranks. The spenders' requests in flight then fit in what GitHub will
     /// still answer even when their figures are a round trip apart (each round spends
     /// at most half of what is left), where a burst on a budget near its end would
-    /// otherwise be refused once per request already on its way. `None`: no limit (no
-    /// figures for this window, or plenty left).
+    /// otherwise be refused once per request already on its way. For [`LEARN_SECS`]
+    /// after this node first had the window's figures, `sharers` (members that said
+    /// they spend the budget) count as spenders too. `None`: no limit (no figures for
+    /// this window, or plenty left).
     pub fn share(
         &self,
         budget: BudgetId,
         resource: &str,
         reserve: u64,
         me: PeerId,
-        members: &[PeerId],
+        sharers: &[PeerId],
         now_secs: u64,
     ) -> Option<Share> {
         let slot = self.slots.get(&(budget, resource.to_string()))?;
@@ -533,10 +549,13 @@ impl BudgetBook {
         }
         let left = slot.entry.remaining.saturating_sub(reserve);
         // Who else is about to spend it shows only as their news arrives: until then
-        // every member counts (a fleet that starts at once would otherwise find a
-        // budget near its end far from it, and each node spend as if alone).
-        let fleet = if now_secs < slot.window_since.saturating_add(LEARN_SECS) {
-            let everyone: BTreeSet<&PeerId> = slot.spenders.iter().chain(members).collect();
+        // every member that said it spends the budget counts (a fleet that starts at
+        // once would otherwise find a budget near its end far from it, and each node
+        // spend as if alone).
+        let learnt = slot.window_since.saturating_add(LEARN_SECS);
+        let learning = now_secs < learnt && !sharers.is_empty();
+        let fleet = if learning {
+            let everyone: BTreeSet<&PeerId> = slot.spenders.iter().chain(sharers).collect();
             Fleet::among(me, everyone)
         } else {
             Fleet::among(me, &slot.spenders)
@@ -556,6 +575,7 @@ impl BudgetBook {
             // `changed` is a whole second: quiet starts a whole turn after its end.
             quiet_at: slot.changed.saturating_add(1 + QUIET_SECS),
             fleet,
+            learning_until: learning.then_some(learnt),
         })
     }
 

@@ -253,6 +253,7 @@ fn a_request_goes_within_its_share_waits_beyond_it_and_takes_turns_once_the_budg
         reset: 2000,
         quiet_at: 1002,
         fleet: Fleet { size: 3, rank },
+        learning_until: None,
     };
     assert_eq!(may_spend(None, 50, 1000), Spend::Go, "no figures: no limit");
     assert_eq!(may_spend(Some(share(2, 9, 0)), 1, 1000), Spend::Go);
@@ -285,6 +286,20 @@ fn a_request_goes_within_its_share_waits_beyond_it_and_takes_turns_once_the_budg
         ..share(0, 4, 0)
     };
     assert_eq!(may_spend(Some(big), 0, 1002), Spend::Held { until: 1038 });
+    // While members that may spend count as spenders, a far turn is looked at again
+    // once they have shown who does spend: a wait, not a hold.
+    let learning = Share {
+        learning_until: Some(1003),
+        ..big
+    };
+    assert_eq!(
+        may_spend(Some(learning), 0, 1002),
+        Spend::Wait { until: Some(1003) }
+    );
+    assert_eq!(
+        may_spend(Some(learning), 0, 1003),
+        Spend::Held { until: 1038 }
+    );
     assert_eq!(
         may_spend(Some(share(0, 0, 0)), 0, 1002),
         Spend::Held { until: 2000 },
@@ -311,28 +326,22 @@ fn figures_are_quiet_a_while_after_they_last_changed() {
 #[test]
 fn a_budget_nobody_has_figures_of_is_spent_first_by_a_few_members() {
     let members: Vec<libp2p::PeerId> = (0..20).map(|_| libp2p::PeerId::random()).collect();
-    let mut ranks: Vec<usize> = members
-        .iter()
-        .map(|me| spender_rank(A, "core", *me, &members))
-        .collect();
+    let ranks_of = |resource| -> Vec<usize> {
+        members
+            .iter()
+            .map(|me| spender_rank(A, resource, *me, &members))
+            .collect()
+    };
+    let mut ranks = ranks_of("core");
     ranks.sort_unstable();
     assert_eq!(
         ranks,
         (0..20).collect::<Vec<_>>(),
         "every member ranks the fleet alike"
     );
-    // Another budget (or resource) ranks them otherwise.
-    let other: Vec<usize> = members
-        .iter()
-        .map(|me| spender_rank(A, "search", *me, &members))
-        .collect();
-    assert_ne!(
-        other,
-        members
-            .iter()
-            .map(|me| spender_rank(A, "core", *me, &members))
-            .collect::<Vec<_>>()
-    );
+    // Another resource (or budget) ranks them otherwise: not always the same members
+    // first.
+    assert_ne!(ranks_of("search"), ranks_of("core"));
     // The first four at once, twice as many after each wait.
     let w = FIRST_FIGURES_WAIT_MS;
     let waits: Vec<u64> = [0, 3, 4, 7, 8, 15, 16, 199].map(figures_wait_ms).to_vec();
@@ -349,7 +358,7 @@ fn a_budget_nobody_has_figures_of_is_spent_first_by_a_few_members() {
 }
 
 #[test]
-fn while_a_window_is_new_every_member_counts_as_a_spender() {
+fn while_a_window_is_new_every_member_that_spends_the_budget_counts_as_a_spender() {
     let mut ids: Vec<libp2p::PeerId> = (0..200).map(|_| libp2p::PeerId::random()).collect();
     ids.sort_by_key(|p| p.to_bytes());
     let mut book = BudgetBook::default();
@@ -358,8 +367,8 @@ fn while_a_window_is_new_every_member_counts_as_a_spender() {
     book.observe(A, "core", &answer(200, 46, 5000, "core"), None, 1000);
     assert!(book.knows(A, "core"));
     assert_eq!(book.share(A, "core", 0, ids[0], &[], 1000), None);
-    // With 200 members any of whom may be about to spend it, it is near its end: 23
-    // requests now, one each for the first 23 ranks.
+    // With 200 members that said they spend it, any of whom may be about to, it is
+    // near its end: 23 requests now, one each for the first 23 ranks.
     let shares: Vec<u64> = ids
         .iter()
         .map(|me| {
@@ -369,12 +378,19 @@ fn while_a_window_is_new_every_member_counts_as_a_spender() {
         .collect();
     assert_eq!(shares.iter().sum::<u64>(), 23);
     assert!(shares.iter().all(|s| *s <= 1));
+    let learnt = book.share(A, "core", 0, ids[0], &ids, 1000).unwrap();
+    assert_eq!(learnt.learning_until, Some(1000 + LEARN_SECS));
     // Once the window is no longer new, only the members that said they spent count.
     let later = 1000 + LEARN_SECS;
     assert_eq!(book.share(A, "core", 0, ids[0], &ids, later), None);
     // A new window is new again.
     book.observe(A, "core", &answer(200, 46, 8600, "core"), None, 5000);
     assert!(book.share(A, "core", 0, ids[0], &ids, 5000).is_some());
+    // An answer without figures (GitHub Enterprise Server without rate limits) is
+    // known too: nothing to wait for.
+    assert!(!book.knows(B, "core"));
+    book.answered(B, "core");
+    assert!(book.knows(B, "core"));
 }
 
 #[test]
@@ -395,5 +411,31 @@ fn a_snapshot_for_a_newcomer_carries_the_current_windows_nearest_their_end_first
     );
     let mut newcomer = BudgetBook::default();
     assert_eq!(newcomer.heard(&snap, None, 1000), 3);
-    assert!(newcomer.knows(B, "core"));
+    assert_eq!(newcomer.view(1000).len(), 3);
+}
+
+#[test]
+fn a_node_waiting_for_its_share_says_once_per_window_that_it_spends() {
+    let mut book = BudgetBook::default();
+    assert!(!book.wants(A, "core"), "no figures: nothing to share yet");
+    // Members' figures: not ours to tell.
+    let mut other = BudgetBook::default();
+    other.observe(A, "core", &answer(200, 10, 2000, "core"), None, 1000);
+    book.heard(&other.news(), None, 1000);
+    assert!(book.news().is_empty());
+    // A request of ours waits for its share: members must hear we spend it, once.
+    assert!(book.wants(A, "core"));
+    assert!(!book.wants(A, "core"), "already to be said");
+    assert_eq!(book.news().len(), 1);
+    assert!(!book.wants(A, "core"), "said this window");
+    // A new window: said again when we wait again.
+    book.heard(
+        &[BudgetEntry {
+            reset: 5600,
+            ..other.snapshot(1000)[0].clone()
+        }],
+        None,
+        2000,
+    );
+    assert!(book.wants(A, "core"));
 }

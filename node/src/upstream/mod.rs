@@ -249,9 +249,19 @@ pub trait Upstream: Send + Sync + 'static {
     /// This node's peer id: its rank among the spenders of a budget near its end.
     fn set_peer_id(&self, _me: libp2p::PeerId) {}
 
-    /// The node's members: who may be about to spend a budget (see
-    /// `ledger::BudgetBook::share` and `ledger::first_spender`).
+    /// The node's members changed: who may share the node token's budget (see
+    /// `ledger::BudgetBook::share`).
     fn set_members(&self, _members: &[libp2p::PeerId]) {}
+
+    /// What `peer`'s hello said its own token spends (`None`: no token, or a sender
+    /// from before hellos said).
+    fn member_spends(&self, _peer: libp2p::PeerId, _budget: Option<ledger::BudgetId>) {}
+
+    /// The budget the node's own token spends, for its hellos. None where no budgets
+    /// are kept.
+    fn own_budget(&self) -> Option<ledger::BudgetId> {
+        None
+    }
 
     /// What this node knows of the budgets' current windows, for a member that just
     /// joined (carried by hellos). None where no budgets are kept.

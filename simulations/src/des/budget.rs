@@ -38,9 +38,10 @@ impl Des {
     }
 
     /// Whether a call of `n` may go beside those it has on their way (the daemon's
-    /// `take_share`, from the same book and rules: before any figures, the budget's
-    /// first spenders go one call at a time and the others wait for their figures);
-    /// always with `--no-ledger`, which models the daemon before the ledger.
+    /// `take_share`, from the same book and rules; every member's hello said it spends
+    /// the one token, so before any figures the budget's first spenders go one call
+    /// at a time and the others wait for figures); always with `--no-ledger`, which
+    /// models the daemon before the ledger.
     pub(super) fn budget_spend(&mut self, n: usize) -> Spend {
         if self.budget_left.is_none() || !self.net.ledger {
             return Spend::Go;
@@ -49,38 +50,14 @@ impl Des {
         let now_us = self.now;
         let now = self.unix_secs();
         let p = &mut self.peers[n];
-        let members = p.book.members();
-        if !p.budgets.knows(BUDGET, RESOURCE) {
-            let rank = spender_rank(BUDGET, RESOURCE, p.id, &members);
+        let sharers = p.book.members();
+        if !sharers.is_empty() && !p.budgets.knows(BUDGET, RESOURCE) {
+            let rank = spender_rank(BUDGET, RESOURCE, p.id, &sharers);
             let since = *p.figures_since.get_or_insert(now_us);
             return before_figures(rank, in_flight, (now_us - since) / 1000);
         }
-        let share = p.budgets.share(BUDGET, RESOURCE, 0, p.id, &members, now);
+        let share = p.budgets.share(BUDGET, RESOURCE, 0, p.id, &sharers, now);
         may_spend(share, in_flight, now)
-    }
-
-    /// A call of `n` waits for its share: whether members must now hear that `n`
-    /// spends the budget (the daemon's `BudgetBook::wants`).
-    pub(super) fn budget_wanted(&mut self, n: usize) -> bool {
-        self.net.ledger && self.peers[n].budgets.wants(BUDGET, RESOURCE)
-    }
-
-    /// A hello carries what each side knows of the budget's window, as the daemon's
-    /// does: a member that joins knows the figures before its first call.
-    pub(super) fn hello_ledgers(&mut self, a: usize, b: usize) {
-        if self.budget_left.is_none() || !self.net.ledger {
-            return;
-        }
-        let now = self.unix_secs();
-        let told = [
-            (b, self.peers[a].budgets.snapshot(now)),
-            (a, self.peers[b].budgets.snapshot(now)),
-        ];
-        for (to, entries) in told {
-            if self.peers[to].budgets.heard(&entries, None, now) > 0 {
-                self.share_freed(to);
-            }
-        }
     }
 
     /// The simulated time of unix second `secs`.
@@ -172,6 +149,30 @@ impl Des {
         }
     }
 
+    /// A call of `n` waits for its share: whether members must now hear that `n`
+    /// spends the budget (the daemon's `BudgetBook::wants`, said at once).
+    pub(super) fn budget_wanted(&mut self, n: usize) -> bool {
+        self.net.ledger && self.peers[n].budgets.wants(BUDGET, RESOURCE)
+    }
+
+    /// A hello carries what each side knows of the budget's window, as the daemon's
+    /// does: a member that joins knows the figures before its first call.
+    pub(super) fn hello_ledgers(&mut self, a: usize, b: usize) {
+        if self.budget_left.is_none() || !self.net.ledger {
+            return;
+        }
+        let now = self.unix_secs();
+        let told = [
+            (b, self.peers[a].budgets.snapshot(now)),
+            (a, self.peers[b].budgets.snapshot(now)),
+        ];
+        for (to, entries) in told {
+            if self.peers[to].budgets.heard(&entries, None, now) > 0 {
+                self.share_freed(to);
+            }
+        }
+    }
+
     /// Gossips what changed in `n`'s book, if anything did.
     pub(super) fn publish_ledger(&mut self, n: usize) {
         let entries = self.peers[n].budgets.news();
@@ -198,9 +199,9 @@ impl Des {
     fn near_end(&self, n: usize) -> bool {
         let p = &self.peers[n];
         let now = self.unix_secs();
-        let members = p.book.members();
+        let sharers = p.book.members();
         p.budgets
-            .share(BUDGET, RESOURCE, 0, p.id, &members, now)
+            .share(BUDGET, RESOURCE, 0, p.id, &sharers, now)
             .is_some()
     }
 

@@ -483,13 +483,12 @@ impl Des {
             self.complete(n, key, Outcome::Held);
             return;
         }
-        let spend = self.budget_spend(n);
-        match spend {
+        match self.budget_spend(n) {
             Spend::Go => {}
             Spend::Held { .. } => return self.complete(n, key, Outcome::Held),
-            Spend::Wait { .. } | Spend::AwaitFigures { .. } => {
+            spend @ (Spend::Wait { .. } | Spend::AwaitFigures { .. }) => {
                 // Waits, as the daemon's `take_share` does, for a call to end, news,
-                // the budget to be quiet, or the first figures' wait to end; tells
+                // the budget to be quiet, or the wait for first figures to end; tells
                 // members at once that it spends the budget, as the daemon does.
                 if matches!(spend, Spend::Wait { .. }) && self.budget_wanted(n) {
                     self.publish_ledger(n);
