@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ghmesh_node::upstream::github::{GithubClient, GithubConfig};
+use ghmesh_node::upstream::github::{BudgetRules, GithubClient, GithubConfig};
 use ghmesh_node::{CacheStatus, MeshMode, Node, NodeConfig};
 use ghmesh_protocol::{CacheKey, CanonicalRequest, MeshKeys};
 use ghmesh_tests::fake_github::FakeGithub;
@@ -158,7 +158,17 @@ async fn start_node(
         token: Some("ghp_simulated_fleet_token".into()),
         connect_timeout: Duration::from_secs(5),
         request_timeout: Duration::from_secs(20),
-    })?;
+    })?
+    // Budgets named as the daemon names them (by the mesh's key), so that the nodes'
+    // ledgers meet on the one token's budget.
+    .with_budgets(BudgetRules {
+        key: nc
+            .keys
+            .as_ref()
+            .map_or_else(rand::random, MeshKeys::budget_key),
+        repository: Some("acme/fleet".into()),
+        reserve: 0,
+    });
     let node = Node::start(nc, Arc::new(upstream)).await?;
     Ok(SimNode {
         node,

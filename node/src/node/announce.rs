@@ -126,9 +126,9 @@ impl Node {
 /// the budget before they are refused too (contract §10).
 pub(super) async fn ledger(node: std::sync::Weak<super::Inner>) {
     // Only a weak reference between runs: dropping every handle ends the loop too.
-    let Some((stopping, Some(urgent))) = node.upgrade().map(|i| {
+    let Some((stopping, Some(urgent), upstream)) = node.upgrade().map(|i| {
         let urgent = i.mesh.as_ref().map(|m| m.ledger_urgent.clone());
-        (i.tasks.stopping.clone(), urgent)
+        (i.tasks.stopping.clone(), urgent, i.upstream.clone())
     }) else {
         return;
     };
@@ -138,6 +138,7 @@ pub(super) async fn ledger(node: std::sync::Weak<super::Inner>) {
             _ = stopping.cancelled() => break,
             _ = tick.tick() => false,
             _ = urgent.notified() => true,
+            _ = upstream.ledger_wake() => true,
         };
         let Some(inner) = node.upgrade() else { break };
         Node { inner }.publish_ledger().await;

@@ -128,23 +128,8 @@ impl Node {
         cred: &Credential,
     ) -> Result<super::gate::Slot, GetError> {
         let ready = self.inner.upstream.share_ready(path, cred);
-        tokio::pin!(ready);
-        if futures::poll!(ready.as_mut()).is_pending() {
-            // A read that waits for its share has members told at once that this node
-            // spends the budget too, so they share it out with us counted.
-            self.ledger_if_urgent();
-            let _ = tokio::time::timeout(self.deadlines().upstream, ready).await;
-        }
+        let _ = tokio::time::timeout(self.deadlines().upstream, ready).await;
         self.upstream_slot().await
-    }
-
-    /// Has the ledger's news sent now when the upstream client says it is urgent.
-    fn ledger_if_urgent(&self) {
-        if self.inner.upstream.take_ledger_urgent() {
-            if let Some(mesh) = &self.inner.mesh {
-                mesh.ledger_urgent.notify_one();
-            }
-        }
     }
 
     /// One upstream call within the upstream deadline, counted as sent or as refused
@@ -160,7 +145,11 @@ impl Node {
             Err(UpstreamError::Held(_)) => self.inner.telemetry.counters.upstream_held.inc(),
             _ => self.inner.telemetry.counters.upstream_calls.inc(),
         };
-        self.ledger_if_urgent();
+        if self.inner.upstream.take_ledger_urgent() {
+            if let Some(mesh) = &self.inner.mesh {
+                mesh.ledger_urgent.notify_one();
+            }
+        }
         outcome
     }
 }

@@ -105,6 +105,9 @@ pub struct GithubClient {
     share_freed: tokio::sync::Notify,
     /// Requests that waited for their share or turn of a budget near its end.
     share_waits: std::sync::atomic::AtomicU64,
+    /// A read began to wait for its share and members must hear now that this node
+    /// spends the budget (see `Upstream::ledger_wake`).
+    ledger_wake: tokio::sync::Notify,
     /// Our rank among a budget's spenders before the node says who we are.
     anonymous: PeerId,
     /// The budget the node's own token spends (what its hellos say).
@@ -158,6 +161,7 @@ impl GithubClient {
             ledger_urgent: std::sync::atomic::AtomicBool::new(false),
             share_freed: tokio::sync::Notify::new(),
             share_waits: std::sync::atomic::AtomicU64::new(0),
+            ledger_wake: tokio::sync::Notify::new(),
             anonymous: PeerId::random(),
             own_budget: None,
         }
@@ -277,6 +281,7 @@ impl GithubClient {
             .unwrap_or(0);
         let sharers = self.sharers(state, budget);
         if sharers.is_empty() || state.book.knows(budget, resource) {
+            state.awaiting_figures.remove(resource);
             return may_spend(self.share(state, budget, resource, now), n, now);
         }
         let me = state.me.unwrap_or(self.anonymous);
@@ -335,10 +340,9 @@ impl GithubClient {
                 let now = self.clock.now_secs();
                 let spend = self.spend(&mut state, budget, resource, now);
                 if matches!(spend, Spend::Wait { .. }) && state.book.wants(budget, resource) {
-                    // Read by the node as soon as this wait starts (see
-                    // `Node::read_slot`).
-                    self.ledger_urgent
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    // No call of ours may end soon to have it said: the ledger wakes now
+                    // (a permit is kept if it is busy).
+                    self.ledger_wake.notify_one();
                 }
                 let n = state.in_flight.get(&slot).copied().unwrap_or(0);
                 let held = |until| {
@@ -421,9 +425,10 @@ impl GithubClient {
             secondary_streak: state.book.secondary_streak(b, now_ms / 1000),
         });
         let started = state.holds.observe(token, resource, resp, now_ms, fleet);
-        // A budget's first figures: members without them may be waiting for them (see
-        // `ledger::before_figures`).
-        let first_figures = budget.is_some_and(|b| !state.book.knows(b, resource));
+        // A budget's first figures, when members said they spend it too: they may be
+        // waiting for them (see `ledger::before_figures`).
+        let first_figures = budget
+            .is_some_and(|b| !state.book.knows(b, resource) && !self.sharers(&state, b).is_empty());
         if let Some(budget) = budget {
             let hold = started.map(|s| NewHold {
                 until: (now_ms / 1000).saturating_add(s.wait.as_secs().max(1)),
@@ -434,9 +439,6 @@ impl GithubClient {
                 .book
                 .observe(budget, resource, resp, hold, now_ms / 1000);
             state.book.answered(budget, resource);
-            if Some(budget) == self.own_budget {
-                state.awaiting_figures.remove(resource);
-            }
         }
         // A refusal, GitHub saying the budget is down to the reserve (or gone), or a
         // budget near its end (shared out by the fleet's figures, see `take_share`):
@@ -696,6 +698,10 @@ impl Upstream for GithubClient {
             .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
+    fn ledger_wake(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.ledger_wake.notified())
+    }
+
     fn ledger_news(&self) -> Vec<BudgetEntry> {
         self.state
             .lock()
@@ -724,17 +730,22 @@ impl Upstream for GithubClient {
 
     fn set_members(&self, members: &[PeerId]) {
         if let Ok(mut s) = self.state.lock() {
+            // What hellos said is kept (a hello comes before its sender is a member);
+            // only members count (see `sharers`), and `member_spends` makes room.
             s.members = members.iter().take(MAX_PEERS).copied().collect();
-            let LimitState {
-                members, spends, ..
-            } = &mut *s;
-            spends.retain(|p, _| members.contains(p));
         }
         self.share_freed.notify_waiters();
     }
 
     fn member_spends(&self, peer: PeerId, budget: Option<BudgetId>) {
         if let Ok(mut s) = self.state.lock() {
+            if s.spends.len() >= MAX_PEERS {
+                // Hellos of peers not (or no longer) members make room first.
+                let LimitState {
+                    members, spends, ..
+                } = &mut *s;
+                spends.retain(|p, _| members.contains(p));
+            }
             match budget {
                 Some(b) if s.spends.len() < MAX_PEERS || s.spends.contains_key(&peer) => {
                     s.spends.insert(peer, b);

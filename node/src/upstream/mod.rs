@@ -236,6 +236,13 @@ pub trait Upstream: Send + Sync + 'static {
         false
     }
 
+    /// Ready when the ledger should speak now although no upstream call ended (a read
+    /// began to wait for its share of a budget: members must count this node among
+    /// its spenders at once). Never ready where no budgets are kept.
+    fn ledger_wake(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::pending())
+    }
+
     /// What a member (`spender`, when its message named it) learned of budgets
     /// (entries already checked); how many changed what this node knows.
     fn ledger_heard(

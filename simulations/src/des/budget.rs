@@ -90,7 +90,10 @@ impl Des {
             streak: 0,
         });
         let now = self.unix_secs();
-        let first_figures = !self.peers[n].budgets.knows(BUDGET, RESOURCE);
+        // First figures are news at once when members spend the budget too (here every
+        // member spends the one token), as in the daemon.
+        let first_figures = !self.peers[n].budgets.knows(BUDGET, RESOURCE)
+            && !self.peers[n].book.members().is_empty();
         self.peers[n]
             .budgets
             .observe(BUDGET, RESOURCE, &resp, hold, now);
