@@ -140,9 +140,33 @@ pub async fn http_request_over(
     }
     req.push_str("\r\n");
     stream.write_all(req.as_bytes()).await?;
-    stream.write_all(body).await?;
+    // A server may answer before the whole body is sent (a 413 to a body too large) and
+    // close: what it answered is still to be read, as curl does.
+    let gone = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+        )
+    };
+    match stream.write_all(body).await {
+        Err(e) if !gone(&e) => return Err(e.into()),
+        _ => {}
+    }
     let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut raw)).await??;
+    let read = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+                // The reset of a server that closed with our body unread may follow
+                // its answer.
+                Err(e) if gone(&e) && !raw.is_empty() => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), read).await??;
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
