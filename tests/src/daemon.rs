@@ -148,10 +148,11 @@ pub async fn http_request_over(
             std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
         )
     };
-    match stream.write_all(body).await {
+    let cut_short = match stream.write_all(body).await {
         Err(e) if !gone(&e) => return Err(e.into()),
-        _ => {}
-    }
+        Err(_) => true,
+        Ok(()) => false,
+    };
     let mut raw = Vec::new();
     let read = async {
         let mut buf = vec![0u8; 64 * 1024];
@@ -161,7 +162,7 @@ pub async fn http_request_over(
                 Ok(n) => raw.extend_from_slice(&buf[..n]),
                 // The reset of a server that closed with our body unread may follow
                 // its answer.
-                Err(e) if gone(&e) && !raw.is_empty() => return Ok(()),
+                Err(e) if cut_short && gone(&e) && !raw.is_empty() => return Ok(()),
                 Err(e) => return Err(e),
             }
         }

@@ -281,7 +281,11 @@ impl GithubClient {
             .unwrap_or(0);
         let sharers = self.sharers(state, budget);
         if sharers.is_empty() || state.book.knows(budget, resource) {
-            state.awaiting_figures.remove(resource);
+            // Waits for figures are the node token's only (keyed by resource): another
+            // budget's requests must not restart them.
+            if Some(budget) == self.own_budget {
+                state.awaiting_figures.remove(resource);
+            }
             return may_spend(self.share(state, budget, resource, now), n, now);
         }
         let me = state.me.unwrap_or(self.anonymous);
